@@ -1,0 +1,349 @@
+//! `konv`: train, evaluate and run CNNs from the command line.
+//!
+//! Each subcommand parses its flags, calls one library function of `konv-train`,
+//! and prints the result.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use konv_datasets::{DatasetName, Locator};
+use konv_train::backend::BackendName;
+use konv_train::observer::{ConsoleObserver, OutputMode};
+use konv_train::run::{self, RunDir};
+use konv_train::train::{RunInfo, SplitData, TrainConfig, train};
+use konv_train::{eval, predict};
+
+#[derive(Parser)]
+#[command(name = "konv", version, about = "Convolutional neural networks in Rust, on Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model and write a run folder (config, metrics, checkpoints).
+    Train(TrainArgs),
+    /// Test accuracy and confusion matrix of a trained run.
+    Eval(EvalArgs),
+    /// Top classes of image files (PNG or JPEG) for a trained run.
+    Predict(PredictArgs),
+    /// List the models of the zoo.
+    Models,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Folder with the dataset's four IDX files (raw or .gz); the only place looked at when given.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Do not try to download missing data.
+    #[arg(long)]
+    no_download: bool,
+    /// Fail instead of falling back to the embedded Fashion-MNIST subset.
+    #[arg(long)]
+    full: bool,
+}
+
+impl DataArgs {
+    fn locator(&self) -> Locator {
+        Locator {
+            data_dir: self.data_dir.clone(),
+            download: !self.no_download,
+            allow_embedded: !self.full,
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Model name (see `konv models`).
+    #[arg(long, default_value = "fashion-cnn")]
+    model: String,
+    /// Dataset: fashion-mnist or mnist.
+    #[arg(long, default_value = "fashion-mnist", value_parser = parse_dataset)]
+    dataset: DatasetName,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    /// Images per step.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.01, value_parser = parse_positive)]
+    lr: f64,
+    /// SGD momentum (0 for plain SGD).
+    #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
+    momentum: f64,
+    /// Nesterov momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// Seed for weights, dropout, validation split and shuffling.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// cpu (Flex), flex, ndarray, wgpu (or cuda when built with it).
+    #[arg(long, default_value = "cpu")]
+    backend: BackendName,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Training images held out for validation (the lecture's 5,000 on the full set;
+    /// 500 on the embedded subset when not given).
+    #[arg(long)]
+    val_size: Option<usize>,
+    /// Run folder (default: runs/MODEL-DATASET-TIME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print only the final result.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Run folder of `konv train`.
+    #[arg(long, required_unless_present = "checkpoint")]
+    run: Option<PathBuf>,
+    /// Weights file (a run's best.bpk or checkpoint.bpk); its folder must hold config.json.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// cpu (Flex), flex, ndarray, wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendName,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Run folder of `konv train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Image files (PNG or JPEG); converted to the model's input size in grayscale.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Invert the image first (Fashion-MNIST items are light on black; photos are usually
+    /// dark on light).
+    #[arg(long)]
+    invert: bool,
+    /// cpu (Flex), flex, ndarray, wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendName,
+}
+
+fn parse_dataset(s: &str) -> Result<DatasetName, String> {
+    DatasetName::parse(s).ok_or_else(|| {
+        let names: Vec<_> = DatasetName::ALL.iter().map(|d| d.as_str()).collect();
+        format!("unknown dataset; valid datasets: {}", names.join(", "))
+    })
+}
+
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err("expected a positive number, e.g. 0.01".into()),
+    }
+}
+
+fn parse_momentum(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err("expected a number in [0, 1), e.g. 0.9".into()),
+    }
+}
+
+fn cmd_train(args: TrainArgs) -> Result<()> {
+    let dataset = args.data.locator().load(args.dataset)?;
+    let device = args.backend.open()?;
+    let mode = OutputMode::detect(args.quiet);
+    let say = |msg: String| {
+        if mode != OutputMode::Quiet {
+            println!("{msg}");
+        }
+    };
+    if dataset.is_subset() {
+        say("note: training on the embedded Fashion-MNIST subset (6,000 train / 1,000 test images), \
+             not the full dataset; for the full 70,000 images: apt-get install dataset-fashion-mnist, \
+             or --data-dir DIR"
+            .to_string());
+    }
+    let val_size = args.val_size.unwrap_or(if dataset.is_subset() { 500 } else { 5000 });
+    if val_size >= dataset.train.len() {
+        bail!(
+            "--val-size {val_size} leaves no training images (the training set has {})",
+            dataset.train.len()
+        );
+    }
+    let config = TrainConfig {
+        model: args.model.clone(),
+        dataset: args.dataset.to_string(),
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size as usize,
+        lr: args.lr,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        seed: args.seed,
+        backend: args.backend,
+        limit: args.limit,
+        val_size,
+    };
+    let info_model = konv_models::registry::info(&config.model).ok_or_else(|| {
+        konv_models::build(&config.model, 1, &device).err().map_or_else(
+            || anyhow::anyhow!("unknown model {}", config.model),
+            anyhow::Error::from,
+        )
+    })?;
+    let data = SplitData::new(&dataset, val_size, args.limit, args.seed);
+    let out = args.out.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{}-{}-{secs}", config.model, config.dataset))
+    });
+    if out.join(run::CONFIG).exists() {
+        bail!("{}: already holds a run; choose another --out", out.display());
+    }
+    let run_dir = RunDir::create(&out)?;
+    let info = RunInfo {
+        config: config.clone(),
+        data_source: dataset.source.to_string(),
+        subset: dataset.is_subset(),
+        class_names: dataset.class_names().iter().map(|s| s.to_string()).collect(),
+        input: info_model.input,
+        normalize: data.normalize,
+        train_size: data.train.len(),
+        val_size: data.val.len(),
+    };
+    run_dir.write_info(&info)?;
+    say(format!(
+        "training {} on {} ({}): {} train / {} validation / {} test images, backend {}, run folder {}",
+        config.model,
+        config.dataset,
+        dataset.source,
+        data.train.len(),
+        data.val.len(),
+        data.test.len(),
+        config.backend,
+        out.display()
+    ));
+    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let started = std::time::Instant::now();
+    let outcome = train(
+        &config,
+        info.class_names.len(),
+        &data,
+        &device,
+        Some(&run_dir),
+        &mut observer,
+    )?;
+    let best = outcome
+        .history
+        .iter()
+        .max_by(|a, b| a.val_accuracy.total_cmp(&b.val_accuracy))
+        .map_or(0, |m| m.epoch);
+    println!(
+        "test accuracy {:.2}% (best validation epoch {best}, {} test images), {:.0}s in all; weights in {}",
+        100.0 * outcome.test.accuracy(),
+        outcome.test.total(),
+        started.elapsed().as_secs_f64(),
+        out.join(run::BEST).display()
+    );
+    Ok(())
+}
+
+/// The run folder and weights file that `--run`/`--checkpoint` point to.
+fn resolve_run(run: Option<&Path>, checkpoint: Option<&Path>) -> Result<(RunDir, Option<PathBuf>)> {
+    match (run, checkpoint) {
+        (Some(run), ckpt) => Ok((RunDir::open(run)?, ckpt.map(Path::to_path_buf))),
+        (None, Some(ckpt)) => {
+            let dir = ckpt.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let run = RunDir::open(dir).with_context(|| {
+                format!("{}: the checkpoint's folder has no config.json; pass --run DIR as well", ckpt.display())
+            })?;
+            Ok((run, Some(ckpt.to_path_buf())))
+        }
+        (None, None) => bail!("pass --run DIR or --checkpoint FILE"),
+    }
+}
+
+fn cmd_eval(args: EvalArgs) -> Result<()> {
+    let (run_dir, weights) = resolve_run(args.run.as_deref(), args.checkpoint.as_deref())?;
+    let device = args.backend.open()?;
+    let (info, model) = run::load_run_model(&run_dir, weights.as_deref(), &device)?;
+    let name = DatasetName::parse(&info.config.dataset)
+        .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
+    let dataset = if info.subset {
+        konv_datasets::mnist::embedded_fashion_mnist()
+    } else {
+        Locator { allow_embedded: false, ..args.data.locator() }.load(name)?
+    };
+    let test = std::sync::Arc::new(dataset.test);
+    let report = eval::evaluate(&model, &test, info.normalize, args.batch_size.max(1), info.class_names.len());
+    println!(
+        "{}: test accuracy {:.2}% ({} images, loss {:.4}), data from {}",
+        run_dir.path.display(),
+        100.0 * report.accuracy(),
+        report.total(),
+        report.loss,
+        dataset.source
+    );
+    print!("{}", report.confusion_table(&info.class_names));
+    Ok(())
+}
+
+fn cmd_predict(args: PredictArgs) -> Result<()> {
+    let run_dir = RunDir::open(&args.run)?;
+    let device = args.backend.open()?;
+    let (info, model) = run::load_run_model(&run_dir, None, &device)?;
+    let [_, h, w] = info.input;
+    for path in &args.images {
+        let mut pixels = predict::load_grayscale(path, h, w)?;
+        if args.invert {
+            pixels.iter_mut().for_each(|p| *p = 255 - *p);
+        }
+        let ranked = predict::classify(&model, &pixels, [h, w], info.normalize);
+        println!("{}", path.display());
+        for (class, p) in ranked.into_iter().take(args.top) {
+            println!("  {:>6.2}%  {}", 100.0 * p, info.class_names[class]);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_models() {
+    println!("{:<14} {:<10} description", "name", "input");
+    for m in konv_models::models() {
+        let [c, h, w] = m.input;
+        println!("{:<14} {:<10} {}", m.name, format!("{c}x{h}x{w}"), m.description);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => cmd_train(args),
+        Command::Eval(args) => cmd_eval(args),
+        Command::Predict(args) => cmd_predict(args),
+        Command::Models => {
+            cmd_models();
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The `konv` binary end to end on tiny data, and its answers to bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn konv(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_konv"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("KONV_DATA")
+        .output()
+        .expect("konv runs")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("konv-cli-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a failed run with a one-line error containing `needle` and no panic.
+fn assert_clear_error(out: &Output, needle: &str) {
+    let all = text(out);
+    assert!(!out.status.success(), "should fail: {all}");
+    assert!(!all.contains("panicked"), "panicked: {all}");
+    assert!(all.contains(needle), "expected `{needle}` in: {all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().lines().count() <= 3, "error should be short: {stderr}");
+}
+
+#[test]
+fn train_eval_predict_on_the_embedded_subset() {
+    let dir = temp_dir("e2e");
+    let out = konv(
+        &[
+            "train", "--epochs", "1", "--batch-size", "16", "--limit", "64", "--val-size", "32",
+            "--nesterov", "--out", "run", "--no-download",
+        ],
+        &dir,
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("embedded Fashion-MNIST subset"), "{log}");
+    assert!(log.contains("test accuracy"), "{log}");
+    for f in ["config.json", "metrics.csv", "checkpoint.bpk", "optimizer.bpk", "best.bpk"] {
+        assert!(dir.join("run").join(f).is_file(), "{f}");
+    }
+    // Training again into the same folder would overwrite it: refused.
+    let again = konv(&["train", "--epochs", "1", "--limit", "16", "--out", "run", "--no-download"], &dir);
+    assert_clear_error(&again, "already holds a run");
+
+    let out = konv(&["eval", "--run", "run"], &dir);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("test accuracy") && log.contains("Ankle boot"), "{log}");
+    let out = konv(&["eval", "--checkpoint", "run/checkpoint.bpk"], &dir);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A 28×28 PNG and a larger JPEG, both go through resize and grayscale.
+    image::GrayImage::from_fn(28, 28, |x, _| image::Luma([(x * 9) as u8])).save(dir.join("a.png")).unwrap();
+    image::RgbImage::from_fn(64, 50, |x, y| image::Rgb([x as u8, y as u8, 90])).save(dir.join("b.jpg")).unwrap();
+    let out = konv(&["predict", "--run", "run", "a.png", "b.jpg", "--top", "3"], &dir);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(log.matches('%').count(), 6, "{log}");
+
+    // An unreadable image.
+    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+    assert_clear_error(&konv(&["predict", "--run", "run", "broken.png"], &dir), "broken.png");
+    assert_clear_error(&konv(&["predict", "--run", "run", "missing.jpg"], &dir), "missing.jpg");
+    assert_clear_error(&konv(&["eval", "--run", "nowhere"], &dir), "not a konv run folder");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn missing_and_broken_data_are_clear_errors() {
+    let dir = temp_dir("data");
+    let out = konv(&["train", "--data-dir", "no-such-dir", "--epochs", "1"], &dir);
+    assert_clear_error(&out, "no-such-dir [--data-dir] (no such folder)");
+
+    // A truncated images file.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let header = |magic: u8, dims: &[u32]| {
+        let mut v = vec![0, 0, 8, magic];
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    };
+    let mut images = header(3, &[4, 28, 28]);
+    images.extend(vec![0u8; 4 * 784 - 10]);
+    let mut labels = header(1, &[4]);
+    labels.extend([0, 1, 2, 3]);
+    for split in ["train", "t10k"] {
+        std::fs::write(data.join(format!("{split}-images-idx3-ubyte")), &images).unwrap();
+        std::fs::write(data.join(format!("{split}-labels-idx1-ubyte")), &labels).unwrap();
+    }
+    let out = konv(&["train", "--data-dir", "data", "--epochs", "1"], &dir);
+    assert_clear_error(&out, "train-images-idx3-ubyte: header announces 3136 data bytes but the file holds 3126");
+
+    // Images and labels that disagree in count.
+    images.extend(vec![0u8; 10]);
+    std::fs::write(data.join("train-images-idx3-ubyte"), &images).unwrap();
+    let mut labels3 = header(1, &[3]);
+    labels3.extend([0, 1, 2]);
+    std::fs::write(data.join("train-labels-idx1-ubyte"), &labels3).unwrap();
+    let out = konv(&["train", "--data-dir", "data", "--epochs", "1"], &dir);
+    assert_clear_error(&out, "holds 4 images but");
+
+    // MNIST has no embedded subset: with nothing found, the error lists what was tried.
+    let out = konv(&["train", "--dataset", "mnist", "--no-download"], &dir);
+    assert_clear_error(&out, "mnist: data not found. Tried:");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_flag_values_are_clear_errors() {
+    let dir = temp_dir("flags");
+    assert_clear_error(&konv(&["train", "--backend", "tpu"], &dir), "valid backends: cpu, flex, ndarray, wgpu");
+    assert_clear_error(&konv(&["train", "--lr", "-1"], &dir), "--lr");
+    assert_clear_error(&konv(&["train", "--epochs", "0"], &dir), "--epochs");
+    assert_clear_error(&konv(&["train", "--dataset", "cifar"], &dir), "valid datasets: fashion-mnist, mnist");
+    assert_clear_error(&konv(&["train", "--model", "resnet9000", "--no-download"], &dir), "known models: fashion-cnn");
+    assert_clear_error(&konv(&["train", "--val-size", "999999", "--no-download"], &dir), "--val-size");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,156 @@
+//! Choosing the device at run time: `cpu` (Flex), `flex`, `ndarray`, `wgpu`, and `cuda` with
+//! the `cuda` feature.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::prelude::*;
+
+/// A compute backend, chosen by name at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    /// The fastest CPU backend here: Flex (measured against NdArray by `cargo xtask bench`).
+    Cpu,
+    /// Burn's pure-Rust CPU backend, with SIMD and rayon threads.
+    Flex,
+    /// Burn's NdArray CPU backend (deprecated upstream; kept for comparison).
+    Ndarray,
+    /// Any GPU through wgpu (Vulkan, Metal, DX12); on a machine without one, Mesa's lavapipe.
+    Wgpu,
+    /// NVIDIA GPUs through CUDA.
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+impl BackendName {
+    /// Every backend this build supports.
+    pub fn all() -> &'static [BackendName] {
+        &[
+            BackendName::Cpu,
+            BackendName::Flex,
+            BackendName::Ndarray,
+            BackendName::Wgpu,
+            #[cfg(feature = "cuda")]
+            BackendName::Cuda,
+        ]
+    }
+
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendName::Cpu => "cpu",
+            BackendName::Flex => "flex",
+            BackendName::Ndarray => "ndarray",
+            BackendName::Wgpu => "wgpu",
+            #[cfg(feature = "cuda")]
+            BackendName::Cuda => "cuda",
+        }
+    }
+
+    /// Whether the backend runs on the CPU (and so gives run-to-run identical results).
+    pub fn is_cpu(self) -> bool {
+        matches!(self, BackendName::Cpu | BackendName::Flex | BackendName::Ndarray)
+    }
+
+    /// The device, without checking that it works; see [`open`](Self::open).
+    pub fn device(self) -> Device {
+        match self {
+            BackendName::Cpu | BackendName::Flex => Device::flex(),
+            #[allow(deprecated)]
+            BackendName::Ndarray => Device::ndarray(),
+            BackendName::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
+            #[cfg(feature = "cuda")]
+            BackendName::Cuda => Device::cuda(0),
+        }
+    }
+
+    /// The device, after a tiny computation on it has succeeded. GPU backends initialize
+    /// lazily and panic when no adapter exists; this turns that into an error.
+    pub fn open(self) -> Result<Device, BackendError> {
+        let device = self.device();
+        probe(&device).map_err(|reason| BackendError::Unavailable {
+            backend: self,
+            reason,
+        })?;
+        Ok(device)
+    }
+}
+
+impl fmt::Display for BackendName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendName {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::all()
+            .iter()
+            .copied()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| BackendError::Unknown(s.to_string()))
+    }
+}
+
+/// A backend that does not exist or does not work here.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The name is not a backend of this build.
+    #[error("unknown backend `{0}`; valid backends: {list}", list = BackendName::all().iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "))]
+    Unknown(String),
+    /// The backend could not start a device.
+    #[error("backend `{backend}` has no usable device here ({reason}); use --backend cpu, or install a GPU driver (for wgpu without a GPU: apt-get install mesa-vulkan-drivers)")]
+    Unavailable {
+        /// The backend.
+        backend: BackendName,
+        /// What went wrong, first line only.
+        reason: String,
+    },
+}
+
+/// Runs a one-element computation on `device`, catching the panic a missing adapter causes.
+fn probe(device: &Device) -> Result<(), String> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<1>::from_floats([1.0, 2.0], device)
+            .sum()
+            .into_scalar::<f32>()
+    }));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(v) if v == 3.0 => Ok(()),
+        Ok(v) => Err(format!("a test sum gave {v} instead of 3")),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("the device failed to start");
+            Err(msg.lines().next().unwrap_or_default().to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_lists_valid() {
+        for b in BackendName::all() {
+            assert_eq!(b.as_str().parse::<BackendName>().unwrap(), *b);
+        }
+        let err = "tpu".parse::<BackendName>().unwrap_err().to_string();
+        assert!(err.contains("cpu, flex, ndarray, wgpu"), "{err}");
+    }
+
+    #[test]
+    fn cpu_backends_open() {
+        assert!(BackendName::Cpu.open().is_ok());
+        assert!(BackendName::Ndarray.open().is_ok());
+    }
+}

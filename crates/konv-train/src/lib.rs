@@ -1,0 +1,95 @@
+//! Training konv models, from the `konv` CLI or from your own code.
+//!
+//! - [`backend`]: pick `cpu`, `flex`, `ndarray`, `wgpu` (or `cuda`) at run time.
+//! - [`data`]: image sets through Burn's `Dataset`, `Batcher` and `DataLoader`.
+//! - [`train`]: the SGD training loop with validation, metrics and checkpoints.
+//! - [`eval`] and [`predict`]: accuracy, confusion matrix, top-k classes of image files.
+//! - [`run`]: the run folder (`config.json`, `metrics.csv`, atomic checkpoints).
+//!
+//! ```no_run
+//! use konv_datasets::{DatasetName, Locator};
+//! use konv_train::{backend::BackendName, observer::Silent, train::*};
+//!
+//! let dataset = Locator { allow_embedded: true, ..Default::default() }
+//!     .load(DatasetName::FashionMnist)?;
+//! let config = TrainConfig { epochs: 1, ..Default::default() };
+//! let data = SplitData::new(&dataset, 500, None, config.seed);
+//! let device = BackendName::Cpu.open()?;
+//! let outcome = train(&config, 10, &data, &device, None, &mut Silent)?;
+//! println!("test accuracy {:.2}%", 100.0 * outcome.test.accuracy());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+pub mod backend;
+pub mod data;
+pub mod eval;
+pub mod observer;
+pub mod predict;
+pub mod run;
+pub mod train;
+
+/// What can go wrong while training, evaluating or predicting.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A weights file could not be read, written or applied to the model.
+    #[error("{0}: cannot use these weights: {1}")]
+    Record(PathBuf, String),
+    /// A run folder's file is not what konv wrote.
+    #[error("{path}: corrupt ({reason})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The folder is not a konv run.
+    #[error("{0}: not a konv run folder (no config.json); pass the --out folder of a `konv train` run")]
+    NotARun(PathBuf),
+    /// An image file could not be decoded.
+    #[error("{path}: cannot read image ({reason}); konv reads PNG and JPEG files")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("training diverged at epoch {epoch}, step {step} (loss is not finite); lower --lr")]
+    Diverged {
+        /// The epoch.
+        epoch: usize,
+        /// The step in the epoch.
+        step: usize,
+    },
+    /// Invalid settings.
+    #[error("{0}")]
+    Config(String),
+    /// An unknown model.
+    #[error(transparent)]
+    Model(#[from] konv_models::ModelError),
+    /// A backend that is unknown or unavailable.
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    /// Data that could not be found or read.
+    #[error(transparent)]
+    Data(#[from] konv_datasets::DataError),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! A run folder: `config.json`, `metrics.csv`, `checkpoint.bpk` + `optimizer.bpk` after each
+//! epoch, and `best.bpk`, the weights of the epoch with the best validation accuracy.
+//! Every file is written to a temporary name and renamed, so a crash never leaves a
+//! half-written file behind.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use konv_models::Classifier;
+
+use crate::TrainError;
+use crate::train::{EpochMetrics, RunInfo};
+
+/// The model weights after the latest epoch.
+pub const CHECKPOINT: &str = "checkpoint.bpk";
+/// The optimizer state after the latest epoch.
+pub const OPTIMIZER: &str = "optimizer.bpk";
+/// The weights of the epoch with the best validation accuracy.
+pub const BEST: &str = "best.bpk";
+/// The run's configuration.
+pub const CONFIG: &str = "config.json";
+/// One line per epoch.
+pub const METRICS: &str = "metrics.csv";
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    /// The folder.
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates the folder (and its parents) for a new run.
+    pub fn create(path: &Path) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(path).map_err(|e| TrainError::io(path, e))?;
+        Ok(RunDir { path: path.to_path_buf() })
+    }
+
+    /// Opens an existing run folder, checking it has a configuration.
+    pub fn open(path: &Path) -> Result<Self, TrainError> {
+        if !path.join(CONFIG).is_file() {
+            return Err(TrainError::NotARun(path.to_path_buf()));
+        }
+        Ok(RunDir { path: path.to_path_buf() })
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), TrainError> {
+        let path = self.path.join(name);
+        write_atomic(&path, bytes).map_err(|e| TrainError::io(&path, e))
+    }
+
+    /// Writes `config.json`.
+    pub fn write_info(&self, info: &RunInfo) -> Result<(), TrainError> {
+        let json = serde_json::to_vec_pretty(info).expect("RunInfo serializes");
+        self.write(CONFIG, &json)
+    }
+
+    /// Reads `config.json`.
+    pub fn read_info(&self) -> Result<RunInfo, TrainError> {
+        let path = self.path.join(CONFIG);
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Rewrites `metrics.csv` with every epoch so far.
+    pub fn write_metrics(&self, history: &[EpochMetrics]) -> Result<(), TrainError> {
+        let mut csv = String::from(EpochMetrics::CSV_HEADER);
+        csv.push('\n');
+        for m in history {
+            csv.push_str(&m.csv_row());
+            csv.push('\n');
+        }
+        self.write(METRICS, csv.as_bytes())
+    }
+
+    /// Saves model weights as `name` (burnpack format).
+    pub fn save_model(&self, name: &str, model: &Classifier) -> Result<(), TrainError> {
+        let bytes = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| TrainError::Record(self.path.join(name), e.to_string()))?;
+        self.write(name, &bytes)
+    }
+
+    /// Saves optimizer state bytes as `optimizer.bpk`.
+    pub fn save_optimizer(&self, bytes: &[u8]) -> Result<(), TrainError> {
+        self.write(OPTIMIZER, bytes)
+    }
+}
+
+/// Loads weights from a burnpack file into `model` (which must have the same layout).
+pub fn load_weights(model: Classifier, path: &Path) -> Result<Classifier, TrainError> {
+    if !path.is_file() {
+        return Err(TrainError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
+    }
+    let record =
+        ModuleRecord::load(path).map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))
+}
+
+/// Builds the model a run trained and loads its best weights (or `weights`, when given) on
+/// `device`.
+pub fn load_run_model(
+    run: &RunDir,
+    weights: Option<&Path>,
+    device: &Device,
+) -> Result<(RunInfo, Classifier), TrainError> {
+    let info = run.read_info()?;
+    let model = konv_models::build(&info.config.model, info.class_names.len(), device)?;
+    let path = weights.map_or_else(|| run.path.join(BEST), Path::to_path_buf);
+    Ok((info.clone(), load_weights(model, &path)?))
+}

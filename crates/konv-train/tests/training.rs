@@ -1,0 +1,95 @@
+//! Training behaviour on tiny data, on the CPU.
+
+use std::sync::Arc;
+
+use burn::prelude::*;
+use konv_datasets::mnist::embedded_fashion_mnist;
+use konv_models::Classifier;
+use konv_models::fashion_cnn::FashionCnnConfig;
+use konv_train::backend::BackendName;
+use konv_train::data::{Normalize, loader};
+use konv_train::observer::Silent;
+use konv_train::run::{self, RunDir};
+use konv_train::train::{SplitData, TrainConfig, train, train_step};
+
+fn tiny_model(device: &Device, dropout: f64) -> Classifier {
+    Classifier::FashionCnn(
+        FashionCnnConfig::new()
+            .with_input_size([28, 28])
+            .with_dropout(dropout)
+            .init(device),
+    )
+}
+
+#[test]
+fn a_few_steps_lower_the_loss_on_a_tiny_batch() {
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let data = embedded_fashion_mnist();
+    let set = Arc::new(data.train.take(16));
+    let normalize = Normalize { mean: 0.286, std: 0.353 };
+    let batch = loader(set, normalize, 16, None, &device).iter().next().unwrap().unwrap();
+    let mut model = tiny_model(&device, 0.0);
+    let mut optim = TrainConfig::default().optimizer();
+    let mut losses = Vec::new();
+    for _ in 0..6 {
+        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.01);
+        model = next;
+        losses.push(loss);
+    }
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[5] < 0.7 * losses[0], "losses {losses:?}");
+}
+
+fn tiny_config() -> TrainConfig {
+    TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        limit: Some(48),
+        val_size: 32,
+        seed: 3,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn same_seed_same_curve_and_checkpoints_reload() {
+    let dataset = embedded_fashion_mnist();
+    let config = tiny_config();
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(40));
+    let device = BackendName::Cpu.open().unwrap();
+    let dir = std::env::temp_dir().join(format!("konv-train-test-{}", std::process::id()));
+    let run_dir = RunDir::create(&dir).unwrap();
+    let a = train(&config, 10, &data, &device, Some(&run_dir), &mut Silent).unwrap();
+    let b = train(&config, 10, &data, &device, None, &mut Silent).unwrap();
+    assert_eq!(a.history.len(), 2);
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert_eq!(x.train_loss, y.train_loss, "same seed, same loss curve");
+        assert_eq!(x.val_loss, y.val_loss);
+    }
+    // A different seed gives a different curve.
+    let c = train(&TrainConfig { seed: 4, ..config.clone() }, 10, &data, &device, None, &mut Silent).unwrap();
+    assert_ne!(a.history[0].train_loss, c.history[0].train_loss);
+
+    // The run folder: metrics, checkpoint, optimizer state and best weights, no temp files.
+    let csv = std::fs::read_to_string(dir.join(run::METRICS)).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    for f in [run::CHECKPOINT, run::OPTIMIZER, run::BEST] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+
+    // The best weights reload and evaluate to the same test accuracy.
+    let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
+    let model = run::load_weights(model, &dir.join(run::BEST)).unwrap();
+    let report = konv_train::eval::evaluate(&model, &data.test, data.normalize, 16, 10);
+    assert_eq!(report.confusion, a.test.confusion);
+
+    // A corrupt weights file is an error naming it, not a panic.
+    std::fs::write(dir.join("bad.bpk"), b"not a burnpack").unwrap();
+    let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
+    let err = run::load_weights(model, &dir.join("bad.bpk")).unwrap_err().to_string();
+    assert!(err.contains("bad.bpk"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
