@@ -62,7 +62,9 @@ pub enum IdxError {
         found: u64,
     },
     /// A label is not a valid class index.
-    #[error("{path}: label {label} at item {index} is out of range (the dataset has {classes} classes)")]
+    #[error(
+        "{path}: label {label} at item {index} is out of range (the dataset has {classes} classes)"
+    )]
     LabelOutOfRange {
         /// The file.
         path: PathBuf,
@@ -74,7 +76,9 @@ pub enum IdxError {
         classes: usize,
     },
     /// The images and labels files hold different numbers of items.
-    #[error("{images} holds {image_count} images but {labels} holds {label_count} labels; the files do not belong together")]
+    #[error(
+        "{images} holds {image_count} images but {labels} holds {label_count} labels; the files do not belong together"
+    )]
     CountMismatch {
         /// The images file.
         images: PathBuf,
@@ -280,7 +284,10 @@ mod tests {
         let imgs = images(4);
         assert_eq!(parse_images(p(), &encode_images(&imgs)).unwrap(), imgs);
         let labels = vec![0, 3, 9, 1];
-        assert_eq!(parse_labels(p(), &encode_labels(&labels), 10).unwrap(), labels);
+        assert_eq!(
+            parse_labels(p(), &encode_labels(&labels), 10).unwrap(),
+            labels
+        );
         assert_eq!(imgs.image(1), &[6, 7, 8, 9, 10, 11]);
     }
 
@@ -289,7 +296,17 @@ mod tests {
         let mut bytes = encode_images(&images(4));
         bytes.truncate(bytes.len() - 5);
         let err = parse_images(p(), &bytes).unwrap_err();
-        assert!(matches!(err, IdxError::SizeMismatch { expected: 24, found: 19, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                IdxError::SizeMismatch {
+                    expected: 24,
+                    found: 19,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().starts_with("test.idx:"));
     }
 
@@ -315,7 +332,10 @@ mod tests {
 
     #[test]
     fn short_header_and_zero_dims_are_errors() {
-        assert!(matches!(parse_images(p(), &[0, 0]), Err(IdxError::BadHeader { .. })));
+        assert!(matches!(
+            parse_images(p(), &[0, 0]),
+            Err(IdxError::BadHeader { .. })
+        ));
         assert!(matches!(
             parse_images(p(), &[0, 0, 8, 3, 0, 0, 0, 1]),
             Err(IdxError::BadHeader { .. })
@@ -332,14 +352,24 @@ mod tests {
     #[test]
     fn labels_out_of_range_are_an_error() {
         let err = parse_labels(p(), &encode_labels(&[1, 10, 2]), 10).unwrap_err();
-        assert!(matches!(err, IdxError::LabelOutOfRange { index: 1, label: 10, .. }));
+        assert!(matches!(
+            err,
+            IdxError::LabelOutOfRange {
+                index: 1,
+                label: 10,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn count_mismatch_names_both_files() {
         let err = check_pair(Path::new("a"), &images(3), Path::new("b"), &[1, 2]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("a holds 3 images") && msg.contains("b holds 2 labels"), "{msg}");
+        assert!(
+            msg.contains("a holds 3 images") && msg.contains("b holds 2 labels"),
+            "{msg}"
+        );
     }
 
     #[test]

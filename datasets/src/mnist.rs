@@ -169,9 +169,9 @@ impl fmt::Display for DataSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DataSource::Folder(dir) => write!(f, "{}", dir.display()),
-            DataSource::Embedded => f.write_str(
-                "the embedded Fashion-MNIST subset (6,000 train / 1,000 test images)",
-            ),
+            DataSource::Embedded => {
+                f.write_str("the embedded Fashion-MNIST subset (6,000 train / 1,000 test images)")
+            }
         }
     }
 }
@@ -208,7 +208,9 @@ pub enum DataError {
     #[error(transparent)]
     Idx(#[from] IdxError),
     /// No location held the files.
-    #[error("{name}: data not found. Tried: {tried}. Fix: pass --data-dir DIR with the four IDX files ({files}, raw or .gz), set KONV_DATA, or install them (Debian: apt-get install dataset-{name})")]
+    #[error(
+        "{name}: data not found. Tried: {tried}. Fix: pass --data-dir DIR with the four IDX files ({files}, raw or .gz), set KONV_DATA, or install them (Debian: apt-get install dataset-{name})"
+    )]
     NotFound {
         /// The dataset.
         name: DatasetName,
@@ -266,13 +268,19 @@ fn files_in(dir: &Path) -> Result<[PathBuf; 4], String> {
 }
 
 /// Reads and checks the four files of a dataset.
-pub fn load_files(name: DatasetName, files: &[PathBuf; 4]) -> Result<(ImageSet, ImageSet), IdxError> {
+pub fn load_files(
+    name: DatasetName,
+    files: &[PathBuf; 4],
+) -> Result<(ImageSet, ImageSet), IdxError> {
     let classes = name.class_names().len();
     let load = |images: &Path, labels: &Path| -> Result<ImageSet, IdxError> {
         let imgs = idx::read_images(images)?;
         let lbls = idx::read_labels(labels, classes)?;
         idx::check_pair(images, &imgs, labels, &lbls)?;
-        Ok(ImageSet { images: imgs, labels: lbls })
+        Ok(ImageSet {
+            images: imgs,
+            labels: lbls,
+        })
     };
     Ok((load(&files[0], &files[1])?, load(&files[2], &files[3])?))
 }
@@ -280,10 +288,14 @@ pub fn load_files(name: DatasetName, files: &[PathBuf; 4]) -> Result<(ImageSet, 
 /// Loads the embedded Fashion-MNIST subset: 600 training and 100 test images per class,
 /// the first of each class in the real files.
 pub fn embedded_fashion_mnist() -> Dataset {
-    const TRAIN_IMAGES: &[u8] = include_bytes!("../embedded/fashion-mnist/train-images-idx3-ubyte.gz");
-    const TRAIN_LABELS: &[u8] = include_bytes!("../embedded/fashion-mnist/train-labels-idx1-ubyte.gz");
-    const TEST_IMAGES: &[u8] = include_bytes!("../embedded/fashion-mnist/t10k-images-idx3-ubyte.gz");
-    const TEST_LABELS: &[u8] = include_bytes!("../embedded/fashion-mnist/t10k-labels-idx1-ubyte.gz");
+    const TRAIN_IMAGES: &[u8] =
+        include_bytes!("../embedded/fashion-mnist/train-images-idx3-ubyte.gz");
+    const TRAIN_LABELS: &[u8] =
+        include_bytes!("../embedded/fashion-mnist/train-labels-idx1-ubyte.gz");
+    const TEST_IMAGES: &[u8] =
+        include_bytes!("../embedded/fashion-mnist/t10k-images-idx3-ubyte.gz");
+    const TEST_LABELS: &[u8] =
+        include_bytes!("../embedded/fashion-mnist/t10k-labels-idx1-ubyte.gz");
     let set = |images: &[u8], labels: &[u8]| {
         let path = Path::new("<embedded fashion-mnist>");
         let gunzip = |bytes: &[u8]| {
@@ -294,7 +306,8 @@ pub fn embedded_fashion_mnist() -> Dataset {
         };
         ImageSet {
             images: idx::parse_images(path, &gunzip(images)).expect("embedded images are valid"),
-            labels: idx::parse_labels(path, &gunzip(labels), 10).expect("embedded labels are valid"),
+            labels: idx::parse_labels(path, &gunzip(labels), 10)
+                .expect("embedded labels are valid"),
         }
     };
     Dataset {
@@ -361,7 +374,9 @@ impl Locator {
                             test,
                         });
                     }
-                    Err(why) => tried.push(format!("download from {} ({why})", name.download_base())),
+                    Err(why) => {
+                        tried.push(format!("download from {} ({why})", name.download_base()))
+                    }
                 }
             }
             if self.allow_embedded && name == DatasetName::FashionMnist {
@@ -456,8 +471,14 @@ mod tests {
             download: true,
             allow_embedded: true,
         };
-        let err = locator.load(DatasetName::FashionMnist).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/konv [--data-dir] (no such folder)"), "{err}");
+        let err = locator
+            .load(DatasetName::FashionMnist)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/konv [--data-dir] (no such folder)"),
+            "{err}"
+        );
         assert!(err.contains("--data-dir DIR"), "{err}");
     }
 
@@ -465,14 +486,25 @@ mod tests {
     fn broken_files_in_a_folder_are_an_error_naming_the_file() {
         let dir = std::env::temp_dir().join(format!("konv-broken-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let imgs = IdxImages { count: 2, rows: 2, cols: 2, pixels: vec![0; 8] };
+        let imgs = IdxImages {
+            count: 2,
+            rows: 2,
+            cols: 2,
+            pixels: vec![0; 8],
+        };
         std::fs::write(dir.join(FILES[0]), idx::encode_images(&imgs)).unwrap();
         std::fs::write(dir.join(FILES[1]), idx::encode_labels(&[1, 2, 3])).unwrap();
         std::fs::write(dir.join(FILES[2]), idx::encode_images(&imgs)).unwrap();
         std::fs::write(dir.join(FILES[3]), idx::encode_labels(&[1, 2])).unwrap();
-        let locator = Locator { data_dir: Some(dir.clone()), ..Default::default() };
+        let locator = Locator {
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        };
         let err = locator.load(DatasetName::Mnist).unwrap_err().to_string();
-        assert!(err.contains("holds 2 images") && err.contains("holds 3 labels"), "{err}");
+        assert!(
+            err.contains("holds 2 images") && err.contains("holds 3 labels"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

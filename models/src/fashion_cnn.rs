@@ -99,7 +99,11 @@ impl FashionCnnConfig {
     /// If the input is too small to survive three poolings (smaller than 8×8).
     pub fn init(&self, device: &Device) -> FashionCnn {
         let [h, w] = self.feature_size();
-        assert!(h > 0 && w > 0, "FashionCnn needs inputs of at least 8×8, got {:?}", self.input_size);
+        assert!(
+            h > 0 && w > 0,
+            "FashionCnn needs inputs of at least 8×8, got {:?}",
+            self.input_size
+        );
         FashionCnn {
             conv1: keras_conv(self.in_channels, 64, 7, device),
             conv2: keras_conv(64, 128, 3, device),
@@ -127,8 +131,11 @@ impl FashionCnn {
         let x = self.pool.forward(x);
         // Keras flattens channels-last; the order only matters for imported Keras weights.
         let x = x.flatten::<2>(1, 3);
-        let x = self.dropout.forward(relu(self.fc1.forward(x)));
-        self.dropout.forward(relu(self.fc2.forward(x)))
+        let x = self
+            .dropout
+            .forward(self.activation.forward(self.fc1.forward(x)));
+        self.dropout
+            .forward(self.activation.forward(self.fc2.forward(x)))
     }
 
     /// Class logits: `[batch, channels, height, width]` → `[batch, num_classes]`.
@@ -172,7 +179,9 @@ mod tests {
     #[test]
     fn small_inputs_and_new_heads() {
         let device = Device::flex();
-        let model = FashionCnnConfig::new().with_input_size([8, 8]).init(&device);
+        let model = FashionCnnConfig::new()
+            .with_input_size([8, 8])
+            .init(&device);
         let model = model.with_num_classes(3, &device);
         let out = model.forward(Tensor::ones([2, 1, 8, 8], &device));
         assert_eq!(out.dims(), [2, 3]);

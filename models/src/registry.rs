@@ -54,11 +54,17 @@ pub struct ModelError {
 pub fn build(name: &str, num_classes: usize, device: &Device) -> Result<Classifier, ModelError> {
     match name {
         "fashion-cnn" => Ok(Classifier::FashionCnn(
-            FashionCnnConfig::new().with_num_classes(num_classes).init(device),
+            FashionCnnConfig::new()
+                .with_num_classes(num_classes)
+                .init(device),
         )),
         _ => Err(ModelError {
             name: name.to_string(),
-            known: models().iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+            known: models()
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
@@ -78,7 +84,10 @@ mod tests {
         for m in models() {
             let model = build(m.name, 10, &device).unwrap();
             let [c, h, w] = m.input;
-            assert_eq!(model.forward(Tensor::zeros([1, c, h, w], &device)).dims(), [1, 10]);
+            assert_eq!(
+                model.forward(Tensor::zeros([1, c, h, w], &device)).dims(),
+                [1, 10]
+            );
         }
         let err = build("resnet9000", 10, &device).unwrap_err().to_string();
         assert!(err.contains("fashion-cnn"), "{err}");

@@ -62,7 +62,15 @@ fn cargo(args: &[&str]) -> Result<()> {
 fn ci(no_clippy: bool) -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     if !no_clippy {
-        cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
     }
     cargo(&["test", "--workspace", "--release"])
 }
@@ -70,18 +78,35 @@ fn ci(no_clippy: bool) -> Result<()> {
 /// A random batch on `device`.
 fn random_batch(batch: usize, size: usize, classes: usize, device: &Device) -> ImageBatch {
     ImageBatch {
-        images: Tensor::random([batch, 1, size, size], burn::tensor::Distribution::Normal(0.0, 1.0), device),
-        targets: Tensor::<1>::random([batch], burn::tensor::Distribution::Uniform(0.0, classes as f64), device)
-            .int(),
+        images: Tensor::random(
+            [batch, 1, size, size],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            device,
+        ),
+        targets: Tensor::<1>::random(
+            [batch],
+            burn::tensor::Distribution::Uniform(0.0, classes as f64),
+            device,
+        )
+        .int(),
     }
 }
 
-fn bench_one(backend: BackendName, model: &str, batch: usize, size: usize, warmup: usize, steps: usize) -> Result<f64> {
+fn bench_one(
+    backend: BackendName,
+    model: &str,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<f64> {
     let device = backend.open()?.autodiff();
     device.seed(0);
     let mut net = if model == "fashion-cnn" && size != 28 {
         konv_models::Classifier::FashionCnn(
-            konv_models::fashion_cnn::FashionCnnConfig::new().with_input_size([size, size]).init(&device),
+            konv_models::fashion_cnn::FashionCnnConfig::new()
+                .with_input_size([size, size])
+                .init(&device),
         )
     } else {
         konv_models::build(model, 10, &device)?
@@ -110,7 +135,14 @@ fn bench_one(backend: BackendName, model: &str, batch: usize, size: usize, warmu
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { no_clippy } => ci(no_clippy),
-        Cmd::Bench { backends, model, batch_size, size, warmup, steps } => {
+        Cmd::Bench {
+            backends,
+            model,
+            batch_size,
+            size,
+            warmup,
+            steps,
+        } => {
             println!("training throughput (forward + backward + SGD step, random data)");
             for backend in backends {
                 if let Err(e) = bench_one(backend, &model, batch_size, size, warmup, steps) {

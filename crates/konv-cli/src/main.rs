@@ -16,7 +16,11 @@ use konv_train::train::{RunInfo, SplitData, TrainConfig, train};
 use konv_train::{eval, predict};
 
 #[derive(Parser)]
-#[command(name = "konv", version, about = "Convolutional neural networks in Rust, on Burn")]
+#[command(
+    name = "konv",
+    version,
+    about = "Convolutional neural networks in Rust, on Burn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,11 +47,25 @@ struct DataArgs {
     #[arg(long)]
     no_download: bool,
     /// Fail instead of falling back to the embedded Fashion-MNIST subset.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "embedded")]
     full: bool,
+    /// Use the embedded Fashion-MNIST subset even when the full dataset is present (quick runs).
+    #[arg(long)]
+    embedded: bool,
 }
 
 impl DataArgs {
+    /// Loads `name` from where these flags say.
+    fn load(&self, name: DatasetName) -> Result<konv_datasets::Dataset> {
+        if self.embedded {
+            if name != DatasetName::FashionMnist {
+                bail!("--embedded: only fashion-mnist has an embedded subset");
+            }
+            return Ok(konv_datasets::mnist::embedded_fashion_mnist());
+        }
+        Ok(self.locator().load(name)?)
+    }
+
     fn locator(&self) -> Locator {
         Locator {
             data_dir: self.data_dir.clone(),
@@ -163,7 +181,7 @@ fn parse_momentum(s: &str) -> Result<f64, String> {
 }
 
 fn cmd_train(args: TrainArgs) -> Result<()> {
-    let dataset = args.data.locator().load(args.dataset)?;
+    let dataset = args.data.load(args.dataset)?;
     let device = args.backend.open()?;
     let mode = OutputMode::detect(args.quiet);
     let say = |msg: String| {
@@ -177,7 +195,9 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
              or --data-dir DIR"
             .to_string());
     }
-    let val_size = args.val_size.unwrap_or(if dataset.is_subset() { 500 } else { 5000 });
+    let val_size = args
+        .val_size
+        .unwrap_or(if dataset.is_subset() { 500 } else { 5000 });
     if val_size >= dataset.train.len() {
         bail!(
             "--val-size {val_size} leaves no training images (the training set has {})",
@@ -198,10 +218,12 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         val_size,
     };
     let info_model = konv_models::registry::info(&config.model).ok_or_else(|| {
-        konv_models::build(&config.model, 1, &device).err().map_or_else(
-            || anyhow::anyhow!("unknown model {}", config.model),
-            anyhow::Error::from,
-        )
+        konv_models::build(&config.model, 1, &device)
+            .err()
+            .map_or_else(
+                || anyhow::anyhow!("unknown model {}", config.model),
+                anyhow::Error::from,
+            )
     })?;
     let data = SplitData::new(&dataset, val_size, args.limit, args.seed);
     let out = args.out.unwrap_or_else(|| {
@@ -211,14 +233,21 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         PathBuf::from("runs").join(format!("{}-{}-{secs}", config.model, config.dataset))
     });
     if out.join(run::CONFIG).exists() {
-        bail!("{}: already holds a run; choose another --out", out.display());
+        bail!(
+            "{}: already holds a run; choose another --out",
+            out.display()
+        );
     }
     let run_dir = RunDir::create(&out)?;
     let info = RunInfo {
         config: config.clone(),
         data_source: dataset.source.to_string(),
         subset: dataset.is_subset(),
-        class_names: dataset.class_names().iter().map(|s| s.to_string()).collect(),
+        class_names: dataset
+            .class_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         input: info_model.input,
         normalize: data.normalize,
         train_size: data.train.len(),
@@ -266,9 +295,15 @@ fn resolve_run(run: Option<&Path>, checkpoint: Option<&Path>) -> Result<(RunDir,
     match (run, checkpoint) {
         (Some(run), ckpt) => Ok((RunDir::open(run)?, ckpt.map(Path::to_path_buf))),
         (None, Some(ckpt)) => {
-            let dir = ckpt.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = ckpt
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let run = RunDir::open(dir).with_context(|| {
-                format!("{}: the checkpoint's folder has no config.json; pass --run DIR as well", ckpt.display())
+                format!(
+                    "{}: the checkpoint's folder has no config.json; pass --run DIR as well",
+                    ckpt.display()
+                )
             })?;
             Ok((run, Some(ckpt.to_path_buf())))
         }
@@ -285,10 +320,20 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     let dataset = if info.subset {
         konv_datasets::mnist::embedded_fashion_mnist()
     } else {
-        Locator { allow_embedded: false, ..args.data.locator() }.load(name)?
+        Locator {
+            allow_embedded: false,
+            ..args.data.locator()
+        }
+        .load(name)?
     };
     let test = std::sync::Arc::new(dataset.test);
-    let report = eval::evaluate(&model, &test, info.normalize, args.batch_size.max(1), info.class_names.len());
+    let report = eval::evaluate(
+        &model,
+        &test,
+        info.normalize,
+        args.batch_size.max(1),
+        info.class_names.len(),
+    );
     println!(
         "{}: test accuracy {:.2}% ({} images, loss {:.4}), data from {}",
         run_dir.path.display(),
@@ -324,7 +369,12 @@ fn cmd_models() {
     println!("{:<14} {:<10} description", "name", "input");
     for m in konv_models::models() {
         let [c, h, w] = m.input;
-        println!("{:<14} {:<10} {}", m.name, format!("{c}x{h}x{w}"), m.description);
+        println!(
+            "{:<14} {:<10} {}",
+            m.name,
+            format!("{c}x{h}x{w}"),
+            m.description
+        );
     }
 }
 

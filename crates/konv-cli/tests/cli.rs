@@ -13,7 +13,11 @@ fn konv(args: &[&str], cwd: &Path) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -30,7 +34,10 @@ fn assert_clear_error(out: &Output, needle: &str) {
     assert!(!all.contains("panicked"), "panicked: {all}");
     assert!(all.contains(needle), "expected `{needle}` in: {all}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.trim().lines().count() <= 3, "error should be short: {stderr}");
+    assert!(
+        stderr.trim().lines().count() <= 3,
+        "error should be short: {stderr}"
+    );
 }
 
 #[test]
@@ -38,8 +45,19 @@ fn train_eval_predict_on_the_embedded_subset() {
     let dir = temp_dir("e2e");
     let out = konv(
         &[
-            "train", "--epochs", "1", "--batch-size", "16", "--limit", "64", "--val-size", "32",
-            "--nesterov", "--out", "run", "--no-download",
+            "train",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--limit",
+            "64",
+            "--val-size",
+            "32",
+            "--nesterov",
+            "--out",
+            "run",
+            "--embedded",
         ],
         &dir,
     );
@@ -47,40 +65,80 @@ fn train_eval_predict_on_the_embedded_subset() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("embedded Fashion-MNIST subset"), "{log}");
     assert!(log.contains("test accuracy"), "{log}");
-    for f in ["config.json", "metrics.csv", "checkpoint.bpk", "optimizer.bpk", "best.bpk"] {
+    for f in [
+        "config.json",
+        "metrics.csv",
+        "checkpoint.bpk",
+        "optimizer.bpk",
+        "best.bpk",
+    ] {
         assert!(dir.join("run").join(f).is_file(), "{f}");
     }
     // Training again into the same folder would overwrite it: refused.
-    let again = konv(&["train", "--epochs", "1", "--limit", "16", "--out", "run", "--no-download"], &dir);
+    let again = konv(
+        &[
+            "train",
+            "--epochs",
+            "1",
+            "--limit",
+            "16",
+            "--out",
+            "run",
+            "--embedded",
+        ],
+        &dir,
+    );
     assert_clear_error(&again, "already holds a run");
 
     let out = konv(&["eval", "--run", "run"], &dir);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("test accuracy") && log.contains("Ankle boot"), "{log}");
+    assert!(
+        log.contains("test accuracy") && log.contains("Ankle boot"),
+        "{log}"
+    );
     let out = konv(&["eval", "--checkpoint", "run/checkpoint.bpk"], &dir);
     assert!(out.status.success(), "{}", text(&out));
 
     // A 28×28 PNG and a larger JPEG, both go through resize and grayscale.
-    image::GrayImage::from_fn(28, 28, |x, _| image::Luma([(x * 9) as u8])).save(dir.join("a.png")).unwrap();
-    image::RgbImage::from_fn(64, 50, |x, y| image::Rgb([x as u8, y as u8, 90])).save(dir.join("b.jpg")).unwrap();
-    let out = konv(&["predict", "--run", "run", "a.png", "b.jpg", "--top", "3"], &dir);
+    image::GrayImage::from_fn(28, 28, |x, _| image::Luma([(x * 9) as u8]))
+        .save(dir.join("a.png"))
+        .unwrap();
+    image::RgbImage::from_fn(64, 50, |x, y| image::Rgb([x as u8, y as u8, 90]))
+        .save(dir.join("b.jpg"))
+        .unwrap();
+    let out = konv(
+        &["predict", "--run", "run", "a.png", "b.jpg", "--top", "3"],
+        &dir,
+    );
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert_eq!(log.matches('%').count(), 6, "{log}");
 
     // An unreadable image.
     std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
-    assert_clear_error(&konv(&["predict", "--run", "run", "broken.png"], &dir), "broken.png");
-    assert_clear_error(&konv(&["predict", "--run", "run", "missing.jpg"], &dir), "missing.jpg");
-    assert_clear_error(&konv(&["eval", "--run", "nowhere"], &dir), "not a konv run folder");
+    assert_clear_error(
+        &konv(&["predict", "--run", "run", "broken.png"], &dir),
+        "broken.png",
+    );
+    assert_clear_error(
+        &konv(&["predict", "--run", "run", "missing.jpg"], &dir),
+        "missing.jpg",
+    );
+    assert_clear_error(
+        &konv(&["eval", "--run", "nowhere"], &dir),
+        "not a konv run folder",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn missing_and_broken_data_are_clear_errors() {
     let dir = temp_dir("data");
-    let out = konv(&["train", "--data-dir", "no-such-dir", "--epochs", "1"], &dir);
+    let out = konv(
+        &["train", "--data-dir", "no-such-dir", "--epochs", "1"],
+        &dir,
+    );
     assert_clear_error(&out, "no-such-dir [--data-dir] (no such folder)");
 
     // A truncated images file.
@@ -102,7 +160,10 @@ fn missing_and_broken_data_are_clear_errors() {
         std::fs::write(data.join(format!("{split}-labels-idx1-ubyte")), &labels).unwrap();
     }
     let out = konv(&["train", "--data-dir", "data", "--epochs", "1"], &dir);
-    assert_clear_error(&out, "train-images-idx3-ubyte: header announces 3136 data bytes but the file holds 3126");
+    assert_clear_error(
+        &out,
+        "train-images-idx3-ubyte: header announces 3136 data bytes but the file holds 3126",
+    );
 
     // Images and labels that disagree in count.
     images.extend(vec![0u8; 10]);
@@ -122,11 +183,23 @@ fn missing_and_broken_data_are_clear_errors() {
 #[test]
 fn bad_flag_values_are_clear_errors() {
     let dir = temp_dir("flags");
-    assert_clear_error(&konv(&["train", "--backend", "tpu"], &dir), "valid backends: cpu, flex, ndarray, wgpu");
-    assert_clear_error(&konv(&["train", "--lr", "-1"], &dir), "--lr");
+    assert_clear_error(
+        &konv(&["train", "--backend", "tpu"], &dir),
+        "valid backends: cpu, flex, ndarray, wgpu",
+    );
+    assert_clear_error(&konv(&["train", "--lr=-1"], &dir), "--lr");
     assert_clear_error(&konv(&["train", "--epochs", "0"], &dir), "--epochs");
-    assert_clear_error(&konv(&["train", "--dataset", "cifar"], &dir), "valid datasets: fashion-mnist, mnist");
-    assert_clear_error(&konv(&["train", "--model", "resnet9000", "--no-download"], &dir), "known models: fashion-cnn");
-    assert_clear_error(&konv(&["train", "--val-size", "999999", "--no-download"], &dir), "--val-size");
+    assert_clear_error(
+        &konv(&["train", "--dataset", "cifar"], &dir),
+        "valid datasets: fashion-mnist, mnist",
+    );
+    assert_clear_error(
+        &konv(&["train", "--model", "resnet9000", "--embedded"], &dir),
+        "known models: fashion-cnn",
+    );
+    assert_clear_error(
+        &konv(&["train", "--val-size", "999999", "--embedded"], &dir),
+        "--val-size",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

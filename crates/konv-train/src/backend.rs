@@ -50,7 +50,10 @@ impl BackendName {
 
     /// Whether the backend runs on the CPU (and so gives run-to-run identical results).
     pub fn is_cpu(self) -> bool {
-        matches!(self, BackendName::Cpu | BackendName::Flex | BackendName::Ndarray)
+        matches!(
+            self,
+            BackendName::Cpu | BackendName::Flex | BackendName::Ndarray
+        )
     }
 
     /// The device, without checking that it works; see [`open`](Self::open).
@@ -102,7 +105,9 @@ pub enum BackendError {
     #[error("unknown backend `{0}`; valid backends: {list}", list = BackendName::all().iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "))]
     Unknown(String),
     /// The backend could not start a device.
-    #[error("backend `{backend}` has no usable device here ({reason}); use --backend cpu, or install a GPU driver (for wgpu without a GPU: apt-get install mesa-vulkan-drivers)")]
+    #[error(
+        "backend `{backend}` has no usable device here ({reason}); use --backend cpu, or install a GPU driver (for wgpu without a GPU: apt-get install mesa-vulkan-drivers)"
+    )]
     Unavailable {
         /// The backend.
         backend: BackendName,

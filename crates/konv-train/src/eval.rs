@@ -27,7 +27,9 @@ impl EvalReport {
 
     /// Fraction predicted correctly.
     pub fn accuracy(&self) -> f64 {
-        let correct: usize = (0..self.confusion.len()).map(|i| self.confusion[i][i]).sum();
+        let correct: usize = (0..self.confusion.len())
+            .map(|i| self.confusion[i][i])
+            .sum();
         correct as f64 / self.total().max(1) as f64
     }
 
@@ -42,7 +44,12 @@ impl EvalReport {
 
     /// The confusion matrix as an aligned table, rows = actual class, columns = predicted.
     pub fn confusion_table(&self, class_names: &[String]) -> String {
-        let label_w = class_names.iter().map(|n| n.len()).max().unwrap_or(0).max(6);
+        let label_w = class_names
+            .iter()
+            .map(|n| n.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
         let col_w = self
             .confusion
             .iter()
@@ -51,22 +58,25 @@ impl EvalReport {
             .max()
             .unwrap_or(1)
             .max(4);
-        let mut out = format!("{:>label_w$}  ", "actual \\ predicted");
-        out = format!("{out:<}");
         let mut header = format!("{:label_w$}", "");
         for j in 0..self.confusion.len() {
             header.push_str(&format!(" {:>col_w$}", j));
         }
         header.push_str("   accuracy\n");
         let mut table = String::new();
-        table.push_str(&format!("rows: actual class, columns: predicted class index\n{header}"));
+        table.push_str(&format!(
+            "rows: actual class, columns: predicted class index\n{header}"
+        ));
         for (i, row) in self.confusion.iter().enumerate() {
             let name = class_names.get(i).map_or("?", String::as_str);
             table.push_str(&format!("{i} {name:<w$}", w = label_w - 2));
             for c in row {
                 table.push_str(&format!(" {c:>col_w$}"));
             }
-            table.push_str(&format!("   {:>7.2}%\n", 100.0 * self.per_class_accuracy()[i]));
+            table.push_str(&format!(
+                "   {:>7.2}%\n",
+                100.0 * self.per_class_accuracy()[i]
+            ));
         }
         table
     }
@@ -80,7 +90,11 @@ pub fn evaluate(
     batch_size: usize,
     num_classes: usize,
 ) -> EvalReport {
-    let device = model.devices().into_iter().next().unwrap_or_else(Device::flex);
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
     let mut loss_sum = 0.0;
@@ -90,8 +104,18 @@ pub fn evaluate(
         let logits = model.forward(batch.images);
         let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
         loss_sum += loss.into_scalar::<f64>() * n as f64;
-        let predicted = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
-        let actual = batch.targets.into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+        let predicted = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap_or_default();
+        let actual = batch
+            .targets
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap_or_default();
         for (a, p) in actual.into_iter().zip(predicted) {
             confusion[a as usize][p as usize] += 1;
         }

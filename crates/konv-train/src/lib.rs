@@ -53,7 +53,9 @@ pub enum TrainError {
         reason: String,
     },
     /// The folder is not a konv run.
-    #[error("{0}: not a konv run folder (no config.json); pass the --out folder of a `konv train` run")]
+    #[error(
+        "{0}: not a konv run folder (no config.json); pass the --out folder of a `konv train` run"
+    )]
     NotARun(PathBuf),
     /// An image file could not be decoded.
     #[error("{path}: cannot read image ({reason}); konv reads PNG and JPEG files")]

@@ -54,7 +54,13 @@ pub struct ConsoleObserver {
 impl ConsoleObserver {
     /// A console observer; `batch_size` converts images seen into steps.
     pub fn new(mode: OutputMode, batch_size: usize) -> Self {
-        ConsoleObserver { mode, bar: None, epochs: 0, batch_size, steps: 0 }
+        ConsoleObserver {
+            mode,
+            bar: None,
+            epochs: 0,
+            batch_size,
+            steps: 0,
+        }
     }
 }
 

@@ -32,13 +32,17 @@ pub fn classify(
     size: [usize; 2],
     normalize: Normalize,
 ) -> Vec<(usize, f32)> {
-    let device = model.devices().into_iter().next().unwrap_or_else(Device::flex);
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex);
     let input: Vec<f32> = pixels.iter().map(|&p| normalize.apply(p)).collect();
     let x = Tensor::<4>::from_data(TensorData::new(input, [1, 1, size[0], size[1]]), &device);
     let probs = softmax(model.forward(x), 1)
         .into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap_or_default();
     let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));

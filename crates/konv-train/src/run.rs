@@ -49,7 +49,9 @@ impl RunDir {
     /// Creates the folder (and its parents) for a new run.
     pub fn create(path: &Path) -> Result<Self, TrainError> {
         std::fs::create_dir_all(path).map_err(|e| TrainError::io(path, e))?;
-        Ok(RunDir { path: path.to_path_buf() })
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens an existing run folder, checking it has a configuration.
@@ -57,7 +59,9 @@ impl RunDir {
         if !path.join(CONFIG).is_file() {
             return Err(TrainError::NotARun(path.to_path_buf()));
         }
-        Ok(RunDir { path: path.to_path_buf() })
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), TrainError> {
@@ -116,8 +120,8 @@ pub fn load_weights(model: Classifier, path: &Path) -> Result<Classifier, TrainE
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         ));
     }
-    let record =
-        ModuleRecord::load(path).map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))?;
+    let record = ModuleRecord::load(path)
+        .map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))?;
     model
         .try_load_record(record)
         .map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))

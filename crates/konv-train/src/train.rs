@@ -13,12 +13,12 @@ use konv_datasets::{Dataset, ImageSet};
 use konv_models::Classifier;
 use serde::{Deserialize, Serialize};
 
+use crate::TrainError;
 use crate::backend::BackendName;
 use crate::data::{ImageBatch, Normalize, loader};
 use crate::eval::{EvalReport, evaluate};
 use crate::observer::Observer;
 use crate::run::{BEST, CHECKPOINT, RunDir};
-use crate::TrainError;
 
 /// What to train and how: everything `konv train` takes, saved as the run's `config.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -225,7 +225,9 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
     if config.batch_size == 0 || config.epochs == 0 {
-        return Err(TrainError::Config("--epochs and --batch-size must be at least 1".into()));
+        return Err(TrainError::Config(
+            "--epochs and --batch-size must be at least 1".into(),
+        ));
     }
     if data.train.is_empty() {
         return Err(TrainError::Config("the training set is empty".into()));
@@ -239,7 +241,10 @@ pub fn train(
 
     for epoch in 1..=config.epochs {
         let start = Instant::now();
-        let shuffle_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+        let shuffle_seed = config
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(epoch as u64);
         let batches = loader(
             data.train.clone(),
             data.normalize,
@@ -256,17 +261,31 @@ pub fn train(
             let (next, loss, ok) = train_step(model, &mut optim, batch, config.lr);
             model = next;
             if !loss.is_finite() {
-                return Err(TrainError::Diverged { epoch, step: seen / config.batch_size + 1 });
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: seen / config.batch_size + 1,
+                });
             }
             loss_sum += loss * n as f64;
             correct += ok;
             seen += n;
             let secs = start.elapsed().as_secs_f64();
-            observer.step(seen, loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / secs);
+            observer.step(
+                seen,
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / secs,
+            );
         }
         let train_secs = start.elapsed().as_secs_f64();
         let valid = model.valid();
-        let val = evaluate(&valid, &data.val, data.normalize, config.batch_size, num_classes);
+        let val = evaluate(
+            &valid,
+            &data.val,
+            data.normalize,
+            config.batch_size,
+            num_classes,
+        );
         let metrics = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
@@ -295,7 +314,13 @@ pub fn train(
         }
         observer.epoch_end(&metrics, improved);
     }
-    let test = evaluate(&best.1, &data.test, data.normalize, config.batch_size, num_classes);
+    let test = evaluate(
+        &best.1,
+        &data.test,
+        data.normalize,
+        config.batch_size,
+        num_classes,
+    );
     Ok(TrainOutcome {
         model: model.valid(),
         best: best.1,

@@ -12,6 +12,9 @@ use konv_train::observer::Silent;
 use konv_train::run::{self, RunDir};
 use konv_train::train::{SplitData, TrainConfig, train, train_step};
 
+/// Burn's random generator is per process: tests that seed it must not run interleaved.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn tiny_model(device: &Device, dropout: f64) -> Classifier {
     Classifier::FashionCnn(
         FashionCnnConfig::new()
@@ -23,22 +26,30 @@ fn tiny_model(device: &Device, dropout: f64) -> Classifier {
 
 #[test]
 fn a_few_steps_lower_the_loss_on_a_tiny_batch() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
     device.seed(1);
     let data = embedded_fashion_mnist();
     let set = Arc::new(data.train.take(16));
-    let normalize = Normalize { mean: 0.286, std: 0.353 };
-    let batch = loader(set, normalize, 16, None, &device).iter().next().unwrap().unwrap();
+    let normalize = Normalize {
+        mean: 0.286,
+        std: 0.353,
+    };
+    let batch = loader(set, normalize, 16, None, &device)
+        .iter()
+        .next()
+        .unwrap()
+        .unwrap();
     let mut model = tiny_model(&device, 0.0);
     let mut optim = TrainConfig::default().optimizer();
     let mut losses = Vec::new();
-    for _ in 0..6 {
-        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.01);
+    for _ in 0..10 {
+        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.02);
         model = next;
         losses.push(loss);
     }
     assert!(losses.iter().all(|l| l.is_finite()));
-    assert!(losses[5] < 0.7 * losses[0], "losses {losses:?}");
+    assert!(losses[9] < 0.75 * losses[0], "losses {losses:?}");
 }
 
 fn tiny_config() -> TrainConfig {
@@ -54,6 +65,7 @@ fn tiny_config() -> TrainConfig {
 
 #[test]
 fn same_seed_same_curve_and_checkpoints_reload() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dataset = embedded_fashion_mnist();
     let config = tiny_config();
     let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
@@ -69,7 +81,18 @@ fn same_seed_same_curve_and_checkpoints_reload() {
         assert_eq!(x.val_loss, y.val_loss);
     }
     // A different seed gives a different curve.
-    let c = train(&TrainConfig { seed: 4, ..config.clone() }, 10, &data, &device, None, &mut Silent).unwrap();
+    let c = train(
+        &TrainConfig {
+            seed: 4,
+            ..config.clone()
+        },
+        10,
+        &data,
+        &device,
+        None,
+        &mut Silent,
+    )
+    .unwrap();
     assert_ne!(a.history[0].train_loss, c.history[0].train_loss);
 
     // The run folder: metrics, checkpoint, optimizer state and best weights, no temp files.
@@ -78,7 +101,13 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     for f in [run::CHECKPOINT, run::OPTIMIZER, run::BEST] {
         assert!(dir.join(f).is_file(), "{f}");
     }
-    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    assert!(
+        std::fs::read_dir(&dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp"))
+    );
 
     // The best weights reload and evaluate to the same test accuracy.
     let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
@@ -89,7 +118,9 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     // A corrupt weights file is an error naming it, not a panic.
     std::fs::write(dir.join("bad.bpk"), b"not a burnpack").unwrap();
     let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
-    let err = run::load_weights(model, &dir.join("bad.bpk")).unwrap_err().to_string();
+    let err = run::load_weights(model, &dir.join("bad.bpk"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bad.bpk"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

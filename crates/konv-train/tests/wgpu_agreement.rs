@@ -26,7 +26,9 @@ fn losses(model: Classifier, batch: &ImageBatch, steps: usize) -> Vec<f64> {
 }
 
 fn batch_on(device: &Device) -> ImageBatch {
-    let pixels: Vec<f32> = (0..2 * 64).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let pixels: Vec<f32> = (0..2 * 64)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
     ImageBatch {
         images: Tensor::from_data(TensorData::new(pixels, [2, 1, 8, 8]), device),
         targets: Tensor::from_data(TensorData::new(vec![3i64, 7], [2]), device),
@@ -48,7 +50,9 @@ fn wgpu_losses_match_cpu() {
     let cpu = Device::flex().autodiff();
     cpu.seed(5);
     // No dropout: its masks come from each backend's own random generator.
-    let config = FashionCnnConfig::new().with_input_size([8, 8]).with_dropout(0.0);
+    let config = FashionCnnConfig::new()
+        .with_input_size([8, 8])
+        .with_dropout(0.0);
     let cpu_model = Classifier::FashionCnn(config.init(&cpu));
     let record = cpu_model.clone().into_record();
     let wgpu_model = Classifier::FashionCnn(config.init(&wgpu)).load_record(record);
@@ -57,7 +61,10 @@ fn wgpu_losses_match_cpu() {
     let on_wgpu = losses(wgpu_model, &batch_on(&wgpu), 3);
     println!("cpu  {on_cpu:?}\nwgpu {on_wgpu:?}");
     for (a, b) in on_cpu.iter().zip(&on_wgpu) {
-        assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "cpu {on_cpu:?} vs wgpu {on_wgpu:?}");
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+            "cpu {on_cpu:?} vs wgpu {on_wgpu:?}"
+        );
     }
     assert!(on_cpu[2] < on_cpu[0], "the steps train: {on_cpu:?}");
 }
