@@ -203,3 +203,35 @@ fn bad_flag_values_are_clear_errors() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn wgpu_without_an_adapter_is_one_clear_line() {
+    let dir = temp_dir("nogpu");
+    // Ask for a discrete GPU: this machine (and CI) has none, only lavapipe at most.
+    let out = Command::new(env!("CARGO_BIN_EXE_konv"))
+        .args([
+            "train",
+            "--backend",
+            "wgpu",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--out",
+            "r",
+        ])
+        .current_dir(&dir)
+        .env("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(0)")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: backend `wgpu` has no usable device here"),
+        "{stderr}"
+    );
+    assert!(last.contains("--backend cpu"), "{last}");
+    assert!(!dir.join("r").exists(), "no run folder is left behind");
+    std::fs::remove_dir_all(&dir).ok();
+}

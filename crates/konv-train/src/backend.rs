@@ -117,9 +117,25 @@ pub enum BackendError {
 }
 
 /// Runs a one-element computation on `device`, catching the panic a missing adapter causes.
+/// The device may fail on one of its own threads; the first panic message, from whichever
+/// thread, is the one that says why.
 fn probe(device: &Device) -> Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
     let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let sink = first.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let mut slot = sink.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let payload = info.payload();
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("the device failed to start");
+            *slot = Some(msg.lines().next().unwrap_or_default().to_string());
+        }
+    }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Tensor::<1>::from_floats([1.0, 2.0], device)
             .sum()
@@ -127,16 +143,13 @@ fn probe(device: &Device) -> Result<(), String> {
     }));
     std::panic::set_hook(previous);
     match result {
-        Ok(v) if v == 3.0 => Ok(()),
+        Ok(3.0) => Ok(()),
         Ok(v) => Err(format!("a test sum gave {v} instead of 3")),
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("the device failed to start");
-            Err(msg.lines().next().unwrap_or_default().to_string())
-        }
+        Err(_) => Err(first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| "the device failed to start".into())),
     }
 }
 
