@@ -1,5 +1,6 @@
-//! Project automation: `cargo xtask ci` (format check, clippy, tests) and
-//! `cargo xtask bench` (training throughput of the Fashion-MNIST CNN per backend).
+//! Project automation: `cargo xtask ci` (format check, clippy, tests),
+//! `cargo xtask bench` (training throughput of the Fashion-MNIST CNN per backend) and
+//! `cargo xtask subset` (rebuilds the embedded Fashion-MNIST subset from the real files).
 
 use std::process::Command;
 use std::time::Instant;
@@ -48,6 +49,55 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         steps: usize,
     },
+    /// Rebuild `datasets/embedded/fashion-mnist/` from the real Fashion-MNIST files: the first
+    /// 600 training and 100 test images of each class.
+    Subset {
+        /// Folder with the real files.
+        #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+        from: std::path::PathBuf,
+    },
+}
+
+/// The first `per_class` items of each class, in file order.
+fn balanced(set: &konv_datasets::ImageSet, per_class: usize) -> konv_datasets::ImageSet {
+    let mut counts = [0usize; 256];
+    let picked: Vec<usize> = (0..set.len())
+        .filter(|&i| {
+            let c = &mut counts[set.labels[i] as usize];
+            *c += 1;
+            *c <= per_class
+        })
+        .collect();
+    set.select(&picked)
+}
+
+fn subset(from: &std::path::Path) -> Result<()> {
+    use konv_datasets::idx::{encode_images, encode_labels};
+    use std::io::Write;
+    let data = konv_datasets::Locator {
+        data_dir: Some(from.to_path_buf()),
+        ..Default::default()
+    }
+    .load(konv_datasets::DatasetName::FashionMnist)?;
+    let out =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/embedded/fashion-mnist");
+    std::fs::create_dir_all(&out)?;
+    for (prefix, set) in [
+        ("train", balanced(&data.train, 600)),
+        ("t10k", balanced(&data.test, 100)),
+    ] {
+        for (kind, bytes) in [
+            ("images-idx3", encode_images(&set.images)),
+            ("labels-idx1", encode_labels(&set.labels)),
+        ] {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gz.write_all(&bytes)?;
+            let path = out.join(format!("{prefix}-{kind}-ubyte.gz"));
+            std::fs::write(&path, gz.finish()?)?;
+            println!("{} ({} items)", path.display(), set.len());
+        }
+    }
+    Ok(())
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -135,6 +185,7 @@ fn bench_one(
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { no_clippy } => ci(no_clippy),
+        Cmd::Subset { from } => subset(&from),
         Cmd::Bench {
             backends,
             model,
