@@ -52,26 +52,29 @@ pub struct ModelError {
 
 /// Builds the model `name` with a head for `num_classes` classes, on `device`.
 pub fn build(name: &str, num_classes: usize, device: &Device) -> Result<Classifier, ModelError> {
-    match name {
+    match info(name)?.name {
         "fashion-cnn" => Ok(Classifier::FashionCnn(
             FashionCnnConfig::new()
                 .with_num_classes(num_classes)
                 .init(device),
         )),
-        _ => Err(ModelError {
+        other => unreachable!("model `{other}` is listed but has no builder"),
+    }
+}
+
+/// Information on model `name`, or an error listing the known names.
+pub fn info(name: &str) -> Result<&'static ModelInfo, ModelError> {
+    models()
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ModelError {
             name: name.to_string(),
             known: models()
                 .iter()
                 .map(|m| m.name)
                 .collect::<Vec<_>>()
                 .join(", "),
-        }),
-    }
-}
-
-/// Information on model `name`, if the registry has it.
-pub fn info(name: &str) -> Option<&'static ModelInfo> {
-    models().iter().find(|m| m.name == name)
+        })
 }
 
 #[cfg(test)]

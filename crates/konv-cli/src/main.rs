@@ -217,14 +217,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         limit: args.limit,
         val_size,
     };
-    let info_model = konv_models::registry::info(&config.model).ok_or_else(|| {
-        konv_models::build(&config.model, 1, &device)
-            .err()
-            .map_or_else(
-                || anyhow::anyhow!("unknown model {}", config.model),
-                anyhow::Error::from,
-            )
-    })?;
+    let model_info = konv_models::registry::info(&config.model)?;
     let data = SplitData::new(&dataset, val_size, args.limit, args.seed);
     let out = args.out.unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
@@ -248,7 +241,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             .iter()
             .map(|s| s.to_string())
             .collect(),
-        input: info_model.input,
+        input: model_info.input,
         normalize: data.normalize,
         train_size: data.train.len(),
         val_size: data.val.len(),
