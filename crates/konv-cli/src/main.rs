@@ -111,6 +111,10 @@ struct TrainArgs {
     /// 500 on the embedded subset when not given).
     #[arg(long)]
     val_size: Option<usize>,
+    /// Start from these weights (a run's best.bpk or checkpoint.bpk), e.g. to fine-tune at
+    /// a lower --lr.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
     /// Run folder (default: runs/MODEL-DATASET-TIME).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -216,6 +220,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         backend: args.backend,
         limit: args.limit,
         val_size,
+        init_from: args.init_from.clone(),
     };
     let model_info = konv_models::registry::info(&config.model)?;
     let data = SplitData::new(&dataset, val_size, args.limit, args.seed);

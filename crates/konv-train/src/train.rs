@@ -45,6 +45,10 @@ pub struct TrainConfig {
     pub limit: Option<usize>,
     /// Images held out of the training set for validation.
     pub val_size: usize,
+    /// Start from these weights (a run's `best.bpk` or `checkpoint.bpk`) instead of a fresh
+    /// initialization: to fine-tune at a lower learning rate, for example.
+    #[serde(default)]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +65,7 @@ impl Default for TrainConfig {
             backend: BackendName::Cpu,
             limit: None,
             val_size: 5000,
+            init_from: None,
         }
     }
 }
@@ -235,6 +240,9 @@ pub fn train(
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
     let mut model = konv_models::build(&config.model, num_classes, &train_device)?;
+    if let Some(path) = &config.init_from {
+        model = crate::run::load_weights(model, path)?;
+    }
     let mut optim = config.optimizer();
     let mut best = (f64::NEG_INFINITY, model.valid());
     let mut history = Vec::new();

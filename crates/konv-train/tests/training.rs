@@ -115,6 +115,27 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     let report = konv_train::eval::evaluate(&model, &data.test, data.normalize, 16, 10);
     assert_eq!(report.confusion, a.test.confusion);
 
+    // Starting from the saved weights: with a negligible learning rate, the first epoch
+    // validates as the saved model does.
+    let resumed = TrainConfig {
+        epochs: 1,
+        lr: 1e-12,
+        init_from: Some(dir.join(run::BEST)),
+        ..config.clone()
+    };
+    let r = train(&resumed, 10, &data, &device, None, &mut Silent).unwrap();
+    // best.bpk holds the first epoch with the highest validation accuracy.
+    let best = a.history.iter().fold(&a.history[0], |b, m| {
+        if m.val_accuracy > b.val_accuracy {
+            m
+        } else {
+            b
+        }
+    });
+    assert_eq!(r.history[0].val_accuracy, best.val_accuracy);
+    let (got, want) = (r.history[0].val_loss, best.val_loss);
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+
     // A corrupt weights file is an error naming it, not a panic.
     std::fs::write(dir.join("bad.bpk"), b"not a burnpack").unwrap();
     let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
