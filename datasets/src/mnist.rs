@@ -88,6 +88,16 @@ impl DatasetName {
         }
     }
 
+    /// How to install the files system-wide, where a package exists (for error messages).
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            DatasetName::FashionMnist => {
+                ", or install them (Debian: apt-get install dataset-fashion-mnist)"
+            }
+            DatasetName::Mnist => "",
+        }
+    }
+
     /// Where a system package installs the files (Debian's `dataset-fashion-mnist`).
     pub fn system_dir(self) -> PathBuf {
         PathBuf::from("/usr/share/datasets").join(self.as_str())
@@ -218,6 +228,8 @@ pub enum DataError {
         tried: String,
         /// The file names expected.
         files: String,
+        /// How to install the files, where a package exists.
+        hint: &'static str,
     },
 }
 
@@ -387,6 +399,7 @@ impl Locator {
             name,
             tried: tried.join("; "),
             files: FILES.join(", "),
+            hint: name.install_hint(),
         })
     }
 }
