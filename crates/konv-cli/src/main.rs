@@ -273,14 +273,10 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         Some(&run_dir),
         &mut observer,
     )?;
-    let best = outcome
-        .history
-        .iter()
-        .max_by(|a, b| a.val_accuracy.total_cmp(&b.val_accuracy))
-        .map_or(0, |m| m.epoch);
     println!(
-        "test accuracy {:.2}% (best validation epoch {best}, {} test images), {:.0}s in all; weights in {}",
+        "test accuracy {:.2}% (best validation epoch {}, {} test images), {:.0}s in all; weights in {}",
         100.0 * outcome.test.accuracy(),
+        outcome.best_epoch,
         outcome.test.total(),
         started.elapsed().as_secs_f64(),
         out.join(run::BEST).display()

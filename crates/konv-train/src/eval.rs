@@ -58,7 +58,7 @@ impl EvalReport {
             .max()
             .unwrap_or(1)
             .max(4);
-        let mut header = format!("{:label_w$}", "");
+        let mut header = format!("{:w$}", "", w = label_w + 2);
         for j in 0..self.confusion.len() {
             header.push_str(&format!(" {:>col_w$}", j));
         }
@@ -69,7 +69,7 @@ impl EvalReport {
         ));
         for (i, row) in self.confusion.iter().enumerate() {
             let name = class_names.get(i).map_or("?", String::as_str);
-            table.push_str(&format!("{i} {name:<w$}", w = label_w - 2));
+            table.push_str(&format!("{i} {name:<label_w$}"));
             for c in row {
                 table.push_str(&format!(" {c:>col_w$}"));
             }

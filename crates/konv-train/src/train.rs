@@ -189,6 +189,8 @@ pub struct TrainOutcome {
     pub best: Classifier,
     /// Metrics of every epoch.
     pub history: Vec<EpochMetrics>,
+    /// The epoch of `best` (the first with the highest validation accuracy), 1-based.
+    pub best_epoch: usize,
     /// Test-set evaluation of the best model.
     pub test: EvalReport,
 }
@@ -244,7 +246,7 @@ pub fn train(
         model = crate::run::load_weights(model, path)?;
     }
     let mut optim = config.optimizer();
-    let mut best = (f64::NEG_INFINITY, model.valid());
+    let mut best = (f64::NEG_INFINITY, model.valid(), 0);
     let mut history = Vec::new();
 
     for epoch in 1..=config.epochs {
@@ -306,7 +308,7 @@ pub fn train(
         };
         let improved = metrics.val_accuracy > best.0;
         if improved {
-            best = (metrics.val_accuracy, valid.clone());
+            best = (metrics.val_accuracy, valid.clone(), epoch);
         }
         history.push(metrics.clone());
         if let Some(run) = run {
@@ -332,6 +334,7 @@ pub fn train(
     Ok(TrainOutcome {
         model: model.valid(),
         best: best.1,
+        best_epoch: best.2,
         history,
         test,
     })

@@ -132,6 +132,7 @@ fn same_seed_same_curve_and_checkpoints_reload() {
             b
         }
     });
+    assert_eq!(a.best_epoch, best.epoch);
     assert_eq!(r.history[0].val_accuracy, best.val_accuracy);
     let (got, want) = (r.history[0].val_loss, best.val_loss);
     assert!((got - want).abs() < 1e-4, "{got} vs {want}");
