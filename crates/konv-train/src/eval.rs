@@ -67,19 +67,26 @@ impl EvalReport {
         table.push_str(&format!(
             "rows: actual class, columns: predicted class index\n{header}"
         ));
-        for (i, row) in self.confusion.iter().enumerate() {
+        let per_class = self.per_class_accuracy();
+        for (i, (row, accuracy)) in self.confusion.iter().zip(per_class).enumerate() {
             let name = class_names.get(i).map_or("?", String::as_str);
             table.push_str(&format!("{i} {name:<label_w$}"));
             for c in row {
                 table.push_str(&format!(" {c:>col_w$}"));
             }
-            table.push_str(&format!(
-                "   {:>7.2}%\n",
-                100.0 * self.per_class_accuracy()[i]
-            ));
+            table.push_str(&format!("   {:>7.2}%\n", 100.0 * accuracy));
         }
         table
     }
+}
+
+/// The device `model`'s parameters live on (Flex for a model without parameters).
+pub(crate) fn device_of(model: &Classifier) -> Device {
+    model
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex)
 }
 
 /// Evaluates `model` (in inference mode: call `valid()` first) on `set`.
@@ -90,11 +97,7 @@ pub fn evaluate(
     batch_size: usize,
     num_classes: usize,
 ) -> EvalReport {
-    let device = model
-        .devices()
-        .into_iter()
-        .next()
-        .unwrap_or_else(Device::flex);
+    let device = device_of(model);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
     let mut loss_sum = 0.0;

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use image::imageops::FilterType;
@@ -32,11 +31,7 @@ pub fn classify(
     size: [usize; 2],
     normalize: Normalize,
 ) -> Vec<(usize, f32)> {
-    let device = model
-        .devices()
-        .into_iter()
-        .next()
-        .unwrap_or_else(Device::flex);
+    let device = crate::eval::device_of(model);
     let input: Vec<f32> = pixels.iter().map(|&p| normalize.apply(p)).collect();
     let x = Tensor::<4>::from_data(TensorData::new(input, [1, 1, size[0], size[1]]), &device);
     let probs = softmax(model.forward(x), 1)
