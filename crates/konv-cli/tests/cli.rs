@@ -4,10 +4,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn konv(args: &[&str], cwd: &Path) -> Output {
+    konv_with_env(args, cwd, &[])
+}
+
+/// Runs `konv` with extra environment variables (and without `KONV_DATA`).
+fn konv_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_konv"))
         .args(args)
         .current_dir(cwd)
         .env_remove("KONV_DATA")
+        .envs(env.iter().copied())
         .output()
         .expect("konv runs")
 }
@@ -208,8 +214,8 @@ fn bad_flag_values_are_clear_errors() {
 fn wgpu_without_an_adapter_is_one_clear_line() {
     let dir = temp_dir("nogpu");
     // Ask for a discrete GPU: this machine (and CI) has none, only lavapipe at most.
-    let out = Command::new(env!("CARGO_BIN_EXE_konv"))
-        .args([
+    let out = konv_with_env(
+        &[
             "train",
             "--backend",
             "wgpu",
@@ -218,11 +224,10 @@ fn wgpu_without_an_adapter_is_one_clear_line() {
             "1",
             "--out",
             "r",
-        ])
-        .current_dir(&dir)
-        .env("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(0)")
-        .output()
-        .unwrap();
+        ],
+        &dir,
+        &[("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(0)")],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(!stderr.contains("panicked"), "{stderr}");
