@@ -18,6 +18,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
+use crate::summary::{Summarize, Summary};
+
 /// Keras' default kernel initializer: Glorot (Xavier) uniform, gain 1.
 pub(crate) const GLOROT_UNIFORM: Initializer = Initializer::XavierUniform { gain: 1.0 };
 
@@ -148,6 +150,36 @@ impl FashionCnn {
     pub fn with_num_classes(mut self, num_classes: usize, device: &Device) -> Self {
         self.fc3 = keras_linear(64, num_classes, device);
         self
+    }
+
+    /// Freezes every parameter but the head's.
+    pub fn freeze_backbone(self) -> Self {
+        let mut frozen = self.freeze();
+        frozen.fc3 = frozen.fc3.unfreeze();
+        frozen
+    }
+}
+
+impl Summarize for FashionCnn {
+    fn summarize(&self, s: &mut Summary) {
+        s.conv2d("conv1", &self.conv1);
+        s.same("relu", "ReLU");
+        s.max_pool2d("pool", &self.pool);
+        s.conv2d("conv2", &self.conv2);
+        s.same("relu", "ReLU");
+        s.conv2d("conv3", &self.conv3);
+        s.same("relu", "ReLU");
+        s.max_pool2d("pool", &self.pool);
+        s.conv2d("conv4", &self.conv4);
+        s.same("relu", "ReLU");
+        s.conv2d("conv5", &self.conv5);
+        s.same("relu", "ReLU");
+        s.max_pool2d("pool", &self.pool);
+        s.linear("fc1", &self.fc1);
+        s.same("relu", "ReLU");
+        s.linear("fc2", &self.fc2);
+        s.same("relu", "ReLU");
+        s.linear("fc3", &self.fc3);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask ci` (format check, clippy, tests),
-//! `cargo xtask bench` (training throughput of the Fashion-MNIST CNN per backend) and
+//! `cargo xtask bench` (training throughput per backend, or `--inference` latency),
+//! `cargo xtask parity` (konv against torchvision, fixtures made with PyTorch in a venv) and
 //! `cargo xtask subset` (rebuilds the embedded Fashion-MNIST subset from the real files).
 
 use std::process::Command;
@@ -48,6 +49,33 @@ enum Cmd {
         /// Timed steps.
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Measure inference latency (forward only, no autodiff) instead of training.
+        #[arg(long)]
+        inference: bool,
+    },
+    /// Check konv's outputs against torchvision's: makes fixtures with PyTorch (pip, in a
+    /// venv under target/) and compares every model.
+    Parity {
+        /// Where the fixtures go.
+        #[arg(long, default_value = "target/parity")]
+        dir: std::path::PathBuf,
+        /// Input height and width.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Models, `name[:divisor]`, comma-separated.
+        #[arg(
+            long,
+            default_value = "resnet18,resnet34,resnet50,alexnet,googlenet,vgg16"
+        )]
+        models: String,
+        /// Regenerate the committed reduced-width fixture (models/tests/fixtures/parity)
+        /// instead.
+        #[arg(long)]
+        reduced: bool,
+        /// Python with torch, torchvision and safetensors (default: a venv made in
+        /// target/parity-venv).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
     },
     /// Rebuild `datasets/embedded/fashion-mnist/` from the real Fashion-MNIST files: the first
     /// 600 training and 100 test images of each class.
@@ -159,7 +187,7 @@ fn bench_one(
                 .init(&device),
         )
     } else {
-        konv_models::build(model, 10, &device)?
+        konv_models::build_for(model, 10, 1, &device)?
     };
     let config = TrainConfig::default();
     let mut optim: ModuleOptimizer = config.optimizer();
@@ -182,10 +210,184 @@ fn bench_one(
     Ok((steps * batch) as f64 / secs)
 }
 
+/// Forward-pass latency of a zoo model with its default head, on `backend`: the median and
+/// the mean over `steps` timed batches.
+fn bench_inference(
+    backend: BackendName,
+    model: &str,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<()> {
+    let device = backend.open()?;
+    device.seed(0);
+    let info = konv_models::info(model)?;
+    let net = konv_models::build(model, info.classes, &device)?;
+    let x = Tensor::<4>::random(
+        [batch, info.input[0], size, size],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let run = || {
+        // Reading the result back waits for the backend to finish.
+        let _ = net.forward(x.clone()).into_data();
+    };
+    let t0 = Instant::now();
+    for _ in 0..warmup {
+        run();
+    }
+    let warm = t0.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        run();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    println!(
+        "{:<8} {model} batch {batch} {size}x{size}: median {median:>8.1} ms, mean {mean:>8.1} ms, {:>6.1} images/s  ({steps} runs; warm-up {warmup} runs {warm:.1}s)",
+        backend.as_str(),
+        batch as f64 * 1e3 / median
+    );
+    Ok(())
+}
+
+/// A Python with torch, torchvision and safetensors: `python` if given, else a venv in
+/// target/parity-venv, made (pip install) on first use.
+fn parity_python(python: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    if let Some(python) = python {
+        return Ok(python);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = root.join("target/parity-venv");
+    let py = venv.join("bin/python");
+    let ready = py.is_file()
+        && Command::new(&py)
+            .args(["-c", "import torch, torchvision, safetensors"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ready {
+        println!(
+            "$ python3 -m venv {} && pip install torch torchvision safetensors",
+            venv.display()
+        );
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?
+            .success()
+            && Command::new(&py)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "torch",
+                    "torchvision",
+                    "safetensors",
+                ])
+                .status()?
+                .success();
+        if !ok {
+            bail!(
+                "could not make the PyTorch venv in {}; pass --python with torch installed",
+                venv.display()
+            );
+        }
+    }
+    Ok(py)
+}
+
+fn parity(
+    dir: std::path::PathBuf,
+    size: usize,
+    models: String,
+    reduced: bool,
+    python: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = parity_python(python)?;
+    let script = root.join("xtask/parity/make_fixtures.py");
+    let (dir, args): (std::path::PathBuf, Vec<String>) = if reduced {
+        (
+            root.join("models/tests/fixtures/parity"),
+            "--divisor 8 --size 64 --batch 2 --classes 10 --pth --models resnet18,resnet34:16,resnet50:16,alexnet:16,googlenet,vgg16:16"
+                .split(' ')
+                .map(String::from)
+                .collect(),
+        )
+    } else {
+        (
+            dir,
+            vec!["--size".into(), size.to_string(), "--models".into(), models],
+        )
+    };
+    println!(
+        "$ {} {} {} {}",
+        py.display(),
+        script.display(),
+        dir.display(),
+        args.join(" ")
+    );
+    let status = Command::new(&py)
+        .arg(&script)
+        .arg(&dir)
+        .args(&args)
+        .status()?;
+    if !status.success() {
+        bail!("making the fixtures failed ({status})");
+    }
+    if reduced {
+        // Only resnet18's .pth is committed (the loader's other format).
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".pth") && name != "resnet18.pth" {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    let results = konv_models::parity::check_fixtures(&dir, &Device::flex())?;
+    println!(
+        "{:<10} {:>7} {:>8} {:>14} {:>14} {:>12}  within 1e-4·max?",
+        "model", "width", "tensors", "max|konv−tv|", "max|tv|", "ratio"
+    );
+    let mut failed = Vec::new();
+    for r in &results {
+        println!(
+            "{:<10} {:>7} {:>8} {:>14.3e} {:>14.3e} {:>12.2e}  {}",
+            r.name,
+            format!("1/{}", r.divisor),
+            r.loaded,
+            r.max_abs_diff,
+            r.max_abs_ref,
+            r.max_abs_diff / r.max_abs_ref,
+            if r.passes() { "yes" } else { "NO" }
+        );
+        if !r.passes() {
+            failed.push(r.name.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("konv differs from torchvision for {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { no_clippy } => ci(no_clippy),
         Cmd::Subset { from } => subset(&from),
+        Cmd::Parity {
+            dir,
+            size,
+            models,
+            reduced,
+            python,
+        } => parity(dir, size, models, reduced, python),
         Cmd::Bench {
             backends,
             model,
@@ -193,6 +395,24 @@ fn main() -> Result<()> {
             size,
             warmup,
             steps,
+            inference: true,
+        } => {
+            println!("inference latency (forward only, inference mode, random data)");
+            for backend in backends {
+                if let Err(e) = bench_inference(backend, &model, batch_size, size, warmup, steps) {
+                    println!("{:<8} skipped: {e}", backend.as_str());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Bench {
+            backends,
+            model,
+            batch_size,
+            size,
+            warmup,
+            steps,
+            inference: false,
         } => {
             println!("training throughput (forward + backward + SGD step, random data)");
             for backend in backends {

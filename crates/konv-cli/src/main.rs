@@ -34,8 +34,52 @@ enum Command {
     Eval(EvalArgs),
     /// Top classes of image files (PNG or JPEG) for a trained run.
     Predict(PredictArgs),
-    /// List the models of the zoo.
+    /// List the models of the zoo with their input, parameters and multiply-adds.
     Models,
+    /// Per-layer output shapes, parameters, multiply-adds and memory of a model.
+    Summary(SummaryArgs),
+    /// Load PyTorch (torchvision) weights into a zoo model and save them as Burn weights.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct SummaryArgs {
+    /// A zoo model (see `konv models`), or one convolution layer as `conv2d:FILTERSxKxK`
+    /// (e.g. `conv2d:200x5x5`, with --stride and --padding).
+    #[arg(long)]
+    model: String,
+    /// Input as CxHxW (default: the model's own input size).
+    #[arg(long, value_parser = parse_chw)]
+    input: Option<[usize; 3]>,
+    /// Instances per batch, for the memory totals.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Classes of the head (default: the model's own).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Stride of a `conv2d:` layer.
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    /// Padding of a `conv2d:` layer: same or valid.
+    #[arg(long, default_value = "same", value_parser = ["same", "valid"])]
+    padding: String,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Zoo model the weights are for (torchvision's layout: resnet18…152, alexnet, vgg16,
+    /// googlenet, …).
+    #[arg(long)]
+    model: String,
+    /// PyTorch state dict: .pth/.pt (torch.save) or .safetensors.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Classes of the weights' head (default: the model's own, 1000 for ImageNet models).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Where to write the Burn weights (.bpk), for `konv predict --weights`.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -146,9 +190,19 @@ struct EvalArgs {
 #[derive(Args)]
 struct PredictArgs {
     /// Run folder of `konv train`.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// A zoo model with imported weights (needs --weights), e.g. resnet50.
+    #[arg(long, requires = "weights")]
+    model: Option<String>,
+    /// Weights for --model: a PyTorch state dict (.pth/.pt/.safetensors) or a .bpk from
+    /// `konv import`.
     #[arg(long)]
-    run: PathBuf,
-    /// Image files (PNG or JPEG); converted to the model's input size in grayscale.
+    weights: Option<PathBuf>,
+    /// Classes of --model's head (default: the model's own; ImageNet's 1000 are named).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Image files (PNG or JPEG); resized, cropped and normalized as the model expects.
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// How many classes to show per image.
@@ -168,6 +222,20 @@ fn parse_dataset(s: &str) -> Result<DatasetName, String> {
         let names: Vec<_> = DatasetName::ALL.iter().map(|d| d.as_str()).collect();
         format!("unknown dataset; valid datasets: {}", names.join(", "))
     })
+}
+
+fn parse_chw(s: &str) -> Result<[usize; 3], String> {
+    let dims: Vec<usize> = s
+        .split(['x', '×'])
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("expected CxHxW, e.g. 3x224x224, got `{s}`"))?;
+    match dims[..] {
+        [c, h, w] if c > 0 && h > 0 && w > 0 => Ok([c, h, w]),
+        _ => Err(format!(
+            "expected CxHxW with three positive numbers, e.g. 3x224x224, got `{s}`"
+        )),
+    }
 }
 
 fn parse_positive(s: &str) -> Result<f64, String> {
@@ -341,8 +409,15 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn cmd_predict(args: PredictArgs) -> Result<()> {
-    let run_dir = RunDir::open(&args.run)?;
     let device = args.backend.open()?;
+    if let (Some(name), Some(weights)) = (&args.model, &args.weights) {
+        return predict_pretrained(name, weights, args.classes, &args.images, args.top, &device);
+    }
+    let run = args
+        .run
+        .as_deref()
+        .context("pass --run DIR, or --model NAME --weights FILE")?;
+    let run_dir = RunDir::open(run)?;
     let (info, model) = run::load_run_model(&run_dir, None, &device)?;
     let [_, h, w] = info.input;
     for path in &args.images {
@@ -359,14 +434,147 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// Builds zoo model `name` and loads `weights`: a PyTorch state dict, or a `.bpk`.
+fn load_zoo_weights(
+    name: &str,
+    weights: &Path,
+    classes: Option<usize>,
+    device: &burn::prelude::Device,
+) -> Result<konv_models::Classifier> {
+    let info = konv_models::info(name)?;
+    let classes = classes.unwrap_or(info.classes);
+    let is_burn = weights.extension().and_then(|e| e.to_str()) == Some("bpk");
+    if is_burn {
+        let model = konv_models::build(name, classes, device)?;
+        return Ok(run::load_weights(model, weights)?);
+    }
+    let (model, _) = konv_models::import::load_classifier(name, classes, weights, device)?;
+    Ok(model)
+}
+
+fn predict_pretrained(
+    name: &str,
+    weights: &Path,
+    classes: Option<usize>,
+    images: &[PathBuf],
+    top: usize,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    let info = konv_models::info(name)?;
+    let model = load_zoo_weights(name, weights, classes, device)?;
+    let names = konv_models::preprocess::imagenet_classes();
+    let named = names.len() == classes.unwrap_or(info.classes);
+    for path in images {
+        let x = predict::load_preprocessed(path, &info.preprocess, device)?;
+        let ranked = predict::classify_tensor(&model, x);
+        println!("{}", path.display());
+        for (class, p) in ranked.into_iter().take(top) {
+            let label = if named {
+                names[class].to_string()
+            } else {
+                format!("class {class}")
+            };
+            println!("  {:>6.2}%  {label}", 100.0 * p);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_summary(args: SummaryArgs) -> Result<()> {
+    use konv_models::summary::{SingleConv, Summary};
+    let device = burn::prelude::Device::flex();
+    let summary = if let Some(spec) = args.model.strip_prefix("conv2d:") {
+        let dims: Vec<usize> = spec
+            .split('x')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|d: &Vec<usize>| d.len() == 3 && d.iter().all(|&v| v > 0))
+            .with_context(|| {
+                format!("--model conv2d:{spec}: expected conv2d:FILTERSxKxK, e.g. conv2d:200x5x5")
+            })?;
+        let input = args
+            .input
+            .context("--input CxHxW is needed for a conv2d: layer, e.g. --input 3x150x100")?;
+        let padding = if args.padding == "same" {
+            burn::nn::PaddingConfig2d::Same
+        } else {
+            burn::nn::PaddingConfig2d::Valid
+        };
+        if args.stride == 0 {
+            bail!("--stride must be at least 1");
+        }
+        if padding == burn::nn::PaddingConfig2d::Valid && (input[1] < dims[1] || input[2] < dims[2])
+        {
+            bail!(
+                "--input {}x{}x{} is smaller than the {}x{} kernel",
+                input[0],
+                input[1],
+                input[2],
+                dims[1],
+                dims[2]
+            );
+        }
+        let conv = burn::nn::conv::Conv2dConfig::new([input[0], dims[0]], [dims[1], dims[2]])
+            .with_stride([args.stride, args.stride])
+            .with_padding(padding)
+            .init(&device);
+        Summary::of(&SingleConv { conv }, &input)
+    } else {
+        let info = konv_models::info(&args.model)?;
+        let input = args.input.unwrap_or(info.input);
+        let classes = args.classes.unwrap_or(info.classes);
+        let model = konv_models::build_model(&args.model, classes, input[0], &device)?;
+        konv_models::summary::checked(&model, &input)
+            .map_err(|e| anyhow::anyhow!("--input {}x{}x{}: {e}", input[0], input[1], input[2]))?
+    };
+    print!("{}", summary.table(args.batch as usize));
+    Ok(())
+}
+
+fn cmd_import(args: ImportArgs) -> Result<()> {
+    let info = konv_models::info(&args.model)?;
+    let classes = args.classes.unwrap_or(info.classes);
+    let device = burn::prelude::Device::flex();
+    let (model, report) =
+        konv_models::import::load_classifier(&args.model, classes, &args.weights, &device)?;
+    let bytes = burn::module::Module::into_record(model)
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("{}: cannot encode the weights: {e}", args.out.display()))?;
+    run::write_atomic(&args.out, &bytes)
+        .with_context(|| format!("{}: cannot write the weights", args.out.display()))?;
+    println!(
+        "{}: loaded {} tensors into {} ({} classes); {} unused{}; wrote {}",
+        args.weights.display(),
+        report.loaded,
+        args.model,
+        classes,
+        report.unused.len(),
+        if report.unused.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", report.unused.join(", "))
+        },
+        args.out.display()
+    );
+    Ok(())
+}
+
 fn cmd_models() {
-    println!("{:<14} {:<10} description", "name", "input");
+    use konv_models::summary::{giga, thousands};
+    println!(
+        "{:<16} {:<10} {:<11} {:>13} {:>10}  description",
+        "name", "kind", "input", "parameters", "mult-adds"
+    );
     for m in konv_models::models() {
         let [c, h, w] = m.input;
         println!(
-            "{:<14} {:<10} {}",
+            "{:<16} {:<10} {:<11} {:>13} {:>10}  {}",
             m.name,
+            format!("{:?}", m.kind).to_lowercase(),
             format!("{c}x{h}x{w}"),
+            thousands(m.params as u64),
+            giga(m.macs),
             m.description
         );
     }
@@ -382,6 +590,8 @@ fn main() -> ExitCode {
             cmd_models();
             Ok(())
         }
+        Command::Summary(args) => cmd_summary(args),
+        Command::Import(args) => cmd_import(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -240,3 +240,110 @@ fn wgpu_without_an_adapter_is_one_clear_line() {
     assert!(!dir.join("r").exists(), "no run folder is left behind");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn models_lists_every_model_with_parameters_and_multiply_adds() {
+    let out = konv(&["models"], Path::new("."));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for needle in [
+        "resnet50",
+        "25,557,032",
+        "4.09 G",
+        "alexnet",
+        "61,100,840",
+        "googlenet",
+        "6,624,904",
+        "xception",
+        "fcn8s-vgg16",
+        "lenet5",
+        "resnet20",
+        "269,722",
+    ] {
+        assert!(all.contains(needle), "`{needle}` missing from:\n{all}");
+    }
+}
+
+#[test]
+fn summary_reproduces_the_lectures_slide() {
+    let out = konv(
+        &[
+            "summary",
+            "--model",
+            "conv2d:200x5x5",
+            "--input",
+            "3x150x100",
+            "--batch",
+            "100",
+        ],
+        Path::new("."),
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("200×150×100"), "{all}");
+    assert!(all.contains("15,200"), "{all}");
+    assert!(all.contains("225,000,000"), "{all}");
+    assert!(all.contains("96,000,000 bits = 12.0 MB"), "{all}");
+    assert!(all.contains("1.2 GB"), "{all}");
+}
+
+#[test]
+fn summary_of_a_zoo_model_and_its_errors() {
+    let out = konv(
+        &["summary", "--model", "resnet20", "--input", "1x28x28"],
+        Path::new("."),
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("layer3.2.conv2"), "{all}");
+    assert!(all.contains("64×7×7"), "{all}");
+    let out = konv(
+        &["summary", "--model", "lenet5", "--input", "1x8x8"],
+        Path::new("."),
+    );
+    assert_clear_error(&out, "too small");
+    let out = konv(&["summary", "--model", "resnet9000"], Path::new("."));
+    assert_clear_error(&out, "unknown model `resnet9000`");
+    let out = konv(
+        &["summary", "--model", "resnet20", "--input", "3x32"],
+        Path::new("."),
+    );
+    assert_clear_error(&out, "expected CxHxW");
+    let out = konv(&["summary", "--model", "conv2d:5x5"], Path::new("."));
+    assert_clear_error(&out, "conv2d:FILTERSxKxK");
+}
+
+#[test]
+fn import_and_predict_with_torchvision_weights() {
+    let dir = temp_dir("import");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tests/fixtures/parity");
+    let weights = fixtures.join("resnet18.pth");
+    // The fixture is a reduced-width ResNet-18: the full-width model does not fit it.
+    let out = konv(
+        &[
+            "import",
+            "--model",
+            "resnet18",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            dir.join("r18.bpk").to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_clear_error(&out, "does not fit model `resnet18`");
+    assert!(!dir.join("r18.bpk").exists());
+    let out = konv(
+        &[
+            "import",
+            "--model",
+            "resnet18",
+            "--weights",
+            dir.join("missing.pth").to_str().unwrap(),
+            "--out",
+            dir.join("r18.bpk").to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_clear_error(&out, "does not exist");
+}

@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use image::imageops::FilterType;
 use konv_models::Classifier;
+use konv_models::preprocess::Preprocess;
 
 use crate::TrainError;
 use crate::data::Normalize;
@@ -34,6 +35,55 @@ pub fn classify(
     let device = crate::eval::device_of(model);
     let input: Vec<f32> = pixels.iter().map(|&p| normalize.apply(p)).collect();
     let x = Tensor::<4>::from_data(TensorData::new(input, [1, 1, size[0], size[1]]), &device);
+    classify_tensor(model, x)
+}
+
+/// Reads an image file and applies a model's [`Preprocess`]: resize so that the shorter side
+/// is `resize` (bilinear), center-crop, scale to [0, 1], normalize per channel. Returns the
+/// `[1, channels, height, width]` input.
+pub fn load_preprocessed(
+    path: &Path,
+    pre: &Preprocess,
+    device: &Device,
+) -> Result<Tensor<4>, TrainError> {
+    let img = image::open(path).map_err(|e| TrainError::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let scale = pre.resize as f64 / w.min(h) as f64;
+    let (rw, rh) = (
+        ((w as f64 * scale).round() as u32).max(pre.crop[1] as u32),
+        ((h as f64 * scale).round() as u32).max(pre.crop[0] as u32),
+    );
+    let resized = img.resize_exact(rw, rh, FilterType::Triangle);
+    let [ch, cw] = pre.crop;
+    let (x0, y0) = ((rw - cw as u32) / 2, (rh - ch as u32) / 2);
+    let cropped = resized.crop_imm(x0, y0, cw as u32, ch as u32);
+    let channels: Vec<Vec<u8>> = if pre.channels == 1 {
+        vec![cropped.into_luma8().into_raw()]
+    } else {
+        let rgb = cropped.into_rgb8().into_raw();
+        (0..3)
+            .map(|c| rgb.iter().skip(c).step_by(3).copied().collect())
+            .collect()
+    };
+    let mut values = Vec::with_capacity(pre.channels * ch * cw);
+    for (c, plane) in channels.iter().enumerate() {
+        values.extend(
+            plane
+                .iter()
+                .map(|&p| (p as f32 / 255.0 - pre.mean[c]) / pre.std[c]),
+        );
+    }
+    Ok(Tensor::from_data(
+        TensorData::new(values, [1, pre.channels, ch, cw]),
+        device,
+    ))
+}
+
+/// Class probabilities of a preprocessed `[1, c, h, w]` input, highest first.
+pub fn classify_tensor(model: &Classifier, x: Tensor<4>) -> Vec<(usize, f32)> {
     let probs = softmax(model.forward(x), 1)
         .into_data()
         .convert::<f32>()
@@ -42,4 +92,34 @@ pub fn classify(
     let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     ranked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagenet_preprocessing_resizes_crops_and_normalizes() {
+        let path = std::env::temp_dir().join(format!("konv-pre-{}.png", std::process::id()));
+        image::RgbImage::from_pixel(300, 200, image::Rgb([255, 128, 0]))
+            .save(&path)
+            .unwrap();
+        let pre = Preprocess::imagenet(256, 224);
+        let x = load_preprocessed(&path, &pre, &Device::flex()).unwrap();
+        assert_eq!(x.dims(), [1, 3, 224, 224]);
+        let values = x.into_data().try_to_vec::<f32>().unwrap();
+        let plane = 224 * 224;
+        for (c, v) in [255.0f32, 128.0, 0.0].iter().enumerate() {
+            let want = (v / 255.0 - pre.mean[c]) / pre.std[c];
+            let got = values[c * plane + plane / 2];
+            assert!((got - want).abs() < 1e-5, "channel {c}: {got} vs {want}");
+        }
+        let gray =
+            load_preprocessed(&path, &Preprocess::fashion_mnist(28), &Device::flex()).unwrap();
+        assert_eq!(gray.dims(), [1, 1, 28, 28]);
+        let err =
+            load_preprocessed(Path::new("/nonexistent.png"), &pre, &Device::flex()).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.png"));
+        std::fs::remove_file(path).ok();
+    }
 }

@@ -135,7 +135,9 @@ pub fn load_run_model(
     device: &Device,
 ) -> Result<(RunInfo, Classifier), TrainError> {
     let info = run.read_info()?;
-    let model = konv_models::build(&info.config.model, info.class_names.len(), device)?;
+    let channels = info.input[0];
+    let model =
+        konv_models::build_for(&info.config.model, info.class_names.len(), channels, device)?;
     let path = weights.map_or_else(|| run.path.join(BEST), Path::to_path_buf);
     Ok((info.clone(), load_weights(model, &path)?))
 }

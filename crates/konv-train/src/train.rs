@@ -241,7 +241,8 @@ pub fn train(
     }
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
-    let mut model = konv_models::build(&config.model, num_classes, &train_device)?;
+    // konv's datasets are grayscale: every model is built for one input channel.
+    let mut model = konv_models::build_for(&config.model, num_classes, 1, &train_device)?;
     if let Some(path) = &config.init_from {
         model = crate::run::load_weights(model, path)?;
     }
