@@ -71,6 +71,7 @@ pub struct FcnConfig {
 
 /// The backbone's modules.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // Module derives need the modules inline, not boxed.
 pub enum Backbone {
     /// VGG.
     Vgg(Vgg),

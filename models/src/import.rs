@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::store::{
-    ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+    ApplyError, ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
 };
 
 /// What an import loaded.
@@ -64,7 +64,7 @@ pub enum ImportError {
 }
 
 fn first_keys(keys: &[String]) -> String {
-    let shown: Vec<&str> = keys.iter().take(4).map(String::as_str).collect();
+    let shown: Vec<&str> = keys.iter().take(3).map(String::as_str).collect();
     let more = keys.len().saturating_sub(shown.len());
     if more > 0 {
         format!("{} and {more} more", shown.join(", "))
@@ -91,7 +91,28 @@ fn report(path: &Path, model: &str, result: ApplyResult) -> Result<ImportReport,
         .map(|(key, _)| pytorch_key(key))
         .collect();
     missing.sort();
-    let wrong_shape: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+    let wrong_shape: Vec<String> = result
+        .errors
+        .iter()
+        .map(|e| match e {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "{}: {:?} in the model, {:?} in the file",
+                pytorch_key(path),
+                expected.as_slice(),
+                found.as_slice()
+            ),
+            other => other.to_string(),
+        })
+        .collect();
+    let unused: Vec<String> = result
+        .unused
+        .into_iter()
+        .filter(|k| !k.ends_with("num_batches_tracked"))
+        .collect();
     if !missing.is_empty() || !wrong_shape.is_empty() {
         let mut parts = Vec::new();
         if !wrong_shape.is_empty() {
@@ -108,11 +129,11 @@ fn report(path: &Path, model: &str, result: ApplyResult) -> Result<ImportReport,
                 first_keys(&missing)
             ));
         }
-        if !result.unused.is_empty() {
+        if !unused.is_empty() {
             parts.push(format!(
-                "{} unused ({})",
-                result.unused.len(),
-                first_keys(&result.unused)
+                "{} in the file unused ({})",
+                unused.len(),
+                first_keys(&unused)
             ));
         }
         return Err(ImportError::Mismatch {
@@ -125,11 +146,7 @@ fn report(path: &Path, model: &str, result: ApplyResult) -> Result<ImportReport,
     }
     Ok(ImportReport {
         loaded: result.applied.len(),
-        unused: result
-            .unused
-            .into_iter()
-            .filter(|k| !k.ends_with("num_batches_tracked"))
-            .collect(),
+        unused,
     })
 }
 

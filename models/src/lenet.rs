@@ -209,6 +209,7 @@ impl Rbf {
 
 /// C3: the paper's partial connections or a full convolution (modern).
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // Module derives need the modules inline, not boxed.
 pub enum C3 {
     /// Table I's connections.
     Partial(PartialConv),

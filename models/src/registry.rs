@@ -21,7 +21,7 @@ use crate::xception::{Xception, XceptionConfig};
 
 /// A model of the zoo that maps images to class logits.
 #[derive(Module, Debug)]
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant)] // Module derives need the modules inline, not boxed.
 pub enum Classifier {
     /// The lecture's Fashion-MNIST CNN.
     FashionCnn(FashionCnn),
@@ -452,7 +452,7 @@ static MODELS: &[ModelInfo] = &[
         298_661,
         169_771_008,
         Preprocess::inception(64),
-        "FCN-32s over the small-image ResNet-20 (stride 4): trains on a laptop CPU"
+        "FCN-32s over the small-image ResNet-20 (total stride 4)"
     ),
     model!(
         "fcn16s-resnet20",

@@ -171,6 +171,7 @@ impl ResNetConfig {
 
 /// A residual unit: basic or bottleneck.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // Module derives need the modules inline, not boxed.
 pub enum Block {
     /// 3×3, 3×3.
     Basic(BasicBlock),
