@@ -22,8 +22,9 @@
 //! skips from `layer2`/`layer1`: FCN-8s then needs no final upsampling), which train on a
 //! laptop CPU.
 
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, ConvTranspose2d, ConvTranspose2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Relu};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, Relu};
 use burn::prelude::*;
 
 use crate::layers::{Layer, conv, init_bilinear};
@@ -173,6 +174,29 @@ fn upsampler(classes: usize, factor: usize, device: &Device) -> Option<ConvTrans
     })
 }
 
+/// A dense layer that read a flattened `[channels, k, k]` map, as the equivalent `k×k`
+/// convolution (the paper's "convolutionalization").
+fn dense_as_conv(dense: &Linear, channels: usize, k: usize) -> Conv2d {
+    let [d_in, d_out] = dense.weight.dims();
+    assert_eq!(
+        d_in,
+        channels * k * k,
+        "the dense layer reads {channels}×{k}×{k} maps"
+    );
+    let device = dense.weight.device();
+    let mut conv = conv([channels, d_out], k, 1, k / 2, true, &device);
+    // Burn stores dense weights [in, out]; a convolution's are [out, in, k, k].
+    conv.weight = Param::from_tensor(
+        dense
+            .weight
+            .val()
+            .transpose()
+            .reshape([d_out, channels, k, k]),
+    );
+    conv.bias = dense.bias.as_ref().map(|b| Param::from_tensor(b.val()));
+    conv
+}
+
 fn zero_conv(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
     let mut layer = conv([c_in, c_out], 1, 1, 0, true, device);
     layer.weight = Initializer::Zeros.init([c_out, c_in, 1, 1], device);
@@ -200,6 +224,39 @@ impl FcnConfig {
                 Backbone::ResNet(c.clone().with_num_classes(1).init(device))
             }
         };
+        self.init_with(backbone, device)
+    }
+
+    /// Builds the FCN over a trained VGG (torchvision weights, say), as the paper does: its
+    /// `features` become the backbone and its first two dense layers become `fc6` (a 7×7
+    /// convolution) and `fc7` (a 1×1 convolution) with the same weights.
+    pub fn init_from_vgg(&self, mut vgg: Vgg, device: &Device) -> Fcn {
+        let dense: Vec<Linear> = vgg
+            .classifier
+            .drain(..)
+            .filter_map(|layer| match layer {
+                Layer::Linear(linear) => Some(linear),
+                _ => None,
+            })
+            .collect();
+        let backbone = Backbone::Vgg(vgg);
+        let [_, _, channels] = backbone.pyramid_channels();
+        let width = dense
+            .first()
+            .map_or(self.fc_width, |fc6| fc6.weight.dims()[1]);
+        let mut fcn = self
+            .clone()
+            .with_fc_width(width)
+            .init_with(backbone, device);
+        if let [fc6, fc7, ..] = &dense[..] {
+            fcn.fc6 = Some(dense_as_conv(fc6, channels, 7));
+            fcn.fc7 = Some(dense_as_conv(fc7, width, 1));
+        }
+        fcn
+    }
+
+    /// The layers on top of a built backbone.
+    fn init_with(&self, backbone: Backbone, device: &Device) -> Fcn {
         let [c3, c4, c5] = backbone.pyramid_channels();
         let stride = backbone.stride();
         let k = self.num_classes;
@@ -376,6 +433,33 @@ mod tests {
         );
         let skip = model.score_pool3.as_ref().unwrap();
         assert_eq!(skip.weight.val().abs().max().into_scalar::<f32>(), 0.0);
+    }
+
+    #[test]
+    fn fc6_fc7_are_the_vggs_dense_layers_as_convolutions() {
+        let device = Device::flex();
+        let vgg = VggConfig::vgg16(5).narrowed(16).init(&device);
+        // The VGG's first dense layer on a 224×224 input (7×7 final maps)…
+        let x = Tensor::<4>::random(
+            [1, 3, 224, 224],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
+        let map = vgg.forward_feature_map(x.clone());
+        let Layer::Linear(fc6) = &vgg.classifier[0] else {
+            panic!()
+        };
+        let dense = fc6.forward(map.clone().flatten::<2>(1, 3));
+        let fcn = FcnConfig::vgg16(FcnVariant::Fcn32s, 3).init_from_vgg(vgg, &device);
+        // …is fc6's output at the center of the 7×7 map.
+        let conv = fcn.fc6.as_ref().unwrap().forward(map);
+        let center = conv.slice([0..1, 0..256, 3..4, 3..4]).reshape([1, 256]);
+        let diff = (center - dense.clone()).abs().max().into_scalar::<f32>();
+        assert!(
+            diff < 1e-4 * dense.abs().max().into_scalar::<f32>().max(1e-3),
+            "{diff}"
+        );
+        assert_eq!(fcn.forward(x).dims(), [1, 3, 224, 224]);
     }
 
     #[test]
