@@ -19,12 +19,13 @@
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::pool::AdaptiveAvgPool2dConfig;
 use burn::nn::{DropoutConfig, Initializer, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::layers::{Layer, max_pool, paper_lrn, sequential, sequential_flat};
-use crate::summary::{Summarize, Summary};
+use crate::layers::{FeaturesClassifier, Layer, max_pool, paper_lrn};
+#[cfg(test)]
+use crate::summary::Summary;
 
 /// Hyper-parameters of [`AlexNet`].
 #[derive(Config, Debug)]
@@ -116,7 +117,7 @@ impl AlexNetConfig {
             relu(),
             pool(),
         ]);
-        AlexNet {
+        FeaturesClassifier {
             features,
             avgpool: AdaptiveAvgPool2dConfig::new([6, 6]).init(),
             classifier: vec![
@@ -164,75 +165,10 @@ fn paper_init_linear(config: LinearConfig, one: bool, device: &Device) -> Linear
     layer
 }
 
-/// AlexNet: a convolutional `features` stack and a dense `classifier` stack, indexed as
-/// torchvision's `nn.Sequential`s.
-#[derive(Module, Debug)]
-pub struct AlexNet {
-    /// Convolutions, ReLUs, [LRN], poolings.
-    pub features: Vec<Layer>,
-    /// Average pooling to 6×6, so that other input sizes work.
-    pub avgpool: AdaptiveAvgPool2d,
-    /// Dropout, dense, ReLU, dropout, dense, ReLU, dense (the head, last).
-    pub classifier: Vec<Layer>,
-}
-
-impl AlexNet {
-    /// The last feature map, `[batch, 256, h', w']`.
-    pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        sequential(&self.features, x)
-    }
-
-    /// Everything but the head: `[batch, hidden]`.
-    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self
-            .avgpool
-            .forward(self.forward_feature_map(x))
-            .flatten::<2>(1, 3);
-        let body = self.classifier.len() - 1;
-        sequential_flat(&self.classifier[..body], x)
-    }
-
-    /// Class logits, `[batch, num_classes]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let head = self.classifier.last().expect("the classifier has a head");
-        head.forward_flat(self.forward_features(x))
-    }
-
-    /// The head (`classifier.6`).
-    pub fn head(&self) -> &Linear {
-        match self.classifier.last() {
-            Some(Layer::Linear(fc)) => fc,
-            _ => unreachable!("AlexNet's classifier ends with a dense layer"),
-        }
-    }
-
-    /// Replaces the head with a fresh one for `num_classes` classes.
-    pub fn with_num_classes(mut self, num_classes: usize, device: &Device) -> Self {
-        let [features, _] = self.head().weight.dims();
-        if let Some(last) = self.classifier.last_mut() {
-            *last = Layer::Linear(LinearConfig::new(features, num_classes).init(device));
-        }
-        self
-    }
-
-    /// Freezes every parameter but the head's.
-    pub fn freeze_backbone(self) -> Self {
-        let mut frozen = self.freeze();
-        if let Some(Layer::Linear(head)) = frozen.classifier.pop() {
-            frozen.classifier.push(Layer::Linear(head.unfreeze()));
-        }
-        frozen
-    }
-}
-
-impl Summarize for AlexNet {
-    fn summarize(&self, s: &mut Summary) {
-        s.sequential("features", &self.features);
-        s.adaptive_avg_pool2d("avgpool", &self.avgpool);
-        s.flatten();
-        s.sequential("classifier", &self.classifier);
-    }
-}
+/// AlexNet: a convolutional `features` stack, 6×6 average pooling and a dense `classifier`
+/// stack (dropout, dense, ReLU, dropout, dense, ReLU, dense head), indexed as torchvision's
+/// `nn.Sequential`s. The same layout as [`crate::vgg::Vgg`].
+pub type AlexNet = FeaturesClassifier;
 
 #[cfg(test)]
 mod tests {

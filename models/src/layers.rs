@@ -11,12 +11,14 @@
 
 use burn::module::{ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d};
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, Initializer, Linear, LocalResponseNorm,
+    BatchNorm, BatchNormConfig, Dropout, Initializer, Linear, LinearConfig, LocalResponseNorm,
     LocalResponseNormConfig, PaddingConfig2d, Relu,
 };
 use burn::prelude::*;
+
+use crate::summary::{Summarize, Summary};
 
 /// One entry of a torch-style `nn.Sequential`: a `Vec<Layer>` field named `features` gives
 /// the keys `features.0.weight`, `features.3.weight`, … exactly where torchvision has them,
@@ -79,6 +81,94 @@ pub fn sequential(layers: &[Layer], x: Tensor<4>) -> Tensor<4> {
 /// Runs `x` through a stack of dense layers.
 pub fn sequential_flat(layers: &[Layer], x: Tensor<2>) -> Tensor<2> {
     layers.iter().fold(x, |x, layer| layer.forward_flat(x))
+}
+
+/// torchvision's AlexNet and VGG layout: a convolutional `features` stack, adaptive average
+/// pooling, and a dense `classifier` stack whose last layer is the head, all indexed as
+/// torchvision's `nn.Sequential`s (`features.0.weight`, `classifier.6.weight`).
+#[derive(Module, Debug)]
+pub struct FeaturesClassifier {
+    /// Convolutions, [normalizations], ReLUs, poolings.
+    pub features: Vec<Layer>,
+    /// Average pooling to a fixed size, so that other input sizes work.
+    pub avgpool: AdaptiveAvgPool2d,
+    /// Dense layers, ReLUs and dropouts; the head last.
+    pub classifier: Vec<Layer>,
+}
+
+impl FeaturesClassifier {
+    /// The last feature map, `[batch, channels, h', w']`.
+    pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        sequential(&self.features, x)
+    }
+
+    /// The output of each max pooling of `features` (FCN's skip sources).
+    pub fn forward_pools(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut outputs = Vec::new();
+        let mut x = x;
+        for layer in &self.features {
+            x = layer.forward(x);
+            if matches!(layer, Layer::MaxPool2d(_)) {
+                outputs.push(x.clone());
+            }
+        }
+        outputs
+    }
+
+    /// Everything but the head: `[batch, hidden]`.
+    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self
+            .avgpool
+            .forward(self.forward_feature_map(x))
+            .flatten::<2>(1, 3);
+        sequential_flat(
+            &self.classifier[..self.classifier.len().saturating_sub(1)],
+            x,
+        )
+    }
+
+    /// Class logits, `[batch, num_classes]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head().forward(self.forward_features(x))
+    }
+
+    /// The head (`classifier.6`).
+    ///
+    /// # Panics
+    /// If `classifier` does not end with a dense layer (the zoo's always do).
+    pub fn head(&self) -> &Linear {
+        match self.classifier.last() {
+            Some(Layer::Linear(fc)) => fc,
+            _ => panic!("the classifier stack ends with a dense layer"),
+        }
+    }
+
+    /// Replaces the head with a fresh one for `num_classes` classes.
+    pub fn with_num_classes(mut self, num_classes: usize, device: &Device) -> Self {
+        let [features, _] = self.head().weight.dims();
+        if let Some(last) = self.classifier.last_mut() {
+            *last = Layer::Linear(LinearConfig::new(features, num_classes).init(device));
+        }
+        self
+    }
+
+    /// Freezes every parameter but the head's.
+    pub fn freeze_backbone(self) -> Self {
+        let mut frozen = self.freeze();
+        if let Some(Layer::Linear(head)) = frozen.classifier.pop() {
+            frozen.classifier.push(Layer::Linear(head.unfreeze()));
+        }
+        frozen
+    }
+}
+
+impl Summarize for FeaturesClassifier {
+    fn summarize(&self, s: &mut Summary) {
+        s.sequential("features", &self.features);
+        s.adaptive_avg_pool2d("avgpool", &self.avgpool);
+        s.flatten();
+        s.sequential("classifier", &self.classifier);
+    }
 }
 
 /// Local response normalization with the constants of Krizhevsky et al. (2012): `k = 2`,

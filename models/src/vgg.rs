@@ -4,12 +4,13 @@
 //! classifier. VGG-16 (configuration D, 138,357,544 parameters) is FCN's backbone and loads
 //! torchvision weights.
 
-use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{DropoutConfig, Initializer, Linear, LinearConfig, Relu};
+use burn::nn::pool::AdaptiveAvgPool2dConfig;
+use burn::nn::{DropoutConfig, Initializer, LinearConfig, Relu};
 use burn::prelude::*;
 
-use crate::layers::{Layer, batch_norm, conv, max_pool, sequential, sequential_flat};
-use crate::summary::{Summarize, Summary};
+use crate::layers::{FeaturesClassifier, Layer, batch_norm, conv, max_pool};
+#[cfg(test)]
+use crate::summary::Summary;
 
 /// Hyper-parameters of a [`Vgg`].
 #[derive(Config, Debug)]
@@ -86,7 +87,7 @@ impl VggConfig {
             Layer::Linear(layer)
         };
         let dropout = || Layer::Dropout(DropoutConfig::new(self.dropout).init());
-        Vgg {
+        FeaturesClassifier {
             features,
             avgpool: AdaptiveAvgPool2dConfig::new([7, 7]).init(),
             classifier: vec![
@@ -102,86 +103,10 @@ impl VggConfig {
     }
 }
 
-/// A VGG network, indexed as torchvision's.
-#[derive(Module, Debug)]
-pub struct Vgg {
-    /// 3×3 convolutions, [batch norms], ReLUs and poolings.
-    pub features: Vec<Layer>,
-    /// Average pooling to 7×7.
-    pub avgpool: AdaptiveAvgPool2d,
-    /// Dense, ReLU, dropout, dense, ReLU, dropout, dense (the head).
-    pub classifier: Vec<Layer>,
-}
-
-impl Vgg {
-    /// The outputs of each max pooling (strides 2, 4, 8, 16, 32): FCN's skip sources.
-    pub fn forward_pools(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut outputs = Vec::new();
-        let mut x = x;
-        for layer in &self.features {
-            x = layer.forward(x);
-            if matches!(layer, Layer::MaxPool2d(_)) {
-                outputs.push(x.clone());
-            }
-        }
-        outputs
-    }
-
-    /// The last feature map, `[batch, 512, h / 32, w / 32]`.
-    pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        sequential(&self.features, x)
-    }
-
-    /// Everything but the head: `[batch, hidden]`.
-    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self
-            .avgpool
-            .forward(self.forward_feature_map(x))
-            .flatten::<2>(1, 3);
-        sequential_flat(&self.classifier[..self.classifier.len() - 1], x)
-    }
-
-    /// Class logits, `[batch, num_classes]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let head = self.classifier.last().expect("the classifier has a head");
-        head.forward_flat(self.forward_features(x))
-    }
-
-    /// The head (`classifier.6`).
-    pub fn head(&self) -> &Linear {
-        match self.classifier.last() {
-            Some(Layer::Linear(fc)) => fc,
-            _ => unreachable!("VGG's classifier ends with a dense layer"),
-        }
-    }
-
-    /// Replaces the head with a fresh one for `num_classes` classes.
-    pub fn with_num_classes(mut self, num_classes: usize, device: &Device) -> Self {
-        let [features, _] = self.head().weight.dims();
-        if let Some(last) = self.classifier.last_mut() {
-            *last = Layer::Linear(LinearConfig::new(features, num_classes).init(device));
-        }
-        self
-    }
-
-    /// Freezes every parameter but the head's.
-    pub fn freeze_backbone(self) -> Self {
-        let mut frozen = self.freeze();
-        if let Some(Layer::Linear(head)) = frozen.classifier.pop() {
-            frozen.classifier.push(Layer::Linear(head.unfreeze()));
-        }
-        frozen
-    }
-}
-
-impl Summarize for Vgg {
-    fn summarize(&self, s: &mut Summary) {
-        s.sequential("features", &self.features);
-        s.adaptive_avg_pool2d("avgpool", &self.avgpool);
-        s.flatten();
-        s.sequential("classifier", &self.classifier);
-    }
-}
+/// A VGG network: 3×3 convolutions (and batch norms), ReLUs and poolings in `features`, 7×7
+/// average pooling, and dense, ReLU, dropout, dense, ReLU, dropout, dense head in
+/// `classifier`, indexed as torchvision's. The same layout as [`crate::alexnet::AlexNet`].
+pub type Vgg = FeaturesClassifier;
 
 #[cfg(test)]
 mod tests {

@@ -395,28 +395,20 @@ fn main() -> Result<()> {
             size,
             warmup,
             steps,
-            inference: true,
+            inference,
         } => {
-            println!("inference latency (forward only, inference mode, random data)");
-            for backend in backends {
-                if let Err(e) = bench_inference(backend, &model, batch_size, size, warmup, steps) {
-                    println!("{:<8} skipped: {e}", backend.as_str());
-                }
+            if inference {
+                println!("inference latency (forward only, inference mode, random data)");
+            } else {
+                println!("training throughput (forward + backward + SGD step, random data)");
             }
-            Ok(())
-        }
-        Cmd::Bench {
-            backends,
-            model,
-            batch_size,
-            size,
-            warmup,
-            steps,
-            inference: false,
-        } => {
-            println!("training throughput (forward + backward + SGD step, random data)");
             for backend in backends {
-                if let Err(e) = bench_one(backend, &model, batch_size, size, warmup, steps) {
+                let result = if inference {
+                    bench_inference(backend, &model, batch_size, size, warmup, steps)
+                } else {
+                    bench_one(backend, &model, batch_size, size, warmup, steps).map(|_| ())
+                };
+                if let Err(e) = result {
                     println!("{:<8} skipped: {e}", backend.as_str());
                 }
             }

@@ -290,7 +290,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         val_size,
         init_from: args.init_from.clone(),
     };
-    let model_info = konv_models::registry::info(&config.model)?;
+    // An unknown model fails before anything is written.
+    konv_models::registry::info(&config.model)?;
     let data = SplitData::new(&dataset, val_size, args.limit, args.seed);
     let out = args.out.unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
@@ -304,6 +305,11 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             out.display()
         );
     }
+    konv_train::train::check_model_input(
+        &config.model,
+        dataset.class_names().len(),
+        [1, dataset.train.images.rows, dataset.train.images.cols],
+    )?;
     let run_dir = RunDir::create(&out)?;
     let info = RunInfo {
         config: config.clone(),
@@ -314,7 +320,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             .iter()
             .map(|s| s.to_string())
             .collect(),
-        input: model_info.input,
+        // What the model was trained on: the dataset's grayscale images.
+        input: [1, dataset.train.images.rows, dataset.train.images.cols],
         normalize: data.normalize,
         train_size: data.train.len(),
         val_size: data.val.len(),

@@ -265,6 +265,60 @@ fn models_lists_every_model_with_parameters_and_multiply_adds() {
 }
 
 #[test]
+fn a_model_too_big_for_the_images_is_a_clear_error() {
+    let dir = temp_dir("lenet28");
+    let out = konv(
+        &[
+            "train",
+            "--model",
+            "lenet5",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--limit",
+            "32",
+            "--out",
+            "run",
+        ],
+        &dir,
+    );
+    assert_clear_error(
+        &out,
+        "model `lenet5` cannot take the dataset's 28×28 images",
+    );
+    assert!(!dir.join("run").exists(), "nothing is written");
+}
+
+#[test]
+fn a_zoo_resnet_trains_on_grayscale_and_evaluates() {
+    let dir = temp_dir("resnet20");
+    let out = konv(
+        &[
+            "train",
+            "--model",
+            "resnet20",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--limit",
+            "32",
+            "--val-size",
+            "16",
+            "--batch-size",
+            "16",
+            "--out",
+            "run",
+            "--quiet",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = konv(&["eval", "--run", "run"], &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("test accuracy"), "{}", text(&out));
+}
+
+#[test]
 fn summary_reproduces_the_lectures_slide() {
     let out = konv(
         &[

@@ -221,6 +221,29 @@ pub fn train_step(
     (model, loss_value, correct.into_scalar::<i64>() as usize)
 }
 
+/// Fails with a clear error when `model` (named `name`) cannot take `input` images (LeNet-5
+/// needs 32×32, say), instead of a panic deep in a convolution.
+pub fn check_input(model: &Classifier, name: &str, input: [usize; 3]) -> Result<(), TrainError> {
+    konv_models::summary::checked(model, &input)
+        .map(|_| ())
+        .map_err(|e| {
+            TrainError::Config(format!(
+                "model `{name}` cannot take the dataset's {}×{} images: {e}",
+                input[1], input[2]
+            ))
+        })
+}
+
+/// [`check_input`] by model name, before anything is written.
+pub fn check_model_input(
+    name: &str,
+    num_classes: usize,
+    input: [usize; 3],
+) -> Result<(), TrainError> {
+    let model = konv_models::build_for(name, num_classes, input[0], &Device::flex())?;
+    check_input(&model, name, input)
+}
+
 /// Trains `config.model` on `data`, on `device` (autodiff is added here), reporting to
 /// `observer` and, when `run` is given, writing metrics and checkpoints there after each epoch.
 pub fn train(
@@ -243,6 +266,11 @@ pub fn train(
     train_device.seed(config.seed);
     // konv's datasets are grayscale: every model is built for one input channel.
     let mut model = konv_models::build_for(&config.model, num_classes, 1, &train_device)?;
+    check_input(
+        &model,
+        &config.model,
+        [1, data.train.images.rows, data.train.images.cols],
+    )?;
     if let Some(path) = &config.init_from {
         model = crate::run::load_weights(model, path)?;
     }
