@@ -72,7 +72,7 @@ fn import_errors_are_clear() {
     );
     // Keys as the file should have them: PyTorch's names.
     assert!(
-        err.contains("bn1.weight") && err.contains("classifier.1.weight"),
+        err.contains("bn1.bias") && err.contains("classifier.1.weight"),
         "{err}"
     );
     match konv_models::import::load_pytorch(
