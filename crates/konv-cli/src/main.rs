@@ -136,6 +136,11 @@ struct TrainArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 0.01, value_parser = parse_positive)]
     lr: f64,
+    /// Learning-rate schedule: constant, keras-decay:DECAY (the lecture's
+    /// `SGD(decay=0.01)`: lr / (1 + decay · updates)), or
+    /// plateau[:patience=N,factor=F,min-lr=L] (on the validation loss).
+    #[arg(long, default_value = "constant", value_parser = parse_schedule)]
+    lr_schedule: konv_train::schedule::LrSchedule,
     /// SGD momentum (0 for plain SGD).
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     momentum: f64,
@@ -238,6 +243,10 @@ fn parse_chw(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
+fn parse_schedule(s: &str) -> Result<konv_train::schedule::LrSchedule, String> {
+    s.parse()
+}
+
 fn parse_positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
@@ -289,6 +298,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         limit: args.limit,
         val_size,
         init_from: args.init_from.clone(),
+        lr_schedule: args.lr_schedule.clone(),
     };
     // An unknown model fails before anything is written.
     konv_models::registry::info(&config.model)?;

@@ -319,6 +319,53 @@ fn a_zoo_resnet_trains_on_grayscale_and_evaluates() {
 }
 
 #[test]
+fn keras_decay_schedule_from_the_command_line() {
+    let dir = temp_dir("decay");
+    let out = konv(
+        &[
+            "train",
+            "--embedded",
+            "--epochs",
+            "2",
+            "--limit",
+            "32",
+            "--val-size",
+            "16",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.2",
+            "--lr-schedule",
+            "keras-decay:0.5",
+            "--out",
+            "run",
+            "--quiet",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Two updates per epoch: epoch 1 ends with update 2 (0.2 / 1.5), epoch 2 with update 4
+    // (0.2 / 2.5).
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.csv")).unwrap();
+    let config = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
+    assert!(config.contains("KerasDecay"), "{config}");
+    let lrs: Vec<f64> = metrics
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+            let col = header.iter().position(|h| *h == "lr").unwrap();
+            line.split(',').nth(col).unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(lrs.len(), 2, "{metrics}");
+    assert!((lrs[0] - 0.2 / 1.5).abs() < 1e-9, "{metrics}");
+    assert!((lrs[1] - 0.2 / 2.5).abs() < 1e-9, "{metrics}");
+    let out = konv(&["train", "--embedded", "--lr-schedule", "cosine"], &dir);
+    assert_clear_error(&out, "valid schedules");
+}
+
+#[test]
 fn summary_reproduces_the_lectures_slide() {
     let out = konv(
         &[

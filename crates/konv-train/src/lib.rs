@@ -28,6 +28,7 @@ pub mod eval;
 pub mod observer;
 pub mod predict;
 pub mod run;
+pub mod schedule;
 pub mod train;
 
 /// What can go wrong while training, evaluating or predicting.

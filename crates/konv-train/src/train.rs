@@ -19,6 +19,7 @@ use crate::data::{ImageBatch, Normalize, loader};
 use crate::eval::{EvalReport, evaluate};
 use crate::observer::Observer;
 use crate::run::{BEST, CHECKPOINT, RunDir};
+use crate::schedule::{LrSchedule, ScheduleDriver};
 
 /// What to train and how: everything `konv train` takes, saved as the run's `config.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,6 +50,9 @@ pub struct TrainConfig {
     /// initialization: to fine-tune at a lower learning rate, for example.
     #[serde(default)]
     pub init_from: Option<std::path::PathBuf>,
+    /// Learning-rate schedule (constant when absent from an older `config.json`).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +70,7 @@ impl Default for TrainConfig {
             limit: None,
             val_size: 5000,
             init_from: None,
+            lr_schedule: LrSchedule::Constant,
         }
     }
 }
@@ -275,6 +280,8 @@ pub fn train(
         model = crate::run::load_weights(model, path)?;
     }
     let mut optim = config.optimizer();
+    let mut schedule =
+        ScheduleDriver::new(&config.lr_schedule, config.lr).map_err(TrainError::Config)?;
     let mut best = (f64::NEG_INFINITY, model.valid(), 0);
     let mut history = Vec::new();
 
@@ -297,7 +304,8 @@ pub fn train(
         for batch in batches.iter() {
             let batch = batch.map_err(|e| TrainError::Config(e.to_string()))?;
             let n = batch.targets.dims()[0];
-            let (next, loss, ok) = train_step(model, &mut optim, batch, config.lr);
+            let lr = schedule.next_lr();
+            let (next, loss, ok) = train_step(model, &mut optim, batch, lr);
             model = next;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged {
@@ -331,10 +339,11 @@ pub fn train(
             train_accuracy: correct as f64 / seen as f64,
             val_loss: val.loss,
             val_accuracy: val.accuracy(),
-            lr: config.lr,
+            lr: schedule.current_lr(),
             images_per_sec: seen as f64 / train_secs,
             seconds: start.elapsed().as_secs_f64(),
         };
+        schedule.epoch_end(val.loss);
         let improved = metrics.val_accuracy > best.0;
         if improved {
             best = (metrics.val_accuracy, valid.clone(), epoch);
