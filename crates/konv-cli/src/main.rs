@@ -141,6 +141,11 @@ struct TrainArgs {
     /// plateau[:patience=N,factor=F,min-lr=L] (on the validation loss).
     #[arg(long, default_value = "constant", value_parser = parse_schedule)]
     lr_schedule: konv_train::schedule::LrSchedule,
+    /// Augmentation of the training images, steps in order: flip, crop=PIXELS,
+    /// translate=PIXELS, erase=PROBABILITY, brightness=DELTA, contrast=DELTA
+    /// (e.g. flip,crop=4,erase=0.25).
+    #[arg(long, default_value = "", value_parser = parse_augment)]
+    augment: konv_train::augment::Pipeline,
     /// SGD momentum (0 for plain SGD).
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     momentum: f64,
@@ -243,6 +248,10 @@ fn parse_chw(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
+fn parse_augment(s: &str) -> Result<konv_train::augment::Pipeline, String> {
+    s.parse()
+}
+
 fn parse_schedule(s: &str) -> Result<konv_train::schedule::LrSchedule, String> {
     s.parse()
 }
@@ -299,6 +308,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         val_size,
         init_from: args.init_from.clone(),
         lr_schedule: args.lr_schedule.clone(),
+        augment: args.augment.clone(),
     };
     // An unknown model fails before anything is written.
     konv_models::registry::info(&config.model)?;

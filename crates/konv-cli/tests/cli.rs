@@ -337,6 +337,8 @@ fn keras_decay_schedule_from_the_command_line() {
             "0.2",
             "--lr-schedule",
             "keras-decay:0.5",
+            "--augment",
+            "flip,crop=2,erase=0.5",
             "--out",
             "run",
             "--quiet",
@@ -349,6 +351,7 @@ fn keras_decay_schedule_from_the_command_line() {
     let metrics = std::fs::read_to_string(dir.join("run/metrics.csv")).unwrap();
     let config = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
     assert!(config.contains("KerasDecay"), "{config}");
+    assert!(config.contains("Erase"), "{config}");
     let lrs: Vec<f64> = metrics
         .lines()
         .skip(1)
@@ -363,6 +366,11 @@ fn keras_decay_schedule_from_the_command_line() {
     assert!((lrs[1] - 0.2 / 2.5).abs() < 1e-9, "{metrics}");
     let out = konv(&["train", "--embedded", "--lr-schedule", "cosine"], &dir);
     assert_clear_error(&out, "valid schedules");
+    let out = konv(
+        &["train", "--embedded", "--augment", "flip,rotate=10"],
+        &dir,
+    );
+    assert_clear_error(&out, "valid steps");
 }
 
 #[test]

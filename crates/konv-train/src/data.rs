@@ -8,6 +8,8 @@ use burn::data::dataset::{Dataset, DatasetError};
 use burn::prelude::*;
 use konv_datasets::ImageSet;
 
+use crate::augment::{Image, Pipeline};
+
 /// One labelled image: 8-bit pixels, row-major.
 #[derive(Debug, Clone)]
 pub struct ImageItem {
@@ -15,6 +17,8 @@ pub struct ImageItem {
     pub pixels: Vec<u8>,
     /// Class index.
     pub label: u8,
+    /// Position in the dataset (seeds the item's augmentation).
+    pub index: usize,
 }
 
 /// An [`ImageSet`] seen as a Burn [`Dataset`].
@@ -26,6 +30,7 @@ impl Dataset<ImageItem> for ImageDataset {
         Ok(ImageItem {
             pixels: self.0.images.image(index).to_vec(),
             label: self.0.labels[index],
+            index,
         })
     }
 
@@ -46,7 +51,12 @@ pub struct Normalize {
 impl Normalize {
     /// Standardizes one 8-bit pixel.
     pub fn apply(&self, pixel: u8) -> f32 {
-        (pixel as f32 / 255.0 - self.mean) / self.std
+        self.apply_unit(pixel as f32 / 255.0)
+    }
+
+    /// Standardizes one pixel value in [0, 1].
+    pub fn apply_unit(&self, value: f32) -> f32 {
+        (value - self.mean) / self.std
     }
 }
 
@@ -66,15 +76,30 @@ pub struct ImageBatcher {
     pub normalize: Normalize,
     /// Image height and width.
     pub size: [usize; 2],
+    /// Augmentation of each item, with the epoch's seed.
+    pub augment: Option<(Arc<Pipeline>, u64)>,
 }
 
 impl Batcher<ImageItem, ImageBatch> for ImageBatcher {
     fn batch(&self, items: Vec<ImageItem>, device: &Device) -> ImageBatch {
         let [h, w] = self.size;
-        let pixels: Vec<f32> = items
-            .iter()
-            .flat_map(|item| item.pixels.iter().map(|&p| self.normalize.apply(p)))
-            .collect();
+        let pixels: Vec<f32> = match &self.augment {
+            None => items
+                .iter()
+                .flat_map(|item| item.pixels.iter().map(|&p| self.normalize.apply(p)))
+                .collect(),
+            Some((pipeline, epoch_seed)) => items
+                .iter()
+                .flat_map(|item| {
+                    let mut image = Image::from_u8(&item.pixels, h, w);
+                    pipeline.apply(&mut image, *epoch_seed, item.index);
+                    image
+                        .pixels
+                        .into_iter()
+                        .map(|v| self.normalize.apply_unit(v))
+                })
+                .collect(),
+        };
         let labels: Vec<i64> = items.iter().map(|item| item.label as i64).collect();
         ImageBatch {
             images: Tensor::from_data(TensorData::new(pixels, [items.len(), 1, h, w]), device),
@@ -84,19 +109,28 @@ impl Batcher<ImageItem, ImageBatch> for ImageBatcher {
 }
 
 /// A loader over `set` on `device`. With `shuffle_seed`, the order is a permutation drawn
-/// from that seed (give each epoch its own seed); without, the set's order.
+/// from that seed (give each epoch its own seed); without, the set's order. With `augment`,
+/// each image goes through the pipeline, seeded by `shuffle_seed` (or 0) and its index.
 pub fn loader(
     set: Arc<ImageSet>,
     normalize: Normalize,
     batch_size: usize,
     shuffle_seed: Option<u64>,
+    augment: Option<Arc<Pipeline>>,
     device: &Device,
 ) -> Arc<dyn DataLoader<ImageBatch>> {
     let size = [set.images.rows, set.images.cols];
-    let mut builder = DataLoaderBuilder::new(ImageBatcher { normalize, size })
-        .batch_size(batch_size)
-        .num_workers(1)
-        .set_device(device.clone());
+    let augment = augment
+        .filter(|p| !p.is_empty())
+        .map(|p| (p, shuffle_seed.unwrap_or(0)));
+    let mut builder = DataLoaderBuilder::new(ImageBatcher {
+        normalize,
+        size,
+        augment,
+    })
+    .batch_size(batch_size)
+    .num_workers(1)
+    .set_device(device.clone());
     if let Some(seed) = shuffle_seed {
         builder = builder.shuffle(seed);
     }

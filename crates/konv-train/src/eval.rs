@@ -101,7 +101,7 @@ pub fn evaluate(
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
     let mut loss_sum = 0.0;
-    for batch in loader(set.clone(), normalize, batch_size, None, &device).iter() {
+    for batch in loader(set.clone(), normalize, batch_size, None, None, &device).iter() {
         let Ok(batch) = batch else { continue };
         let n = batch.targets.dims()[0];
         let logits = model.forward(batch.images);

@@ -22,6 +22,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod augment;
 pub mod backend;
 pub mod data;
 pub mod eval;

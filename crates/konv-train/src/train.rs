@@ -14,6 +14,7 @@ use konv_models::Classifier;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::augment::Pipeline;
 use crate::backend::BackendName;
 use crate::data::{ImageBatch, Normalize, loader};
 use crate::eval::{EvalReport, evaluate};
@@ -53,6 +54,9 @@ pub struct TrainConfig {
     /// Learning-rate schedule (constant when absent from an older `config.json`).
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Augmentation of the training images (none when empty).
+    #[serde(default)]
+    pub augment: Pipeline,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +75,7 @@ impl Default for TrainConfig {
             val_size: 5000,
             init_from: None,
             lr_schedule: LrSchedule::Constant,
+            augment: Pipeline::default(),
         }
     }
 }
@@ -284,6 +289,7 @@ pub fn train(
         ScheduleDriver::new(&config.lr_schedule, config.lr).map_err(TrainError::Config)?;
     let mut best = (f64::NEG_INFINITY, model.valid(), 0);
     let mut history = Vec::new();
+    let augment = Arc::new(config.augment.clone());
 
     for epoch in 1..=config.epochs {
         let start = Instant::now();
@@ -296,6 +302,7 @@ pub fn train(
             data.normalize,
             config.batch_size,
             Some(shuffle_seed),
+            Some(augment.clone()),
             &train_device,
         );
         let steps = data.train.len().div_ceil(config.batch_size);

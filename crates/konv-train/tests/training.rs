@@ -35,7 +35,7 @@ fn a_few_steps_lower_the_loss_on_a_tiny_batch() {
         mean: 0.286,
         std: 0.353,
     };
-    let batch = loader(set, normalize, 16, None, &device)
+    let batch = loader(set, normalize, 16, None, None, &device)
         .iter()
         .next()
         .unwrap()
@@ -59,6 +59,8 @@ fn tiny_config() -> TrainConfig {
         limit: Some(48),
         val_size: 32,
         seed: 3,
+        // Augmented, so that the same-seed test covers the augmentation's reproducibility.
+        augment: "flip,crop=2,erase=0.5".parse().unwrap(),
         ..Default::default()
     }
 }
