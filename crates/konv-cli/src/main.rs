@@ -40,6 +40,32 @@ enum Command {
     Summary(SummaryArgs),
     /// Load PyTorch (torchvision) weights into a zoo model and save them as Burn weights.
     Import(ImportArgs),
+    /// Write a PNG grid of augmented training images, to look at an --augment pipeline.
+    Augment(AugmentArgs),
+}
+
+#[derive(Args)]
+struct AugmentArgs {
+    /// Dataset: fashion-mnist or mnist.
+    #[arg(long, default_value = "fashion-mnist", value_parser = parse_dataset)]
+    dataset: DatasetName,
+    /// The pipeline, as for `konv train --augment`.
+    #[arg(long, value_parser = parse_augment)]
+    augment: konv_train::augment::Pipeline,
+    /// Where to write the PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images (rows).
+    #[arg(long, default_value_t = 8)]
+    count: usize,
+    /// Augmented versions of each (columns after the original).
+    #[arg(long, default_value_t = 7)]
+    variants: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Args)]
@@ -559,6 +585,32 @@ fn cmd_summary(args: SummaryArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_augment(args: AugmentArgs) -> Result<()> {
+    let dataset = args.data.load(args.dataset)?;
+    konv_train::augment::save_grid(
+        &args.out,
+        &dataset.train,
+        &args.augment,
+        args.count.max(1),
+        args.variants,
+        args.seed,
+    )?;
+    println!(
+        "{}: {} images of {} ({}), the original then {} augmented versions each ({})",
+        args.out.display(),
+        args.count.max(1).min(dataset.train.len()),
+        args.dataset,
+        dataset.source,
+        args.variants,
+        if args.augment.is_empty() {
+            "no steps".to_string()
+        } else {
+            args.augment.to_string()
+        }
+    );
+    Ok(())
+}
+
 fn cmd_import(args: ImportArgs) -> Result<()> {
     let info = konv_models::info(&args.model)?;
     let classes = args.classes.unwrap_or(info.classes);
@@ -619,6 +671,7 @@ fn main() -> ExitCode {
         }
         Command::Summary(args) => cmd_summary(args),
         Command::Import(args) => cmd_import(args),
+        Command::Augment(args) => cmd_augment(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

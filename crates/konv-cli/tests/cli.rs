@@ -456,3 +456,38 @@ fn import_and_predict_with_torchvision_weights() {
     );
     assert_clear_error(&out, "does not exist");
 }
+
+#[test]
+fn augment_writes_a_grid_png() {
+    let dir = temp_dir("augment");
+    let out = konv(
+        &[
+            "augment",
+            "--embedded",
+            "--augment",
+            "flip,crop=4,erase=0.5",
+            "--out",
+            "grid.png",
+            "--count",
+            "3",
+            "--variants",
+            "4",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let grid = image::open(dir.join("grid.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (58 * 5 + 2, 58 * 3 + 2));
+    let out = konv(
+        &[
+            "augment",
+            "--embedded",
+            "--augment",
+            "spin",
+            "--out",
+            "x.png",
+        ],
+        &dir,
+    );
+    assert_clear_error(&out, "valid steps");
+}

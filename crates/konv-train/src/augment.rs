@@ -248,6 +248,69 @@ impl Pipeline {
     }
 }
 
+/// A picture of what a pipeline does: one row per image (the first `count` of `set`), the
+/// original in the first column and `variants` augmented versions (epoch seeds
+/// `seed + 1 …`) after it, each pixel drawn `scale`×`scale`, with 2-pixel gray gaps.
+pub fn grid(
+    set: &konv_datasets::ImageSet,
+    pipeline: &Pipeline,
+    count: usize,
+    variants: usize,
+    seed: u64,
+    scale: usize,
+) -> image::GrayImage {
+    let (h, w) = (set.images.rows, set.images.cols);
+    let scale = scale.max(1);
+    let count = count.min(set.len());
+    let gap = 2;
+    let cell_w = w * scale + gap;
+    let cell_h = h * scale + gap;
+    let mut out = image::GrayImage::from_pixel(
+        (cell_w * (variants + 1) + gap) as u32,
+        (cell_h * count + gap) as u32,
+        image::Luma([128]),
+    );
+    for row in 0..count {
+        for col in 0..=variants {
+            let mut img = Image::from_u8(set.images.image(row), h, w);
+            if col > 0 {
+                pipeline.apply(&mut img, seed.wrapping_add(col as u64), row);
+            }
+            for y in 0..h * scale {
+                for x in 0..w * scale {
+                    let v = img.pixels[(y / scale) * w + x / scale];
+                    out.put_pixel(
+                        (gap + col * cell_w + x) as u32,
+                        (gap + row * cell_h + y) as u32,
+                        image::Luma([(v * 255.0).round() as u8]),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`grid`] at scale 2, written as a PNG to `path` (atomically).
+pub fn save_grid(
+    path: &std::path::Path,
+    set: &konv_datasets::ImageSet,
+    pipeline: &Pipeline,
+    count: usize,
+    variants: usize,
+    seed: u64,
+) -> Result<(), crate::TrainError> {
+    let picture = grid(set, pipeline, count, variants, seed, 2);
+    let mut png = Vec::new();
+    picture
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| crate::TrainError::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    crate::run::write_atomic(path, &png).map_err(|e| crate::TrainError::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +412,25 @@ mod tests {
         Augment::Contrast { delta: 0.5 }.apply(&mut out, &mut StdRng::seed_from_u64(7));
         let mean = |i: &Image| i.pixels.iter().sum::<f32>() / 16.0;
         assert!((mean(&out) - mean(&img)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_grid_shows_originals_then_variants() {
+        let set = konv_datasets::mnist::embedded_fashion_mnist().test;
+        let pipeline: Pipeline = "flip".parse().unwrap();
+        let g = grid(&set, &pipeline, 3, 4, 0, 2);
+        assert_eq!(
+            g.dimensions(),
+            ((28 * 2 + 2) as u32 * 5 + 2, (28 * 2 + 2) as u32 * 3 + 2)
+        );
+        // The first column is the untouched first image.
+        let first = set.images.image(0);
+        for y in 0..28 {
+            for x in 0..28 {
+                let p = g.get_pixel((2 + 2 * x) as u32, (2 + 2 * y) as u32).0[0];
+                assert_eq!(p, first[y * 28 + x]);
+            }
+        }
     }
 
     #[test]
