@@ -162,8 +162,9 @@ struct TrainArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 0.01, value_parser = parse_positive)]
     lr: f64,
-    /// Learning-rate schedule: constant, keras-decay:DECAY (the lecture's
-    /// `SGD(decay=0.01)`: lr / (1 + decay · updates)), or
+    /// Learning-rate schedule: constant; keras-decay:DECAY (the lecture's `SGD(decay=0.01)`:
+    /// lr / (1 + decay · updates)); step:every=EPOCHS[,gamma=G]; multistep:at=E1+E2[,gamma=G];
+    /// exponential:gamma=G (per epoch); cosine[:warmup=EPOCHS,min-lr=L];
     /// plateau[:patience=N,factor=F,min-lr=L] (on the validation loss).
     #[arg(long, default_value = "constant", value_parser = parse_schedule)]
     lr_schedule: konv_train::schedule::LrSchedule,

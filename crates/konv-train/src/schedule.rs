@@ -14,6 +14,12 @@
 //! Both save and restore their state (for exact resume).
 
 use burn::config::Config;
+use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::lr_scheduler::exponential::ExponentialLrSchedulerConfig;
+use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::lr_scheduler::step::StepLrSchedulerConfig;
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::LearningRate;
 use serde::{Deserialize, Serialize};
@@ -213,6 +219,34 @@ pub enum LrSchedule {
         /// Keras' `decay`.
         decay: f64,
     },
+    /// Multiply by `gamma` every `every` epochs (Burn's step scheduler, per update).
+    Step {
+        /// Epochs between reductions.
+        every: usize,
+        /// Multiplier.
+        gamma: f64,
+    },
+    /// Multiply by `gamma` at each milestone epoch (PyTorch's `MultiStepLR`).
+    MultiStep {
+        /// Epochs (0-based: the first epoch that uses the reduced rate).
+        milestones: Vec<usize>,
+        /// Multiplier.
+        gamma: f64,
+    },
+    /// Multiply by `gamma` per epoch, spread smoothly over its updates (Burn's exponential
+    /// scheduler).
+    Exponential {
+        /// Factor per epoch.
+        gamma: f64,
+    },
+    /// Linear warm-up over `warmup` epochs, then cosine annealing to `min_lr` at the end of
+    /// the run (Burn's linear and cosine schedulers in sequence).
+    Cosine {
+        /// Warm-up epochs (0 for none).
+        warmup: usize,
+        /// The final learning rate.
+        min_lr: f64,
+    },
     /// Reduce on a plateau of the validation loss, per epoch.
     Plateau {
         /// Epochs without improvement before reducing.
@@ -229,6 +263,15 @@ impl std::fmt::Display for LrSchedule {
         match self {
             LrSchedule::Constant => write!(f, "constant"),
             LrSchedule::KerasDecay { decay } => write!(f, "keras-decay:{decay}"),
+            LrSchedule::Step { every, gamma } => write!(f, "step:every={every},gamma={gamma}"),
+            LrSchedule::MultiStep { milestones, gamma } => {
+                let at: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
+                write!(f, "multistep:at={},gamma={gamma}", at.join("+"))
+            }
+            LrSchedule::Exponential { gamma } => write!(f, "exponential:gamma={gamma}"),
+            LrSchedule::Cosine { warmup, min_lr } => {
+                write!(f, "cosine:warmup={warmup},min-lr={min_lr}")
+            }
             LrSchedule::Plateau {
                 patience,
                 factor,
@@ -242,7 +285,9 @@ impl std::fmt::Display for LrSchedule {
 }
 
 const SCHEDULE_HELP: &str = "valid schedules: constant, keras-decay:DECAY (e.g. keras-decay:0.01), \
-plateau[:patience=N,factor=F,min-lr=L] (e.g. plateau:patience=2,factor=0.5)";
+step:every=EPOCHS[,gamma=G], multistep:at=E1+E2+…[,gamma=G], exponential:gamma=G (per epoch), \
+cosine[:warmup=EPOCHS,min-lr=L], plateau[:patience=N,factor=F,min-lr=L] \
+(e.g. plateau:patience=2,factor=0.5)";
 
 impl std::str::FromStr for LrSchedule {
     type Err = String;
@@ -258,35 +303,96 @@ impl std::str::FromStr for LrSchedule {
                 .filter(|v| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| bad(format!("`{key}` needs a number, got `{value}`")))
         };
+        let whole = |key: &str, value: &str| {
+            value
+                .parse::<usize>()
+                .map_err(|_| bad(format!("`{key}` needs a whole number, got `{value}`")))
+        };
+        let fraction = |key: &str, value: f64| {
+            if value > 0.0 && value < 1.0 {
+                Ok(value)
+            } else {
+                Err(bad(format!("`{key}` must be in (0, 1), got {value}")))
+            }
+        };
+        // KEY=VALUE settings.
+        let mut settings = std::collections::BTreeMap::new();
+        if name != "keras-decay" {
+            for pair in args.split(',').filter(|p| !p.is_empty()) {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("`{pair}` is not KEY=VALUE")))?;
+                settings.insert(key.to_string(), value.to_string());
+            }
+        }
+        let allow = |keys: &[&str]| match settings.keys().find(|k| !keys.contains(&k.as_str())) {
+            Some(other) => Err(bad(format!(
+                "unknown {name} setting `{other}` ({})",
+                keys.join(", ")
+            ))),
+            None => Ok(()),
+        };
+        let get = |key: &str| settings.get(key).map(String::as_str);
+        let gamma = || {
+            get("gamma")
+                .map_or(Ok(0.1), |v| number("gamma", v))
+                .and_then(|g| fraction("gamma", g))
+        };
         match name {
             "constant" if args.is_empty() => Ok(LrSchedule::Constant),
             "keras-decay" => Ok(LrSchedule::KerasDecay {
                 decay: number("keras-decay", args)?,
             }),
+            "step" => {
+                allow(&["every", "gamma"])?;
+                let every = get("every").ok_or_else(|| bad("`step` needs every=EPOCHS".into()))?;
+                let every = whole("every", every)?;
+                if every == 0 {
+                    return Err(bad("`every` must be at least 1".into()));
+                }
+                Ok(LrSchedule::Step {
+                    every,
+                    gamma: gamma()?,
+                })
+            }
+            "multistep" => {
+                allow(&["at", "gamma"])?;
+                let at = get("at").ok_or_else(|| bad("`multistep` needs at=E1+E2+…".into()))?;
+                let milestones = at
+                    .split('+')
+                    .map(|m| whole("at", m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if milestones.windows(2).any(|w| w[0] >= w[1]) || milestones.first() == Some(&0) {
+                    return Err(bad(format!(
+                        "`at` must be increasing epochs from 1, got `{at}`"
+                    )));
+                }
+                Ok(LrSchedule::MultiStep {
+                    milestones,
+                    gamma: gamma()?,
+                })
+            }
+            "exponential" => {
+                allow(&["gamma"])?;
+                let g = get("gamma").ok_or_else(|| bad("`exponential` needs gamma=G".into()))?;
+                Ok(LrSchedule::Exponential {
+                    gamma: fraction("gamma", number("gamma", g)?)?,
+                })
+            }
+            "cosine" => {
+                allow(&["warmup", "min-lr"])?;
+                Ok(LrSchedule::Cosine {
+                    warmup: get("warmup").map_or(Ok(0), |v| whole("warmup", v))?,
+                    min_lr: get("min-lr").map_or(Ok(0.0), |v| number("min-lr", v))?,
+                })
+            }
             "plateau" => {
-                let (mut patience, mut factor, mut min_lr) = (10usize, 0.1f64, 0.0f64);
-                for pair in args.split(',').filter(|p| !p.is_empty()) {
-                    let (key, value) = pair
-                        .split_once('=')
-                        .ok_or_else(|| bad(format!("`{pair}` is not KEY=VALUE")))?;
-                    match key {
-                        "patience" => {
-                            patience = value.parse().map_err(|_| {
-                                bad(format!("`patience` needs a whole number, got `{value}`"))
-                            })?
-                        }
-                        "factor" => factor = number(key, value)?,
-                        "min-lr" => min_lr = number(key, value)?,
-                        other => {
-                            return Err(bad(format!(
-                                "unknown plateau setting `{other}` (patience, factor, min-lr)"
-                            )));
-                        }
-                    }
-                }
-                if !(factor > 0.0 && factor < 1.0) {
-                    return Err(bad(format!("`factor` must be in (0, 1), got {factor}")));
-                }
+                allow(&["patience", "factor", "min-lr"])?;
+                let patience = get("patience").map_or(Ok(10), |v| whole("patience", v))?;
+                let factor = get("factor")
+                    .map_or(Ok(0.1), |v| number("factor", v))
+                    .and_then(|f| fraction("factor", f))?;
+                let min_lr = get("min-lr").map_or(Ok(0.0), |v| number("min-lr", v))?;
                 Ok(LrSchedule::Plateau {
                     patience,
                     factor,
@@ -300,23 +406,81 @@ impl std::str::FromStr for LrSchedule {
 
 /// Drives an [`LrSchedule`] through a run: [`ScheduleDriver::next_lr`] before each update,
 /// [`ScheduleDriver::epoch_end`] after each validation.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ScheduleDriver {
     lr: LearningRate,
     decay: Option<KerasDecayLrScheduler>,
     plateau: Option<ReduceLrOnPlateau>,
+    burn: Option<ModuleLrScheduler>,
+    multistep: Option<(Vec<usize>, f64, LearningRate)>,
+    updates: usize,
+}
+
+impl std::fmt::Debug for ScheduleDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScheduleDriver")
+            .field("lr", &self.lr)
+            .field("updates", &self.updates)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScheduleDriver {
-    /// The driver of `schedule` starting from `lr`.
-    pub fn new(schedule: &LrSchedule, lr: LearningRate) -> Result<Self, String> {
+    /// The driver of `schedule` starting from `lr`, for a run of `epochs` epochs of
+    /// `steps_per_epoch` updates (epoch-based settings become update counts).
+    pub fn new(
+        schedule: &LrSchedule,
+        lr: LearningRate,
+        steps_per_epoch: usize,
+        epochs: usize,
+    ) -> Result<Self, String> {
         let mut driver = Self {
             lr,
             decay: None,
             plateau: None,
+            burn: None,
+            multistep: None,
+            updates: 0,
         };
+        let spe = steps_per_epoch.max(1);
+        let total = spe * epochs.max(1);
         match *schedule {
             LrSchedule::Constant => {}
+            LrSchedule::Step { every, gamma } => {
+                driver.burn = Some(
+                    StepLrSchedulerConfig::new(lr, every * spe)
+                        .with_gamma(gamma)
+                        .init()?,
+                );
+            }
+            LrSchedule::MultiStep {
+                ref milestones,
+                gamma,
+            } => {
+                driver.multistep = Some((milestones.iter().map(|m| m * spe).collect(), gamma, lr));
+            }
+            LrSchedule::Exponential { gamma } => {
+                driver.burn = Some(
+                    ExponentialLrSchedulerConfig::new(lr, gamma.powf(1.0 / spe as f64)).init()?,
+                );
+            }
+            LrSchedule::Cosine { warmup, min_lr } => {
+                let warm = (warmup * spe).min(total.saturating_sub(1));
+                let cosine =
+                    CosineAnnealingLrSchedulerConfig::new(lr, total - warm).with_min_lr(min_lr);
+                driver.burn = Some(if warm == 0 {
+                    cosine.init()?
+                } else {
+                    SequentialLrSchedulerConfig::new(
+                        vec![
+                            LinearLrSchedulerConfig::new(lr / warm as f64, lr, warm).into(),
+                            cosine.into(),
+                        ],
+                        vec![warm],
+                    )
+                    .init()?
+                });
+            }
             LrSchedule::KerasDecay { decay } => {
                 driver.decay = Some(KerasDecayLrSchedulerConfig::new(lr, decay).init()?);
             }
@@ -342,6 +506,14 @@ impl ScheduleDriver {
         if let Some(decay) = &mut self.decay {
             self.lr = decay.step();
         }
+        if let Some(burn) = &mut self.burn {
+            self.lr = burn.step().base();
+        }
+        if let Some((milestones, gamma, lr0)) = &self.multistep {
+            let passed = milestones.iter().filter(|&&m| m <= self.updates).count();
+            self.lr = lr0 * gamma.powi(passed as i32);
+        }
+        self.updates += 1;
         self.lr
     }
 
@@ -403,11 +575,16 @@ mod tests {
         };
         assert_eq!(plateau.to_string().parse::<LrSchedule>(), Ok(plateau));
         for bad in [
-            "cosine",
+            "linear",
             "keras-decay:x",
             "plateau:factor=2",
             "plateau:wait=3",
             "constant:1",
+            "step",
+            "step:every=0",
+            "multistep:at=3+2",
+            "exponential:gamma=1.5",
+            "cosine:warmup=x",
         ] {
             let err = bad.parse::<LrSchedule>().unwrap_err();
             assert!(err.contains("valid schedules"), "{bad}: {err}");
@@ -416,7 +593,7 @@ mod tests {
 
     #[test]
     fn the_driver_steps_decay_per_update_and_plateau_per_epoch() {
-        let mut d = ScheduleDriver::new(&LrSchedule::KerasDecay { decay: 0.5 }, 0.3).unwrap();
+        let mut d = ScheduleDriver::new(&LrSchedule::KerasDecay { decay: 0.5 }, 0.3, 1, 1).unwrap();
         for want in [0.3, 0.2, 0.15] {
             assert!((d.next_lr() - want).abs() < 1e-15);
         }
@@ -427,12 +604,65 @@ mod tests {
                 min_lr: 0.0,
             },
             0.4,
+            1,
+            1,
         )
         .unwrap();
         p.epoch_end(1.0);
         assert_eq!(p.next_lr(), 0.4);
         p.epoch_end(1.0);
         assert_eq!(p.next_lr(), 0.2);
+    }
+
+    fn lrs(schedule: &str, steps_per_epoch: usize, epochs: usize) -> Vec<f64> {
+        let schedule: LrSchedule = schedule.parse().unwrap();
+        let mut d = ScheduleDriver::new(&schedule, 0.1, steps_per_epoch, epochs).unwrap();
+        (0..steps_per_epoch * epochs).map(|_| d.next_lr()).collect()
+    }
+
+    fn close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn epoch_schedules_by_hand() {
+        // Two updates per epoch.
+        close(
+            &lrs("step:every=1,gamma=0.5", 2, 3),
+            &[0.1, 0.1, 0.05, 0.05, 0.025, 0.025],
+        );
+        close(
+            &lrs("multistep:at=1+3,gamma=0.1", 1, 4),
+            &[0.1, 0.01, 0.01, 0.001],
+        );
+        close(
+            &lrs("exponential:gamma=0.25", 2, 2),
+            &[0.1, 0.05, 0.025, 0.0125],
+        );
+        // Cosine over 4 updates: 0.1·(1 + cos(π t / 4)) / 2.
+        let want: Vec<f64> = (0..4)
+            .map(|t| 0.05 * (1.0 + (std::f64::consts::PI * t as f64 / 4.0).cos()))
+            .collect();
+        close(&lrs("cosine", 2, 2), &want);
+        // One warm-up epoch of 2 updates starting at 0.05, then cosine over 4 updates.
+        let warm = lrs("cosine:warmup=1", 2, 3);
+        assert!((warm[0] - 0.05).abs() < 1e-9, "{warm:?}");
+        assert!(
+            warm[1] > warm[0] && warm[2] >= warm[3] && warm[3] > warm[5],
+            "{warm:?}"
+        );
+        for spec in [
+            "step:every=2,gamma=0.5",
+            "multistep:at=3+6,gamma=0.2",
+            "exponential:gamma=0.9",
+            "cosine:warmup=1,min-lr=0.001",
+        ] {
+            let s: LrSchedule = spec.parse().unwrap();
+            assert_eq!(s.to_string().parse::<LrSchedule>(), Ok(s));
+        }
     }
 
     #[test]

@@ -285,8 +285,13 @@ pub fn train(
         model = crate::run::load_weights(model, path)?;
     }
     let mut optim = config.optimizer();
-    let mut schedule =
-        ScheduleDriver::new(&config.lr_schedule, config.lr).map_err(TrainError::Config)?;
+    let mut schedule = ScheduleDriver::new(
+        &config.lr_schedule,
+        config.lr,
+        data.train.len().div_ceil(config.batch_size),
+        config.epochs,
+    )
+    .map_err(|e| TrainError::Config(format!("--lr-schedule: {e}")))?;
     let mut best = (f64::NEG_INFINITY, model.valid(), 0);
     let mut history = Vec::new();
     let augment = Arc::new(config.augment.clone());
