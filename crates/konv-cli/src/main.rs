@@ -173,6 +173,12 @@ struct TrainArgs {
     /// (e.g. flip,crop=4,erase=0.25).
     #[arg(long, default_value = "", value_parser = parse_augment)]
     augment: konv_train::augment::Pipeline,
+    /// L2 weight decay (PyTorch SGD's weight_decay, e.g. 5e-4); 0 for none.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_non_negative)]
+    weight_decay: f64,
+    /// Clip each parameter's gradient to this L2 norm.
+    #[arg(long, value_parser = parse_positive)]
+    clip_grad_norm: Option<f64>,
     /// SGD momentum (0 for plain SGD).
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     momentum: f64,
@@ -283,6 +289,13 @@ fn parse_schedule(s: &str) -> Result<konv_train::schedule::LrSchedule, String> {
     s.parse()
 }
 
+fn parse_non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err("expected a number ≥ 0, e.g. 0.0005".into()),
+    }
+}
+
 fn parse_positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
@@ -336,6 +349,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         init_from: args.init_from.clone(),
         lr_schedule: args.lr_schedule.clone(),
         augment: args.augment.clone(),
+        weight_decay: args.weight_decay,
+        clip_grad_norm: args.clip_grad_norm,
     };
     // An unknown model fails before anything is written.
     konv_models::registry::info(&config.model)?;

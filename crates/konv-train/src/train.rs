@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
@@ -57,6 +59,12 @@ pub struct TrainConfig {
     /// Augmentation of the training images (none when empty).
     #[serde(default)]
     pub augment: Pipeline,
+    /// L2 weight decay added to every gradient (PyTorch SGD's `weight_decay`); 0 for none.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Clip each parameter's gradient to this L2 norm.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +84,8 @@ impl Default for TrainConfig {
             init_from: None,
             lr_schedule: LrSchedule::Constant,
             augment: Pipeline::default(),
+            weight_decay: 0.0,
+            clip_grad_norm: None,
         }
     }
 }
@@ -90,7 +100,16 @@ impl TrainConfig {
                 .with_dampening(0.0)
                 .with_nesterov(self.nesterov)
         });
-        SgdConfig::new().with_momentum(momentum).init()
+        SgdConfig::new()
+            .with_momentum(momentum)
+            .with_weight_decay(
+                (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32)),
+            )
+            .with_gradient_clipping(
+                self.clip_grad_norm
+                    .map(|norm| GradientClippingConfig::Norm(norm as f32)),
+            )
+            .init()
     }
 }
 

@@ -148,3 +148,71 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     assert!(err.contains("bad.bpk"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The largest change of `conv1`'s weights after one step with `config`'s optimizer.
+fn first_step_change(config: &TrainConfig, lr: f64) -> (f32, f32) {
+    let device = Device::flex().autodiff();
+    device.seed(4);
+    let data = embedded_fashion_mnist();
+    let normalize = Normalize {
+        mean: 0.286,
+        std: 0.353,
+    };
+    let batch = loader(
+        Arc::new(data.train.take(8)),
+        normalize,
+        8,
+        None,
+        None,
+        &device,
+    )
+    .iter()
+    .next()
+    .unwrap()
+    .unwrap();
+    let model = tiny_model(&device, 0.0);
+    let Classifier::FashionCnn(before) = &model else {
+        unreachable!()
+    };
+    let w0 = before.conv1.weight.val().inner();
+    let mut optim = config.optimizer();
+    let (model, _, _) = train_step(model, &mut optim, batch, lr);
+    let Classifier::FashionCnn(after) = &model else {
+        unreachable!()
+    };
+    let w1 = after.conv1.weight.val().inner();
+    let delta = (w1.clone() - w0.clone()).powf_scalar(2.0).sum().sqrt();
+    (
+        delta.into_scalar::<f32>(),
+        w0.powf_scalar(2.0).sum().sqrt().into_scalar::<f32>(),
+    )
+}
+
+#[test]
+fn weight_decay_and_gradient_clipping_reach_the_optimizer() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // Plain SGD, so that a step is exactly lr · gradient.
+    let plain = TrainConfig {
+        momentum: 0.0,
+        ..TrainConfig::default()
+    };
+    let (step, _) = first_step_change(&plain, 0.1);
+    // Clipping each gradient to norm 1e-3: one step of lr 0.1 moves conv1 by at most 1e-4.
+    let clipped = TrainConfig {
+        clip_grad_norm: Some(1e-3),
+        ..plain.clone()
+    };
+    let (clipped_step, _) = first_step_change(&clipped, 0.1);
+    assert!(clipped_step <= 1.0001e-4, "{clipped_step}");
+    assert!(step > 10.0 * clipped_step, "{step} vs {clipped_step}");
+    // A weight decay of 10 adds 10·w to the gradient: the step grows by about lr·10·|w|.
+    let decayed = TrainConfig {
+        weight_decay: 10.0,
+        ..plain.clone()
+    };
+    let (decayed_step, norm) = first_step_change(&decayed, 0.1);
+    assert!(
+        (decayed_step - norm).abs() < 0.5 * norm && decayed_step > 2.0 * step,
+        "{decayed_step} vs |w| {norm}, plain step {step}"
+    );
+}
