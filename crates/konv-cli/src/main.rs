@@ -179,6 +179,10 @@ struct TrainArgs {
     /// Clip each parameter's gradient to this L2 norm.
     #[arg(long, value_parser = parse_positive)]
     clip_grad_norm: Option<f64>,
+    /// Stop when the validation accuracy has not improved for this many epochs (the best
+    /// epoch's weights are kept either way).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    early_stop: Option<u32>,
     /// SGD momentum (0 for plain SGD).
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     momentum: f64,
@@ -351,6 +355,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         augment: args.augment.clone(),
         weight_decay: args.weight_decay,
         clip_grad_norm: args.clip_grad_norm,
+        early_stop: args.early_stop.map(|p| p as usize),
     };
     // An unknown model fails before anything is written.
     konv_models::registry::info(&config.model)?;
@@ -410,6 +415,12 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         Some(&run_dir),
         &mut observer,
     )?;
+    if let Some(epoch) = outcome.stopped_early {
+        println!(
+            "stopped early after epoch {epoch}: no better validation accuracy for {} epochs",
+            epoch - outcome.best_epoch
+        );
+    }
     println!(
         "test accuracy {:.2}% (best validation epoch {}, {} test images), {:.0}s in all; weights in {}",
         100.0 * outcome.test.accuracy(),

@@ -65,6 +65,11 @@ pub struct TrainConfig {
     /// Clip each parameter's gradient to this L2 norm.
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
+    /// Stop when the validation accuracy has not improved for this many epochs (Keras'
+    /// `EarlyStopping(patience=…, restore_best_weights=True)`: the best epoch's weights are
+    /// the result either way).
+    #[serde(default)]
+    pub early_stop: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -86,6 +91,7 @@ impl Default for TrainConfig {
             augment: Pipeline::default(),
             weight_decay: 0.0,
             clip_grad_norm: None,
+            early_stop: None,
         }
     }
 }
@@ -222,6 +228,8 @@ pub struct TrainOutcome {
     pub best_epoch: usize,
     /// Test-set evaluation of the best model.
     pub test: EvalReport,
+    /// The epoch early stopping ended the run at, if it did.
+    pub stopped_early: Option<usize>,
 }
 
 /// One optimization step on `batch`: returns the updated model, the batch's mean loss and
@@ -314,6 +322,7 @@ pub fn train(
     let mut best = (f64::NEG_INFINITY, model.valid(), 0);
     let mut history = Vec::new();
     let augment = Arc::new(config.augment.clone());
+    let mut stopped_early = None;
 
     for epoch in 1..=config.epochs {
         let start = Instant::now();
@@ -392,6 +401,12 @@ pub fn train(
             run.write_metrics(&history)?;
         }
         observer.epoch_end(&metrics, improved);
+        if let Some(patience) = config.early_stop
+            && epoch - best.2 >= patience.max(1)
+        {
+            stopped_early = Some(epoch);
+            break;
+        }
     }
     let test = evaluate(
         &best.1,
@@ -406,5 +421,6 @@ pub fn train(
         best_epoch: best.2,
         history,
         test,
+        stopped_early,
     })
 }

@@ -216,3 +216,27 @@ fn weight_decay_and_gradient_clipping_reach_the_optimizer() {
         "{decayed_step} vs |w| {norm}, plain step {step}"
     );
 }
+
+#[test]
+fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    // A learning rate of 0: nothing improves after the first epoch.
+    let config = TrainConfig {
+        epochs: 6,
+        lr: 0.0,
+        early_stop: Some(2),
+        ..tiny_config()
+    };
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(16));
+    let device = BackendName::Cpu.open().unwrap();
+    let outcome = train(&config, 10, &data, &device, None, &mut Silent).unwrap();
+    assert_eq!(
+        outcome.history.len(),
+        3,
+        "epoch 1 best, 2 and 3 without improvement"
+    );
+    assert_eq!(outcome.stopped_early, Some(3));
+    assert_eq!(outcome.best_epoch, 1);
+}
