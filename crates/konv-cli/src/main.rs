@@ -477,9 +477,10 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         info.class_names.len(),
     );
     println!(
-        "{}: test accuracy {:.2}% ({} images, loss {:.4}), data from {}",
+        "{}: test accuracy {:.2}% (top-5 {:.2}%; {} images, loss {:.4}), data from {}",
         run_dir.path.display(),
         100.0 * report.accuracy(),
+        100.0 * report.top5_accuracy(),
         report.total(),
         report.loss,
         dataset.source

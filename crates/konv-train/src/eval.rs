@@ -17,6 +17,8 @@ pub struct EvalReport {
     pub loss: f64,
     /// `confusion[actual][predicted]` counts.
     pub confusion: Vec<Vec<usize>>,
+    /// Images whose class is among the 5 highest scores.
+    pub top5_correct: usize,
 }
 
 impl EvalReport {
@@ -31,6 +33,12 @@ impl EvalReport {
             .map(|i| self.confusion[i][i])
             .sum();
         correct as f64 / self.total().max(1) as f64
+    }
+
+    /// Fraction whose class is among the 5 highest scores (all of them with 5 classes or
+    /// fewer).
+    pub fn top5_accuracy(&self) -> f64 {
+        self.top5_correct as f64 / self.total().max(1) as f64
     }
 
     /// Accuracy of each class (recall), `NaN` for a class with no images.
@@ -101,12 +109,19 @@ pub fn evaluate(
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
     let mut loss_sum = 0.0;
+    let mut top5_correct = 0;
     for batch in loader(set.clone(), normalize, batch_size, None, None, &device).iter() {
         let Ok(batch) = batch else { continue };
         let n = batch.targets.dims()[0];
         let logits = model.forward(batch.images);
         let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
         loss_sum += loss.into_scalar::<f64>() * n as f64;
+        let scores = logits
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
         let predicted = logits
             .argmax(1)
             .into_data()
@@ -119,13 +134,40 @@ pub fn evaluate(
             .convert::<i64>()
             .try_to_vec::<i64>()
             .unwrap_or_default();
-        for (a, p) in actual.into_iter().zip(predicted) {
+        for (row, (a, p)) in actual.into_iter().zip(predicted).enumerate() {
             confusion[a as usize][p as usize] += 1;
+            top5_correct += usize::from(top_k_hit(&scores, row, num_classes, a as usize, 5));
         }
     }
     let total: usize = confusion.iter().flatten().sum();
     EvalReport {
         loss: loss_sum / total.max(1) as f64,
         confusion,
+        top5_correct,
+    }
+}
+
+/// Whether class `target` is among the `k` highest of row `row` of `scores`
+/// (`[rows, classes]`, row-major); ties count in the target's favour.
+pub fn top_k_hit(scores: &[f32], row: usize, classes: usize, target: usize, k: usize) -> bool {
+    let Some(row) = scores.get(row * classes..(row + 1) * classes) else {
+        return false;
+    };
+    let t = row[target];
+    row.iter().filter(|&&s| s > t).count() < k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_counts_classes_ranked_above_the_target() {
+        let scores = [0.1, 0.5, 0.2, 0.9, 0.3, 0.8, 0.0];
+        // Target 2 (0.2) has 4 scores above it (0.5, 0.9, 0.3, 0.8): in the top 5, not the top 4.
+        assert!(top_k_hit(&scores, 0, 7, 2, 5));
+        assert!(!top_k_hit(&scores, 0, 7, 2, 4));
+        assert!(top_k_hit(&scores, 0, 7, 3, 1));
+        assert!(!top_k_hit(&scores, 1, 7, 3, 1), "no second row");
     }
 }
