@@ -15,7 +15,7 @@
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
 use crate::summary::{Summarize, Summary};
@@ -81,12 +81,7 @@ pub(crate) fn keras_conv(in_ch: usize, out_ch: usize, k: usize, device: &Device)
 
 /// A dense layer with Keras' initialization (Glorot-uniform weights, zero bias).
 pub(crate) fn keras_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    let mut linear = LinearConfig::new(d_in, d_out)
-        .with_bias(false)
-        .with_initializer(GLOROT_UNIFORM)
-        .init(device);
-    linear.bias = Some(Initializer::Zeros.init([d_out], device));
-    linear
+    crate::layers::linear_zero_bias(d_in, d_out, GLOROT_UNIFORM, device)
 }
 
 impl FashionCnnConfig {

@@ -125,7 +125,14 @@ impl Backbone {
     /// The total stride of the last map.
     pub fn stride(&self) -> usize {
         match self {
-            Backbone::Vgg(_) => 32,
+            Backbone::Vgg(vgg) => {
+                let pools = vgg
+                    .features
+                    .iter()
+                    .filter(|layer| matches!(layer, Layer::MaxPool2d(_)))
+                    .count();
+                1 << pools
+            }
             Backbone::ResNet(resnet) => {
                 let stem = if resnet.maxpool.is_some() { 4 } else { 1 };
                 stem << (resnet.stages().count() - 1)

@@ -26,8 +26,8 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig,
-    LocalResponseNorm, LocalResponseNormConfig, PaddingConfig2d, Relu,
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LocalResponseNorm,
+    LocalResponseNormConfig, PaddingConfig2d, Relu,
 };
 use burn::prelude::*;
 
@@ -127,12 +127,7 @@ impl GoogLeNetConfig {
 }
 
 fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    let mut layer = LinearConfig::new(d_in, d_out)
-        .with_initializer(INIT)
-        .with_bias(false)
-        .init(device);
-    layer.bias = Some(Initializer::Zeros.init([d_out], device));
-    layer
+    crate::layers::linear_zero_bias(d_in, d_out, INIT, device)
 }
 
 /// Convolution, batch norm (ε = 0.001; absent in the paper variant, whose convolution has a

@@ -347,6 +347,17 @@ pub fn init_bilinear(mut layer: ConvTranspose2d) -> ConvTranspose2d {
     layer
 }
 
+/// A dense layer with `init` weights and a zero bias (Keras' and torchvision's VGG/GoogLeNet
+/// dense layers; Burn's initializer would draw the bias too).
+pub fn linear_zero_bias(d_in: usize, d_out: usize, init: Initializer, device: &Device) -> Linear {
+    let mut layer = LinearConfig::new(d_in, d_out)
+        .with_initializer(init)
+        .with_bias(false)
+        .init(device);
+    layer.bias = Some(Initializer::Zeros.init([d_out], device));
+    layer
+}
+
 /// torchvision's convolution initialization: Kaiming-normal, fan-out, ReLU gain.
 pub const KAIMING_FAN_OUT: Initializer = Initializer::KaimingNormal {
     gain: std::f64::consts::SQRT_2,

@@ -55,7 +55,7 @@ pub const C3_TABLE: [&[usize]; 16] = [
 ];
 
 /// The paper's squashing function, `1.7159 · tanh(2a / 3)`.
-pub fn scaled_tanh(x: Tensor<4>) -> Tensor<4> {
+pub fn scaled_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.mul_scalar(2.0 / 3.0).tanh().mul_scalar(1.7159)
 }
 
@@ -328,7 +328,7 @@ impl LeNet5 {
         let [n, c, h, w] = x.dims();
         let x = self.f6.forward(x.reshape([n, c * h * w]));
         if self.is_paper() {
-            x.mul_scalar(2.0 / 3.0).tanh().mul_scalar(1.7159)
+            scaled_tanh(x)
         } else {
             self.relu.forward(x)
         }
@@ -502,7 +502,7 @@ mod tests {
             rbf.forward(x).into_data().try_to_vec::<f32>().unwrap(),
             vec![1.0, 5.0]
         );
-        let y = scaled_tanh(Tensor::from_data(
+        let y = scaled_tanh(Tensor::<4>::from_data(
             TensorData::new(vec![1.5f32], [1, 1, 1, 1]),
             &device,
         ));

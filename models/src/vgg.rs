@@ -5,10 +5,10 @@
 //! torchvision weights.
 
 use burn::nn::pool::AdaptiveAvgPool2dConfig;
-use burn::nn::{DropoutConfig, Initializer, LinearConfig, Relu};
+use burn::nn::{DropoutConfig, Initializer, Relu};
 use burn::prelude::*;
 
-use crate::layers::{FeaturesClassifier, Layer, batch_norm, conv, max_pool};
+use crate::layers::{FeaturesClassifier, Layer, batch_norm, conv, linear_zero_bias, max_pool};
 #[cfg(test)]
 use crate::summary::Summary;
 
@@ -75,16 +75,12 @@ impl VggConfig {
             c_in = c;
         }
         // torchvision: dense weights N(0, 0.01), zero biases.
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.01,
+        };
         let linear = |d_in: usize, d_out: usize| {
-            let mut layer = LinearConfig::new(d_in, d_out)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 0.01,
-                })
-                .with_bias(false)
-                .init(device);
-            layer.bias = Some(Initializer::Zeros.init([d_out], device));
-            Layer::Linear(layer)
+            Layer::Linear(linear_zero_bias(d_in, d_out, normal.clone(), device))
         };
         let dropout = || Layer::Dropout(DropoutConfig::new(self.dropout).init());
         FeaturesClassifier {

@@ -199,11 +199,7 @@ impl XceptionConfig {
             true,
             device,
         ));
-        let mut fc = LinearConfig::new(w(2048), self.num_classes)
-            .with_initializer(GLOROT_UNIFORM)
-            .with_bias(false)
-            .init(device);
-        fc.bias = Some(burn::nn::Initializer::Zeros.init([self.num_classes], device));
+        let fc = crate::fashion_cnn::keras_linear(w(2048), self.num_classes, device);
         Xception {
             conv1: plain_conv(self.in_channels, w(32), 3, 2, device),
             bn1: bn(w(32), device),
