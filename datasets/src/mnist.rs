@@ -153,6 +153,22 @@ impl ImageSet {
         self.select(&indices)
     }
 
+    /// The items of `classes` only, in their order, relabelled by position in `classes`
+    /// (`with_classes(&[5, 6, 7, 8, 9])` turns labels 5–9 into 0–4).
+    pub fn with_classes(&self, classes: &[u8]) -> ImageSet {
+        let indices: Vec<usize> = (0..self.len())
+            .filter(|&i| classes.contains(&self.labels[i]))
+            .collect();
+        let mut set = self.select(&indices);
+        for label in &mut set.labels {
+            *label = classes
+                .iter()
+                .position(|c| c == label)
+                .expect("selected by class") as u8;
+        }
+        set
+    }
+
     /// Splits off a validation set of `val_size` items chosen at random (deterministic for
     /// `seed`); returns `(train, validation)`, each in the original order.
     pub fn split_validation(&self, val_size: usize, seed: u64) -> (ImageSet, ImageSet) {
@@ -475,6 +491,20 @@ mod tests {
         assert_eq!(v1.images.pixels, v2.images.pixels);
         assert_eq!(t1.images.pixels, t2.images.pixels);
         assert_ne!(v1.images.pixels, v3.images.pixels);
+    }
+
+    #[test]
+    fn class_subsets_keep_their_images_and_relabel() {
+        let d = embedded_fashion_mnist().test;
+        let sub = d.with_classes(&[7, 2]);
+        let want: Vec<usize> = (0..d.len())
+            .filter(|&i| d.labels[i] == 7 || d.labels[i] == 2)
+            .collect();
+        assert_eq!(sub.len(), want.len());
+        for (j, &i) in want.iter().enumerate() {
+            assert_eq!(sub.labels[j], if d.labels[i] == 7 { 0 } else { 1 });
+            assert_eq!(sub.images.image(j), d.images.image(i));
+        }
     }
 
     #[test]

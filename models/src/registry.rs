@@ -78,6 +78,26 @@ impl Classifier {
         each!(self, m => m.forward_features(x))
     }
 
+    /// The head alone: class logits from [`Classifier::forward_features`]' output, so that
+    /// `forward(x) == forward_head(forward_features(x))` (in inference; GoogLeNet's dropout
+    /// before its head is skipped). Transfer learning's first phase runs the frozen backbone
+    /// once, in inference mode, and trains only this.
+    pub fn forward_head(&self, features: Tensor<2>) -> Tensor<2> {
+        match self {
+            Classifier::FashionCnn(m) => m.fc3.forward(features),
+            Classifier::LeNet5(m) => match (&m.rbf, &m.fc) {
+                (Some(rbf), _) => rbf.forward(features).neg(),
+                (None, Some(fc)) => fc.forward(features),
+                (None, None) => unreachable!("LeNet-5 has an output layer"),
+            },
+            Classifier::AlexNet(m) => m.head().forward(features),
+            Classifier::Vgg(m) => m.head().forward(features),
+            Classifier::GoogLeNet(m) => m.fc.forward(features),
+            Classifier::ResNet(m) => m.fc.forward(features),
+            Classifier::Xception(m) => m.fc.forward(features),
+        }
+    }
+
     /// Width of [`Classifier::forward_features`].
     pub fn num_features(&self) -> usize {
         match self {
@@ -790,8 +810,19 @@ mod tests {
                 model.forward(Tensor::zeros([2, 1, h, w], &device)).dims(),
                 [2, 7]
             );
-            let features = model.forward_features(Tensor::zeros([2, 1, h, w], &device));
+            let x = Tensor::<4>::random([2, 1, h, w], burn::tensor::Distribution::Default, &device);
+            let features = model.forward_features(x.clone());
             assert_eq!(features.dims(), [2, model.num_features()]);
+            // The head on the features is the whole network.
+            let whole: Vec<f32> = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
+            let split: Vec<f32> = model
+                .forward_head(features)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            for (a, b) in whole.iter().zip(&split) {
+                assert!((a - b).abs() < 1e-5, "{name}: {a} vs {b}");
+            }
             let model = model.with_num_classes(3, &device).freeze_backbone();
             assert_eq!(
                 model.forward(Tensor::zeros([1, 1, h, w], &device)).dims(),

@@ -167,6 +167,7 @@ fn random_batch(batch: usize, size: usize, classes: usize, device: &Device) -> I
             device,
         )
         .int(),
+        mix: None,
     }
 }
 
@@ -190,16 +191,16 @@ fn bench_one(
         konv_models::build_for(model, 10, 1, &device)?
     };
     let config = TrainConfig::default();
-    let mut optim: ModuleOptimizer = config.optimizer();
+    let mut optim: ModuleOptimizer = config.optimizer(&net);
     let batch_data = random_batch(batch, size, 10, &device);
     let t0 = Instant::now();
     for _ in 0..warmup {
-        net = train_step(net, &mut optim, batch_data.clone(), config.lr).0;
+        net = train_step(net, &mut optim, batch_data.clone(), config.lr, 0.0).0;
     }
     let warm_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..steps {
-        net = train_step(net, &mut optim, batch_data.clone(), config.lr).0;
+        net = train_step(net, &mut optim, batch_data.clone(), config.lr, 0.0).0;
     }
     let secs = t1.elapsed().as_secs_f64();
     println!(

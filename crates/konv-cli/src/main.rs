@@ -165,12 +165,14 @@ struct TrainArgs {
     /// Learning-rate schedule: constant; keras-decay:DECAY (the lecture's `SGD(decay=0.01)`:
     /// lr / (1 + decay · updates)); step:every=EPOCHS[,gamma=G]; multistep:at=E1+E2[,gamma=G];
     /// exponential:gamma=G (per epoch); cosine[:warmup=EPOCHS,min-lr=L];
+    /// one-cycle[:pct=0.3,div=25,final-div=1e4];
     /// plateau[:patience=N,factor=F,min-lr=L] (on the validation loss).
     #[arg(long, default_value = "constant", value_parser = parse_schedule)]
     lr_schedule: konv_train::schedule::LrSchedule,
     /// Augmentation of the training images, steps in order: flip, crop=PIXELS,
-    /// translate=PIXELS, erase=PROBABILITY, brightness=DELTA, contrast=DELTA
-    /// (e.g. flip,crop=4,erase=0.25).
+    /// translate=PIXELS, rotate=DEGREES, zoom=FRACTION, shear=DEGREES, resize=HxW (also
+    /// applied when evaluating), erase=PROBABILITY, brightness=DELTA, contrast=DELTA;
+    /// batch level: mixup=ALPHA, cutmix=ALPHA (e.g. flip,crop=4,rotate=10,erase=0.25).
     #[arg(long, default_value = "", value_parser = parse_augment)]
     augment: konv_train::augment::Pipeline,
     /// L2 weight decay (PyTorch SGD's weight_decay, e.g. 5e-4); 0 for none.
@@ -183,7 +185,16 @@ struct TrainArgs {
     /// epoch's weights are kept either way).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     early_stop: Option<u32>,
-    /// SGD momentum (0 for plain SGD).
+    /// Optimizer: sgd, adam, adamw (decoupled weight decay) or rmsprop.
+    #[arg(long, default_value = "sgd")]
+    optimizer: konv_train::optim::OptimizerName,
+    /// Keep weight decay off biases and batch-norm parameters (timm's default).
+    #[arg(long)]
+    no_decay_bias_norm: bool,
+    /// Label smoothing of the cross-entropy loss (e.g. 0.1); 0 for none.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    label_smoothing: f64,
+    /// SGD momentum (0 for plain SGD); RMSProp's momentum with --optimizer rmsprop.
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     momentum: f64,
     /// Nesterov momentum.
@@ -202,10 +213,28 @@ struct TrainArgs {
     /// 500 on the embedded subset when not given).
     #[arg(long)]
     val_size: Option<usize>,
-    /// Start from these weights (a run's best.bpk or checkpoint.bpk), e.g. to fine-tune at
-    /// a lower --lr.
+    /// Start from these weights: a run's best.bpk or checkpoint.bpk, or `konv import`ed
+    /// torchvision weights. Weights for another number of classes get a fresh head
+    /// (transfer learning).
     #[arg(long)]
     init_from: Option<PathBuf>,
+    /// Train on these classes only, relabelled 0, 1, … in this order (e.g. 5,6,7,8,9).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8))]
+    classes: Option<Vec<u8>>,
+    /// Transfer learning, phase 1: train only the head for this many epochs (the backbone
+    /// frozen, batch norm in inference mode) at --head-lr; then fine-tune everything at --lr.
+    #[arg(long, default_value_t = 0)]
+    freeze_epochs: usize,
+    /// Learning rate of phase 1 (--freeze-epochs); --lr when not given.
+    #[arg(long, value_parser = parse_positive)]
+    head_lr: Option<f64>,
+    /// Epoch checkpoints to keep besides best.bpk (the newest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    keep_checkpoints: u32,
+    /// Continue the run in this folder from its last finished epoch, with its own settings
+    /// (config.json): the result is the same as a run never interrupted.
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Run folder (default: runs/MODEL-DATASET-TIME).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -314,6 +343,13 @@ fn parse_momentum(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err("expected a number in [0, 1), e.g. 0.1".into()),
+    }
+}
+
 fn cmd_train(args: TrainArgs) -> Result<()> {
     let dataset = args.data.load(args.dataset)?;
     let device = args.backend.open()?;
@@ -338,6 +374,12 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             dataset.train.len()
         );
     }
+    if let Some(dir) = &args.resume {
+        return resume_run(dir, &args, &dataset, mode);
+    }
+    if let Some(classes) = &args.classes {
+        check_classes(classes, dataset.class_names().len())?;
+    }
     let config = TrainConfig {
         model: args.model.clone(),
         dataset: args.dataset.to_string(),
@@ -356,10 +398,23 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         weight_decay: args.weight_decay,
         clip_grad_norm: args.clip_grad_norm,
         early_stop: args.early_stop.map(|p| p as usize),
+        optimizer: args.optimizer,
+        no_decay_bias_norm: args.no_decay_bias_norm,
+        label_smoothing: args.label_smoothing,
+        classes: args.classes.clone(),
+        freeze_epochs: args.freeze_epochs,
+        head_lr: args.head_lr,
+        keep_checkpoints: args.keep_checkpoints as usize,
     };
     // An unknown model fails before anything is written.
     konv_models::registry::info(&config.model)?;
-    let data = SplitData::new(&dataset, val_size, args.limit, args.seed);
+    let data = SplitData::with_classes(
+        &dataset,
+        config.classes.as_deref(),
+        val_size,
+        args.limit,
+        args.seed,
+    );
     let out = args.out.unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -372,23 +427,29 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             out.display()
         );
     }
-    konv_train::train::check_model_input(
-        &config.model,
-        dataset.class_names().len(),
-        [1, dataset.train.images.rows, dataset.train.images.cols],
-    )?;
+    let class_names: Vec<String> = match &config.classes {
+        Some(c) => c
+            .iter()
+            .map(|&i| dataset.class_names()[i as usize].to_string())
+            .collect(),
+        None => dataset
+            .class_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    // What the model is trained on: the dataset's grayscale images, resized if asked.
+    let (rows, cols) = config
+        .augment
+        .output_size(dataset.train.images.rows, dataset.train.images.cols);
+    konv_train::train::check_model_input(&config.model, class_names.len(), [1, rows, cols])?;
     let run_dir = RunDir::create(&out)?;
     let info = RunInfo {
         config: config.clone(),
         data_source: dataset.source.to_string(),
         subset: dataset.is_subset(),
-        class_names: dataset
-            .class_names()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        // What the model was trained on: the dataset's grayscale images.
-        input: [1, dataset.train.images.rows, dataset.train.images.cols],
+        class_names,
+        input: [1, rows, cols],
         normalize: data.normalize,
         train_size: data.train.len(),
         val_size: data.val.len(),
@@ -415,6 +476,33 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         Some(&run_dir),
         &mut observer,
     )?;
+    report_outcome(&outcome, started, &out);
+    Ok(())
+}
+
+fn check_classes(classes: &[u8], available: usize) -> Result<()> {
+    if let Some(bad) = classes.iter().find(|&&c| c as usize >= available) {
+        bail!(
+            "--classes: class {bad} does not exist (the dataset has classes 0 to {})",
+            available - 1
+        );
+    }
+    let mut sorted = classes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != classes.len() || classes.len() < 2 {
+        bail!(
+            "--classes needs at least two different classes, each once (e.g. --classes 5,6,7,8,9)"
+        );
+    }
+    Ok(())
+}
+
+fn report_outcome(
+    outcome: &konv_train::train::TrainOutcome,
+    started: std::time::Instant,
+    out: &Path,
+) {
     if let Some(epoch) = outcome.stopped_early {
         println!(
             "stopped early after epoch {epoch}: no better validation accuracy for {} epochs",
@@ -429,6 +517,65 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         out.join(run::BEST).display()
     );
+}
+
+/// `konv train --resume DIR`: the run's own settings and data, from its last finished epoch.
+fn resume_run(
+    dir: &Path,
+    args: &TrainArgs,
+    dataset: &konv_datasets::Dataset,
+    mode: OutputMode,
+) -> Result<()> {
+    let run_dir = RunDir::open(dir)?;
+    let info = run_dir.read_info()?;
+    let config = info.config.clone();
+    let device = config.backend.open()?;
+    if config.dataset != args.dataset.to_string() || dataset.is_subset() != info.subset {
+        bail!(
+            "--resume {}: the run trained on {} ({}); give the same --dataset and data flags",
+            dir.display(),
+            config.dataset,
+            info.data_source
+        );
+    }
+    let data = SplitData::with_classes(
+        dataset,
+        config.classes.as_deref(),
+        config.val_size,
+        config.limit,
+        config.seed,
+    );
+    if (data.train.len(), data.val.len()) != (info.train_size, info.val_size) {
+        bail!(
+            "--resume {}: the data differs from the run's ({} train / {} validation images now, {} / {} then); point --data-dir at the same files",
+            dir.display(),
+            data.train.len(),
+            data.val.len(),
+            info.train_size,
+            info.val_size
+        );
+    }
+    let state = run_dir.read_state()?;
+    if mode != OutputMode::Quiet {
+        println!(
+            "resuming {} in {} after epoch {} of {} (settings from its config.json)",
+            config.model,
+            dir.display(),
+            state.epoch,
+            config.epochs
+        );
+    }
+    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let started = std::time::Instant::now();
+    let outcome = konv_train::train::resume(
+        &config,
+        info.class_names.len(),
+        &data,
+        &device,
+        &run_dir,
+        &mut observer,
+    )?;
+    report_outcome(&outcome, started, dir);
     Ok(())
 }
 
@@ -468,13 +615,17 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         }
         .load(name)?
     };
-    let test = std::sync::Arc::new(dataset.test);
-    let report = eval::evaluate(
+    let test = std::sync::Arc::new(match &info.config.classes {
+        Some(c) => dataset.test.with_classes(c),
+        None => dataset.test,
+    });
+    let report = eval::evaluate_with(
         &model,
         &test,
         info.normalize,
         args.batch_size.max(1),
         info.class_names.len(),
+        Some(std::sync::Arc::new(info.config.augment.eval_steps())),
     );
     println!(
         "{}: test accuracy {:.2}% (top-5 {:.2}%; {} images, loss {:.4}), data from {}",

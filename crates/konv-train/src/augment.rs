@@ -12,8 +12,18 @@
 //! | `erase=p` | with probability p, zero a random rectangle of 2–33 % of the image with aspect 0.3–3.3 (`RandomErasing`) |
 //! | `brightness=d` | add a uniform value in ±d to every pixel in [0, 1] (`ColorJitter(brightness)`, additive) |
 //! | `contrast=d` | scale the distance to the image mean by a factor in [1 − d, 1 + d] (`ColorJitter(contrast)`) |
+//! | `rotate=D` | rotate about the centre by an angle in ±D degrees, bilinear, zero fill (`RandomRotation(D)`) |
+//! | `zoom=z` | scale about the centre by a factor in [1 − z, 1 + z] (> 1 magnifies; Keras `zoom_range`) |
+//! | `shear=D` | shear along x by an angle in ±D degrees (`RandomAffine(shear=D)`) |
+//! | `resize=HxW` | resize to H×W, bilinear (`Resize`) |
+//! | `mixup=α` | batch level: blend each image with another of the batch, ratio λ ~ Beta(α, α), and the two labels' losses by λ (Zhang et al.) |
+//! | `cutmix=α` | batch level: paste a box of another image covering 1 − λ of the area, λ ~ Beta(α, α) (Yun et al.); with `mixup`, one of the two per batch |
 //!
 //! Steps run in the order written, on pixel values in [0, 1], before standardization.
+//!
+//! Geometric steps (`flip`, `crop`, `translate`, `rotate`, `zoom`, `shear`, `resize`) are
+//! affine maps ([`Affine`]); [`Pipeline::apply_sample`] moves a [`Sample`]'s bounding boxes
+//! and segmentation mask with its image, for localization and segmentation.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -49,6 +59,225 @@ pub enum Augment {
         /// Largest relative change.
         delta: f32,
     },
+    /// Rotation about the centre by up to ±`degrees`.
+    Rotate {
+        /// Largest angle.
+        degrees: f32,
+    },
+    /// Scaling about the centre by a factor in [1 − `range`, 1 + `range`].
+    Zoom {
+        /// Largest relative change of size.
+        range: f32,
+    },
+    /// Shear along x by up to ±`degrees`.
+    Shear {
+        /// Largest shear angle.
+        degrees: f32,
+    },
+    /// Resize to `height` × `width`.
+    Resize {
+        /// New height.
+        height: usize,
+        /// New width.
+        width: usize,
+    },
+    /// Batch-level mixup with Beta(`alpha`, `alpha`) ratios.
+    Mixup {
+        /// Beta parameter.
+        alpha: f32,
+    },
+    /// Batch-level cutmix with Beta(`alpha`, `alpha`) ratios.
+    Cutmix {
+        /// Beta parameter.
+        alpha: f32,
+    },
+}
+
+/// A geometric transform in continuous pixel coordinates (pixel `(row i, column j)` covers
+/// `[j, j + 1] × [i, i + 1]`): the forward map `x' = a·x + b·y + c`, `y' = d·x + e·y + f`
+/// and the output size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Affine {
+    /// `[a, b, c, d, e, f]`.
+    pub m: [f32; 6],
+    /// Output height.
+    pub height: usize,
+    /// Output width.
+    pub width: usize,
+}
+
+impl Affine {
+    /// Nothing moves.
+    pub fn identity(height: usize, width: usize) -> Self {
+        Self {
+            m: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            height,
+            width,
+        }
+    }
+
+    /// Mirror left–right.
+    pub fn flip(height: usize, width: usize) -> Self {
+        Self {
+            m: [-1.0, 0.0, width as f32, 0.0, 1.0, 0.0],
+            height,
+            width,
+        }
+    }
+
+    /// Move by `dy` rows and `dx` columns.
+    pub fn shift(height: usize, width: usize, dy: f32, dx: f32) -> Self {
+        Self {
+            m: [1.0, 0.0, dx, 0.0, 1.0, dy],
+            height,
+            width,
+        }
+    }
+
+    /// `[[a, b], [d, e]]` applied about the image centre.
+    fn about_centre(height: usize, width: usize, a: f32, b: f32, d: f32, e: f32) -> Self {
+        let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0);
+        Self {
+            m: [a, b, cx - a * cx - b * cy, d, e, cy - d * cx - e * cy],
+            height,
+            width,
+        }
+    }
+
+    /// Rotate by `degrees` about the centre (clockwise on screen, rows growing downwards).
+    pub fn rotation(height: usize, width: usize, degrees: f32) -> Self {
+        let (sin, cos) = degrees.to_radians().sin_cos();
+        Self::about_centre(height, width, cos, -sin, sin, cos)
+    }
+
+    /// Scale by `factor` about the centre (> 1 magnifies).
+    pub fn zoom(height: usize, width: usize, factor: f32) -> Self {
+        Self::about_centre(height, width, factor, 0.0, 0.0, factor)
+    }
+
+    /// Shear along x by `degrees`: `x' = x + tan(angle)·(y − centre)`.
+    pub fn shear(height: usize, width: usize, degrees: f32) -> Self {
+        Self::about_centre(height, width, 1.0, degrees.to_radians().tan(), 0.0, 1.0)
+    }
+
+    /// Stretch a `height` × `width` image to `new_height` × `new_width`.
+    pub fn resize(height: usize, width: usize, new_height: usize, new_width: usize) -> Self {
+        Self {
+            m: [
+                new_width as f32 / width as f32,
+                0.0,
+                0.0,
+                0.0,
+                new_height as f32 / height as f32,
+                0.0,
+            ],
+            height: new_height,
+            width: new_width,
+        }
+    }
+
+    /// Where the point `(x, y)` goes.
+    pub fn apply(&self, x: f32, y: f32) -> (f32, f32) {
+        let [a, b, c, d, e, f] = self.m;
+        (a * x + b * y + c, d * x + e * y + f)
+    }
+
+    /// Where a point of the output came from.
+    fn source(&self, x: f32, y: f32) -> (f32, f32) {
+        let [a, b, c, d, e, f] = self.m;
+        let det = a * e - b * d;
+        let (x, y) = (x - c, y - f);
+        ((e * x - b * y) / det, (a * y - d * x) / det)
+    }
+
+    /// A box `[x0, y0, x1, y1]` moved: the bounding box of its moved corners, clipped to
+    /// the output.
+    pub fn apply_box(&self, [x0, y0, x1, y1]: [f32; 4]) -> [f32; 4] {
+        let corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)].map(|(x, y)| self.apply(x, y));
+        let (w, h) = (self.width as f32, self.height as f32);
+        let xs = corners.map(|c| c.0);
+        let ys = corners.map(|c| c.1);
+        let min = |v: [f32; 4]| v.into_iter().fold(f32::INFINITY, f32::min);
+        let max = |v: [f32; 4]| v.into_iter().fold(f32::NEG_INFINITY, f32::max);
+        [
+            min(xs).clamp(0.0, w),
+            min(ys).clamp(0.0, h),
+            max(xs).clamp(0.0, w),
+            max(ys).clamp(0.0, h),
+        ]
+    }
+
+    /// The image moved: bilinear sampling, zeros outside.
+    pub fn warp_image(&self, image: &Image) -> Image {
+        let mut pixels = Vec::with_capacity(self.height * self.width);
+        for y in 0..self.height {
+            for x in 0..self.width {
+                let (sx, sy) = self.source(x as f32 + 0.5, y as f32 + 0.5);
+                let (u, v) = (sx - 0.5, sy - 0.5);
+                let (x0, y0) = (u.floor(), v.floor());
+                let (fx, fy) = (u - x0, v - y0);
+                let (x0, y0) = (x0 as isize, y0 as isize);
+                let p = |yy: isize, xx: isize| image.at(yy, xx);
+                let top = p(y0, x0) * (1.0 - fx) + p(y0, x0 + 1) * fx;
+                let bottom = p(y0 + 1, x0) * (1.0 - fx) + p(y0 + 1, x0 + 1) * fx;
+                pixels.push(top * (1.0 - fy) + bottom * fy);
+            }
+        }
+        Image {
+            height: self.height,
+            width: self.width,
+            pixels,
+        }
+    }
+
+    /// The mask moved: nearest neighbour (labels are not blended), `mask.fill` outside.
+    pub fn warp_mask(&self, mask: &Mask) -> Mask {
+        let mut labels = Vec::with_capacity(self.height * self.width);
+        for y in 0..self.height {
+            for x in 0..self.width {
+                let (sx, sy) = self.source(x as f32 + 0.5, y as f32 + 0.5);
+                let (i, j) = (sy.floor(), sx.floor());
+                labels.push(
+                    if i < 0.0 || j < 0.0 || i >= mask.height as f32 || j >= mask.width as f32 {
+                        mask.fill
+                    } else {
+                        mask.labels[i as usize * mask.width + j as usize]
+                    },
+                );
+            }
+        }
+        Mask {
+            height: self.height,
+            width: self.width,
+            labels,
+            fill: mask.fill,
+        }
+    }
+}
+
+/// A segmentation mask: one class label per pixel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+    /// `height × width` labels, row-major.
+    pub labels: Vec<u8>,
+    /// The label of pixels a transform brings in from outside (background, or an ignore
+    /// label such as 255).
+    pub fill: u8,
+}
+
+/// An image with the targets that move with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The image.
+    pub image: Image,
+    /// Bounding boxes `[x0, y0, x1, y1]` in pixels.
+    pub boxes: Vec<[f32; 4]>,
+    /// A segmentation mask of the image's size.
+    pub mask: Option<Mask>,
 }
 
 /// A grayscale image with pixel values in [0, 1], row-major.
@@ -97,10 +326,87 @@ impl Image {
 }
 
 impl Augment {
-    /// Applies this step to `image`, drawing from `rng`.
+    /// Whether the step works on whole batches (mixup, cutmix) rather than single images.
+    pub fn is_batch_level(&self) -> bool {
+        matches!(self, Augment::Mixup { .. } | Augment::Cutmix { .. })
+    }
+
+    /// Applies this step to `sample` (boxes and mask follow geometric steps), drawing the
+    /// same random numbers as [`Augment::apply`].
+    pub fn apply_sample(&self, sample: &mut Sample, rng: &mut StdRng) {
+        let (h, w) = (sample.image.height, sample.image.width);
+        let geometry = match *self {
+            Augment::Flip => rng.random::<bool>().then(|| Affine::flip(h, w)),
+            Augment::Crop { pad } => {
+                let oy = rng.random_range(0..=2 * pad) as f32;
+                let ox = rng.random_range(0..=2 * pad) as f32;
+                Some(Affine::shift(h, w, pad as f32 - oy, pad as f32 - ox))
+            }
+            Augment::Translate { max } => {
+                let m = max as i64;
+                let dy = rng.random_range(-m..=m) as f32;
+                let dx = rng.random_range(-m..=m) as f32;
+                Some(Affine::shift(h, w, dy, dx))
+            }
+            Augment::Rotate { .. }
+            | Augment::Zoom { .. }
+            | Augment::Shear { .. }
+            | Augment::Resize { .. } => Some(self.draw_affine(h, w, rng)),
+            _ => {
+                self.apply(&mut sample.image, rng);
+                None
+            }
+        };
+        if let Some(affine) = geometry {
+            sample.image = match *self {
+                // Whole-pixel moves: exact copies.
+                Augment::Flip | Augment::Crop { .. } | Augment::Translate { .. } => {
+                    let [a, _, c, _, _, f] = affine.m;
+                    if a < 0.0 {
+                        let mut image = sample.image.clone();
+                        image.pixels.chunks_mut(w).for_each(<[f32]>::reverse);
+                        image
+                    } else {
+                        sample.image.shifted(f as isize, c as isize)
+                    }
+                }
+                _ => affine.warp_image(&sample.image),
+            };
+            for b in &mut sample.boxes {
+                *b = affine.apply_box(*b);
+            }
+            if let Some(mask) = &mut sample.mask {
+                *mask = affine.warp_mask(mask);
+            }
+        }
+    }
+
+    /// The random affine map of a rotate, zoom, shear or resize step.
+    fn draw_affine(&self, h: usize, w: usize, rng: &mut StdRng) -> Affine {
+        match *self {
+            Augment::Rotate { degrees } => {
+                Affine::rotation(h, w, rng.random_range(-degrees..=degrees))
+            }
+            Augment::Zoom { range } => {
+                Affine::zoom(h, w, rng.random_range(1.0 - range..=1.0 + range))
+            }
+            Augment::Shear { degrees } => Affine::shear(h, w, rng.random_range(-degrees..=degrees)),
+            Augment::Resize { height, width } => Affine::resize(h, w, height, width),
+            _ => Affine::identity(h, w),
+        }
+    }
+
+    /// Applies this step to `image`, drawing from `rng` (batch-level steps do nothing here).
     pub fn apply(&self, image: &mut Image, rng: &mut StdRng) {
         let (h, w) = (image.height, image.width);
         match *self {
+            Augment::Rotate { .. }
+            | Augment::Zoom { .. }
+            | Augment::Shear { .. }
+            | Augment::Resize { .. } => {
+                *image = self.draw_affine(h, w, rng).warp_image(image);
+            }
+            Augment::Mixup { .. } | Augment::Cutmix { .. } => {}
             Augment::Flip => {
                 if rng.random::<bool>() {
                     for row in image.pixels.chunks_mut(w) {
@@ -165,8 +471,9 @@ impl Augment {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline(pub Vec<Augment>);
 
-const VALID: &str = "valid steps: flip, crop=PIXELS, translate=PIXELS, erase=PROBABILITY, \
-brightness=DELTA, contrast=DELTA (e.g. --augment flip,crop=4,erase=0.25)";
+const VALID: &str = "valid steps: flip, crop=PIXELS, translate=PIXELS, rotate=DEGREES, \
+zoom=FRACTION, shear=DEGREES, resize=HxW, erase=PROBABILITY, brightness=DELTA, contrast=DELTA, \
+mixup=ALPHA, cutmix=ALPHA (e.g. --augment flip,crop=4,rotate=10,erase=0.25)";
 
 impl std::str::FromStr for Pipeline {
     type Err = String;
@@ -199,6 +506,40 @@ impl std::str::FromStr for Pipeline {
                 "contrast" => Augment::Contrast {
                     delta: fraction(1.0)?,
                 },
+                "rotate" => Augment::Rotate {
+                    degrees: fraction(180.0)?,
+                },
+                "zoom" => Augment::Zoom {
+                    range: fraction(0.9)?,
+                },
+                "shear" => Augment::Shear {
+                    degrees: fraction(60.0)?,
+                },
+                "resize" => {
+                    let size = value
+                        .split_once('x')
+                        .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
+                        .filter(|&(h, w): &(usize, usize)| h > 0 && w > 0)
+                        .ok_or_else(|| bad("needs HEIGHTxWIDTH, e.g. resize=32x32"))?;
+                    Augment::Resize {
+                        height: size.0,
+                        width: size.1,
+                    }
+                }
+                "mixup" | "cutmix" => {
+                    let alpha = value
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|a| *a > 0.0 && a.is_finite())
+                        .ok_or_else(|| {
+                            bad("needs a positive alpha, e.g. 0.2 (mixup) or 1.0 (cutmix)")
+                        })?;
+                    if name == "mixup" {
+                        Augment::Mixup { alpha }
+                    } else {
+                        Augment::Cutmix { alpha }
+                    }
+                }
                 _ => return Err(bad("unknown step")),
             });
         }
@@ -218,6 +559,12 @@ impl std::fmt::Display for Pipeline {
                 Augment::Erase { p } => format!("erase={p}"),
                 Augment::Brightness { delta } => format!("brightness={delta}"),
                 Augment::Contrast { delta } => format!("contrast={delta}"),
+                Augment::Rotate { degrees } => format!("rotate={degrees}"),
+                Augment::Zoom { range } => format!("zoom={range}"),
+                Augment::Shear { degrees } => format!("shear={degrees}"),
+                Augment::Resize { height, width } => format!("resize={height}x{width}"),
+                Augment::Mixup { alpha } => format!("mixup={alpha}"),
+                Augment::Cutmix { alpha } => format!("cutmix={alpha}"),
             })
             .collect();
         write!(f, "{}", steps.join(","))
@@ -239,11 +586,108 @@ impl Pipeline {
         StdRng::seed_from_u64(z ^ (z >> 31))
     }
 
-    /// Applies every step to `image`, for image `index` of the epoch seeded `epoch_seed`.
+    /// Applies every per-image step to `image`, for image `index` of the epoch seeded
+    /// `epoch_seed`.
     pub fn apply(&self, image: &mut Image, epoch_seed: u64, index: usize) {
         let mut rng = Self::rng(epoch_seed, index);
         for step in &self.0 {
             step.apply(image, &mut rng);
+        }
+    }
+
+    /// [`Pipeline::apply`] on a sample: its boxes and mask move with the image.
+    pub fn apply_sample(&self, sample: &mut Sample, epoch_seed: u64, index: usize) {
+        let mut rng = Self::rng(epoch_seed, index);
+        for step in &self.0 {
+            step.apply_sample(sample, &mut rng);
+        }
+    }
+
+    /// The image size after the pipeline, for `height` × `width` inputs.
+    pub fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
+        self.0
+            .iter()
+            .fold((height, width), |size, step| match *step {
+                Augment::Resize { height, width } => (height, width),
+                _ => size,
+            })
+    }
+
+    /// The deterministic steps evaluation must apply too (`resize`).
+    pub fn eval_steps(&self) -> Pipeline {
+        Pipeline(
+            self.0
+                .iter()
+                .copied()
+                .filter(|s| matches!(s, Augment::Resize { .. }))
+                .collect(),
+        )
+    }
+
+    /// Whether the pipeline mixes images across a batch.
+    pub fn mixes(&self) -> bool {
+        self.0.iter().any(Augment::is_batch_level)
+    }
+
+    /// Mixes a batch of `n` images of `h × w` values (`pixels`, image after image) in place
+    /// with the batch reversed (timm's pairing), per the pipeline's mixup / cutmix steps
+    /// (one of the two, chosen at random, when both are given). Returns λ, the share of
+    /// each image's own label, or `None` when the pipeline does not mix.
+    pub fn mix_batch(
+        &self,
+        pixels: &mut [f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        rng: &mut StdRng,
+    ) -> Option<f32> {
+        let options: Vec<Augment> = self
+            .0
+            .iter()
+            .copied()
+            .filter(Augment::is_batch_level)
+            .collect();
+        if options.is_empty() || n == 0 {
+            return None;
+        }
+        let step = options[rng.random_range(0..options.len())];
+        let (Augment::Mixup { alpha } | Augment::Cutmix { alpha }) = step else {
+            unreachable!("batch-level steps only")
+        };
+        let beta = rand_distr::Beta::new(alpha, alpha).expect("alpha > 0 by parsing");
+        let lambda: f32 = rand_distr::Distribution::sample(&beta, rng);
+        let size = h * w;
+        let original = pixels.to_vec();
+        match step {
+            Augment::Mixup { .. } => {
+                for i in 0..n {
+                    let j = n - 1 - i;
+                    for k in 0..size {
+                        pixels[i * size + k] = lambda * original[i * size + k]
+                            + (1.0 - lambda) * original[j * size + k];
+                    }
+                }
+                Some(lambda)
+            }
+            _ => {
+                // A box of (1 − λ) of the area, centred anywhere, clipped to the image.
+                let cut = (1.0 - lambda).sqrt();
+                let (ch, cw) = ((h as f32 * cut) as usize, (w as f32 * cut) as usize);
+                let cy = rng.random_range(0..h);
+                let cx = rng.random_range(0..w);
+                let (y0, y1) = (cy.saturating_sub(ch / 2), (cy + ch / 2).min(h));
+                let (x0, x1) = (cx.saturating_sub(cw / 2), (cx + cw / 2).min(w));
+                for i in 0..n {
+                    let j = n - 1 - i;
+                    for y in y0..y1 {
+                        for x in x0..x1 {
+                            pixels[i * size + y * w + x] = original[j * size + y * w + x];
+                        }
+                    }
+                }
+                // The share actually left after clipping.
+                Some(1.0 - ((y1 - y0) * (x1 - x0)) as f32 / size as f32)
+            }
         }
     }
 }
@@ -260,11 +704,12 @@ pub fn grid(
     scale: usize,
 ) -> image::GrayImage {
     let (h, w) = (set.images.rows, set.images.cols);
+    let (oh, ow) = pipeline.output_size(h, w);
     let scale = scale.max(1);
     let count = count.min(set.len());
     let gap = 2;
-    let cell_w = w * scale + gap;
-    let cell_h = h * scale + gap;
+    let cell_w = w.max(ow) * scale + gap;
+    let cell_h = h.max(oh) * scale + gap;
     let mut out = image::GrayImage::from_pixel(
         (cell_w * (variants + 1) + gap) as u32,
         (cell_h * count + gap) as u32,
@@ -276,13 +721,13 @@ pub fn grid(
             if col > 0 {
                 pipeline.apply(&mut img, seed.wrapping_add(col as u64), row);
             }
-            for y in 0..h * scale {
-                for x in 0..w * scale {
-                    let v = img.pixels[(y / scale) * w + x / scale];
+            for y in 0..img.height * scale {
+                for x in 0..img.width * scale {
+                    let v = img.pixels[(y / scale) * img.width + x / scale];
                     out.put_pixel(
                         (gap + col * cell_w + x) as u32,
                         (gap + row * cell_h + y) as u32,
-                        image::Luma([(v * 255.0).round() as u8]),
+                        image::Luma([(v.clamp(0.0, 1.0) * 255.0).round() as u8]),
                     );
                 }
             }
@@ -433,6 +878,192 @@ mod tests {
         }
     }
 
+    /// A 10×10 sample: a bright 2×2 block at rows 0–1, columns 0–1, its box and its mask.
+    fn block_sample() -> Sample {
+        let mut pixels = vec![0.0; 100];
+        let mut labels = vec![0u8; 100];
+        for (y, x) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            pixels[y * 10 + x] = 1.0;
+            labels[y * 10 + x] = 3;
+        }
+        Sample {
+            image: Image {
+                height: 10,
+                width: 10,
+                pixels,
+            },
+            boxes: vec![[0.0, 0.0, 2.0, 2.0]],
+            mask: Some(Mask {
+                height: 10,
+                width: 10,
+                labels,
+                fill: 0,
+            }),
+        }
+    }
+
+    /// The mask's labelled pixels as a box `[x0, y0, x1, y1]`.
+    fn mask_box(mask: &Mask, label: u8) -> [f32; 4] {
+        let cells: Vec<(usize, usize)> = (0..mask.labels.len())
+            .filter(|&i| mask.labels[i] == label)
+            .map(|i| (i % mask.width, i / mask.width))
+            .collect();
+        let x0 = cells.iter().map(|c| c.0).min().unwrap() as f32;
+        let y0 = cells.iter().map(|c| c.1).min().unwrap() as f32;
+        let x1 = cells.iter().map(|c| c.0).max().unwrap() as f32 + 1.0;
+        let y1 = cells.iter().map(|c| c.1).max().unwrap() as f32 + 1.0;
+        [x0, y0, x1, y1]
+    }
+
+    fn moved(sample: &Sample, affine: &Affine) -> Sample {
+        Sample {
+            image: affine.warp_image(&sample.image),
+            boxes: sample.boxes.iter().map(|b| affine.apply_box(*b)).collect(),
+            mask: sample.mask.as_ref().map(|m| affine.warp_mask(m)),
+        }
+    }
+
+    fn close(a: [f32; 4], b: [f32; 4]) {
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4),
+            "{a:?} vs {b:?}"
+        );
+    }
+
+    #[test]
+    fn boxes_and_masks_follow_each_geometric_transform() {
+        let s = block_sample();
+        // Flip: the block goes to columns 8–9.
+        let out = moved(&s, &Affine::flip(10, 10));
+        close(out.boxes[0], [8.0, 0.0, 10.0, 2.0]);
+        close(
+            mask_box(out.mask.as_ref().unwrap(), 3),
+            [8.0, 0.0, 10.0, 2.0],
+        );
+        assert_eq!(out.image.pixels[9], 1.0);
+        // Shift by 3 rows and 4 columns (crop and translate).
+        let out = moved(&s, &Affine::shift(10, 10, 3.0, 4.0));
+        close(out.boxes[0], [4.0, 3.0, 6.0, 5.0]);
+        close(
+            mask_box(out.mask.as_ref().unwrap(), 3),
+            [4.0, 3.0, 6.0, 5.0],
+        );
+        assert_eq!(out.image.pixels[3 * 10 + 4], 1.0);
+        // Rotation by 90° clockwise about the centre: top-left goes to top-right.
+        let out = moved(&s, &Affine::rotation(10, 10, 90.0));
+        close(out.boxes[0], [8.0, 0.0, 10.0, 2.0]);
+        close(
+            mask_box(out.mask.as_ref().unwrap(), 3),
+            [8.0, 0.0, 10.0, 2.0],
+        );
+        assert!((out.image.pixels[8] - 1.0).abs() < 1e-4);
+        // Zoom ×2 about the centre: a centred 2×2 box becomes 4×4.
+        let mut centred = s.clone();
+        centred.boxes = vec![[4.0, 4.0, 6.0, 6.0]];
+        let mask = centred.mask.as_mut().unwrap();
+        mask.labels = vec![0; 100];
+        for (y, x) in [(4, 4), (4, 5), (5, 4), (5, 5)] {
+            mask.labels[y * 10 + x] = 3;
+        }
+        let out = moved(&centred, &Affine::zoom(10, 10, 2.0));
+        close(out.boxes[0], [3.0, 3.0, 7.0, 7.0]);
+        close(
+            mask_box(out.mask.as_ref().unwrap(), 3),
+            [3.0, 3.0, 7.0, 7.0],
+        );
+        // Shear by 45°: x' = x + (y − 5), so rows 0–2 move left by 5 to 3 and clip at 0.
+        let mut sheared = s.clone();
+        sheared.boxes = vec![[4.0, 0.0, 6.0, 2.0]];
+        let out = moved(&sheared, &Affine::shear(10, 10, 45.0));
+        close(out.boxes[0], [0.0, 0.0, 3.0, 2.0]);
+        // Resize to 20×30: coordinates scale by 3 in x and 2 in y; the mask's block too.
+        let out = moved(&s, &Affine::resize(10, 10, 20, 30));
+        assert_eq!((out.image.height, out.image.width), (20, 30));
+        close(out.boxes[0], [0.0, 0.0, 6.0, 4.0]);
+        close(
+            mask_box(out.mask.as_ref().unwrap(), 3),
+            [0.0, 0.0, 6.0, 4.0],
+        );
+        // Pixels brought in from outside take the mask's fill label.
+        let mut ignore = s.clone();
+        ignore.mask.as_mut().unwrap().fill = 255;
+        let out = moved(&ignore, &Affine::shift(10, 10, 0.0, 2.0));
+        assert_eq!(out.mask.unwrap().labels[0], 255);
+    }
+
+    #[test]
+    fn random_steps_move_boxes_with_their_images() {
+        // Through the pipeline, each random geometric step moves the box exactly as the
+        // image: the bright block's bounding box and the transformed box agree.
+        let pipeline: Pipeline =
+            "flip,crop=2,translate=2,rotate=15,zoom=0.2,shear=10,brightness=0.1"
+                .parse()
+                .unwrap();
+        let mut base = block_sample();
+        base.boxes = vec![[4.0, 4.0, 6.0, 6.0]];
+        base.image.pixels = vec![0.0; 100];
+        for (y, x) in [(4, 4), (4, 5), (5, 4), (5, 5)] {
+            base.image.pixels[y * 10 + x] = 1.0;
+        }
+        base.mask = None;
+        for index in 0..20 {
+            let mut sample = base.clone();
+            pipeline.apply_sample(&mut sample, 9, index);
+            // The same draws as the image-only path.
+            let mut image = base.image.clone();
+            pipeline.apply(&mut image, 9, index);
+            assert_eq!(image, sample.image);
+            // Every pixel brighter than half lies inside the moved box (one pixel of slack
+            // for bilinear spread).
+            let [x0, y0, x1, y1] = sample.boxes[0];
+            for (i, &p) in sample.image.pixels.iter().enumerate() {
+                if p > 0.6 {
+                    let (x, y) = ((i % 10) as f32 + 0.5, (i / 10) as f32 + 0.5);
+                    assert!(
+                        x > x0 - 1.0 && x < x1 + 1.0 && y > y0 - 1.0 && y < y1 + 1.0,
+                        "index {index}: pixel ({x}, {y}) outside {:?}",
+                        sample.boxes[0]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mixup_and_cutmix_mix_with_the_reversed_batch() {
+        let (n, h, w) = (4, 6, 6);
+        let base: Vec<f32> = (0..n).flat_map(|i| vec![i as f32; h * w]).collect();
+        let mixup: Pipeline = "mixup=0.4".parse().unwrap();
+        let mut pixels = base.clone();
+        let lambda = mixup
+            .mix_batch(&mut pixels, n, h, w, &mut StdRng::seed_from_u64(1))
+            .unwrap();
+        assert!((0.0..=1.0).contains(&lambda));
+        // Image 0 is λ·0 + (1 − λ)·3.
+        assert!((pixels[0] - (1.0 - lambda) * 3.0).abs() < 1e-5);
+        let cutmix: Pipeline = "cutmix=1.0".parse().unwrap();
+        let mut pixels = base.clone();
+        let lambda = cutmix
+            .mix_batch(&mut pixels, n, h, w, &mut StdRng::seed_from_u64(2))
+            .unwrap();
+        // Image 1's pixels are its own (1) or image 2's, the share of its own being λ.
+        let own = pixels[h * w..2 * h * w]
+            .iter()
+            .filter(|&&p| p == 1.0)
+            .count();
+        let other = pixels[h * w..2 * h * w]
+            .iter()
+            .filter(|&&p| p == 2.0)
+            .count();
+        assert_eq!(own + other, h * w);
+        assert!((own as f32 / (h * w) as f32 - lambda).abs() < 1e-6);
+        assert!(
+            Pipeline::default()
+                .mix_batch(&mut pixels, n, h, w, &mut StdRng::seed_from_u64(0))
+                .is_none()
+        );
+    }
+
     #[test]
     fn pipelines_parse_print_and_reproduce() {
         let p: Pipeline = "flip,crop=4,erase=0.25".parse().unwrap();
@@ -445,7 +1076,20 @@ mod tests {
             ]
         );
         assert_eq!(p.to_string().parse::<Pipeline>().unwrap(), p);
-        for bad in ["rotate=10", "crop=x", "erase=2", "flip=1"] {
+        let all: Pipeline = "rotate=10,zoom=0.1,shear=5,resize=32x30,mixup=0.2,cutmix=1"
+            .parse()
+            .unwrap();
+        assert_eq!(all.to_string().parse::<Pipeline>().unwrap(), all);
+        assert_eq!(all.output_size(28, 28), (32, 30));
+        assert!(all.mixes());
+        for bad in [
+            "spin=10",
+            "crop=x",
+            "erase=2",
+            "flip=1",
+            "resize=32",
+            "mixup=0",
+        ] {
             let err = bad.parse::<Pipeline>().unwrap_err();
             assert!(err.contains("valid steps") && err.contains(bad), "{err}");
         }

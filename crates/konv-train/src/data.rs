@@ -67,6 +67,18 @@ pub struct ImageBatch {
     pub images: Tensor<4>,
     /// `[batch]` class indices.
     pub targets: Tensor<1, Int>,
+    /// When the images are mixes of two (mixup, cutmix): the other image's classes and the
+    /// share of `targets`.
+    pub mix: Option<Mix>,
+}
+
+/// The second label set of a mixed batch.
+#[derive(Debug, Clone)]
+pub struct Mix {
+    /// `[batch]` classes of the images mixed in.
+    pub targets: Tensor<1, Int>,
+    /// Share of the batch's own images (and of `targets` of [`ImageBatch`]) in the mix.
+    pub lambda: f32,
 }
 
 /// Turns [`ImageItem`]s into an [`ImageBatch`].
@@ -83,27 +95,46 @@ pub struct ImageBatcher {
 impl Batcher<ImageItem, ImageBatch> for ImageBatcher {
     fn batch(&self, items: Vec<ImageItem>, device: &Device) -> ImageBatch {
         let [h, w] = self.size;
-        let pixels: Vec<f32> = match &self.augment {
-            None => items
-                .iter()
-                .flat_map(|item| item.pixels.iter().map(|&p| self.normalize.apply(p)))
-                .collect(),
-            Some((pipeline, epoch_seed)) => items
-                .iter()
-                .flat_map(|item| {
-                    let mut image = Image::from_u8(&item.pixels, h, w);
-                    pipeline.apply(&mut image, *epoch_seed, item.index);
-                    image
-                        .pixels
-                        .into_iter()
-                        .map(|v| self.normalize.apply_unit(v))
-                })
-                .collect(),
+        let (mut pixels, (h, w)): (Vec<f32>, _) = match &self.augment {
+            None => (
+                items
+                    .iter()
+                    .flat_map(|item| item.pixels.iter().map(|&p| self.normalize.apply(p)))
+                    .collect(),
+                (h, w),
+            ),
+            Some((pipeline, epoch_seed)) => (
+                items
+                    .iter()
+                    .flat_map(|item| {
+                        let mut image = Image::from_u8(&item.pixels, h, w);
+                        pipeline.apply(&mut image, *epoch_seed, item.index);
+                        image
+                            .pixels
+                            .into_iter()
+                            .map(|v| self.normalize.apply_unit(v))
+                    })
+                    .collect(),
+                pipeline.output_size(h, w),
+            ),
         };
         let labels: Vec<i64> = items.iter().map(|item| item.label as i64).collect();
+        let n = items.len();
+        let mix = self.augment.as_ref().and_then(|(pipeline, epoch_seed)| {
+            // One stream per batch, from the epoch and the batch's first image.
+            let first = items.first().map_or(0, |item| item.index);
+            let mut rng = Pipeline::rng(epoch_seed ^ 0x6d69_7865_6261_7463, first);
+            let lambda = pipeline.mix_batch(&mut pixels, n, h, w, &mut rng)?;
+            let partners: Vec<i64> = labels.iter().rev().copied().collect();
+            Some(Mix {
+                targets: Tensor::from_data(TensorData::new(partners, [n]), device),
+                lambda,
+            })
+        });
         ImageBatch {
-            images: Tensor::from_data(TensorData::new(pixels, [items.len(), 1, h, w]), device),
-            targets: Tensor::from_data(TensorData::new(labels, [items.len()]), device),
+            images: Tensor::from_data(TensorData::new(pixels, [n, 1, h, w]), device),
+            targets: Tensor::from_data(TensorData::new(labels, [n]), device),
+            mix,
         }
     }
 }

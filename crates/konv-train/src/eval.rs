@@ -105,12 +105,34 @@ pub fn evaluate(
     batch_size: usize,
     num_classes: usize,
 ) -> EvalReport {
+    evaluate_with(model, set, normalize, batch_size, num_classes, None)
+}
+
+/// [`evaluate`] with the deterministic preprocessing of a training pipeline
+/// ([`Pipeline::eval_steps`](crate::augment::Pipeline::eval_steps), e.g. `resize`).
+pub fn evaluate_with(
+    model: &Classifier,
+    set: &Arc<ImageSet>,
+    normalize: Normalize,
+    batch_size: usize,
+    num_classes: usize,
+    preprocess: Option<Arc<crate::augment::Pipeline>>,
+) -> EvalReport {
     let device = device_of(model);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
     let mut loss_sum = 0.0;
     let mut top5_correct = 0;
-    for batch in loader(set.clone(), normalize, batch_size, None, None, &device).iter() {
+    for batch in loader(
+        set.clone(),
+        normalize,
+        batch_size,
+        None,
+        preprocess,
+        &device,
+    )
+    .iter()
+    {
         let Ok(batch) = batch else { continue };
         let n = batch.targets.dims()[0];
         let logits = model.forward(batch.images);

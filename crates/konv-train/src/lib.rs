@@ -2,9 +2,13 @@
 //!
 //! - [`backend`]: pick `cpu`, `flex`, `ndarray`, `wgpu` (or `cuda`) at run time.
 //! - [`data`]: image sets through Burn's `Dataset`, `Batcher` and `DataLoader`.
+//! - [`optim`]: SGD, Adam, AdamW, RMSProp by name, weight decay off biases and norms.
 //! - [`train`]: the SGD training loop with validation, metrics and checkpoints.
+//! - [`loss`]: weighted multi-output losses (class + box); [`metrics`]: box IoU, mean IoU
+//!   and pixel accuracy of masks.
 //! - [`eval`] and [`predict`]: accuracy, confusion matrix, top-k classes of image files.
-//! - [`run`]: the run folder (`config.json`, `metrics.csv`, atomic checkpoints).
+//! - [`run`]: the run folder (`config.json`, `metrics.csv`, atomic checkpoints, `state.json`
+//!   for `--resume`); [`plot`]: `curves.png`.
 //!
 //! ```no_run
 //! use konv_datasets::{DatasetName, Locator};
@@ -26,7 +30,11 @@ pub mod augment;
 pub mod backend;
 pub mod data;
 pub mod eval;
+pub mod loss;
+pub mod metrics;
 pub mod observer;
+pub mod optim;
+pub mod plot;
 pub mod predict;
 pub mod run;
 pub mod schedule;
@@ -78,6 +86,12 @@ pub enum TrainError {
     /// Invalid settings.
     #[error("{0}")]
     Config(String),
+    /// Training stopped before the end (see [`observer::Observer::interrupted`]).
+    #[error("training interrupted during epoch {epoch}; continue with --resume")]
+    Interrupted {
+        /// The epoch that was running.
+        epoch: usize,
+    },
     /// An unknown model.
     #[error(transparent)]
     Model(#[from] konv_models::ModelError),

@@ -16,6 +16,12 @@ pub trait Observer {
     fn step(&mut self, seen: usize, loss: f64, accuracy: f64, images_per_sec: f64);
     /// An epoch ended; `best` when its validation accuracy is the best so far.
     fn epoch_end(&mut self, metrics: &EpochMetrics, best: bool);
+    /// Asked after every step: `true` ends training at once with
+    /// [`TrainError::Interrupted`](crate::TrainError::Interrupted), as if the process were
+    /// killed there (the run folder keeps the last finished epoch, for `--resume`).
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// How [`ConsoleObserver`] prints.

@@ -1,12 +1,15 @@
-//! A run folder: `config.json`, `metrics.csv`, `checkpoint.bpk` + `optimizer.bpk` after each
-//! epoch, and `best.bpk`, the weights of the epoch with the best validation accuracy.
+//! A run folder: `config.json`; after each epoch `epoch-NNNN.bpk` + `epoch-NNNN.optim.bpk`
+//! (the newest `keep_checkpoints` epochs), `checkpoint.bpk` + `optimizer.bpk` (the latest,
+//! as links to those), `best.bpk` (the weights of the epoch with the best validation
+//! accuracy), `state.json` (what `--resume` reads), `metrics.csv` and `curves.png`.
 //! Every file is written to a temporary name and renamed, so a crash never leaves a
-//! half-written file behind.
+//! half-written file behind; `state.json` is written last and names only complete files.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use konv_models::Classifier;
@@ -24,6 +27,10 @@ pub const BEST: &str = "best.bpk";
 pub const CONFIG: &str = "config.json";
 /// One line per epoch.
 pub const METRICS: &str = "metrics.csv";
+/// Where training stands, for `--resume`.
+pub const STATE: &str = "state.json";
+/// Training curves, redrawn after each epoch.
+pub const CURVES: &str = "curves.png";
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -109,6 +116,109 @@ impl RunDir {
     /// Saves optimizer state bytes as `optimizer.bpk`.
     pub fn save_optimizer(&self, bytes: &[u8]) -> Result<(), TrainError> {
         self.write(OPTIMIZER, bytes)
+    }
+
+    /// Everything after an epoch, in crash-safe order: the epoch's weights and optimizer
+    /// state, `best.bpk` when `improved`, then `state.json` naming them (the commit point),
+    /// then `checkpoint.bpk`/`optimizer.bpk`, `metrics.csv` and `curves.png`; finally the
+    /// epoch files older than the newest `keep` are deleted.
+    pub fn save_epoch(
+        &self,
+        model: &Classifier,
+        optim: &ModuleOptimizer,
+        improved: bool,
+        mut state: crate::train::TrainState,
+        keep: usize,
+    ) -> Result<(), TrainError> {
+        let epoch = state.epoch;
+        state.checkpoint = format!("epoch-{epoch:04}.bpk");
+        state.optimizer = format!("epoch-{epoch:04}.optim.bpk");
+        self.save_model(&state.checkpoint, model)?;
+        let optim_path = self.path.join(&state.optimizer);
+        let bytes = optim
+            .into_bytes()
+            .map_err(|e| TrainError::Record(optim_path.clone(), e.to_string()))?;
+        self.write(&state.optimizer, &bytes)?;
+        if improved {
+            self.save_model(BEST, model)?;
+        }
+        let json = serde_json::to_vec_pretty(&state).expect("TrainState serializes");
+        self.write(STATE, &json)?;
+        self.link_latest(&state.checkpoint, CHECKPOINT)?;
+        self.link_latest(&state.optimizer, OPTIMIZER)?;
+        self.write_metrics(&state.history)?;
+        let curves = self.path.join(CURVES);
+        crate::plot::save_curves(&curves, &state.history)?;
+        // Prune epoch files beyond the newest `keep`.
+        for old in 1..=epoch.saturating_sub(keep.max(1)) {
+            for name in [
+                format!("epoch-{old:04}.bpk"),
+                format!("epoch-{old:04}.optim.bpk"),
+            ] {
+                let path = self.path.join(name);
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Points `name` at the file `target` of this folder (a hard link, or a copy where links
+    /// are not possible), atomically.
+    fn link_latest(&self, target: &str, name: &str) -> Result<(), TrainError> {
+        let from = self.path.join(target);
+        let to = self.path.join(name);
+        let tmp = self.path.join(format!("{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&from, &tmp).is_err() {
+            std::fs::copy(&from, &tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        }
+        std::fs::rename(&tmp, &to).map_err(|e| TrainError::io(&to, e))
+    }
+
+    /// Reads `state.json`.
+    pub fn read_state(&self) -> Result<crate::train::TrainState, TrainError> {
+        let path = self.path.join(STATE);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                TrainError::Corrupt {
+                    path: path.clone(),
+                    reason: "missing: the run has not finished an epoch, so there is nothing to resume; start it again".into(),
+                }
+            } else {
+                TrainError::io(&path, e)
+            }
+        })?;
+        let state: crate::train::TrainState =
+            serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if state.history.len() != state.epoch {
+            return Err(TrainError::Corrupt {
+                path,
+                reason: format!(
+                    "{} epochs of metrics for {} epochs done",
+                    state.history.len(),
+                    state.epoch
+                ),
+            });
+        }
+        Ok(state)
+    }
+
+    /// `optim` with the state saved in `name`.
+    pub fn load_optimizer(
+        &self,
+        optim: ModuleOptimizer,
+        name: &str,
+    ) -> Result<ModuleOptimizer, TrainError> {
+        let path = self.path.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        optim
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| TrainError::Record(path, e.to_string()))
     }
 }
 

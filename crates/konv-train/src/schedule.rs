@@ -11,7 +11,9 @@
 //!   Burn's step-only scheduler trait cannot, so it is driven once per epoch with
 //!   [`ReduceLrOnPlateau::observe`].
 //!
-//! Both save and restore their state (for exact resume).
+//! Both save and restore their state (for exact resume). [`LrSchedule`] names every schedule
+//! of `--lr-schedule` (the rest are Burn's schedulers, composed), and [`ScheduleDriver`] runs
+//! one through a training run.
 
 use burn::config::Config;
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
@@ -247,6 +249,17 @@ pub enum LrSchedule {
         /// The final learning rate.
         min_lr: f64,
     },
+    /// One-cycle (Smith & Topin; PyTorch's `OneCycleLR` without momentum cycling): a linear
+    /// rise from `lr / div` to `lr` over the first `pct` of all updates, then cosine
+    /// annealing to `lr / (div · final_div)` at the last update.
+    OneCycle {
+        /// Fraction of the updates spent rising (PyTorch's `pct_start`, 0.3).
+        pct: f64,
+        /// Start at `lr / div` (PyTorch's `div_factor`, 25).
+        div: f64,
+        /// End at `lr / (div · final_div)` (PyTorch's `final_div_factor`, 1e4).
+        final_div: f64,
+    },
     /// Reduce on a plateau of the validation loss, per epoch.
     Plateau {
         /// Epochs without improvement before reducing.
@@ -272,6 +285,11 @@ impl std::fmt::Display for LrSchedule {
             LrSchedule::Cosine { warmup, min_lr } => {
                 write!(f, "cosine:warmup={warmup},min-lr={min_lr}")
             }
+            LrSchedule::OneCycle {
+                pct,
+                div,
+                final_div,
+            } => write!(f, "one-cycle:pct={pct},div={div},final-div={final_div}"),
             LrSchedule::Plateau {
                 patience,
                 factor,
@@ -286,7 +304,7 @@ impl std::fmt::Display for LrSchedule {
 
 const SCHEDULE_HELP: &str = "valid schedules: constant, keras-decay:DECAY (e.g. keras-decay:0.01), \
 step:every=EPOCHS[,gamma=G], multistep:at=E1+E2+…[,gamma=G], exponential:gamma=G (per epoch), \
-cosine[:warmup=EPOCHS,min-lr=L], plateau[:patience=N,factor=F,min-lr=L] \
+cosine[:warmup=EPOCHS,min-lr=L], one-cycle[:pct=0.3,div=25,final-div=1e4], plateau[:patience=N,factor=F,min-lr=L] \
 (e.g. plateau:patience=2,factor=0.5)";
 
 impl std::str::FromStr for LrSchedule {
@@ -386,6 +404,25 @@ impl std::str::FromStr for LrSchedule {
                     min_lr: get("min-lr").map_or(Ok(0.0), |v| number("min-lr", v))?,
                 })
             }
+            "one-cycle" => {
+                allow(&["pct", "div", "final-div"])?;
+                let pct = get("pct")
+                    .map_or(Ok(0.3), |v| number("pct", v))
+                    .and_then(|p| fraction("pct", p))?;
+                let at_least_one = |key: &str, default: f64| {
+                    let v = get(key).map_or(Ok(default), |v| number(key, v))?;
+                    if v >= 1.0 {
+                        Ok(v)
+                    } else {
+                        Err(bad(format!("`{key}` must be at least 1, got {v}")))
+                    }
+                };
+                Ok(LrSchedule::OneCycle {
+                    pct,
+                    div: at_least_one("div", 25.0)?,
+                    final_div: at_least_one("final-div", 1e4)?,
+                })
+            }
             "plateau" => {
                 allow(&["patience", "factor", "min-lr"])?;
                 let patience = get("patience").map_or(Ok(10), |v| whole("patience", v))?;
@@ -480,6 +517,27 @@ impl ScheduleDriver {
                     )
                     .init()?
                 });
+            }
+            LrSchedule::OneCycle {
+                pct,
+                div,
+                final_div,
+            } => {
+                // At least one update in each phase.
+                let rise = ((pct * total as f64).round() as usize).clamp(1, total.max(2) - 1);
+                let start = lr / div;
+                let cosine = CosineAnnealingLrSchedulerConfig::new(lr, total - rise)
+                    .with_min_lr(start / final_div);
+                driver.burn = Some(
+                    SequentialLrSchedulerConfig::new(
+                        vec![
+                            LinearLrSchedulerConfig::new(start, lr, rise).into(),
+                            cosine.into(),
+                        ],
+                        vec![rise],
+                    )
+                    .init()?,
+                );
             }
             LrSchedule::KerasDecay { decay } => {
                 driver.decay = Some(KerasDecayLrSchedulerConfig::new(lr, decay).init()?);
@@ -663,6 +721,31 @@ mod tests {
             let s: LrSchedule = spec.parse().unwrap();
             assert_eq!(s.to_string().parse::<LrSchedule>(), Ok(s));
         }
+    }
+
+    #[test]
+    fn one_cycle_by_hand() {
+        // 4 epochs of 2 updates, 2 rising (pct 0.25) from 0.1/10, then cosine over 6 updates
+        // from 0.1 towards 0.1/(10·100).
+        let got = lrs("one-cycle:pct=0.25,div=10,final-div=100", 2, 4);
+        let (start, end) = (0.01, 0.0001);
+        let mut want = vec![start, start + (0.1 - start) / 2.0];
+        want.extend((0..6).map(|t| {
+            end + 0.5 * (0.1 - end) * (1.0 + (std::f64::consts::PI * t as f64 / 6.0).cos())
+        }));
+        close(&got, &want);
+        let s: LrSchedule = "one-cycle".parse().unwrap();
+        assert_eq!(
+            s,
+            LrSchedule::OneCycle {
+                pct: 0.3,
+                div: 25.0,
+                final_div: 1e4
+            }
+        );
+        assert_eq!(s.to_string().parse::<LrSchedule>(), Ok(s));
+        let err = "one-cycle:div=0.5".parse::<LrSchedule>().unwrap_err();
+        assert!(err.contains("`div` must be at least 1"), "{err}");
     }
 
     #[test]

@@ -4,12 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use konv_datasets::{Dataset, ImageSet};
 use konv_models::Classifier;
@@ -19,9 +16,10 @@ use crate::TrainError;
 use crate::augment::Pipeline;
 use crate::backend::BackendName;
 use crate::data::{ImageBatch, Normalize, loader};
-use crate::eval::{EvalReport, evaluate};
+use crate::eval::{EvalReport, evaluate_with};
 use crate::observer::Observer;
-use crate::run::{BEST, CHECKPOINT, RunDir};
+use crate::optim::{OptimizerName, OptimizerSettings};
+use crate::run::{BEST, RunDir};
 use crate::schedule::{LrSchedule, ScheduleDriver};
 
 /// What to train and how: everything `konv train` takes, saved as the run's `config.json`.
@@ -70,6 +68,35 @@ pub struct TrainConfig {
     /// the result either way).
     #[serde(default)]
     pub early_stop: Option<usize>,
+    /// The optimizer (SGD unless given).
+    #[serde(default)]
+    pub optimizer: OptimizerName,
+    /// Keep weight decay off biases and normalization parameters.
+    #[serde(default)]
+    pub no_decay_bias_norm: bool,
+    /// Label smoothing of the cross-entropy (0 for none; 0.1 is common).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Train on these classes of the dataset only, relabelled 0, 1, … in this order (the
+    /// test set likewise).
+    #[serde(default)]
+    pub classes: Option<Vec<u8>>,
+    /// Transfer learning's first phase: for this many epochs train only the head, the
+    /// backbone frozen and run in inference mode (batch norm on its running statistics, as
+    /// Keras does for a frozen base), at `head_lr`; then unfreeze everything and fine-tune
+    /// with a fresh optimizer at `lr` and `lr_schedule` over the remaining epochs.
+    #[serde(default)]
+    pub freeze_epochs: usize,
+    /// Learning rate of the first phase (`lr` when absent).
+    #[serde(default)]
+    pub head_lr: Option<f64>,
+    /// Epoch checkpoints kept besides the best (the newest ones); at least 1.
+    #[serde(default = "one")]
+    pub keep_checkpoints: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TrainConfig {
@@ -92,30 +119,34 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             clip_grad_norm: None,
             early_stop: None,
+            optimizer: OptimizerName::Sgd,
+            no_decay_bias_norm: false,
+            label_smoothing: 0.0,
+            classes: None,
+            freeze_epochs: 0,
+            head_lr: None,
+            keep_checkpoints: 1,
         }
     }
 }
 
 impl TrainConfig {
-    /// SGD as Keras and PyTorch define it: Burn's `MomentumConfig` defaults `dampening` to
-    /// 0.1, Keras and PyTorch use 0.
-    pub fn optimizer(&self) -> ModuleOptimizer {
-        let momentum = (self.momentum > 0.0).then(|| {
-            MomentumConfig::new()
-                .with_momentum(self.momentum)
-                .with_dampening(0.0)
-                .with_nesterov(self.nesterov)
-        });
-        SgdConfig::new()
-            .with_momentum(momentum)
-            .with_weight_decay(
-                (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32)),
-            )
-            .with_gradient_clipping(
-                self.clip_grad_norm
-                    .map(|norm| GradientClippingConfig::Norm(norm as f32)),
-            )
-            .init()
+    /// The optimizer settings of this configuration.
+    pub fn optimizer_settings(&self) -> OptimizerSettings {
+        OptimizerSettings {
+            name: self.optimizer,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            no_decay_bias_norm: self.no_decay_bias_norm,
+            clip_grad_norm: self.clip_grad_norm,
+        }
+    }
+
+    /// The optimizer for `model` (SGD as Keras and PyTorch define it unless another is
+    /// chosen).
+    pub fn optimizer<M: Module>(&self, model: &M) -> ModuleOptimizer {
+        self.optimizer_settings().build(model)
     }
 }
 
@@ -200,7 +231,23 @@ impl SplitData {
     /// Splits `dataset`'s training set into train and validation (deterministic for `seed`)
     /// and applies `limit` to the training part.
     pub fn new(dataset: &Dataset, val_size: usize, limit: Option<usize>, seed: u64) -> Self {
-        let (train, val) = dataset.train.split_validation(val_size, seed);
+        Self::with_classes(dataset, None, val_size, limit, seed)
+    }
+
+    /// [`SplitData::new`] on the images of `classes` only (relabelled by their position in
+    /// `classes`), when given.
+    pub fn with_classes(
+        dataset: &Dataset,
+        classes: Option<&[u8]>,
+        val_size: usize,
+        limit: Option<usize>,
+        seed: u64,
+    ) -> Self {
+        let (full_train, test) = match classes {
+            Some(c) => (dataset.train.with_classes(c), dataset.test.with_classes(c)),
+            None => (dataset.train.clone(), dataset.test.clone()),
+        };
+        let (train, val) = full_train.split_validation(val_size, seed);
         let train = match limit {
             Some(n) => train.take(n),
             None => train,
@@ -209,7 +256,7 @@ impl SplitData {
         SplitData {
             train: Arc::new(train),
             val: Arc::new(val),
-            test: Arc::new(dataset.test.clone()),
+            test: Arc::new(test),
             normalize: Normalize { mean, std },
         }
     }
@@ -233,29 +280,18 @@ pub struct TrainOutcome {
 }
 
 /// One optimization step on `batch`: returns the updated model, the batch's mean loss and
-/// its number of correct predictions.
+/// its number of correct predictions. `label_smoothing` (0 for none) spreads that much of
+/// each target's probability over all classes; a mixed batch ([`ImageBatch::mix`], mixup or
+/// cutmix) is scored against both of its label sets, weighted by the mixing ratio.
 pub fn train_step(
     model: Classifier,
     optim: &mut ModuleOptimizer,
     batch: ImageBatch,
     lr: f64,
+    label_smoothing: f64,
 ) -> (Classifier, f64, usize) {
-    let device = batch.images.device();
-    let logits = model.forward(batch.images);
-    let correct = logits
-        .clone()
-        .argmax(1)
-        .squeeze_dim::<1>(1)
-        .equal(batch.targets.clone())
-        .int()
-        .sum();
-    let loss = CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(logits, batch.targets);
-    let loss_value = loss.clone().into_scalar::<f64>();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(lr, model, grads);
-    (model, loss_value, correct.into_scalar::<i64>() as usize)
+    let logits = model.forward(batch.images.clone());
+    finish_step(model, optim, logits, batch, lr, label_smoothing)
 }
 
 /// Fails with a clear error when `model` (named `name`) cannot take `input` images (LeNet-5
@@ -281,6 +317,115 @@ pub fn check_model_input(
     check_input(&model, name, input)
 }
 
+/// What a run folder records after each epoch so that `--resume` continues exactly where
+/// the run was: the epochs done, their metrics, the best epoch so far and the files of the
+/// last checkpoint. Written (atomically) after the checkpoint files it names, so a run killed
+/// at any moment resumes from its last finished epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Metrics of every finished epoch.
+    pub history: Vec<EpochMetrics>,
+    /// The epoch of `best.bpk` (0 before any).
+    pub best_epoch: usize,
+    /// Its validation accuracy.
+    pub best_val_accuracy: f64,
+    /// Model weights after `epoch`, in the run folder.
+    pub checkpoint: String,
+    /// Optimizer state after `epoch`, in the run folder.
+    pub optimizer: String,
+}
+
+/// The weights `config.init_from` names, in a model built for `num_classes` classes and
+/// `channels` input channels. A konv run's weights (its `config.json` beside them) or
+/// imported torchvision weights (the registry's class count) for another number of classes
+/// get a fresh head: transfer learning.
+pub fn initial_weights(
+    name: &str,
+    path: &std::path::Path,
+    num_classes: usize,
+    channels: usize,
+    device: &Device,
+) -> Result<Classifier, TrainError> {
+    let (from_classes, from_channels) = match path.parent().map(crate::run::RunDir::open) {
+        Some(Ok(run)) => {
+            let info = run.read_info()?;
+            (info.class_names.len(), info.input[0])
+        }
+        _ => {
+            let info = konv_models::registry::info(name)?;
+            (info.classes, info.input[0])
+        }
+    };
+    if from_channels != channels {
+        return Err(TrainError::Config(format!(
+            "--init-from {}: these `{name}` weights take {from_channels}-channel images, the dataset has {channels} channel(s)",
+            path.display()
+        )));
+    }
+    let model = konv_models::build_for(name, from_classes, channels, device)?;
+    let model = crate::run::load_weights(model, path)?;
+    Ok(if from_classes == num_classes {
+        model
+    } else {
+        model.with_num_classes(num_classes, device)
+    })
+}
+
+/// One step of transfer learning's first phase: the frozen backbone runs in inference mode
+/// (no autodiff, batch norm on its running statistics), only the head trains.
+pub fn head_step(
+    model: Classifier,
+    optim: &mut ModuleOptimizer,
+    batch: ImageBatch,
+    lr: f64,
+    label_smoothing: f64,
+) -> (Classifier, f64, usize) {
+    let features = model.valid().forward_features(batch.images.clone().inner());
+    let logits = model.forward_head(Tensor::from_inner(features));
+    finish_step(model, optim, logits, batch, lr, label_smoothing)
+}
+
+/// Loss, accuracy, backward pass and update, from the logits of `batch`.
+fn finish_step(
+    model: Classifier,
+    optim: &mut ModuleOptimizer,
+    logits: Tensor<2>,
+    batch: ImageBatch,
+    lr: f64,
+    label_smoothing: f64,
+) -> (Classifier, f64, usize) {
+    let device = logits.device();
+    let correct = logits
+        .clone()
+        .argmax(1)
+        .squeeze_dim::<1>(1)
+        .equal(batch.targets.clone())
+        .int()
+        .sum();
+    let criterion = CrossEntropyLossConfig::new()
+        .with_smoothing((label_smoothing > 0.0).then_some(label_smoothing as f32))
+        .init(&device);
+    let loss = match batch.mix {
+        None => criterion.forward(logits, batch.targets),
+        Some(mix) => {
+            criterion.forward(logits.clone(), batch.targets) * mix.lambda
+                + criterion.forward(logits, mix.targets) * (1.0 - mix.lambda)
+        }
+    };
+    let loss_value = loss.clone().into_scalar::<f64>();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optim.step(lr, model, grads);
+    (model, loss_value, correct.into_scalar::<i64>() as usize)
+}
+
+/// The seed of epoch `epoch`'s randomness (dropout, shuffling, augmentation): a function of
+/// the run's seed and the epoch alone, so a resumed epoch draws what the original did.
+pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)
+}
+
 /// Trains `config.model` on `data`, on `device` (autodiff is added here), reporting to
 /// `observer` and, when `run` is given, writing metrics and checkpoints there after each epoch.
 pub fn train(
@@ -291,61 +436,153 @@ pub fn train(
     run: Option<&RunDir>,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
+    train_from(config, num_classes, data, device, run, None, observer)
+}
+
+/// [`train`] continuing the run in `run` from its `state.json` (the CLI's `--resume`): the
+/// model, optimizer state, schedule, best epoch and metrics are restored, and the remaining
+/// epochs draw the same random numbers as the uninterrupted run would have.
+pub fn resume(
+    config: &TrainConfig,
+    num_classes: usize,
+    data: &SplitData,
+    device: &Device,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<TrainOutcome, TrainError> {
+    let state = run.read_state()?;
+    train_from(
+        config,
+        num_classes,
+        data,
+        device,
+        Some(run),
+        Some(state),
+        observer,
+    )
+}
+
+fn train_from(
+    config: &TrainConfig,
+    num_classes: usize,
+    data: &SplitData,
+    device: &Device,
+    run: Option<&RunDir>,
+    state: Option<TrainState>,
+    observer: &mut dyn Observer,
+) -> Result<TrainOutcome, TrainError> {
     if config.batch_size == 0 || config.epochs == 0 {
         return Err(TrainError::Config(
             "--epochs and --batch-size must be at least 1".into(),
         ));
+    }
+    if config.freeze_epochs >= config.epochs {
+        return Err(TrainError::Config(format!(
+            "--freeze-epochs {} leaves no epoch to fine-tune in (--epochs {})",
+            config.freeze_epochs, config.epochs
+        )));
     }
     if data.train.is_empty() {
         return Err(TrainError::Config("the training set is empty".into()));
     }
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
+    let (rows, cols) = config
+        .augment
+        .output_size(data.train.images.rows, data.train.images.cols);
+    let input = [1, rows, cols];
+    let preprocess = Some(Arc::new(config.augment.eval_steps()));
     // konv's datasets are grayscale: every model is built for one input channel.
-    let mut model = konv_models::build_for(&config.model, num_classes, 1, &train_device)?;
-    check_input(
-        &model,
-        &config.model,
-        [1, data.train.images.rows, data.train.images.cols],
-    )?;
-    if let Some(path) = &config.init_from {
-        model = crate::run::load_weights(model, path)?;
+    let mut model = match &config.init_from {
+        Some(path) => initial_weights(&config.model, path, num_classes, 1, &train_device)?,
+        None => konv_models::build_for(&config.model, num_classes, 1, &train_device)?,
+    };
+    check_input(&model, &config.model, input)?;
+    let steps = data.train.len().div_ceil(config.batch_size);
+    let phase2 = |model: &Classifier| -> Result<(ModuleOptimizer, ScheduleDriver), TrainError> {
+        let schedule = ScheduleDriver::new(
+            &config.lr_schedule,
+            config.lr,
+            steps,
+            config.epochs - config.freeze_epochs,
+        )
+        .map_err(|e| TrainError::Config(format!("--lr-schedule: {e}")))?;
+        Ok((config.optimizer(model), schedule))
+    };
+    let mut frozen = config.freeze_epochs > 0;
+    if frozen {
+        model = model.freeze_backbone();
     }
-    let mut optim = config.optimizer();
-    let mut schedule = ScheduleDriver::new(
-        &config.lr_schedule,
-        config.lr,
-        data.train.len().div_ceil(config.batch_size),
-        config.epochs,
-    )
-    .map_err(|e| TrainError::Config(format!("--lr-schedule: {e}")))?;
-    let mut best = (f64::NEG_INFINITY, model.valid(), 0);
+    let (mut optim, mut schedule) = phase2(&model)?;
     let mut history = Vec::new();
+    let mut best = (f64::NEG_INFINITY, model.valid(), 0);
+    let mut first_epoch = 1;
+    if let Some(state) = state {
+        let run = run.expect("resume has a run folder");
+        if state.epoch >= config.epochs {
+            return Err(TrainError::Config(format!(
+                "{}: the run already finished its {} epochs",
+                run.path.display(),
+                config.epochs
+            )));
+        }
+        if state.epoch >= config.freeze_epochs && frozen {
+            model = model.unfreeze();
+            frozen = false;
+            (optim, schedule) = phase2(&model)?;
+        }
+        model = crate::run::load_weights(model, &run.path.join(&state.checkpoint))?;
+        // Right after the first phase the fine-tuning optimizer starts fresh.
+        if !(config.freeze_epochs > 0 && state.epoch == config.freeze_epochs) {
+            optim = run.load_optimizer(optim, &state.optimizer)?;
+        }
+        // Replay the schedule through the finished fine-tuning epochs.
+        for m in &state.history[config.freeze_epochs.min(state.epoch)..state.epoch] {
+            for _ in 0..steps {
+                schedule.next_lr();
+            }
+            schedule.epoch_end(m.val_loss);
+        }
+        if state.best_epoch > 0 {
+            let best_model = crate::run::load_weights(model.valid(), &run.path.join(BEST))?;
+            best = (state.best_val_accuracy, best_model, state.best_epoch);
+        }
+        history = state.history;
+        first_epoch = state.epoch + 1;
+    }
     let augment = Arc::new(config.augment.clone());
     let mut stopped_early = None;
 
-    for epoch in 1..=config.epochs {
+    for epoch in first_epoch..=config.epochs {
+        if frozen && epoch > config.freeze_epochs {
+            // Phase 2: everything trains, with a fresh optimizer (Keras recompiles).
+            model = model.unfreeze();
+            frozen = false;
+            (optim, schedule) = phase2(&model)?;
+        }
         let start = Instant::now();
-        let shuffle_seed = config
-            .seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add(epoch as u64);
+        let seed = epoch_seed(config.seed, epoch);
+        train_device.seed(seed);
         let batches = loader(
             data.train.clone(),
             data.normalize,
             config.batch_size,
-            Some(shuffle_seed),
+            Some(seed),
             Some(augment.clone()),
             &train_device,
         );
-        let steps = data.train.len().div_ceil(config.batch_size);
         observer.epoch_start(epoch, config.epochs, steps);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut lr = config.head_lr.unwrap_or(config.lr);
         for batch in batches.iter() {
             let batch = batch.map_err(|e| TrainError::Config(e.to_string()))?;
             let n = batch.targets.dims()[0];
-            let lr = schedule.next_lr();
-            let (next, loss, ok) = train_step(model, &mut optim, batch, lr);
+            let (next, loss, ok) = if frozen {
+                head_step(model, &mut optim, batch, lr, config.label_smoothing)
+            } else {
+                lr = schedule.next_lr();
+                train_step(model, &mut optim, batch, lr, config.label_smoothing)
+            };
             model = next;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged {
@@ -363,15 +600,19 @@ pub fn train(
                 correct as f64 / seen as f64,
                 seen as f64 / secs,
             );
+            if observer.interrupted() {
+                return Err(TrainError::Interrupted { epoch });
+            }
         }
         let train_secs = start.elapsed().as_secs_f64();
         let valid = model.valid();
-        let val = evaluate(
+        let val = evaluate_with(
             &valid,
             &data.val,
             data.normalize,
             config.batch_size,
             num_classes,
+            preprocess.clone(),
         );
         let metrics = EpochMetrics {
             epoch,
@@ -379,26 +620,33 @@ pub fn train(
             train_accuracy: correct as f64 / seen as f64,
             val_loss: val.loss,
             val_accuracy: val.accuracy(),
-            lr: schedule.current_lr(),
+            lr,
             images_per_sec: seen as f64 / train_secs,
             seconds: start.elapsed().as_secs_f64(),
         };
-        schedule.epoch_end(val.loss);
+        if !frozen {
+            schedule.epoch_end(val.loss);
+        }
         let improved = metrics.val_accuracy > best.0;
         if improved {
             best = (metrics.val_accuracy, valid.clone(), epoch);
         }
         history.push(metrics.clone());
         if let Some(run) = run {
-            run.save_model(CHECKPOINT, &valid)?;
-            let optim_bytes = optim
-                .into_bytes()
-                .map_err(|e| TrainError::Record(run.path.join("optimizer.bpk"), e.to_string()))?;
-            run.save_optimizer(&optim_bytes)?;
-            if improved {
-                run.save_model(BEST, &valid)?;
-            }
-            run.write_metrics(&history)?;
+            run.save_epoch(
+                &valid,
+                &optim,
+                improved,
+                TrainState {
+                    epoch,
+                    history: history.clone(),
+                    best_epoch: best.2,
+                    best_val_accuracy: best.0,
+                    checkpoint: String::new(),
+                    optimizer: String::new(),
+                },
+                config.keep_checkpoints,
+            )?;
         }
         observer.epoch_end(&metrics, improved);
         if let Some(patience) = config.early_stop
@@ -408,12 +656,13 @@ pub fn train(
             break;
         }
     }
-    let test = evaluate(
+    let test = evaluate_with(
         &best.1,
         &data.test,
         data.normalize,
         config.batch_size,
         num_classes,
+        preprocess,
     );
     Ok(TrainOutcome {
         model: model.valid(),

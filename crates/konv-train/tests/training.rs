@@ -41,10 +41,10 @@ fn a_few_steps_lower_the_loss_on_a_tiny_batch() {
         .unwrap()
         .unwrap();
     let mut model = tiny_model(&device, 0.0);
-    let mut optim = TrainConfig::default().optimizer();
+    let mut optim = TrainConfig::default().optimizer(&model);
     let mut losses = Vec::new();
     for _ in 0..10 {
-        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.02);
+        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.02, 0.0);
         model = next;
         losses.push(loss);
     }
@@ -175,8 +175,8 @@ fn first_step_change(config: &TrainConfig, lr: f64) -> (f32, f32) {
         unreachable!()
     };
     let w0 = before.conv1.weight.val().inner();
-    let mut optim = config.optimizer();
-    let (model, _, _) = train_step(model, &mut optim, batch, lr);
+    let mut optim = config.optimizer(&model);
+    let (model, _, _) = train_step(model, &mut optim, batch, lr, 0.0);
     let Classifier::FashionCnn(after) = &model else {
         unreachable!()
     };
@@ -239,4 +239,197 @@ fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
     );
     assert_eq!(outcome.stopped_early, Some(3));
     assert_eq!(outcome.best_epoch, 1);
+}
+
+/// Interrupts training after `after` steps in all, as a kill would.
+struct KillAfter {
+    steps: usize,
+    after: usize,
+}
+
+impl konv_train::observer::Observer for KillAfter {
+    fn epoch_start(&mut self, _: usize, _: usize, _: usize) {}
+    fn step(&mut self, _: usize, _: f64, _: f64, _: f64) {
+        self.steps += 1;
+    }
+    fn epoch_end(&mut self, _: &konv_train::train::EpochMetrics, _: bool) {}
+    fn interrupted(&self) -> bool {
+        self.steps >= self.after
+    }
+}
+
+/// Everything but the timings of an epoch's metrics.
+fn curve(h: &[konv_train::train::EpochMetrics]) -> Vec<(f64, f64, f64, f64, f64)> {
+    h.iter()
+        .map(|m| {
+            (
+                m.train_loss,
+                m.train_accuracy,
+                m.val_loss,
+                m.val_accuracy,
+                m.lr,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_exactly_the_same_end() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    // Dropout, augmentation, momentum, a plateau schedule and phase changes: every piece of
+    // state a resume must restore.
+    let config = TrainConfig {
+        epochs: 4,
+        lr_schedule: "plateau:patience=1,factor=0.5".parse().unwrap(),
+        keep_checkpoints: 2,
+        ..tiny_config()
+    };
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(32));
+    let device = BackendName::Cpu.open().unwrap();
+    let base = std::env::temp_dir().join(format!("konv-resume-{}", std::process::id()));
+    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
+    let whole = train(&config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
+
+    // Killed in the middle of epoch 2 (3 steps per epoch), then again in epoch 4.
+    let cut_dir = RunDir::create(&base.join("cut")).unwrap();
+    let err = train(
+        &config,
+        10,
+        &data,
+        &device,
+        Some(&cut_dir),
+        &mut KillAfter { steps: 0, after: 5 },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, konv_train::TrainError::Interrupted { epoch: 2 }),
+        "{err}"
+    );
+    assert_eq!(cut_dir.read_state().unwrap().epoch, 1);
+    let err = konv_train::train::resume(
+        &config,
+        10,
+        &data,
+        &device,
+        &cut_dir,
+        &mut KillAfter { steps: 0, after: 7 },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, konv_train::TrainError::Interrupted { epoch: 4 }),
+        "{err}"
+    );
+    let resumed =
+        konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
+    assert_eq!(curve(&resumed.history), curve(&whole.history));
+    assert_eq!(resumed.best_epoch, whole.best_epoch);
+    assert_eq!(resumed.test.confusion, whole.test.confusion);
+    assert_eq!(resumed.test.loss, whole.test.loss);
+
+    // Only the newest two epoch checkpoints are kept, and nothing half-written.
+    let names: Vec<String> = std::fs::read_dir(&cut_dir.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("epoch-0002") || n.ends_with(".tmp")),
+        "{names:?}"
+    );
+    for f in [
+        "epoch-0003.bpk",
+        "epoch-0004.bpk",
+        "epoch-0004.optim.bpk",
+        run::STATE,
+        run::CURVES,
+    ] {
+        assert!(names.iter().any(|n| n == f), "{f} in {names:?}");
+    }
+
+    // A finished run does not resume; a corrupt state is a clear error.
+    let err = konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already finished"), "{err}");
+    std::fs::write(cut_dir.path.join(run::STATE), b"{ not json").unwrap();
+    let err = konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("state.json") && err.contains("corrupt"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&base).ok();
+}
+
+#[test]
+fn transfer_phases_train_the_head_then_everything() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    let device = BackendName::Cpu.open().unwrap();
+    let base = std::env::temp_dir().join(format!("konv-transfer-{}", std::process::id()));
+    // Pretrain on classes 0–4.
+    let pre_config = TrainConfig {
+        epochs: 1,
+        classes: Some(vec![0, 1, 2, 3, 4]),
+        ..tiny_config()
+    };
+    let pre_data = SplitData::with_classes(&dataset, Some(&[0, 1, 2, 3, 4]), 32, Some(48), 3);
+    assert!(pre_data.train.labels.iter().all(|&l| l < 5));
+    let pre_dir = RunDir::create(&base.join("pre")).unwrap();
+    let info = konv_train::train::RunInfo {
+        config: pre_config.clone(),
+        data_source: "embedded".into(),
+        subset: true,
+        class_names: (0..5).map(|i| i.to_string()).collect(),
+        input: [1, 28, 28],
+        normalize: pre_data.normalize,
+        train_size: pre_data.train.len(),
+        val_size: pre_data.val.len(),
+    };
+    pre_dir.write_info(&info).unwrap();
+    let pre = train(
+        &pre_config,
+        5,
+        &pre_data,
+        &device,
+        Some(&pre_dir),
+        &mut Silent,
+    )
+    .unwrap();
+
+    // Transfer to 3 other classes: one frozen epoch, then one of fine-tuning.
+    let config = TrainConfig {
+        epochs: 2,
+        classes: Some(vec![5, 7, 9]),
+        init_from: Some(pre_dir.path.join(run::BEST)),
+        freeze_epochs: 1,
+        head_lr: Some(0.1),
+        keep_checkpoints: 2,
+        ..tiny_config()
+    };
+    let data = SplitData::with_classes(&dataset, Some(&[5, 7, 9]), 32, Some(48), 3);
+    let dir = RunDir::create(&base.join("transfer")).unwrap();
+    let out = train(&config, 3, &data, &device, Some(&dir), &mut Silent).unwrap();
+    assert_eq!(out.history[0].lr, 0.1, "phase 1 at --head-lr");
+    assert_eq!(out.history[1].lr, config.lr, "phase 2 at --lr");
+    // After phase 1 the backbone equals the pretrained one (frozen, and its batch-norm
+    // statistics untouched); the head has changed.
+    let after_head = konv_models::build_for("fashion-cnn", 3, 1, &device).unwrap();
+    let after_head = run::load_weights(after_head, &dir.path.join("epoch-0001.bpk")).unwrap();
+    let (Classifier::FashionCnn(p), Classifier::FashionCnn(h), Classifier::FashionCnn(t)) =
+        (&pre.best, &after_head, &out.model)
+    else {
+        unreachable!()
+    };
+    let diff = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().max().into_scalar::<f32>();
+    assert_eq!(diff(p.conv1.weight.val(), h.conv1.weight.val()), 0.0);
+    assert_eq!(diff(p.conv5.weight.val(), h.conv5.weight.val()), 0.0);
+    // Phase 2 trained the backbone too.
+    assert!(diff(p.conv1.weight.val(), t.conv1.weight.val()) > 0.0);
+    assert_eq!(t.fc3.weight.dims()[1], 3);
+    std::fs::remove_dir_all(&base).ok();
 }

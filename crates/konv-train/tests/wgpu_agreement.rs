@@ -14,11 +14,11 @@ use konv_train::data::ImageBatch;
 use konv_train::train::{TrainConfig, train_step};
 
 fn losses(model: Classifier, batch: &ImageBatch, steps: usize) -> Vec<f64> {
-    let mut optim = TrainConfig::default().optimizer();
+    let mut optim = TrainConfig::default().optimizer(&model);
     let mut model = model;
     let mut out = Vec::new();
     for _ in 0..steps {
-        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.05);
+        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.05, 0.0);
         model = next;
         out.push(loss);
     }
@@ -32,6 +32,7 @@ fn batch_on(device: &Device) -> ImageBatch {
     ImageBatch {
         images: Tensor::from_data(TensorData::new(pixels, [2, 1, 8, 8]), device),
         targets: Tensor::from_data(TensorData::new(vec![3i64, 7], [2]), device),
+        mix: None,
     }
 }
 
