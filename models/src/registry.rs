@@ -5,6 +5,7 @@
 
 use burn::module::ParamGroup;
 use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
 use crate::alexnet::{AlexNet, AlexNetConfig};
@@ -95,6 +96,48 @@ impl Classifier {
             Classifier::GoogLeNet(m) => m.fc.forward(features),
             Classifier::ResNet(m) => m.fc.forward(features),
             Classifier::Xception(m) => m.fc.forward(features),
+        }
+    }
+
+    /// The model for one-channel (grayscale) images when its first convolution takes three:
+    /// each first-layer filter summed over its RGB inputs, so that a gray image excites it as
+    /// the same image in color did (timm's `adapt_input_conv`). Transfer learning from
+    /// ImageNet weights to Fashion-MNIST starts here. Other models are returned unchanged.
+    pub fn to_grayscale(self) -> Self {
+        fn gray(conv: Conv2d) -> Conv2d {
+            if conv.weight.dims()[1] != 3 || conv.groups != 1 {
+                return conv;
+            }
+            let mut conv = conv;
+            conv.weight = conv.weight.map(|w| w.sum_dim(1));
+            conv
+        }
+        match self {
+            Classifier::ResNet(mut m) => {
+                m.conv1 = gray(m.conv1);
+                Classifier::ResNet(m)
+            }
+            Classifier::GoogLeNet(mut m) => {
+                m.conv1.conv = gray(m.conv1.conv);
+                Classifier::GoogLeNet(m)
+            }
+            Classifier::Xception(mut m) => {
+                m.conv1 = gray(m.conv1);
+                Classifier::Xception(m)
+            }
+            Classifier::AlexNet(mut m) => {
+                if let Some(crate::layers::Layer::Conv2d(c)) = m.features.first_mut() {
+                    *c = gray(c.clone());
+                }
+                Classifier::AlexNet(m)
+            }
+            Classifier::Vgg(mut m) => {
+                if let Some(crate::layers::Layer::Conv2d(c)) = m.features.first_mut() {
+                    *c = gray(c.clone());
+                }
+                Classifier::Vgg(m)
+            }
+            other => other,
         }
     }
 
@@ -824,10 +867,28 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{name}: {a} vs {b}");
             }
             let model = model.with_num_classes(3, &device).freeze_backbone();
+            let _ = model.clone().to_grayscale();
             assert_eq!(
                 model.forward(Tensor::zeros([1, 1, h, w], &device)).dims(),
                 [1, 3]
             );
+        }
+        // Grayscale from RGB weights: a gray image gives the RGB model's output.
+        let rgb = build_for("resnet20", 4, 3, &device).unwrap();
+        let x = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Default, &device);
+        let want: Vec<f32> = rgb
+            .forward(x.clone().repeat_dim(1, 3))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let got: Vec<f32> = rgb
+            .to_grayscale()
+            .forward(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
         let model = build("resnet20", 10, &device.clone().autodiff()).unwrap();
         let group = model.backbone_group();

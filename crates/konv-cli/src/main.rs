@@ -28,8 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model and write a run folder (config, metrics, checkpoints).
-    Train(TrainArgs),
+    /// Train a model and write a run folder (config, metrics, checkpoints, curves); or
+    /// continue one with --resume.
+    Train(Box<TrainArgs>),
     /// Test accuracy and confusion matrix of a trained run.
     Eval(EvalArgs),
     /// Top classes of image files (PNG or JPEG) for a trained run.
@@ -181,10 +182,14 @@ struct TrainArgs {
     /// Clip each parameter's gradient to this L2 norm.
     #[arg(long, value_parser = parse_positive)]
     clip_grad_norm: Option<f64>,
-    /// Stop when the validation accuracy has not improved for this many epochs (the best
+    /// Stop when the monitored metric (--monitor) has not improved for this many epochs (the best
     /// epoch's weights are kept either way).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     early_stop: Option<u32>,
+    /// What picks the best epoch (best.bpk, the test evaluation) and what --early-stop
+    /// watches: val-accuracy (highest) or val-loss (lowest).
+    #[arg(long, default_value = "val-accuracy")]
+    monitor: konv_train::train::Monitor,
     /// Optimizer: sgd, adam, adamw (decoupled weight decay) or rmsprop.
     #[arg(long, default_value = "sgd")]
     optimizer: konv_train::optim::OptimizerName,
@@ -405,9 +410,11 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         freeze_epochs: args.freeze_epochs,
         head_lr: args.head_lr,
         keep_checkpoints: args.keep_checkpoints as usize,
+        monitor: args.monitor,
     };
-    // An unknown model fails before anything is written.
+    // An unknown model or impossible settings fail before anything is written.
     konv_models::registry::info(&config.model)?;
+    config.validate()?;
     let data = SplitData::with_classes(
         &dataset,
         config.classes.as_deref(),
@@ -505,7 +512,7 @@ fn report_outcome(
 ) {
     if let Some(epoch) = outcome.stopped_early {
         println!(
-            "stopped early after epoch {epoch}: no better validation accuracy for {} epochs",
+            "stopped early after epoch {epoch}: the monitored validation metric did not improve for {} epochs",
             epoch - outcome.best_epoch
         );
     }
@@ -841,7 +848,7 @@ fn cmd_models() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => cmd_train(args),
+        Command::Train(args) => cmd_train(*args),
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
         Command::Models => {

@@ -491,3 +491,87 @@ fn augment_writes_a_grid_png() {
     );
     assert_clear_error(&out, "valid steps");
 }
+
+#[test]
+fn transfer_and_resume_from_the_command_line() {
+    let dir = temp_dir("transfer");
+    let tiny = [
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--limit",
+        "32",
+        "--val-size",
+        "16",
+        "--embedded",
+        "--quiet",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&tiny);
+        konv(&args, &dir)
+    };
+    // Pretrain on classes 0–4, with LeNet-5 resized to its 32×32.
+    let out = run(&[
+        "--classes",
+        "0,1,2,3,4",
+        "--augment",
+        "resize=32x32,flip",
+        "--model",
+        "lenet5-modern",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.001",
+        "--out",
+        "pre",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for f in ["curves.png", "state.json", "epoch-0002.bpk", "best.bpk"] {
+        assert!(dir.join("pre").join(f).is_file(), "{f}");
+    }
+    assert!(
+        !dir.join("pre/epoch-0001.bpk").exists(),
+        "kept only the newest"
+    );
+    let eval = konv(&["eval", "--run", "pre"], &dir);
+    assert!(text(&eval).contains("Coat") && !text(&eval).contains("Sandal"));
+    // Transfer to classes 5 and 6: head first, then everything.
+    let out = run(&[
+        "--classes",
+        "5,6",
+        "--augment",
+        "resize=32x32",
+        "--model",
+        "lenet5-modern",
+        "--init-from",
+        "pre/best.bpk",
+        "--freeze-epochs",
+        "1",
+        "--head-lr",
+        "0.05",
+        "--out",
+        "transfer",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = std::fs::read_to_string(dir.join("transfer/metrics.csv")).unwrap();
+    let lrs: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap())
+        .collect();
+    assert_eq!(lrs, vec!["0.05", "0.01"], "{csv}");
+    // A finished run does not resume; bad phases, classes and folders are clear errors.
+    let out = konv(&["train", "--resume", "pre", "--embedded"], &dir);
+    assert_clear_error(&out, "already finished");
+    let out = konv(&["train", "--resume", "nowhere", "--embedded"], &dir);
+    assert_clear_error(&out, "not a konv run folder");
+    let out = run(&["--freeze-epochs", "2", "--out", "x1"]);
+    assert_clear_error(&out, "leaves no epoch to fine-tune");
+    let out = run(&["--classes", "3,12", "--out", "x2"]);
+    assert_clear_error(&out, "class 12 does not exist");
+    let out = run(&["--optimizer", "lamb", "--out", "x3"]);
+    assert_clear_error(&out, "sgd, adam, adamw, rmsprop");
+}

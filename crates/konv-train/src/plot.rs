@@ -85,13 +85,26 @@ pub fn draw_curves(history: &[EpochMetrics]) -> Result<Vec<u8>, String> {
                 .y_label_area_size(60)
                 .build_cartesian_2d(1.0..last, lo..hi)
                 .map_err(|e| e.to_string())?;
+            let span = hi - lo;
             chart
                 .configure_mesh()
                 .x_desc("epoch")
-                .x_label_formatter(&|x| format!("{x:.0}"))
+                .x_labels((last as usize).min(12))
+                // Whole epochs only.
+                .x_label_formatter(&|x| {
+                    if (x - x.round()).abs() < 1e-6 {
+                        format!("{x:.0}")
+                    } else {
+                        String::new()
+                    }
+                })
                 .y_label_formatter(&|y| {
-                    if hi < 0.01 {
+                    if hi.abs() < 0.01 {
                         format!("{y:.1e}")
+                    } else if span >= 10.0 {
+                        format!("{y:.0}")
+                    } else if span >= 1.0 {
+                        format!("{y:.1}")
                     } else {
                         format!("{y:.3}")
                     }

@@ -63,7 +63,7 @@ pub struct TrainConfig {
     /// Clip each parameter's gradient to this L2 norm.
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
-    /// Stop when the validation accuracy has not improved for this many epochs (Keras'
+    /// Stop when the [`Monitor`]ed metric has not improved for this many epochs (Keras'
     /// `EarlyStopping(patience=…, restore_best_weights=True)`: the best epoch's weights are
     /// the result either way).
     #[serde(default)]
@@ -93,6 +93,45 @@ pub struct TrainConfig {
     /// Epoch checkpoints kept besides the best (the newest ones); at least 1.
     #[serde(default = "one")]
     pub keep_checkpoints: usize,
+    /// What picks the best epoch (`best.bpk`, the test evaluation) and what early stopping
+    /// watches.
+    #[serde(default)]
+    pub monitor: Monitor,
+}
+
+/// The validation metric that decides the best epoch (Keras' `monitor`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Monitor {
+    /// Highest validation accuracy.
+    #[default]
+    ValAccuracy,
+    /// Lowest validation loss.
+    ValLoss,
+}
+
+impl Monitor {
+    /// Higher is better: the accuracy, or minus the loss.
+    pub fn score(self, m: &EpochMetrics) -> f64 {
+        match self {
+            Monitor::ValAccuracy => m.val_accuracy,
+            Monitor::ValLoss => -m.val_loss,
+        }
+    }
+}
+
+impl std::str::FromStr for Monitor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "val-accuracy" => Ok(Monitor::ValAccuracy),
+            "val-loss" => Ok(Monitor::ValLoss),
+            _ => Err(format!(
+                "unknown monitor `{s}`; valid: val-accuracy, val-loss"
+            )),
+        }
+    }
 }
 
 fn one() -> usize {
@@ -126,11 +165,28 @@ impl Default for TrainConfig {
             freeze_epochs: 0,
             head_lr: None,
             keep_checkpoints: 1,
+            monitor: Monitor::ValAccuracy,
         }
     }
 }
 
 impl TrainConfig {
+    /// Settings that cannot work together, as an error naming the flags.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.batch_size == 0 || self.epochs == 0 {
+            return Err(TrainError::Config(
+                "--epochs and --batch-size must be at least 1".into(),
+            ));
+        }
+        if self.freeze_epochs >= self.epochs {
+            return Err(TrainError::Config(format!(
+                "--freeze-epochs {} leaves no epoch to fine-tune in (--epochs {})",
+                self.freeze_epochs, self.epochs
+            )));
+        }
+        Ok(())
+    }
+
     /// The optimizer settings of this configuration.
     pub fn optimizer_settings(&self) -> OptimizerSettings {
         OptimizerSettings {
@@ -271,7 +327,7 @@ pub struct TrainOutcome {
     pub best: Classifier,
     /// Metrics of every epoch.
     pub history: Vec<EpochMetrics>,
-    /// The epoch of `best` (the first with the highest validation accuracy), 1-based.
+    /// The epoch of `best` (the first with the best monitored score), 1-based.
     pub best_epoch: usize,
     /// Test-set evaluation of the best model.
     pub test: EvalReport,
@@ -329,8 +385,8 @@ pub struct TrainState {
     pub history: Vec<EpochMetrics>,
     /// The epoch of `best.bpk` (0 before any).
     pub best_epoch: usize,
-    /// Its validation accuracy.
-    pub best_val_accuracy: f64,
+    /// Its score under the run's [`Monitor`] (validation accuracy, or minus the loss).
+    pub best_score: f64,
     /// Model weights after `epoch`, in the run folder.
     pub checkpoint: String,
     /// Optimizer state after `epoch`, in the run folder.
@@ -339,8 +395,9 @@ pub struct TrainState {
 
 /// The weights `config.init_from` names, in a model built for `num_classes` classes and
 /// `channels` input channels. A konv run's weights (its `config.json` beside them) or
-/// imported torchvision weights (the registry's class count) for another number of classes
-/// get a fresh head: transfer learning.
+/// imported torchvision weights (the registry's class count and channels) for another number
+/// of classes get a fresh head, and RGB weights for grayscale data get their first filters
+/// summed over RGB ([`Classifier::to_grayscale`]): transfer learning.
 pub fn initial_weights(
     name: &str,
     path: &std::path::Path,
@@ -358,14 +415,17 @@ pub fn initial_weights(
             (info.classes, info.input[0])
         }
     };
-    if from_channels != channels {
+    // RGB weights (ImageNet) for grayscale data: the first filters summed over RGB.
+    let gray = from_channels == 3 && channels == 1;
+    if from_channels != channels && !gray {
         return Err(TrainError::Config(format!(
             "--init-from {}: these `{name}` weights take {from_channels}-channel images, the dataset has {channels} channel(s)",
             path.display()
         )));
     }
-    let model = konv_models::build_for(name, from_classes, channels, device)?;
+    let model = konv_models::build_for(name, from_classes, from_channels, device)?;
     let model = crate::run::load_weights(model, path)?;
+    let model = if gray { model.to_grayscale() } else { model };
     Ok(if from_classes == num_classes {
         model
     } else {
@@ -471,17 +531,7 @@ fn train_from(
     state: Option<TrainState>,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
-    if config.batch_size == 0 || config.epochs == 0 {
-        return Err(TrainError::Config(
-            "--epochs and --batch-size must be at least 1".into(),
-        ));
-    }
-    if config.freeze_epochs >= config.epochs {
-        return Err(TrainError::Config(format!(
-            "--freeze-epochs {} leaves no epoch to fine-tune in (--epochs {})",
-            config.freeze_epochs, config.epochs
-        )));
-    }
+    config.validate()?;
     if data.train.is_empty() {
         return Err(TrainError::Config("the training set is empty".into()));
     }
@@ -545,7 +595,7 @@ fn train_from(
         }
         if state.best_epoch > 0 {
             let best_model = crate::run::load_weights(model.valid(), &run.path.join(BEST))?;
-            best = (state.best_val_accuracy, best_model, state.best_epoch);
+            best = (state.best_score, best_model, state.best_epoch);
         }
         history = state.history;
         first_epoch = state.epoch + 1;
@@ -627,7 +677,7 @@ fn train_from(
         if !frozen {
             schedule.epoch_end(val.loss);
         }
-        let improved = metrics.val_accuracy > best.0;
+        let improved = config.monitor.score(&metrics) > best.0;
         if improved {
             best = (metrics.val_accuracy, valid.clone(), epoch);
         }
@@ -641,7 +691,7 @@ fn train_from(
                     epoch,
                     history: history.clone(),
                     best_epoch: best.2,
-                    best_val_accuracy: best.0,
+                    best_score: best.0,
                     checkpoint: String::new(),
                     optimizer: String::new(),
                 },

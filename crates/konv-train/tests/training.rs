@@ -239,6 +239,19 @@ fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
     );
     assert_eq!(outcome.stopped_early, Some(3));
     assert_eq!(outcome.best_epoch, 1);
+    // Watching the validation loss instead: the same, since nothing changes.
+    let by_loss = TrainConfig {
+        monitor: "val-loss".parse().unwrap(),
+        ..config
+    };
+    let outcome = train(&by_loss, 10, &data, &device, None, &mut Silent).unwrap();
+    assert_eq!((outcome.stopped_early, outcome.best_epoch), (Some(3), 1));
+    assert!(
+        "val-acc"
+            .parse::<konv_train::train::Monitor>()
+            .unwrap_err()
+            .contains("val-loss")
+    );
 }
 
 /// Interrupts training after `after` steps in all, as a kill would.
