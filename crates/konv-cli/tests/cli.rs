@@ -366,10 +366,7 @@ fn keras_decay_schedule_from_the_command_line() {
     assert!((lrs[1] - 0.2 / 2.5).abs() < 1e-9, "{metrics}");
     let out = konv(&["train", "--embedded", "--lr-schedule", "linear"], &dir);
     assert_clear_error(&out, "valid schedules");
-    let out = konv(
-        &["train", "--embedded", "--augment", "flip,rotate=10"],
-        &dir,
-    );
+    let out = konv(&["train", "--embedded", "--augment", "flip,spin=10"], &dir);
     assert_clear_error(&out, "valid steps");
 }
 

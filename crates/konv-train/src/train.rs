@@ -576,12 +576,14 @@ fn train_from(
                 config.epochs
             )));
         }
+        model = crate::run::load_weights(model, &run.path.join(&state.checkpoint))?;
         if state.epoch >= config.freeze_epochs && frozen {
             model = model.unfreeze();
             frozen = false;
-            (optim, schedule) = phase2(&model)?;
         }
-        model = crate::run::load_weights(model, &run.path.join(&state.checkpoint))?;
+        // Built on the loaded parameters: their ids (restored from the checkpoint) are what
+        // parameter groups such as the no-decay one match.
+        (optim, schedule) = phase2(&model)?;
         // Right after the first phase the fine-tuning optimizer starts fresh.
         if !(config.freeze_epochs > 0 && state.epoch == config.freeze_epochs) {
             optim = run.load_optimizer(optim, &state.optimizer)?;

@@ -290,12 +290,17 @@ fn curve(h: &[konv_train::train::EpochMetrics]) -> Vec<(f64, f64, f64, f64, f64)
 fn an_interrupted_run_resumes_to_exactly_the_same_end() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dataset = embedded_fashion_mnist();
-    // Dropout, augmentation, momentum, a plateau schedule and phase changes: every piece of
-    // state a resume must restore.
+    // Dropout, augmentation, momentum, a plateau schedule and two parameter groups: every
+    // piece of state a resume must restore.
     let config = TrainConfig {
         epochs: 4,
         lr_schedule: "plateau:patience=1,factor=0.5".parse().unwrap(),
         keep_checkpoints: 2,
+        // A second parameter group (biases and norms without decay): its members are
+        // matched by parameter id, which must survive the resume.
+        weight_decay: 5e-3,
+        no_decay_bias_norm: true,
+        label_smoothing: 0.1,
         ..tiny_config()
     };
     let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
