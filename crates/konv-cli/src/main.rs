@@ -846,6 +846,13 @@ fn cmd_models() {
 }
 
 fn main() -> ExitCode {
+    // Burn materializes a loaded optimizer state (`--resume`) on its default device, which
+    // prefers a GPU: on a machine without one that would start wgpu (or fail). konv moves
+    // every tensor to the device chosen with --backend anyway, so default to the CPU.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => cmd_train(*args),

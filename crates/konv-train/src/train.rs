@@ -501,7 +501,9 @@ pub fn train(
 
 /// [`train`] continuing the run in `run` from its `state.json` (the CLI's `--resume`): the
 /// model, optimizer state, schedule, best epoch and metrics are restored, and the remaining
-/// epochs draw the same random numbers as the uninterrupted run would have.
+/// epochs draw the same random numbers as the uninterrupted run would have. Burn loads the
+/// optimizer state onto its default device first (a GPU when one is compiled in; set
+/// `BURN_DEVICE=flex` on machines without one, as the `konv` binary does).
 pub fn resume(
     config: &TrainConfig,
     num_classes: usize,
