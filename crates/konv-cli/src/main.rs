@@ -264,6 +264,9 @@ struct EvalArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// Test-time augmentation: average the logits of each image and its mirror image.
+    #[arg(long)]
+    tta_flip: bool,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -626,13 +629,14 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         Some(c) => dataset.test.with_classes(c),
         None => dataset.test,
     });
-    let report = eval::evaluate_with(
+    let report = eval::evaluate_tta(
         &model,
         &test,
         info.normalize,
         args.batch_size.max(1),
         info.class_names.len(),
         Some(std::sync::Arc::new(info.config.augment.eval_steps())),
+        args.tta_flip,
     );
     println!(
         "{}: test accuracy {:.2}% (top-5 {:.2}%; {} images, loss {:.4}), data from {}",

@@ -118,6 +118,28 @@ pub fn evaluate_with(
     num_classes: usize,
     preprocess: Option<Arc<crate::augment::Pipeline>>,
 ) -> EvalReport {
+    evaluate_tta(
+        model,
+        set,
+        normalize,
+        batch_size,
+        num_classes,
+        preprocess,
+        false,
+    )
+}
+
+/// [`evaluate_with`], with test-time augmentation when `flip_tta`: the logits of each image
+/// and of its mirror image are averaged (timm's and Keras' usual horizontal-flip TTA).
+pub fn evaluate_tta(
+    model: &Classifier,
+    set: &Arc<ImageSet>,
+    normalize: Normalize,
+    batch_size: usize,
+    num_classes: usize,
+    preprocess: Option<Arc<crate::augment::Pipeline>>,
+    flip_tta: bool,
+) -> EvalReport {
     let device = device_of(model);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
@@ -135,7 +157,12 @@ pub fn evaluate_with(
     {
         let Ok(batch) = batch else { continue };
         let n = batch.targets.dims()[0];
-        let logits = model.forward(batch.images);
+        let logits = if flip_tta {
+            let mirrored = model.forward(batch.images.clone().flip([3]));
+            (model.forward(batch.images) + mirrored) / 2.0
+        } else {
+            model.forward(batch.images)
+        };
         let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
         loss_sum += loss.into_scalar::<f64>() * n as f64;
         let scores = logits

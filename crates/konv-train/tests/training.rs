@@ -117,6 +117,21 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     let report = konv_train::eval::evaluate(&model, &data.test, data.normalize, 16, 10);
     assert_eq!(report.confusion, a.test.confusion);
 
+    // Flip test-time augmentation sees an image and its mirror alike: the mirrored test set
+    // gets exactly the same predictions.
+    let mut mirrored = (*data.test).clone();
+    let cols = mirrored.images.cols;
+    for row in mirrored.images.pixels.chunks_mut(cols) {
+        row.reverse();
+    }
+    let tta = |set: &Arc<konv_datasets::ImageSet>| {
+        konv_train::eval::evaluate_tta(&model, set, data.normalize, 16, 10, None, true)
+    };
+    assert_eq!(
+        tta(&data.test).confusion,
+        tta(&Arc::new(mirrored)).confusion
+    );
+
     // Starting from the saved weights: with a negligible learning rate, the first epoch
     // validates as the saved model does.
     let resumed = TrainConfig {
