@@ -334,44 +334,13 @@ impl Augment {
     /// Applies this step to `sample` (boxes and mask follow geometric steps), drawing the
     /// same random numbers as [`Augment::apply`].
     pub fn apply_sample(&self, sample: &mut Sample, rng: &mut StdRng) {
+        if !self.is_geometric() {
+            self.apply(&mut sample.image, rng);
+            return;
+        }
         let (h, w) = (sample.image.height, sample.image.width);
-        let geometry = match *self {
-            Augment::Flip => rng.random::<bool>().then(|| Affine::flip(h, w)),
-            Augment::Crop { pad } => {
-                let oy = rng.random_range(0..=2 * pad) as f32;
-                let ox = rng.random_range(0..=2 * pad) as f32;
-                Some(Affine::shift(h, w, pad as f32 - oy, pad as f32 - ox))
-            }
-            Augment::Translate { max } => {
-                let m = max as i64;
-                let dy = rng.random_range(-m..=m) as f32;
-                let dx = rng.random_range(-m..=m) as f32;
-                Some(Affine::shift(h, w, dy, dx))
-            }
-            Augment::Rotate { .. }
-            | Augment::Zoom { .. }
-            | Augment::Shear { .. }
-            | Augment::Resize { .. } => Some(self.draw_affine(h, w, rng)),
-            _ => {
-                self.apply(&mut sample.image, rng);
-                None
-            }
-        };
-        if let Some(affine) = geometry {
-            sample.image = match *self {
-                // Whole-pixel moves: exact copies.
-                Augment::Flip | Augment::Crop { .. } | Augment::Translate { .. } => {
-                    let [a, _, c, _, _, f] = affine.m;
-                    if a < 0.0 {
-                        let mut image = sample.image.clone();
-                        image.pixels.chunks_mut(w).for_each(<[f32]>::reverse);
-                        image
-                    } else {
-                        sample.image.shifted(f as isize, c as isize)
-                    }
-                }
-                _ => affine.warp_image(&sample.image),
-            };
+        if let Some(affine) = self.draw_geometry(h, w, rng) {
+            sample.image = self.move_image(&affine, &sample.image);
             for b in &mut sample.boxes {
                 *b = affine.apply_box(*b);
             }
@@ -381,9 +350,38 @@ impl Augment {
         }
     }
 
-    /// The random affine map of a rotate, zoom, shear or resize step.
-    fn draw_affine(&self, h: usize, w: usize, rng: &mut StdRng) -> Affine {
-        match *self {
+    /// Whether the step moves pixels (and so boxes and masks).
+    fn is_geometric(&self) -> bool {
+        matches!(
+            self,
+            Augment::Flip
+                | Augment::Crop { .. }
+                | Augment::Translate { .. }
+                | Augment::Rotate { .. }
+                | Augment::Zoom { .. }
+                | Augment::Shear { .. }
+                | Augment::Resize { .. }
+        )
+    }
+
+    /// The random map of a geometric step (`None` when it leaves the image as it is, as an
+    /// unflipped `flip`). The one place a geometric step draws its random numbers, for
+    /// images and samples alike.
+    fn draw_geometry(&self, h: usize, w: usize, rng: &mut StdRng) -> Option<Affine> {
+        Some(match *self {
+            Augment::Flip => return rng.random::<bool>().then(|| Affine::flip(h, w)),
+            Augment::Crop { pad } => {
+                // Window origin in the padded image: 0..=2·pad; the shift is pad − origin.
+                let oy = rng.random_range(0..=2 * pad) as f32;
+                let ox = rng.random_range(0..=2 * pad) as f32;
+                Affine::shift(h, w, pad as f32 - oy, pad as f32 - ox)
+            }
+            Augment::Translate { max } => {
+                let m = max as i64;
+                let dy = rng.random_range(-m..=m) as f32;
+                let dx = rng.random_range(-m..=m) as f32;
+                Affine::shift(h, w, dy, dx)
+            }
             Augment::Rotate { degrees } => {
                 Affine::rotation(h, w, rng.random_range(-degrees..=degrees))
             }
@@ -392,40 +390,50 @@ impl Augment {
             }
             Augment::Shear { degrees } => Affine::shear(h, w, rng.random_range(-degrees..=degrees)),
             Augment::Resize { height, width } => Affine::resize(h, w, height, width),
-            _ => Affine::identity(h, w),
+            _ => return None,
+        })
+    }
+
+    /// `image` moved by this step's `affine`: whole-pixel moves (flip, crop, translate) as
+    /// exact copies, the others by bilinear sampling.
+    fn move_image(&self, affine: &Affine, image: &Image) -> Image {
+        match *self {
+            Augment::Flip => {
+                let mut image = image.clone();
+                image
+                    .pixels
+                    .chunks_mut(image.width)
+                    .for_each(<[f32]>::reverse);
+                image
+            }
+            Augment::Crop { .. } | Augment::Translate { .. } => {
+                let [_, _, dx, _, _, dy] = affine.m;
+                image.shifted(dy as isize, dx as isize)
+            }
+            _ => affine.warp_image(image),
         }
     }
 
     /// Applies this step to `image`, drawing from `rng` (batch-level steps do nothing here).
     pub fn apply(&self, image: &mut Image, rng: &mut StdRng) {
         let (h, w) = (image.height, image.width);
+        if self.is_geometric() {
+            if let Some(affine) = self.draw_geometry(h, w, rng) {
+                *image = self.move_image(&affine, image);
+            }
+            return;
+        }
         match *self {
-            Augment::Rotate { .. }
+            // Geometric steps are done above; batch-level ones act on whole batches.
+            Augment::Flip
+            | Augment::Crop { .. }
+            | Augment::Translate { .. }
+            | Augment::Rotate { .. }
             | Augment::Zoom { .. }
             | Augment::Shear { .. }
-            | Augment::Resize { .. } => {
-                *image = self.draw_affine(h, w, rng).warp_image(image);
-            }
-            Augment::Mixup { .. } | Augment::Cutmix { .. } => {}
-            Augment::Flip => {
-                if rng.random::<bool>() {
-                    for row in image.pixels.chunks_mut(w) {
-                        row.reverse();
-                    }
-                }
-            }
-            Augment::Crop { pad } => {
-                // Window origin in the padded image: 0..=2·pad; the shift is pad − origin.
-                let oy = rng.random_range(0..=2 * pad) as isize;
-                let ox = rng.random_range(0..=2 * pad) as isize;
-                *image = image.shifted(pad as isize - oy, pad as isize - ox);
-            }
-            Augment::Translate { max } => {
-                let m = max as i64;
-                let dy = rng.random_range(-m..=m) as isize;
-                let dx = rng.random_range(-m..=m) as isize;
-                *image = image.shifted(dy, dx);
-            }
+            | Augment::Resize { .. }
+            | Augment::Mixup { .. }
+            | Augment::Cutmix { .. } => {}
             Augment::Erase { p } => {
                 if rng.random::<f32>() >= p {
                     return;
