@@ -18,6 +18,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
+use crate::layers::Taps;
 use crate::summary::{Summarize, Summary};
 
 /// Keras' default kernel initializer: Glorot (Xavier) uniform, gain 1.
@@ -120,12 +121,7 @@ impl FashionCnnConfig {
 impl FashionCnn {
     /// Everything up to the head: `[batch, channels, height, width]` → `[batch, 64]`.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let relu = |x| self.activation.forward(x);
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let x = relu(self.conv3.forward(relu(self.conv2.forward(x))));
-        let x = self.pool.forward(x);
-        let x = relu(self.conv5.forward(relu(self.conv4.forward(x))));
-        let x = self.pool.forward(x);
+        let x = self.forward_tapped(x, &mut Taps::default());
         // Keras flattens channels-last; the order only matters for imported Keras weights.
         let x = x.flatten::<2>(1, 3);
         let x = self
@@ -133,6 +129,22 @@ impl FashionCnn {
             .forward(self.activation.forward(self.fc1.forward(x)));
         self.dropout
             .forward(self.activation.forward(self.fc2.forward(x)))
+    }
+
+    /// The convolutional part, tapping `conv1` … `conv5` (after their ReLU) and `pool1` …
+    /// `pool3`: `[batch, 256, h / 8, w / 8]`.
+    pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
+        let conv = |name: &str, conv: &Conv2d, x, taps: &mut Taps| {
+            taps.tap(|| name.into(), self.activation.forward(conv.forward(x)))
+        };
+        let x = conv("conv1", &self.conv1, x, taps);
+        let x = taps.tap(|| "pool1".into(), self.pool.forward(x));
+        let x = conv("conv2", &self.conv2, x, taps);
+        let x = conv("conv3", &self.conv3, x, taps);
+        let x = taps.tap(|| "pool2".into(), self.pool.forward(x));
+        let x = conv("conv4", &self.conv4, x, taps);
+        let x = conv("conv5", &self.conv5, x, taps);
+        taps.tap(|| "pool3".into(), self.pool.forward(x))
     }
 
     /// Class logits: `[batch, channels, height, width]` → `[batch, num_classes]`.

@@ -31,7 +31,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::layers::{global_avg_pool, max_pool};
+use crate::layers::{Taps, global_avg_pool, max_pool};
 use crate::summary::{Summarize, Summary};
 
 /// Convolution weights as torchvision initializes GoogLeNet: N(0, 0.01) (truncated at ±2σ
@@ -352,34 +352,58 @@ impl GoogLeNet {
     /// The trunk: pooled features `[batch, 1024]` and, when `aux` and built, the auxiliary
     /// logits.
     fn trunk(&self, x: Tensor<4>, aux: bool) -> (Tensor<2>, Option<Tensor<2>>, Option<Tensor<2>>) {
-        let x = self.maxpool1.forward(self.conv1.forward(x));
+        let (x, aux1, aux2) = self.forward_trunk(x, aux, &mut Taps::default());
+        (global_avg_pool(x), aux1, aux2)
+    }
+
+    /// The last feature map `[batch, 1024, h / 32, w / 32]`, tapping every named stage
+    /// (`conv1`, `maxpool1`, …, `inception3a`, …, `inception5b`, torchvision's names).
+    pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
+        self.forward_trunk(x, false, taps).0
+    }
+
+    fn forward_trunk(
+        &self,
+        x: Tensor<4>,
+        aux: bool,
+        taps: &mut Taps,
+    ) -> (Tensor<4>, Option<Tensor<2>>, Option<Tensor<2>>) {
+        let mut tap = |name: &str, x| taps.tap(|| name.into(), x);
+        let x = tap("conv1", self.conv1.forward(x));
+        let x = tap("maxpool1", self.maxpool1.forward(x));
         let x = match &self.lrn1 {
             Some(lrn) => lrn.forward(x),
             None => x,
         };
-        let x = self.conv3.forward(self.conv2.forward(x));
+        let x = tap("conv2", self.conv2.forward(x));
+        let x = tap("conv3", self.conv3.forward(x));
         let x = match &self.lrn2 {
             Some(lrn) => lrn.forward(x),
             None => x,
         };
-        let x = self.maxpool2.forward(x);
-        let x = self.inception3b.forward(self.inception3a.forward(x));
-        let x = self.inception4a.forward(self.maxpool3.forward(x));
+        let x = tap("maxpool2", self.maxpool2.forward(x));
+        let x = tap("inception3a", self.inception3a.forward(x));
+        let x = tap("inception3b", self.inception3b.forward(x));
+        let x = tap("maxpool3", self.maxpool3.forward(x));
+        let x = tap("inception4a", self.inception4a.forward(x));
         let aux1 = self
             .aux1
             .as_ref()
             .filter(|_| aux)
             .map(|head| head.forward(x.clone()));
-        let x = self.inception4b.forward(x);
-        let x = self.inception4d.forward(self.inception4c.forward(x));
+        let x = tap("inception4b", self.inception4b.forward(x));
+        let x = tap("inception4c", self.inception4c.forward(x));
+        let x = tap("inception4d", self.inception4d.forward(x));
         let aux2 = self
             .aux2
             .as_ref()
             .filter(|_| aux)
             .map(|head| head.forward(x.clone()));
-        let x = self.maxpool4.forward(self.inception4e.forward(x));
-        let x = self.inception5b.forward(self.inception5a.forward(x));
-        (global_avg_pool(x), aux1, aux2)
+        let x = tap("inception4e", self.inception4e.forward(x));
+        let x = tap("maxpool4", self.maxpool4.forward(x));
+        let x = tap("inception5a", self.inception5a.forward(x));
+        let x = tap("inception5b", self.inception5b.forward(x));
+        (x, aux1, aux2)
     }
 
     /// All three classifiers (the auxiliary ones when built): for training with the paper's

@@ -20,6 +20,38 @@ use burn::prelude::*;
 
 use crate::summary::{Summarize, Summary};
 
+/// Named feature maps collected during one forward pass: `konv filters --layer NAME` and
+/// [`crate::Classifier::feature_maps`] read them. Off (the default), [`Taps::tap`] only
+/// passes its tensor through, so the models' ordinary forward passes share the tapped code.
+#[derive(Debug, Default)]
+pub struct Taps {
+    recording: bool,
+    maps: Vec<(String, Tensor<4>)>,
+}
+
+impl Taps {
+    /// Taps that keep every map they see.
+    pub fn recording() -> Self {
+        Self {
+            recording: true,
+            maps: Vec::new(),
+        }
+    }
+
+    /// Keeps `x` under `name` (when recording) and returns it.
+    pub fn tap(&mut self, name: impl FnOnce() -> String, x: Tensor<4>) -> Tensor<4> {
+        if self.recording {
+            self.maps.push((name(), x.clone()));
+        }
+        x
+    }
+
+    /// The maps kept, in forward order.
+    pub fn into_maps(self) -> Vec<(String, Tensor<4>)> {
+        self.maps
+    }
+}
+
 /// One entry of a torch-style `nn.Sequential`: a `Vec<Layer>` field named `features` gives
 /// the keys `features.0.weight`, `features.3.weight`, … exactly where torchvision has them,
 /// because the parameter-free entries (ReLU, pooling, dropout) keep their indices.
@@ -99,7 +131,15 @@ pub struct FeaturesClassifier {
 impl FeaturesClassifier {
     /// The last feature map, `[batch, channels, h', w']`.
     pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        sequential(&self.features, x)
+        self.forward_tapped(x, &mut Taps::default())
+    }
+
+    /// [`FeaturesClassifier::forward_feature_map`], tapping each entry of `features` as
+    /// `features.I` (torchvision's names).
+    pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
+        self.features.iter().enumerate().fold(x, |x, (i, layer)| {
+            taps.tap(|| format!("features.{i}"), layer.forward(x))
+        })
     }
 
     /// The output of each max pooling of `features` (FCN's skip sources).

@@ -31,7 +31,7 @@ use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::layers::{max_pool, parameter_count};
+use crate::layers::{Taps, max_pool, parameter_count};
 use crate::summary::{Summarize, Summary};
 
 /// Table I of the paper: the S2 maps each C3 map reads.
@@ -314,23 +314,35 @@ impl LeNet5 {
 
     /// F6's output, `[batch, 84]`: everything but the output layer.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.c1.forward(x);
-        let x = if let (Some(s2), Some(s4)) = (&self.s2, &self.s4) {
-            let x = scaled_tanh(s2.forward(scaled_tanh(x)));
-            let x = scaled_tanh(s4.forward(scaled_tanh(self.c3.forward(x))));
-            scaled_tanh(self.c5.forward(x))
-        } else {
-            let pool = self.pool.as_ref().expect("the modern LeNet-5 pools");
-            let x = pool.forward(self.relu.forward(x));
-            let x = pool.forward(self.relu.forward(self.c3.forward(x)));
-            self.relu.forward(self.c5.forward(x))
-        };
+        let x = self.forward_tapped(x, &mut Taps::default());
         let [n, c, h, w] = x.dims();
         let x = self.f6.forward(x.reshape([n, c * h * w]));
         if self.is_paper() {
             scaled_tanh(x)
         } else {
             self.relu.forward(x)
+        }
+    }
+
+    /// C1 to C5 (after their activations), tapping `c1`, `s2`, `c3`, `s4`, `c5` (the
+    /// paper's names; S2 and S4 are the modern variant's max poolings): `[batch, 120, 1, 1]`
+    /// at 32×32.
+    pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
+        let mut tap = |name: &str, x| taps.tap(|| name.into(), x);
+        let x = self.c1.forward(x);
+        if let (Some(s2), Some(s4)) = (&self.s2, &self.s4) {
+            let x = tap("c1", scaled_tanh(x));
+            let x = tap("s2", scaled_tanh(s2.forward(x)));
+            let x = tap("c3", scaled_tanh(self.c3.forward(x)));
+            let x = tap("s4", scaled_tanh(s4.forward(x)));
+            tap("c5", scaled_tanh(self.c5.forward(x)))
+        } else {
+            let pool = self.pool.as_ref().expect("the modern LeNet-5 pools");
+            let x = tap("c1", self.relu.forward(x));
+            let x = tap("s2", pool.forward(x));
+            let x = tap("c3", self.relu.forward(self.c3.forward(x)));
+            let x = tap("s4", pool.forward(x));
+            tap("c5", self.relu.forward(self.c5.forward(x)))
         }
     }
 

@@ -12,6 +12,7 @@ use crate::alexnet::{AlexNet, AlexNetConfig};
 use crate::fashion_cnn::{FashionCnn, FashionCnnConfig};
 use crate::fcn::{BackboneConfig, Fcn, FcnConfig, FcnVariant};
 use crate::googlenet::{GoogLeNet, GoogLeNetConfig};
+use crate::layers::{Layer, Taps};
 use crate::lenet::{LeNet5, LeNet5Config};
 use crate::localization::Localizer;
 use crate::preprocess::Preprocess;
@@ -72,6 +73,42 @@ impl Classifier {
     /// Class logits: `[batch, channels, height, width]` → `[batch, num_classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         each!(self, m => m.forward(x))
+    }
+
+    /// The named feature maps of one forward pass, in order (names as torchvision's
+    /// `create_feature_extractor` would give them: `layer1.0`, `features.3`, `inception4a`,
+    /// `conv2`, …), for looking at what a layer responds to.
+    pub fn feature_maps(&self, x: Tensor<4>) -> Vec<(String, Tensor<4>)> {
+        let mut taps = Taps::recording();
+        match self {
+            Classifier::FashionCnn(m) => drop(m.forward_tapped(x, &mut taps)),
+            Classifier::LeNet5(m) => drop(m.forward_tapped(x, &mut taps)),
+            Classifier::AlexNet(m) | Classifier::Vgg(m) => drop(m.forward_tapped(x, &mut taps)),
+            Classifier::GoogLeNet(m) => drop(m.forward_tapped(x, &mut taps)),
+            Classifier::ResNet(m) => drop(m.forward_tapped(x, &mut taps)),
+            Classifier::Xception(m) => drop(m.forward_tapped(x, &mut taps)),
+        }
+        taps.into_maps()
+    }
+
+    /// The first convolution's weights, `[filters, in_channels, k, k]` (what the network
+    /// learned to look for in pixels).
+    pub fn first_conv_weights(&self) -> Tensor<4> {
+        match self {
+            Classifier::FashionCnn(m) => m.conv1.weight.val(),
+            Classifier::LeNet5(m) => m.c1.weight.val(),
+            Classifier::AlexNet(m) | Classifier::Vgg(m) => m
+                .features
+                .iter()
+                .find_map(|layer| match layer {
+                    Layer::Conv2d(conv) => Some(conv.weight.val()),
+                    _ => None,
+                })
+                .expect("AlexNet and VGG start with a convolution"),
+            Classifier::GoogLeNet(m) => m.conv1.conv.weight.val(),
+            Classifier::ResNet(m) => m.conv1.weight.val(),
+            Classifier::Xception(m) => m.conv1.weight.val(),
+        }
     }
 
     /// Features without the head: `[batch, num_features]`.
@@ -839,6 +876,64 @@ mod tests {
             };
             let s = Summary::of(&model, &m.input);
             assert_eq!(dims[1..].to_vec(), s.shape(), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn feature_maps_are_named_as_torchvision_and_end_where_the_features_begin() {
+        let device = Device::flex();
+        let cases: Vec<(Classifier, [usize; 3], &[&str])> = vec![
+            (
+                build("fashion-cnn", 10, &device).unwrap(),
+                [1, 28, 28],
+                &["conv1", "pool1", "conv5", "pool3"],
+            ),
+            (
+                build("lenet5", 10, &device).unwrap(),
+                [1, 32, 32],
+                &["c1", "s2", "c3", "s4", "c5"],
+            ),
+            (
+                build("lenet5-modern", 10, &device).unwrap(),
+                [1, 32, 32],
+                &["c1", "s4", "c5"],
+            ),
+            (
+                build_for("resnet20", 10, 1, &device).unwrap(),
+                [1, 28, 28],
+                &["relu", "layer1.0", "layer3.2", "layer3"],
+            ),
+            (
+                build_narrow("resnet18", 10, 16, &device).unwrap(),
+                [3, 64, 64],
+                &["relu", "maxpool", "layer4.1", "layer4"],
+            ),
+            (
+                build_narrow("alexnet", 10, 16, &device).unwrap(),
+                [3, 64, 64],
+                &["features.0", "features.12"],
+            ),
+            (
+                build_narrow("googlenet", 10, 16, &device).unwrap(),
+                [3, 64, 64],
+                &["conv1", "maxpool1", "inception4e", "inception5b"],
+            ),
+        ];
+        for (model, [c, h, w], expected) in cases {
+            let x = Tensor::<4>::random([2, c, h, w], burn::tensor::Distribution::Default, &device);
+            let maps = model.feature_maps(x.clone());
+            let names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
+            for name in expected {
+                assert!(names.contains(name), "{name} missing from {names:?}");
+            }
+            assert_eq!(maps[0].1.dims()[0], 2);
+            assert_eq!(model.first_conv_weights().dims()[1], c);
+            // Tapping changes nothing: the ordinary forward pass gives the same logits.
+            let again = model.forward(x.clone()).into_data();
+            model
+                .forward(x)
+                .into_data()
+                .assert_approx_eq::<f32>(&again, Default::default());
         }
     }
 

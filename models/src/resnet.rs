@@ -28,7 +28,7 @@ use burn::nn::{BatchNorm, Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use burn::tensor::s;
 
-use crate::layers::{batch_norm, conv, global_avg_pool, max_pool};
+use crate::layers::{Taps, batch_norm, conv, global_avg_pool, max_pool};
 use crate::summary::{Summarize, Summary};
 
 /// The residual unit of a ResNet.
@@ -406,15 +406,25 @@ impl ResNet {
     /// exist, at strides 4, 4, 8, 16, 32 (ImageNet) or 1, 1, 2, 4 (small images). FCN's skip
     /// connections read these.
     pub fn forward_stages(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        self.forward_tapped(x, &mut Taps::default())
+    }
+
+    /// [`ResNet::forward_stages`], tapping `relu` (the stem), `maxpool`, every unit
+    /// (`layer1.0`, …) and every stage (`layer1`, …), torchvision's names.
+    pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Vec<Tensor<4>> {
         let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
+        let x = taps.tap(|| "relu".into(), x);
         let x = match &self.maxpool {
-            Some(pool) => pool.forward(x),
+            Some(pool) => taps.tap(|| "maxpool".into(), pool.forward(x)),
             None => x,
         };
         let mut outputs = vec![x];
-        for stage in self.stages() {
+        for (s, stage) in self.stages().enumerate() {
             let x = outputs.last().expect("the stem output is there").clone();
-            outputs.push(stage.iter().fold(x, |x, block| block.forward(x)));
+            let x = stage.iter().enumerate().fold(x, |x, (b, block)| {
+                taps.tap(|| format!("layer{}.{b}", s + 1), block.forward(x))
+            });
+            outputs.push(taps.tap(|| format!("layer{}", s + 1), x));
         }
         outputs
     }

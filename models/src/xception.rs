@@ -20,7 +20,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 
 use crate::fashion_cnn::GLOROT_UNIFORM;
-use crate::layers::{SeparableConv2d, SeparableConv2dConfig, global_avg_pool};
+use crate::layers::{SeparableConv2d, SeparableConv2dConfig, Taps, global_avg_pool};
 use crate::summary::{Summarize, Summary};
 
 /// Hyper-parameters of [`Xception`].
@@ -219,11 +219,23 @@ impl XceptionConfig {
 impl Xception {
     /// The last feature map, `[batch, 2048, 10, 10]` at 299×299.
     pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_tapped(x, &mut Taps::default())
+    }
+
+    /// [`Xception::forward_feature_map`], tapping `conv1` … `conv4` (after batch norm and
+    /// ReLU) and each block (`blocks.0` …).
+    pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
         let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
+        let x = taps.tap(|| "conv1".into(), x);
         let x = self.relu.forward(self.bn2.forward(self.conv2.forward(x)));
-        let x = self.blocks.iter().fold(x, |x, block| block.forward(x));
+        let x = taps.tap(|| "conv2".into(), x);
+        let x = self.blocks.iter().enumerate().fold(x, |x, (i, block)| {
+            taps.tap(|| format!("blocks.{i}"), block.forward(x))
+        });
         let x = self.relu.forward(self.bn3.forward(self.conv3.forward(x)));
-        self.relu.forward(self.bn4.forward(self.conv4.forward(x)))
+        let x = taps.tap(|| "conv3".into(), x);
+        let x = self.relu.forward(self.bn4.forward(self.conv4.forward(x)));
+        taps.tap(|| "conv4".into(), x)
     }
 
     /// Pooled features, `[batch, 2048]`.

@@ -43,6 +43,59 @@ enum Command {
     Import(ImportArgs),
     /// Write a PNG grid of augmented training images, to look at an --augment pipeline.
     Augment(AugmentArgs),
+    /// Convolve images with hand-made filters and write the feature maps as PNGs; with
+    /// --run or --model, draw a trained network's first-layer filters and feature maps.
+    Filters(FiltersArgs),
+}
+
+#[derive(Args)]
+struct FiltersArgs {
+    /// An image file (PNG or JPEG, colour or gray); repeat for several.
+    #[arg(long = "image", required = true)]
+    images: Vec<PathBuf>,
+    /// A hand-made filter; repeat for several: vertical, horizontal (lines of ones, --size
+    /// wide), sobel-x, sobel-y, laplacian, blur, an inline kernel with rows split by `;`
+    /// (`1,0,-1;2,0,-2;1,0,-1`, or named: `edges=1,0,-1;2,0,-2;1,0,-1`), or file:PATH.
+    /// Default without --run/--model: vertical and horizontal.
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    /// Size of the vertical, horizontal and blur filters.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    size: u32,
+    /// same (output ⌈n / stride⌉) or valid (output ⌊(n − size) / stride⌋ + 1).
+    #[arg(long, default_value = "same")]
+    padding: konv_train::filters::Padding,
+    /// Stride of the hand-made filters.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    stride: u32,
+    /// Folder for the PNGs (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// A `konv train` run: draw its first-layer filters, and the feature maps of --layer.
+    #[arg(long, conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// A zoo model with imported weights (needs --weights), e.g. resnet18.
+    #[arg(long, requires = "weights")]
+    model: Option<String>,
+    /// Weights for --model: a PyTorch state dict or a .bpk from `konv import`.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Classes of --model's head (default: the model's own).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// A layer whose feature maps to draw for each image (e.g. layer1.0, features.3,
+    /// conv2); repeat for several. Without it the model's layer names are listed.
+    #[arg(long = "layer")]
+    layers: Vec<String>,
+    /// At most this many channels per feature-map grid.
+    #[arg(long, default_value_t = 64)]
+    max_channels: usize,
+    /// Invert images first for a Fashion-MNIST run (its items are light on black).
+    #[arg(long)]
+    invert: bool,
+    /// cpu (Flex), flex, ndarray, wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendName,
 }
 
 #[derive(Args)]
@@ -723,6 +776,100 @@ fn predict_pretrained(
     Ok(())
 }
 
+fn cmd_filters(args: FiltersArgs) -> Result<()> {
+    use konv_train::filters::{self, Filter};
+    let device = args.backend.open()?;
+    let with_model = args.run.is_some() || args.model.is_some();
+    let specs = if args.filters.is_empty() && !with_model {
+        vec!["vertical".to_string(), "horizontal".to_string()]
+    } else {
+        args.filters.clone()
+    };
+    let hand_made = specs
+        .iter()
+        .map(|spec| Filter::parse(spec, args.size as usize).map_err(|e| anyhow::anyhow!("--{e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut written = Vec::new();
+    if !hand_made.is_empty() {
+        written.extend(filters::write_feature_maps(
+            &args.images,
+            &hand_made,
+            args.stride as usize,
+            args.padding,
+            &args.out,
+            &device,
+        )?);
+    }
+    if with_model {
+        let stem = |p: &Path| {
+            p.file_stem()
+                .map_or("image".into(), |s| s.to_string_lossy().into_owned())
+        };
+        let (model, inputs) = if let (Some(name), Some(weights)) = (&args.model, &args.weights) {
+            let info = konv_models::info(name)?;
+            let model = load_zoo_weights(name, weights, args.classes, &device)?;
+            let inputs = args
+                .images
+                .iter()
+                .map(|p| {
+                    Ok((
+                        stem(p),
+                        predict::load_preprocessed(p, &info.preprocess, &device)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (model, inputs)
+        } else {
+            let run = args.run.as_deref().context("--run DIR or --model NAME")?;
+            let (info, model) = run::load_run_model(&RunDir::open(run)?, None, &device)?;
+            let [_, h, w] = info.input;
+            let inputs = args
+                .images
+                .iter()
+                .map(|p| {
+                    let mut pixels = predict::load_grayscale(p, h, w)?;
+                    if args.invert {
+                        pixels.iter_mut().for_each(|v| *v = 255 - *v);
+                    }
+                    let values: Vec<f32> =
+                        pixels.iter().map(|&v| info.normalize.apply(v)).collect();
+                    let x = burn::prelude::Tensor::<4>::from_data(
+                        burn::prelude::TensorData::new(values, [1, 1, h, w]),
+                        &device,
+                    );
+                    Ok((stem(p), x))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (model, inputs)
+        };
+        if let (true, Some((_, x))) = (args.layers.is_empty(), inputs.first()) {
+            let names: Vec<String> = model
+                .feature_maps(x.clone())
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            println!("layers (for --layer): {}", names.join(", "));
+        }
+        written.extend(filters::write_model_views(
+            &model,
+            &inputs,
+            &args.layers,
+            args.max_channels,
+            &args.out,
+        )?);
+    }
+    for w in &written {
+        println!(
+            "{}  {}×{}  {}",
+            w.path.display(),
+            w.size[0],
+            w.size[1],
+            w.what
+        );
+    }
+    Ok(())
+}
+
 fn cmd_summary(args: SummaryArgs) -> Result<()> {
     use konv_models::summary::{SingleConv, Summary};
     let device = burn::prelude::Device::flex();
@@ -869,6 +1016,7 @@ fn main() -> ExitCode {
         Command::Summary(args) => cmd_summary(args),
         Command::Import(args) => cmd_import(args),
         Command::Augment(args) => cmd_augment(args),
+        Command::Filters(args) => cmd_filters(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

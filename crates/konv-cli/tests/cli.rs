@@ -135,6 +135,28 @@ fn train_eval_predict_on_the_embedded_subset() {
         &konv(&["eval", "--run", "nowhere"], &dir),
         "not a konv run folder",
     );
+
+    // The trained network's first-layer filters (fashion-cnn: 64 of 7×7) and a layer's maps.
+    let out = konv(
+        &[
+            "filters", "--image", "b.jpg", "--run", "run", "--layer", "conv2", "--out", "views",
+        ],
+        &dir,
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("64 filters 7×7 over 1 channel"), "{log}");
+    assert!(log.contains("conv2: 64 of 128 feature maps 14×14"), "{log}");
+    assert!(dir.join("views/filters.png").is_file() && dir.join("views/b-conv2.png").is_file());
+    assert_clear_error(
+        &konv(
+            &[
+                "filters", "--image", "b.jpg", "--run", "run", "--layer", "fc1", "--out", "views",
+            ],
+            &dir,
+        ),
+        "its layers are conv1, pool1",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -571,4 +593,85 @@ fn transfer_and_resume_from_the_command_line() {
     assert_clear_error(&out, "class 12 does not exist");
     let out = run(&["--optimizer", "lamb", "--out", "x3"]);
     assert_clear_error(&out, "sgd, adam, adamw, rmsprop");
+}
+
+#[test]
+fn filters_write_feature_maps_of_the_lectures_sizes() {
+    let dir = temp_dir("filters");
+    // A 40×30 colour image with a bright vertical bar.
+    let img = image::RgbImage::from_fn(40, 30, |x, _| {
+        if (18..22).contains(&x) {
+            image::Rgb([250, 240, 230])
+        } else {
+            image::Rgb([20, 40, 60])
+        }
+    });
+    img.save(dir.join("bar.png")).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["filters", "--image", "bar.png", "--out", "maps"];
+        args.extend_from_slice(extra);
+        konv(&args, &dir)
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for name in ["bar-vertical.png", "bar-horizontal.png", "sheet.png"] {
+        assert!(
+            dir.join("maps").join(name).is_file(),
+            "{name}: {}",
+            text(&out)
+        );
+    }
+    let size = |name: &str| image::image_dimensions(dir.join("maps").join(name)).unwrap();
+    assert_eq!(size("bar-vertical.png"), (40, 30));
+    // The vertical filter answers the vertical bar: its middle column is the brightest.
+    let map = image::open(dir.join("maps/bar-vertical.png"))
+        .unwrap()
+        .to_luma8();
+    assert_eq!(map.get_pixel(20, 15)[0], 255);
+    assert!(map.get_pixel(5, 15)[0] < 50);
+
+    // valid, stride 2, size 5: ⌊(40 − 5) / 2⌋ + 1 = 18 by ⌊(30 − 5) / 2⌋ + 1 = 13.
+    let out = run(&[
+        "--filter",
+        "vertical",
+        "--size",
+        "5",
+        "--padding",
+        "valid",
+        "--stride",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(size("bar-vertical.png"), (18, 13));
+    // same, stride 3: ⌈40 / 3⌉ = 14 by ⌈30 / 3⌉ = 10; an inline named kernel.
+    let out = run(&["--filter", "edge=1,0,-1;2,0,-2;1,0,-1", "--stride", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(size("bar-edge.png"), (14, 10));
+
+    assert_clear_error(&run(&["--filter", "diagonal"]), "--filter `diagonal`");
+    assert_clear_error(&run(&["--filter", "1,2;3"]), "row 2 has 1 weights");
+    assert_clear_error(
+        &run(&["--filter", "vertical", "--size", "41", "--padding", "valid"]),
+        "larger than the 30×40 image",
+    );
+    assert_clear_error(&run(&["--padding", "full"]), "use same or valid");
+    let out = konv(
+        &["filters", "--image", "missing.png", "--out", "maps"],
+        &dir,
+    );
+    assert_clear_error(&out, "missing.png");
+    let out = konv(
+        &[
+            "filters",
+            "--image",
+            "bar.png",
+            "--run",
+            "no-such-run",
+            "--out",
+            "maps",
+        ],
+        &dir,
+    );
+    assert_clear_error(&out, "no-such-run");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -30,6 +30,7 @@ pub mod augment;
 pub mod backend;
 pub mod data;
 pub mod eval;
+pub mod filters;
 pub mod loss;
 pub mod metrics;
 pub mod observer;
