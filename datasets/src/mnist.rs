@@ -247,6 +247,22 @@ pub enum DataError {
         /// How to install the files, where a package exists.
         hint: &'static str,
     },
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file was read but its contents are wrong.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
 }
 
 /// Where to look for a dataset, and whether a download and the embedded subset may be used.
