@@ -121,7 +121,11 @@ impl FashionCnnConfig {
 impl FashionCnn {
     /// Everything up to the head: `[batch, channels, height, width]` → `[batch, 64]`.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.forward_tapped(x, &mut Taps::default());
+        self.features_from_map(self.forward_tapped(x, &mut Taps::default()))
+    }
+
+    /// The dense layers before the head, from the last pooled map: `[batch, 64]`.
+    pub fn features_from_map(&self, x: Tensor<4>) -> Tensor<2> {
         // Keras flattens channels-last; the order only matters for imported Keras weights.
         let x = x.flatten::<2>(1, 3);
         let x = self

@@ -157,10 +157,12 @@ impl FeaturesClassifier {
 
     /// Everything but the head: `[batch, hidden]`.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self
-            .avgpool
-            .forward(self.forward_feature_map(x))
-            .flatten::<2>(1, 3);
+        self.features_from_map(self.forward_feature_map(x))
+    }
+
+    /// Average pooling and the dense layers before the head, from the last feature map.
+    pub fn features_from_map(&self, map: Tensor<4>) -> Tensor<2> {
+        let x = self.avgpool.forward(map).flatten::<2>(1, 3);
         sequential_flat(
             &self.classifier[..self.classifier.len().saturating_sub(1)],
             x,

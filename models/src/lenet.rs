@@ -314,7 +314,11 @@ impl LeNet5 {
 
     /// F6's output, `[batch, 84]`: everything but the output layer.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.forward_tapped(x, &mut Taps::default());
+        self.features_from_map(self.forward_tapped(x, &mut Taps::default()))
+    }
+
+    /// F6 from C5's map: `[batch, 84]`.
+    pub fn features_from_map(&self, x: Tensor<4>) -> Tensor<2> {
         let [n, c, h, w] = x.dims();
         let x = self.f6.forward(x.reshape([n, c * h * w]));
         if self.is_paper() {

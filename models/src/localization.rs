@@ -6,7 +6,13 @@
 //! The box head is linear, as the lecture's `Dense(4)`: train it on boxes normalized to the
 //! image (for example center x, center y, width, height in [0, 1]) with an MSE or IoU loss,
 //! and the class head with cross-entropy.
+//!
+//! Global average pooling keeps *what* is in the image and mostly discards *where*; with
+//! [`Localizer::with_box_grid`] the box head reads the last feature map averaged to a
+//! `g × g` grid instead (flattened, `channels · g²` numbers), so positions survive, as a
+//! Keras model with `Flatten()` before `Dense(4)` would keep them.
 
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
@@ -22,6 +28,8 @@ pub struct Localizer {
     pub class_head: Linear,
     /// Four box numbers.
     pub box_head: Linear,
+    /// Pooling of the feature map to a grid for the box head (none: the pooled features).
+    pub box_pool: Option<AdaptiveAvgPool2d>,
 }
 
 /// What a [`Localizer`] predicts.
@@ -41,15 +49,44 @@ impl Localizer {
             backbone,
             class_head: LinearConfig::new(features, num_classes).init(device),
             box_head: LinearConfig::new(features, 4).init(device),
+            box_pool: None,
         }
+    }
+
+    /// Like [`Localizer::new`], but the box head reads the last feature map averaged to a
+    /// `grid × grid` grid (`grid` 1 is [`Localizer::new`]).
+    pub fn with_box_grid(
+        backbone: Classifier,
+        num_classes: usize,
+        grid: usize,
+        device: &Device,
+    ) -> Self {
+        let mut model = Self::new(backbone, num_classes, device);
+        if grid > 1 {
+            let inputs = model.backbone.feature_map_channels() * grid * grid;
+            model.box_head = LinearConfig::new(inputs, 4).init(device);
+            model.box_pool = Some(AdaptiveAvgPool2dConfig::new([grid, grid]).init());
+        }
+        model
+    }
+
+    /// Side of the box head's grid (1: the pooled features).
+    pub fn box_grid(&self) -> usize {
+        self.box_pool.as_ref().map_or(1, |p| p.output_size[0])
     }
 
     /// Both heads on the shared features.
     pub fn forward(&self, x: Tensor<4>) -> LocalizerOutput {
-        let features = self.backbone.forward_features(x);
+        let map = self.backbone.forward_feature_map(x);
+        let box_input = self
+            .box_pool
+            .as_ref()
+            .map(|pool| pool.forward(map.clone()).flatten::<2>(1, 3));
+        let features = self.backbone.features_from_map(map);
+        let box_input = box_input.unwrap_or_else(|| features.clone());
         LocalizerOutput {
-            logits: self.class_head.forward(features.clone()),
-            boxes: self.box_head.forward(features),
+            logits: self.class_head.forward(features),
+            boxes: self.box_head.forward(box_input),
         }
     }
 
@@ -68,7 +105,7 @@ impl Summarize for Localizer {
         let features = self.backbone.num_features();
         s.set_shape(vec![features]);
         s.linear("class_head", &self.class_head);
-        s.set_shape(vec![features]);
+        s.set_shape(vec![self.box_head.weight.dims()[0]]);
         s.linear("box_head", &self.box_head);
     }
 }
@@ -93,5 +130,32 @@ mod tests {
             assert_eq!(s.rows.last().unwrap().name, "box_head");
             assert_eq!(s.shape(), vec![4]);
         }
+    }
+
+    #[test]
+    fn a_box_grid_reads_the_feature_map() {
+        let device = Device::flex();
+        let backbone = build_for("resnet20", 1, 1, &device)
+            .unwrap()
+            .with_stem_stride(2)
+            .unwrap();
+        let model = Localizer::with_box_grid(backbone, 10, 4, &device);
+        assert_eq!(model.box_grid(), 4);
+        assert_eq!(model.box_head.weight.dims(), [64 * 16, 4]);
+        let x = Tensor::<4>::random([2, 1, 64, 64], burn::tensor::Distribution::Default, &device);
+        // Stem stride 2: a 64×64 canvas gives ResNet-20's 8×8 map of a 32×32 input.
+        assert_eq!(
+            model.backbone.forward_feature_map(x.clone()).dims(),
+            [2, 64, 8, 8]
+        );
+        let out = model.forward(x.clone());
+        assert_eq!((out.logits.dims(), out.boxes.dims()), ([2, 10], [2, 4]));
+        // The class head still sees the pooled features.
+        let features = model.backbone.forward_features(x);
+        model
+            .class_head
+            .forward(features)
+            .into_data()
+            .assert_approx_eq::<f32>(&out.logits.into_data(), Default::default());
     }
 }

@@ -91,6 +91,72 @@ impl Classifier {
         taps.into_maps()
     }
 
+    /// The last convolutional feature map, `[batch, channels, h', w']`: what
+    /// [`Classifier::features_from_map`] turns into [`Classifier::forward_features`].
+    pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut off = Taps::default();
+        match self {
+            Classifier::FashionCnn(m) => m.forward_tapped(x, &mut off),
+            Classifier::LeNet5(m) => m.forward_tapped(x, &mut off),
+            Classifier::AlexNet(m) | Classifier::Vgg(m) => m.forward_feature_map(x),
+            Classifier::GoogLeNet(m) => m.forward_tapped(x, &mut off),
+            Classifier::ResNet(m) => m.forward_feature_map(x),
+            Classifier::Xception(m) => m.forward_feature_map(x),
+        }
+    }
+
+    /// The rest of the feature extractor: `forward_features(x) ==
+    /// features_from_map(forward_feature_map(x))` (global average pooling, or the dense
+    /// layers before the head).
+    pub fn features_from_map(&self, map: Tensor<4>) -> Tensor<2> {
+        match self {
+            Classifier::FashionCnn(m) => m.features_from_map(map),
+            Classifier::LeNet5(m) => m.features_from_map(map),
+            Classifier::AlexNet(m) | Classifier::Vgg(m) => m.features_from_map(map),
+            Classifier::GoogLeNet(_) | Classifier::ResNet(_) | Classifier::Xception(_) => {
+                crate::layers::global_avg_pool(map)
+            }
+        }
+    }
+
+    /// Channels of [`Classifier::forward_feature_map`].
+    pub fn feature_map_channels(&self) -> usize {
+        match self {
+            Classifier::FashionCnn(m) => m.conv5.weight.dims()[0],
+            Classifier::LeNet5(m) => m.c5.weight.dims()[0],
+            Classifier::AlexNet(m) | Classifier::Vgg(m) => m
+                .features
+                .iter()
+                .rev()
+                .find_map(|layer| match layer {
+                    Layer::Conv2d(conv) => Some(conv.weight.dims()[0]),
+                    _ => None,
+                })
+                .expect("AlexNet and VGG have convolutions"),
+            Classifier::GoogLeNet(m) => m.fc.weight.dims()[0],
+            Classifier::ResNet(m) => m.fc.weight.dims()[0],
+            Classifier::Xception(m) => m.fc.weight.dims()[0],
+        }
+    }
+
+    /// The same network with its first convolution at `stride` (a small-image ResNet on a
+    /// 64×64 canvas with stride 2 costs what it costs on 32×32, its filters still seeing
+    /// every pixel).
+    ///
+    /// # Errors
+    /// For families other than ResNet.
+    pub fn with_stem_stride(self, stride: usize) -> Result<Self, ModelError> {
+        match self {
+            Classifier::ResNet(mut m) => {
+                m.conv1.stride = [stride.max(1); 2];
+                Ok(Classifier::ResNet(m))
+            }
+            _ => Err(ModelError::Unsupported(
+                "a stem stride is available for the ResNets only".into(),
+            )),
+        }
+    }
+
     /// The first convolution's weights, `[filters, in_channels, k, k]` (what the network
     /// learned to look for in pixels).
     pub fn first_conv_weights(&self) -> Tensor<4> {
@@ -622,6 +688,9 @@ pub enum ModelError {
         /// What it is.
         kind: ModelKind,
     },
+    /// An option the model does not have.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Information on model `name`, or an error listing the known names.
