@@ -9,7 +9,7 @@
 //!
 //! Global average pooling keeps *what* is in the image and mostly discards *where*; with
 //! [`Localizer::with_box_grid`] the box head reads the last feature map averaged to a
-//! `g × g` grid instead (flattened, `channels · g²` numbers), so positions survive, as a
+//! `g × g` grid instead (flattened, `channels · g²` numbers, divided by `g`), so positions survive, as a
 //! Keras model with `Flatten()` before `Dense(4)` would keep them.
 
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
@@ -78,10 +78,13 @@ impl Localizer {
     /// Both heads on the shared features.
     pub fn forward(&self, x: Tensor<4>) -> LocalizerOutput {
         let map = self.backbone.forward_feature_map(x);
-        let box_input = self
-            .box_pool
-            .as_ref()
-            .map(|pool| pool.forward(map.clone()).flatten::<2>(1, 3));
+        // Divided by the grid side, the g² cells have the squared norm of one pooled vector:
+        // under SGD a linear regression head is stable only while lr · ‖x‖² stays small, and
+        // 16 cells at full scale diverge at learning rates the pooled head trains well with.
+        let box_input = self.box_pool.as_ref().map(|pool| {
+            let g = pool.output_size[0] as f64;
+            pool.forward(map.clone()).flatten::<2>(1, 3).div_scalar(g)
+        });
         let features = self.backbone.features_from_map(map);
         let box_input = box_input.unwrap_or_else(|| features.clone());
         LocalizerOutput {

@@ -296,6 +296,36 @@ struct TrainArgs {
     /// Run folder (default: runs/MODEL-DATASET-TIME).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// What to learn: classify, or localize (one item per generated canvas: its class and
+    /// bounding box, a two-head model of the zoo; metrics accuracy and mean IoU).
+    #[arg(long, default_value = "classify", value_parser = ["classify", "localize"])]
+    task: String,
+    /// --task localize: weights of the class and box losses (Keras' loss_weights).
+    #[arg(long, default_value = "0.8,0.2")]
+    loss_weights: konv_train::loss::LossWeights,
+    /// --task localize: box loss on the normalized box, mse or smooth-l1.
+    #[arg(long, default_value = "mse", value_parser = ["mse", "smooth-l1"])]
+    box_loss: String,
+    /// --task localize: the box head reads the last feature map averaged to an N×N grid
+    /// (1: the globally pooled features, as the lecture's model).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    box_grid: u32,
+    /// --task localize: stride of the backbone's first convolution (ResNets), e.g. 2 to run
+    /// 64×64 canvases at the cost of 32×32.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    stem_stride: u32,
+    /// --task localize: canvas side in pixels.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(28..=512))]
+    canvas: u32,
+    /// --task localize: smallest and largest item scale (the 28×28 item × scale).
+    #[arg(long, default_value = "1.0,2.0", value_delimiter = ',', num_args = 2)]
+    scale: Vec<f32>,
+    /// --task localize: Gaussian pixel noise, as a fraction of white.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    noise: f64,
+    /// --task localize: fragments of other items scattered on each canvas.
+    #[arg(long, default_value_t = 0)]
+    clutter: usize,
     /// Print only the final result.
     #[arg(long, short)]
     quiet: bool,
@@ -352,6 +382,12 @@ struct PredictArgs {
     /// cpu (Flex), flex, ndarray, wgpu.
     #[arg(long, default_value = "cpu")]
     backend: BackendName,
+    /// The run's task, checked against the run (classify or localize; default: the run's).
+    #[arg(long, value_parser = ["classify", "localize"])]
+    task: Option<String>,
+    /// Folder for the pictures of --task localize (each image with its box and label).
+    #[arg(long, default_value = "predictions")]
+    out: PathBuf,
 }
 
 fn parse_dataset(s: &str) -> Result<DatasetName, String> {
@@ -434,6 +470,9 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             "--val-size {val_size} leaves no training images (the training set has {})",
             dataset.train.len()
         );
+    }
+    if args.task == "localize" {
+        return train_localize(&args, &dataset, val_size, mode);
     }
     if let Some(dir) = &args.resume {
         return resume_run(dir, &args, &dataset, mode);
@@ -540,6 +579,113 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         &mut observer,
     )?;
     report_outcome(&outcome, started, &out);
+    Ok(())
+}
+
+fn train_localize(
+    args: &TrainArgs,
+    dataset: &konv_datasets::Dataset,
+    val_size: usize,
+    mode: OutputMode,
+) -> Result<()> {
+    use konv_train::localize::{CanvasSpec, LocalizeConfig, LocalizeData, train_localizer};
+    for (given, flag) in [
+        (args.resume.is_some(), "--resume"),
+        (args.init_from.is_some(), "--init-from"),
+        (args.classes.is_some(), "--classes"),
+        (args.freeze_epochs > 0, "--freeze-epochs"),
+    ] {
+        if given {
+            bail!("{flag} is not available with --task localize yet; drop it");
+        }
+    }
+    let device = args.backend.open()?;
+    let config = LocalizeConfig {
+        model: args.model.clone(),
+        box_grid: args.box_grid as usize,
+        stem_stride: args.stem_stride as usize,
+        dataset: args.dataset.to_string(),
+        canvas: CanvasSpec {
+            size: args.canvas as usize,
+            scale_min: args.scale[0],
+            scale_max: args.scale[1],
+            noise: args.noise as f32,
+            clutter: args.clutter,
+        },
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size as usize,
+        lr: args.lr,
+        lr_schedule: args.lr_schedule.clone(),
+        optimizer: args.optimizer,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        weight_decay: args.weight_decay,
+        loss_weights: args.loss_weights.clone(),
+        box_loss: if args.box_loss == "smooth-l1" {
+            konv_train::loss::BoxLoss::SmoothL1
+        } else {
+            konv_train::loss::BoxLoss::Mse
+        },
+        augment: args.augment.clone(),
+        seed: args.seed,
+        val_size,
+        limit: args.limit,
+    };
+    konv_models::registry::info(&config.model)?;
+    config.validate()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("loc-{}-{}-{secs}", config.model, config.dataset))
+    });
+    if out.join(run::CONFIG).exists() {
+        bail!(
+            "{}: already holds a run; choose another --out",
+            out.display()
+        );
+    }
+    let data = LocalizeData::generate(dataset, &config)?;
+    let names: Vec<String> = dataset
+        .class_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let run_dir = RunDir::create(&out)?;
+    if mode != OutputMode::Quiet {
+        println!(
+            "localizing with {} on {}×{} canvases of {} ({}): {} train / {} validation / {} test images, run folder {}",
+            config.model,
+            config.canvas.size,
+            config.canvas.size,
+            config.dataset,
+            dataset.source,
+            data.train.len(),
+            data.val.len(),
+            data.test.len(),
+            out.display()
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let outcome = train_localizer(
+        &config,
+        &names,
+        &data,
+        &device,
+        Some(&run_dir),
+        &mut observer,
+    )?;
+    println!(
+        "test accuracy {:.2}%, mean IoU {:.3} ({:.1}% of boxes with IoU ≥ 0.5; best validation epoch {}, {} test images), {:.0}s in all; weights in {}",
+        100.0 * outcome.test.accuracy,
+        outcome.test.mean_iou,
+        100.0 * outcome.test.iou50,
+        outcome.best_epoch,
+        outcome.test.count,
+        started.elapsed().as_secs_f64(),
+        out.join(run::BEST).display()
+    );
     Ok(())
 }
 
@@ -663,9 +809,51 @@ fn resolve_run(run: Option<&Path>, checkpoint: Option<&Path>) -> Result<(RunDir,
     }
 }
 
+/// Regenerates a localization run's test canvases (same items, scale and seed) and reports
+/// accuracy and mean IoU.
+fn eval_localize(
+    run_dir: &RunDir,
+    info: &konv_train::localize::LocalizeInfo,
+    args: &EvalArgs,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    use konv_train::localize::{LocalizeData, evaluate_localizer, load_localizer};
+    let name = DatasetName::parse(&info.config.dataset)
+        .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
+    let dataset = args.data.locator().load(name)?;
+    let model = load_localizer(run_dir, info, device)?;
+    let data = LocalizeData::generate(&dataset, &info.config)?;
+    let report = evaluate_localizer(
+        &model,
+        &data.test,
+        info.normalize,
+        &info.config.loss_weights,
+        info.config.box_loss,
+        args.batch_size.max(1),
+        info.class_names.len(),
+    );
+    println!(
+        "{}: test accuracy {:.2}%, mean IoU {:.3}, IoU ≥ 0.5 for {:.1}% ({} canvases of {} test items, loss {:.4})",
+        run_dir.path.display(),
+        100.0 * report.accuracy,
+        report.mean_iou,
+        100.0 * report.iou50,
+        report.count,
+        info.config.dataset,
+        report.loss
+    );
+    for (name, acc) in info.class_names.iter().zip(&report.per_class_accuracy) {
+        println!("  {name:<12} {:6.2}%", 100.0 * acc);
+    }
+    Ok(())
+}
+
 fn cmd_eval(args: EvalArgs) -> Result<()> {
     let (run_dir, weights) = resolve_run(args.run.as_deref(), args.checkpoint.as_deref())?;
     let device = args.backend.open()?;
+    if let Some(info) = konv_train::localize::read_info(&run_dir)? {
+        return eval_localize(&run_dir, &info, &args, &device);
+    }
     let (info, model) = run::load_run_model(&run_dir, weights.as_deref(), &device)?;
     let name = DatasetName::parse(&info.config.dataset)
         .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
@@ -704,6 +892,40 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn predict_localize(
+    run_dir: &RunDir,
+    info: &konv_train::localize::LocalizeInfo,
+    args: &PredictArgs,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    use konv_train::localize::{draw_box, load_localizer, locate_file};
+    let model = load_localizer(run_dir, info, device)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create the folder", args.out.display()))?;
+    for path in &args.images {
+        let (found, img) = locate_file(&model, info, path, args.invert)?;
+        let name = &info.class_names[found.class];
+        let mut picture = img.to_rgb8();
+        let label = format!("{name} {:.0}%", 100.0 * found.probability);
+        draw_box(&mut picture, found.bbox, &label, image::Rgb([230, 40, 40]));
+        let stem = path
+            .file_stem()
+            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+        let file = args.out.join(format!("{stem}-box.png"));
+        picture
+            .save(&file)
+            .with_context(|| format!("{}: cannot write", file.display()))?;
+        let [x0, y0, x1, y1] = found.bbox;
+        println!(
+            "{}: {name} ({:.2}%), box x {x0:.0}..{x1:.0}, y {y0:.0}..{y1:.0} → {}",
+            path.display(),
+            100.0 * found.probability,
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_predict(args: PredictArgs) -> Result<()> {
     let device = args.backend.open()?;
     if let (Some(name), Some(weights)) = (&args.model, &args.weights) {
@@ -714,6 +936,21 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
         .as_deref()
         .context("pass --run DIR, or --model NAME --weights FILE")?;
     let run_dir = RunDir::open(run)?;
+    let localize = konv_train::localize::read_info(&run_dir)?;
+    match (args.task.as_deref(), &localize) {
+        (Some("localize"), None) => bail!(
+            "--task localize: {} is a classification run; train one with `konv train --task localize`",
+            run.display()
+        ),
+        (Some("classify"), Some(_)) => bail!(
+            "--task classify: {} is a localization run; use --task localize (or leave --task out)",
+            run.display()
+        ),
+        _ => {}
+    }
+    if let Some(info) = localize {
+        return predict_localize(&run_dir, &info, &args, &device);
+    }
     let (info, model) = run::load_run_model(&run_dir, None, &device)?;
     let [_, h, w] = info.input;
     for path in &args.images {

@@ -31,6 +31,7 @@ pub mod backend;
 pub mod data;
 pub mod eval;
 pub mod filters;
+pub mod localize;
 pub mod loss;
 pub mod metrics;
 pub mod observer;

@@ -16,6 +16,12 @@ pub trait Observer {
     fn step(&mut self, seen: usize, loss: f64, accuracy: f64, images_per_sec: f64);
     /// An epoch ended; `best` when its validation accuracy is the best so far.
     fn epoch_end(&mut self, metrics: &EpochMetrics, best: bool);
+    /// [`Observer::epoch_end`] with more metrics to show (`extra`, e.g. the mean IoU of a
+    /// localizer); by default they are dropped.
+    fn epoch_end_with(&mut self, metrics: &EpochMetrics, best: bool, extra: &str) {
+        let _ = extra;
+        self.epoch_end(metrics, best);
+    }
     /// Asked after every step: `true` ends training at once with
     /// [`TrainError::Interrupted`](crate::TrainError::Interrupted), as if the process were
     /// killed there (the run folder keeps the last finished epoch, for `--resume`).
@@ -100,12 +106,16 @@ impl Observer for ConsoleObserver {
     }
 
     fn epoch_end(&mut self, m: &EpochMetrics, best: bool) {
+        self.epoch_end_with(m, best, "");
+    }
+
+    fn epoch_end_with(&mut self, m: &EpochMetrics, best: bool, extra: &str) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
         if self.mode != OutputMode::Quiet {
             println!(
-                "epoch {:>2}/{}  train loss {:.4} acc {:6.2}%  val loss {:.4} acc {:6.2}%  {:.0} img/s  {:.0}s{}",
+                "epoch {:>2}/{}  train loss {:.4} acc {:6.2}%  val loss {:.4} acc {:6.2}%{extra}  {:.0} img/s  {:.0}s{}",
                 m.epoch,
                 self.epochs,
                 m.train_loss,

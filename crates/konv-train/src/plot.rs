@@ -157,6 +157,29 @@ pub fn save_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainErr
     crate::run::write_atomic(path, &png).map_err(|e| TrainError::io(path, e))
 }
 
+/// Writes `text` on `img` at `(x, y)` (top-left), white on a strip of `color`, in the
+/// bundled font: labels of predicted boxes and masks.
+pub fn draw_label(img: &mut image::RgbImage, text: &str, x: u32, y: u32, color: image::Rgb<u8>) {
+    register_font();
+    let (w, h) = img.dimensions();
+    let strip_w = (7 * text.chars().count() as u32 + 6).min(w.saturating_sub(x));
+    let strip_h = 14.min(h.saturating_sub(y));
+    for yy in y..y + strip_h {
+        for xx in x..x + strip_w {
+            img.put_pixel(xx, yy, color);
+        }
+    }
+    let mut buffer = std::mem::take(img).into_raw();
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        let style = ("sans-serif", 12).into_font().color(&WHITE);
+        // Drawing outside the picture is clipped by plotters; an error leaves the strip.
+        let _ = root.draw_text(text, &style, (x as i32 + 3, y as i32 + 1));
+        let _ = root.present();
+    }
+    *img = image::RgbImage::from_raw(w, h, buffer).expect("same size");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,883 @@
+//! Classification + localization: training, evaluation and prediction of a
+//! [`Localizer`] on a [`LocalizationSet`] (one item per image, its class and box).
+//!
+//! Boxes are learned as `(centre x, centre y, width, height)` divided by the image size, so
+//! the targets lie in [0, 1]; the loss is `w₀ · cross-entropy + w₁ · box loss` with the
+//! lecture's `loss_weights = [0.8, 0.2]` by default. Metrics: accuracy and the mean IoU of
+//! predicted and true boxes (Keras' lecture code reports the same two).
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::activation::softmax;
+use image::{Rgb, RgbImage};
+use konv_datasets::localization::{CanvasConfig, LocalizationSet};
+use konv_datasets::{Dataset, ImageSet};
+use konv_models::localization::Localizer;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::augment::{Image, Pipeline, Sample};
+use crate::data::Normalize;
+use crate::loss::{BoxLoss, LossWeights, localization_losses};
+use crate::metrics::box_iou;
+use crate::observer::Observer;
+use crate::optim::{OptimizerName, OptimizerSettings};
+use crate::run::{BEST, CONFIG, METRICS, RunDir, write_atomic};
+use crate::schedule::{LrSchedule, ScheduleDriver};
+use crate::train::{EpochMetrics, epoch_seed};
+
+/// How the canvases of a generated set are drawn (serializable mirror of
+/// [`CanvasConfig`], without the seed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanvasSpec {
+    /// Canvas side.
+    pub size: usize,
+    /// Smallest item scale.
+    pub scale_min: f32,
+    /// Largest item scale.
+    pub scale_max: f32,
+    /// Gaussian noise (fraction of white).
+    pub noise: f32,
+    /// Fragments of other items per canvas.
+    pub clutter: usize,
+}
+
+impl Default for CanvasSpec {
+    fn default() -> Self {
+        let c = CanvasConfig::default();
+        Self {
+            size: c.size,
+            scale_min: c.scale.0,
+            scale_max: c.scale.1,
+            noise: c.noise,
+            clutter: c.clutter,
+        }
+    }
+}
+
+impl CanvasSpec {
+    /// The generator settings with `seed`.
+    pub fn with_seed(&self, seed: u64) -> CanvasConfig {
+        CanvasConfig {
+            size: self.size,
+            scale: (self.scale_min, self.scale_max),
+            noise: self.noise,
+            clutter: self.clutter,
+            seed,
+        }
+    }
+}
+
+/// Everything that shapes a localization run; saved in the run's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalizeConfig {
+    /// Backbone: any classifier of the zoo (its head is replaced by the two heads).
+    pub model: String,
+    /// Side of the grid the box head reads (1: the pooled features, as the lecture).
+    pub box_grid: usize,
+    /// Stride of the first convolution (ResNets; 1 keeps the model as it is).
+    pub stem_stride: usize,
+    /// Dataset the items come from (`fashion-mnist`, `mnist`).
+    pub dataset: String,
+    /// The generated canvases.
+    pub canvas: CanvasSpec,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub lr_schedule: LrSchedule,
+    /// Optimizer.
+    pub optimizer: OptimizerName,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Weights of the class and box losses.
+    pub loss_weights: LossWeights,
+    /// MSE or smooth L1 on the normalized box.
+    pub box_loss: BoxLoss,
+    /// Augmentation (geometric steps move the boxes with the image).
+    pub augment: Pipeline,
+    /// Seed of the canvases, the shuffles and the initialization.
+    pub seed: u64,
+    /// Training items held out for validation.
+    pub val_size: usize,
+    /// Use only the first N training items.
+    pub limit: Option<usize>,
+}
+
+impl LocalizeConfig {
+    /// Defaults for `model`: ResNet-style SGD with Nesterov momentum and a one-cycle
+    /// schedule, the lecture's 0.8/0.2 loss weights, a 4×4 box grid, flips.
+    pub fn new(model: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            box_grid: 4,
+            stem_stride: 1,
+            dataset: "fashion-mnist".into(),
+            canvas: CanvasSpec::default(),
+            epochs: 5,
+            batch_size: 64,
+            lr: 0.1,
+            lr_schedule: LrSchedule::OneCycle {
+                pct: 0.3,
+                div: 25.0,
+                final_div: 1e4,
+            },
+            optimizer: OptimizerName::Sgd,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            loss_weights: LossWeights(vec![0.8, 0.2]),
+            box_loss: BoxLoss::Mse,
+            augment: Pipeline::default(),
+            seed: 42,
+            val_size: 5000,
+            limit: None,
+        }
+    }
+
+    fn optimizer_settings(&self) -> OptimizerSettings {
+        OptimizerSettings {
+            name: self.optimizer,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            no_decay_bias_norm: true,
+            clip_grad_norm: None,
+        }
+    }
+
+    /// Checks the settings before anything is written.
+    ///
+    /// # Errors
+    /// A one-line description of the first bad setting.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.loss_weights.0.len() != 2 {
+            return bad(format!(
+                "--loss-weights {}: a localizer has two outputs (class, box); give two weights, e.g. 0.8,0.2",
+                self.loss_weights
+            ));
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("--epochs and --batch-size must be at least 1".into());
+        }
+        if self.box_grid == 0 {
+            return bad("--box-grid must be at least 1".into());
+        }
+        self.canvas
+            .with_seed(0)
+            .validate(28)
+            .map_err(|e| TrainError::Config(format!("--canvas/--scale: {e}")))?;
+        Ok(())
+    }
+}
+
+/// What a localization run folder records besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalizeInfo {
+    /// Always `localize`: tells `konv eval`/`predict` which task the run is.
+    pub task: String,
+    /// The settings.
+    pub config: LocalizeConfig,
+    /// Class names, by index.
+    pub class_names: Vec<String>,
+    /// Input standardization (from the training canvases).
+    pub normalize: Normalize,
+    /// `[channels, height, width]` of the input.
+    pub input: [usize; 3],
+}
+
+/// The three generated sets of a run.
+#[derive(Debug, Clone)]
+pub struct LocalizeData {
+    /// Canvases of the training items.
+    pub train: LocalizationSet,
+    /// Canvases of the held-out training items.
+    pub val: LocalizationSet,
+    /// Canvases of the test items (never seen in training).
+    pub test: LocalizationSet,
+    /// Standardization of the training pixels.
+    pub normalize: Normalize,
+}
+
+impl LocalizeData {
+    /// Generates the sets from `dataset` as `config` says: validation items drawn from the
+    /// training split, the test set from the test split, each with its own seed.
+    ///
+    /// # Errors
+    /// When the canvas settings do not fit or too few items remain for training.
+    pub fn generate(dataset: &Dataset, config: &LocalizeConfig) -> Result<Self, TrainError> {
+        let items: ImageSet = match config.limit {
+            Some(n) => dataset.train.take(n),
+            None => dataset.train.clone(),
+        };
+        if config.val_size >= items.len() {
+            return Err(TrainError::Config(format!(
+                "--val-size {} leaves no training images (there are {})",
+                config.val_size,
+                items.len()
+            )));
+        }
+        let (train_items, val_items) = items.split_validation(config.val_size, config.seed);
+        let make = |set: &ImageSet, offset: u64| {
+            LocalizationSet::generate(set, &config.canvas.with_seed(config.seed + offset))
+                .map_err(TrainError::Config)
+        };
+        let train = make(&train_items, 0)?;
+        let val = make(&val_items, 1)?;
+        let test = make(&dataset.test, 2)?;
+        let normalize = pixel_stats(&train.pixels);
+        Ok(Self {
+            train,
+            val,
+            test,
+            normalize,
+        })
+    }
+}
+
+/// Mean and standard deviation of 8-bit pixels, in [0, 1] units.
+pub fn pixel_stats(pixels: &[u8]) -> Normalize {
+    let n = pixels.len().max(1) as f64;
+    let mean = pixels.iter().map(|&p| f64::from(p)).sum::<f64>() / n / 255.0;
+    let var = pixels
+        .iter()
+        .map(|&p| (f64::from(p) / 255.0 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    Normalize {
+        mean: mean as f32,
+        std: var.sqrt().max(1e-6) as f32,
+    }
+}
+
+/// `[x0, y0, x1, y1]` in pixels → `(cx, cy, w, h) / size`.
+pub fn encode_box(b: [f32; 4], size: [usize; 2]) -> [f32; 4] {
+    let (h, w) = (size[0] as f32, size[1] as f32);
+    [
+        (b[0] + b[2]) / 2.0 / w,
+        (b[1] + b[3]) / 2.0 / h,
+        (b[2] - b[0]) / w,
+        (b[3] - b[1]) / h,
+    ]
+}
+
+/// The inverse of [`encode_box`], clipped to the image.
+pub fn decode_box(e: [f32; 4], size: [usize; 2]) -> [f32; 4] {
+    let (h, w) = (size[0] as f32, size[1] as f32);
+    let (cx, cy, bw, bh) = (e[0] * w, e[1] * h, e[2].max(0.0) * w, e[3].max(0.0) * h);
+    [
+        (cx - bw / 2.0).clamp(0.0, w),
+        (cy - bh / 2.0).clamp(0.0, h),
+        (cx + bw / 2.0).clamp(0.0, w),
+        (cy + bh / 2.0).clamp(0.0, h),
+    ]
+}
+
+/// Builds the localizer `config` describes.
+pub fn build_localizer(
+    config: &LocalizeConfig,
+    num_classes: usize,
+    device: &Device,
+) -> Result<Localizer, TrainError> {
+    let mut backbone = konv_models::build_for(&config.model, 1, 1, device)?;
+    if config.stem_stride > 1 {
+        backbone = backbone.with_stem_stride(config.stem_stride)?;
+    }
+    Ok(Localizer::with_box_grid(
+        backbone,
+        num_classes,
+        config.box_grid,
+        device,
+    ))
+}
+
+/// One batch as tensors: standardized images, classes, encoded boxes.
+fn batch(
+    set: &LocalizationSet,
+    indices: &[usize],
+    normalize: Normalize,
+    augment: Option<(&Pipeline, u64)>,
+    device: &Device,
+) -> (Tensor<4>, Tensor<1, Int>, Tensor<2>) {
+    let [h, w] = set.size;
+    let mut pixels = Vec::with_capacity(indices.len() * h * w);
+    let mut boxes = Vec::with_capacity(indices.len() * 4);
+    for &i in indices {
+        let mut sample = Sample {
+            image: Image::from_u8(set.image(i), h, w),
+            boxes: vec![set.boxes[i]],
+            mask: None,
+        };
+        if let Some((pipeline, seed)) = augment {
+            pipeline.apply_sample(&mut sample, seed, i);
+        }
+        pixels.extend(sample.image.pixels.iter().map(|&v| normalize.apply_unit(v)));
+        boxes.extend(encode_box(sample.boxes[0], [h, w]));
+    }
+    let n = indices.len();
+    let labels: Vec<i64> = indices.iter().map(|&i| i64::from(set.labels[i])).collect();
+    (
+        Tensor::from_data(TensorData::new(pixels, [n, 1, h, w]), device),
+        Tensor::from_data(TensorData::new(labels, [n]), device),
+        Tensor::from_data(TensorData::new(boxes, [n, 4]), device),
+    )
+}
+
+/// Accuracy, mean IoU and losses of a localizer on a set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalizeEval {
+    /// Images.
+    pub count: usize,
+    /// Share of images whose class is right.
+    pub accuracy: f64,
+    /// Mean IoU of predicted and true boxes.
+    pub mean_iou: f64,
+    /// Share of images with IoU ≥ 0.5.
+    pub iou50: f64,
+    /// Mean weighted loss.
+    pub loss: f64,
+    /// Per-class accuracy.
+    pub per_class_accuracy: Vec<f64>,
+}
+
+/// Evaluates `model` (inference mode) on `set`.
+pub fn evaluate_localizer(
+    model: &Localizer,
+    set: &LocalizationSet,
+    normalize: Normalize,
+    weights: &LossWeights,
+    box_loss: BoxLoss,
+    batch_size: usize,
+    num_classes: usize,
+) -> LocalizeEval {
+    let device = crate::eval::device_of(&model.backbone);
+    let (mut correct, mut iou_sum, mut hits, mut loss_sum) = (0usize, 0.0f64, 0usize, 0.0f64);
+    let mut class_total = vec![0usize; num_classes];
+    let mut class_right = vec![0usize; num_classes];
+    let indices: Vec<usize> = (0..set.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let (x, y, b) = batch(set, chunk, normalize, None, &device);
+        let out = model.forward(x);
+        if let Ok(l) = localization_losses(
+            out.logits.clone(),
+            y,
+            out.boxes.clone(),
+            b,
+            weights,
+            box_loss,
+        ) {
+            loss_sum += l.total.into_scalar::<f64>() * chunk.len() as f64;
+        }
+        let predicted = out
+            .logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap_or_default();
+        let boxes = out
+            .boxes
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        for (k, &i) in chunk.iter().enumerate() {
+            let label = usize::from(set.labels[i]);
+            let right = predicted.get(k).is_some_and(|&p| p as usize == label);
+            correct += usize::from(right);
+            if label < num_classes {
+                class_total[label] += 1;
+                class_right[label] += usize::from(right);
+            }
+            let e = [0, 1, 2, 3].map(|j| boxes.get(k * 4 + j).copied().unwrap_or(0.0));
+            let iou = f64::from(box_iou(decode_box(e, set.size), set.boxes[i]));
+            iou_sum += iou;
+            hits += usize::from(iou >= 0.5);
+        }
+    }
+    let n = set.len().max(1) as f64;
+    LocalizeEval {
+        count: set.len(),
+        accuracy: correct as f64 / n,
+        mean_iou: iou_sum / n,
+        iou50: hits as f64 / n,
+        loss: loss_sum / n,
+        per_class_accuracy: class_total
+            .iter()
+            .zip(&class_right)
+            .map(|(&t, &r)| if t == 0 { 0.0 } else { r as f64 / t as f64 })
+            .collect(),
+    }
+}
+
+/// One epoch of a localization run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalizeEpoch {
+    /// The classifier-style metrics (loss, accuracy, lr, speed).
+    pub metrics: EpochMetrics,
+    /// Mean IoU on the training batches (the model in training mode).
+    pub train_iou: f64,
+    /// Mean IoU on the validation set.
+    pub val_iou: f64,
+}
+
+/// The end of a localization run.
+#[derive(Debug, Clone)]
+pub struct LocalizeOutcome {
+    /// The weights of the best validation epoch (lowest validation loss).
+    pub model: Localizer,
+    /// Every epoch.
+    pub history: Vec<LocalizeEpoch>,
+    /// Which epoch `model` is.
+    pub best_epoch: usize,
+    /// On the test set.
+    pub test: LocalizeEval,
+}
+
+/// Trains a localizer on `data`, writing `config.json`, `metrics.csv` and `best.bpk` into
+/// `run` (when given) and reporting progress to `observer`.
+///
+/// # Errors
+/// Bad settings, a model that cannot take the canvases, a loss that diverges, or a run
+/// folder that cannot be written.
+pub fn train_localizer(
+    config: &LocalizeConfig,
+    class_names: &[String],
+    data: &LocalizeData,
+    device: &Device,
+    run: Option<&RunDir>,
+    observer: &mut dyn Observer,
+) -> Result<LocalizeOutcome, TrainError> {
+    config.validate()?;
+    let num_classes = class_names.len();
+    let train_device = device.clone().autodiff();
+    train_device.seed(config.seed);
+    let mut model = build_localizer(config, num_classes, &train_device)?;
+    let [h, w] = data.train.size;
+    // The box head starts at the average training box (as detection heads start from
+    // priors), instead of a zero-sized box that overlaps nothing, with zero weights: a
+    // randomly initialized head on 1,024 grid features starts with boxes far outside
+    // [0, 1] and an MSE whose gradients swamp the class loss.
+    let box_weight = model.box_head.weight.dims();
+    model.box_head.weight =
+        burn::module::Param::from_tensor(Tensor::zeros(box_weight, &train_device));
+    let mut mean_box = [0.0f32; 4];
+    for b in &data.train.boxes {
+        for (m, v) in mean_box.iter_mut().zip(encode_box(*b, [h, w])) {
+            *m += v / data.train.len().max(1) as f32;
+        }
+    }
+    model.box_head.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(mean_box.to_vec(), [4]),
+        &train_device,
+    )));
+    konv_models::summary::checked(&model.backbone, &[1, h, w]).map_err(|e| {
+        TrainError::Config(format!(
+            "model `{}` cannot take {h}×{w} canvases: {e}",
+            config.model
+        ))
+    })?;
+    if let Some(run) = run {
+        let info = LocalizeInfo {
+            task: "localize".into(),
+            config: config.clone(),
+            class_names: class_names.to_vec(),
+            normalize: data.normalize,
+            input: [1, h, w],
+        };
+        let json = serde_json::to_vec_pretty(&info).expect("LocalizeInfo serializes");
+        let path = run.path.join(CONFIG);
+        write_atomic(&path, &json).map_err(|e| TrainError::io(&path, e))?;
+    }
+    let steps = data.train.len().div_ceil(config.batch_size);
+    let mut optim = config.optimizer_settings().build(&model);
+    let mut schedule = ScheduleDriver::new(&config.lr_schedule, config.lr, steps, config.epochs)
+        .map_err(TrainError::Config)?;
+    let mut history: Vec<LocalizeEpoch> = Vec::new();
+    let mut best: Option<(f64, Localizer, usize)> = None;
+    for epoch in 1..=config.epochs {
+        let start = Instant::now();
+        let seed = epoch_seed(config.seed, epoch);
+        train_device.seed(seed);
+        let mut order: Vec<usize> = (0..data.train.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        observer.epoch_start(epoch, config.epochs, steps);
+        let (mut loss_sum, mut correct, mut iou_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
+        let mut lr = config.lr;
+        for chunk in order.chunks(config.batch_size) {
+            let augment = (!config.augment.0.is_empty()).then_some((&config.augment, seed));
+            let (x, y, b) = batch(&data.train, chunk, data.normalize, augment, &train_device);
+            lr = schedule.next_lr();
+            let out = model.forward(x);
+            let targets = b.clone();
+            let losses = localization_losses(
+                out.logits.clone(),
+                y.clone(),
+                out.boxes.clone(),
+                b,
+                &config.loss_weights,
+                config.box_loss,
+            )
+            .map_err(TrainError::Config)?;
+            let loss = losses.total.clone().into_scalar::<f64>();
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: seen / config.batch_size + 1,
+                });
+            }
+            let n = chunk.len();
+            correct += out
+                .logits
+                .clone()
+                .argmax(1)
+                .squeeze_dim::<1>(1)
+                .equal(y)
+                .int()
+                .sum()
+                .into_scalar::<i64>() as usize;
+            iou_sum += batch_iou(out.boxes.clone(), targets, data.train.size);
+            let grads = burn::optim::GradientsParams::from_grads(losses.total.backward(), &model);
+            model = optim.step(lr, model, grads);
+            loss_sum += loss * n as f64;
+            seen += n;
+            let secs = start.elapsed().as_secs_f64();
+            observer.step(
+                seen,
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / secs,
+            );
+            if observer.interrupted() {
+                return Err(TrainError::Interrupted { epoch });
+            }
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        let valid = model.valid();
+        let val = evaluate_localizer(
+            &valid,
+            &data.val,
+            data.normalize,
+            &config.loss_weights,
+            config.box_loss,
+            config.batch_size,
+            num_classes,
+        );
+        schedule.epoch_end(val.loss);
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: correct as f64 / seen as f64,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+            lr,
+            images_per_sec: seen as f64 / train_secs,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let improved = best.as_ref().is_none_or(|(score, _, _)| val.loss < *score);
+        if improved {
+            best = Some((val.loss, valid.clone(), epoch));
+            if let Some(run) = run {
+                save_localizer(run, BEST, &valid)?;
+            }
+        }
+        let record = LocalizeEpoch {
+            metrics: metrics.clone(),
+            train_iou: iou_sum / seen as f64,
+            val_iou: val.mean_iou,
+        };
+        history.push(record);
+        if let Some(run) = run {
+            write_metrics(run, &history)?;
+        }
+        observer.epoch_end_with(&metrics, improved, &format!("  IoU {:.3}", val.mean_iou));
+    }
+    let (_, model, best_epoch) = best.expect("at least one epoch ran");
+    let test = evaluate_localizer(
+        &model,
+        &data.test,
+        data.normalize,
+        &config.loss_weights,
+        config.box_loss,
+        config.batch_size,
+        num_classes,
+    );
+    Ok(LocalizeOutcome {
+        model,
+        history,
+        best_epoch,
+        test,
+    })
+}
+
+/// Sum over a batch of the IoU of predicted (encoded) and target (encoded) boxes.
+fn batch_iou(predicted: Tensor<2>, target: Tensor<2>, size: [usize; 2]) -> f64 {
+    let p = predicted
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let t = target
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    p.chunks(4)
+        .zip(t.chunks(4))
+        .map(|(p, t)| {
+            let p = decode_box([p[0], p[1], p[2], p[3]], size);
+            let t = decode_box([t[0], t[1], t[2], t[3]], size);
+            f64::from(box_iou(p, t))
+        })
+        .sum()
+}
+
+fn write_metrics(run: &RunDir, history: &[LocalizeEpoch]) -> Result<(), TrainError> {
+    let mut csv = format!("{},train_iou,val_iou\n", EpochMetrics::CSV_HEADER);
+    for e in history {
+        csv.push_str(&format!(
+            "{},{:.6},{:.6}\n",
+            e.metrics.csv_row(),
+            e.train_iou,
+            e.val_iou
+        ));
+    }
+    let path = run.path.join(METRICS);
+    write_atomic(&path, csv.as_bytes()).map_err(|e| TrainError::io(&path, e))
+}
+
+/// Saves a localizer's weights (burnpack) as `name` in `run`, atomically.
+pub fn save_localizer(run: &RunDir, name: &str, model: &Localizer) -> Result<(), TrainError> {
+    let path = run.path.join(name);
+    let bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
+    write_atomic(&path, &bytes).map_err(|e| TrainError::io(&path, e))
+}
+
+/// Reads a localization run's `config.json`; `None` when the run is another task.
+pub fn read_info(run: &RunDir) -> Result<Option<LocalizeInfo>, TrainError> {
+    let path = run.path.join(CONFIG);
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    if value.get("task").and_then(|t| t.as_str()) != Some("localize") {
+        return Ok(None);
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| TrainError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+/// Builds a localization run's model and loads its best weights.
+pub fn load_localizer(
+    run: &RunDir,
+    info: &LocalizeInfo,
+    device: &Device,
+) -> Result<Localizer, TrainError> {
+    let model = build_localizer(&info.config, info.class_names.len(), device)?;
+    let path = run.path.join(BEST);
+    if !path.is_file() {
+        return Err(TrainError::io(
+            &path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
+    }
+    let record =
+        ModuleRecord::load(&path).map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| TrainError::Record(path, e.to_string()))
+}
+
+/// A localizer's answer for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// Class index.
+    pub class: usize,
+    /// Its softmax probability.
+    pub probability: f32,
+    /// `[x0, y0, x1, y1]` in the input's pixels.
+    pub bbox: [f32; 4],
+}
+
+/// Runs `model` on one image file: grayscale, resized to the run's input; the box is given
+/// in the original image's pixels.
+pub fn locate_file(
+    model: &Localizer,
+    info: &LocalizeInfo,
+    path: &Path,
+    invert: bool,
+) -> Result<(Located, image::DynamicImage), TrainError> {
+    let img = image::open(path).map_err(|e| TrainError::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let [_, h, w] = info.input;
+    let mut pixels = crate::predict::load_grayscale(path, h, w)?;
+    if invert {
+        pixels.iter_mut().for_each(|p| *p = 255 - *p);
+    }
+    let device = crate::eval::device_of(&model.backbone);
+    let values: Vec<f32> = pixels.iter().map(|&p| info.normalize.apply(p)).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, h, w]), &device);
+    let out = model.forward(x);
+    let probs = softmax(out.logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let (class, probability) = probs
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0));
+    let e = out
+        .boxes
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let b = decode_box([e[0], e[1], e[2], e[3]], [h, w]);
+    let (sx, sy) = (
+        img.width() as f32 / w as f32,
+        img.height() as f32 / h as f32,
+    );
+    Ok((
+        Located {
+            class,
+            probability,
+            bbox: [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy],
+        },
+        img,
+    ))
+}
+
+/// Draws `bbox` (2-pixel frame) and a label strip above it onto `img`.
+pub fn draw_box(img: &mut RgbImage, bbox: [f32; 4], label: &str, color: Rgb<u8>) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let [x0, y0, x1, y1] = bbox.map(|v| v.round() as i64);
+    let mut put = |x: i64, y: i64| {
+        if (0..w).contains(&x) && (0..h).contains(&y) {
+            img.put_pixel(x as u32, y as u32, color);
+        }
+    };
+    for t in 0..2 {
+        for x in x0..x1 {
+            put(x, y0 + t);
+            put(x, y1 - 1 - t);
+        }
+        for y in y0..y1 {
+            put(x0 + t, y);
+            put(x1 - 1 - t, y);
+        }
+    }
+    crate::plot::draw_label(img, label, x0.max(0) as u32, (y0 - 14).max(0) as u32, color);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_encode_and_decode() {
+        let b = [8.0, 16.0, 40.0, 32.0];
+        let e = encode_box(b, [64, 64]);
+        assert_eq!(e, [0.375, 0.375, 0.5, 0.25]);
+        assert_eq!(decode_box(e, [64, 64]), b);
+        // Decoding clips to the image and never inverts a box.
+        assert_eq!(
+            decode_box([0.0, 1.0, 0.5, -0.2], [64, 64]),
+            [0.0, 64.0, 16.0, 64.0]
+        );
+    }
+
+    #[test]
+    fn a_tiny_localizer_learns_and_reports_accuracy_and_iou() {
+        let dataset = konv_datasets::mnist::embedded_fashion_mnist();
+        let mut config = LocalizeConfig::new("resnet20");
+        config.canvas.size = 40;
+        config.canvas.scale_max = 1.4;
+        config.stem_stride = 2;
+        config.box_grid = 2;
+        config.epochs = 2;
+        config.batch_size = 16;
+        config.limit = Some(480);
+        config.val_size = 32;
+        config.lr = 0.02;
+        config.augment = "flip".parse().unwrap();
+        let mut data = LocalizeData::generate(&dataset, &config).unwrap();
+        data.test = data.test.select(&(0..48).collect::<Vec<_>>());
+        assert_eq!((data.train.len(), data.val.len()), (448, 32));
+        let names: Vec<String> = dataset
+            .class_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let dir = std::env::temp_dir().join(format!("konv-loc-run-{}", std::process::id()));
+        let run = RunDir::create(&dir).unwrap();
+        let out = train_localizer(
+            &config,
+            &names,
+            &data,
+            &Device::flex(),
+            Some(&run),
+            &mut crate::observer::Silent,
+        )
+        .unwrap();
+        assert_eq!(out.history.len(), 2);
+        assert_eq!(out.test.count, 48);
+        // Starting from the average box, the boxes overlap from the first epoch on.
+        assert!((0.1..=1.0).contains(&out.test.mean_iou), "{:?}", out.test);
+        // The saved run reloads to the same evaluation.
+        let info = read_info(&run).unwrap().expect("a localization run");
+        assert_eq!(info.config, config);
+        let model = load_localizer(&run, &info, &Device::flex()).unwrap();
+        let again = evaluate_localizer(
+            &model,
+            &data.test,
+            info.normalize,
+            &config.loss_weights,
+            config.box_loss,
+            16,
+            10,
+        );
+        assert_eq!((again.accuracy, again.count), (out.test.accuracy, 48));
+        assert!((again.mean_iou - out.test.mean_iou).abs() < 1e-6);
+        let csv = std::fs::read_to_string(dir.join(METRICS)).unwrap();
+        assert!(csv.lines().next().unwrap().ends_with("train_iou,val_iou"));
+        assert_eq!(csv.lines().count(), 3);
+        let mut bad = config.clone();
+        bad.loss_weights = LossWeights(vec![1.0]);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("two weights")
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
