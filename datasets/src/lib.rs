@@ -5,10 +5,13 @@
 //!   location, a download, or the Fashion-MNIST subset built into konv.
 //! - [`localization`]: items placed on a larger canvas with their class and box, and real
 //!   images with CSV/JSON boxes.
+//! - [`segmentation`]: several items per canvas with a class for every pixel, and real
+//!   images with mask PNGs.
 
 pub mod idx;
 pub mod localization;
 pub mod mnist;
+pub mod segmentation;
 
 pub use idx::{IdxError, IdxImages};
 pub use mnist::{DataError, DataSource, Dataset, DatasetName, ImageSet, Locator};

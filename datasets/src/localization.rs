@@ -373,8 +373,8 @@ mod tests {
                 pixels[r * 28 + c] = 200;
             }
         }
-        for i in 28 * 28..3 * 28 * 28 {
-            pixels[i] = if (i / 28) % 2 == 0 && i % 3 == 0 {
+        for (i, p) in pixels.iter_mut().enumerate().skip(28 * 28) {
+            *p = if (i / 28) % 2 == 0 && i % 3 == 0 {
                 150
             } else {
                 0

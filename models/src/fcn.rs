@@ -134,8 +134,8 @@ impl Backbone {
                 1 << pools
             }
             Backbone::ResNet(resnet) => {
-                let stem = if resnet.maxpool.is_some() { 4 } else { 1 };
-                stem << (resnet.stages().count() - 1)
+                let pool = if resnet.maxpool.is_some() { 2 } else { 1 };
+                (resnet.conv1.stride[0] * pool) << (resnet.stages().count() - 1)
             }
         }
     }

@@ -764,7 +764,9 @@ fn small_resnet_depth(name: &str) -> Option<usize> {
         .then_some((layers - 2) / 6)
 }
 
-fn resnet_config(name: &str, num_classes: usize, in_channels: usize) -> Option<ResNetConfig> {
+/// The configuration of ResNet `name` (any of the ImageNet or small-image family), for
+/// building variants such as FCN backbones; `None` for other names.
+pub fn resnet_config(name: &str, num_classes: usize, in_channels: usize) -> Option<ResNetConfig> {
     let config = match name {
         "resnet18" => ResNetConfig::resnet18(num_classes),
         "resnet34" => ResNetConfig::resnet34(num_classes),

@@ -83,6 +83,10 @@ pub struct ResNetConfig {
     /// Shortcut where the shape changes.
     #[config(default = "Shortcut::Projection")]
     pub shortcut: Shortcut,
+    /// Stride of the small-image stem's 3×3 convolution (2 runs a 64×64 input at the cost
+    /// of 32×32, for generated canvases; the ImageNet stem is always 7×7/2).
+    #[config(default = 1)]
+    pub stem_stride: usize,
 }
 
 impl ResNetConfig {
@@ -130,7 +134,14 @@ impl ResNetConfig {
         );
         let (conv1, maxpool) = if self.small_input {
             (
-                conv([self.in_channels, self.width], 3, 1, 1, false, device),
+                conv(
+                    [self.in_channels, self.width],
+                    3,
+                    self.stem_stride.max(1),
+                    1,
+                    false,
+                    device,
+                ),
                 None,
             )
         } else {

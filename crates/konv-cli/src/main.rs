@@ -296,10 +296,18 @@ struct TrainArgs {
     /// Run folder (default: runs/MODEL-DATASET-TIME).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// What to learn: classify, or localize (one item per generated canvas: its class and
-    /// bounding box, a two-head model of the zoo; metrics accuracy and mean IoU).
-    #[arg(long, default_value = "classify", value_parser = ["classify", "localize"])]
+    /// What to learn: classify; localize (one item per generated canvas: its class and
+    /// bounding box, a two-head model of the zoo; metrics accuracy and mean IoU); or segment
+    /// (several items per canvas, a class per pixel: --model fcn32s|fcn16s|fcn8s with
+    /// --backbone; metrics pixel accuracy and mean IoU).
+    #[arg(long, default_value = "classify", value_parser = ["classify", "localize", "segment"])]
     task: String,
+    /// --task segment: the FCN's backbone, a ResNet of the zoo.
+    #[arg(long, default_value = "resnet20")]
+    backbone: String,
+    /// --task segment: fewest and most items per canvas.
+    #[arg(long, default_value = "2,4", value_parser = parse_pair::<usize>)]
+    items: (usize, usize),
     /// --task localize: weights of the class and box losses (Keras' loss_weights).
     #[arg(long, default_value = "0.8,0.2")]
     loss_weights: konv_train::loss::LossWeights,
@@ -314,12 +322,14 @@ struct TrainArgs {
     /// 64×64 canvases at the cost of 32×32.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
     stem_stride: u32,
-    /// --task localize: canvas side in pixels.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(28..=512))]
-    canvas: u32,
-    /// --task localize: smallest and largest item scale (the 28×28 item × scale).
-    #[arg(long, default_value = "1.0,2.0", value_delimiter = ',', num_args = 2)]
-    scale: Vec<f32>,
+    /// --task localize/segment: canvas side in pixels (default 64 to localize, 96 to
+    /// segment).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(28..=512))]
+    canvas: Option<u32>,
+    /// --task localize/segment: smallest and largest item scale, the 28×28 item × scale
+    /// (default 1.0,2.0 to localize, 1.0,1.5 to segment).
+    #[arg(long, value_parser = parse_pair::<f32>)]
+    scale: Option<(f32, f32)>,
     /// --task localize: Gaussian pixel noise, as a fraction of white.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     noise: f64,
@@ -382,12 +392,28 @@ struct PredictArgs {
     /// cpu (Flex), flex, ndarray, wgpu.
     #[arg(long, default_value = "cpu")]
     backend: BackendName,
-    /// The run's task, checked against the run (classify or localize; default: the run's).
-    #[arg(long, value_parser = ["classify", "localize"])]
+    /// The run's task, checked against the run (classify, localize or segment; default: the
+    /// run's).
+    #[arg(long, value_parser = ["classify", "localize", "segment"])]
     task: Option<String>,
-    /// Folder for the pictures of --task localize (each image with its box and label).
+    /// Folder for the pictures of --task localize (each image with its box and label) and
+    /// segment (a colour mask and an overlay per image).
     #[arg(long, default_value = "predictions")]
     out: PathBuf,
+}
+
+/// `A,B` as two numbers (a range such as `--scale 1.0,2.0`).
+fn parse_pair<T: std::str::FromStr>(s: &str) -> Result<(T, T), String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    match parts[..] {
+        [a, b] => match (a.parse(), b.parse()) {
+            (Ok(a), Ok(b)) => Ok((a, b)),
+            _ => Err(format!("`{s}`: give two numbers, smallest first, e.g. 1,2")),
+        },
+        _ => Err(format!(
+            "`{s}`: give two numbers separated by a comma, e.g. 1,2"
+        )),
+    }
 }
 
 fn parse_dataset(s: &str) -> Result<DatasetName, String> {
@@ -473,6 +499,9 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     }
     if args.task == "localize" {
         return train_localize(&args, &dataset, val_size, mode);
+    }
+    if args.task == "segment" {
+        return train_segment(&args, &dataset, mode);
     }
     if let Some(dir) = &args.resume {
         return resume_run(dir, &args, &dataset, mode);
@@ -606,9 +635,9 @@ fn train_localize(
         stem_stride: args.stem_stride as usize,
         dataset: args.dataset.to_string(),
         canvas: CanvasSpec {
-            size: args.canvas as usize,
-            scale_min: args.scale[0],
-            scale_max: args.scale[1],
+            size: args.canvas.map_or(64, |c| c as usize),
+            scale_min: args.scale.map_or(1.0, |s| s.0),
+            scale_max: args.scale.map_or(2.0, |s| s.1),
             noise: args.noise as f32,
             clutter: args.clutter,
         },
@@ -681,6 +710,118 @@ fn train_localize(
         100.0 * outcome.test.accuracy,
         outcome.test.mean_iou,
         100.0 * outcome.test.iou50,
+        outcome.best_epoch,
+        outcome.test.count,
+        started.elapsed().as_secs_f64(),
+        out.join(run::BEST).display()
+    );
+    Ok(())
+}
+
+fn train_segment(
+    args: &TrainArgs,
+    dataset: &konv_datasets::Dataset,
+    mode: OutputMode,
+) -> Result<()> {
+    use konv_train::segment::{SceneSpec, SegmentConfig, SegmentData, train_segmenter};
+    for (given, flag) in [
+        (args.resume.is_some(), "--resume"),
+        (args.init_from.is_some(), "--init-from"),
+        (args.classes.is_some(), "--classes"),
+        (args.freeze_epochs > 0, "--freeze-epochs"),
+    ] {
+        if given {
+            bail!("{flag} is not available with --task segment yet; drop it");
+        }
+    }
+    // `--model fcn8s --backbone resnet20`, or the zoo's name `fcn8s-resnet20`.
+    let (variant, backbone) = match args.model.split_once('-') {
+        Some((v, b)) if v.starts_with("fcn") => (v.to_string(), b.to_string()),
+        _ => (args.model.clone(), args.backbone.clone()),
+    };
+    if !variant.starts_with("fcn") {
+        bail!(
+            "--model {}: --task segment trains fcn32s, fcn16s or fcn8s (a classifier cannot label pixels)",
+            args.model
+        );
+    }
+    let device = args.backend.open()?;
+    let config = SegmentConfig {
+        variant,
+        backbone,
+        stem_stride: args.stem_stride as usize,
+        dataset: args.dataset.to_string(),
+        scene: SceneSpec {
+            size: args.canvas.map_or(96, |c| c as usize),
+            items_min: args.items.0,
+            items_max: args.items.1,
+            scale_min: args.scale.map_or(1.0, |s| s.0),
+            scale_max: args.scale.map_or(1.5, |s| s.1),
+        },
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size as usize,
+        lr: args.lr,
+        lr_schedule: args.lr_schedule.clone(),
+        optimizer: args.optimizer,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        weight_decay: args.weight_decay,
+        augment: args.augment.clone(),
+        seed: args.seed,
+        val_size: args
+            .val_size
+            .unwrap_or(if dataset.is_subset() { 500 } else { 2000 }),
+        limit: args.limit,
+    };
+    config.validate()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!(
+            "{}-{}-{}-{secs}",
+            config.variant, config.backbone, config.dataset
+        ))
+    });
+    if out.join(run::CONFIG).exists() {
+        bail!(
+            "{}: already holds a run; choose another --out",
+            out.display()
+        );
+    }
+    let data = SegmentData::generate(dataset, &config)?;
+    let mut names = vec!["background".to_string()];
+    names.extend(dataset.class_names().iter().map(|s| s.to_string()));
+    let run_dir = RunDir::create(&out)?;
+    if mode != OutputMode::Quiet {
+        println!(
+            "segmenting with {} over {} on {}×{} scenes of {} ({}): {} train / {} validation / {} test scenes, run folder {}",
+            config.variant,
+            config.backbone,
+            config.scene.size,
+            config.scene.size,
+            config.dataset,
+            dataset.source,
+            data.train.len(),
+            data.val.len(),
+            data.test.len(),
+            out.display()
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let outcome = train_segmenter(
+        &config,
+        &names,
+        &data,
+        &device,
+        Some(&run_dir),
+        &mut observer,
+    )?;
+    println!(
+        "test mean IoU {:.3}, pixel accuracy {:.2}% (best validation epoch {}, {} test scenes), {:.0}s in all; weights in {}",
+        outcome.test.mean_iou,
+        100.0 * outcome.test.pixel_accuracy,
         outcome.best_epoch,
         outcome.test.count,
         started.elapsed().as_secs_f64(),
@@ -820,7 +961,7 @@ fn eval_localize(
     use konv_train::localize::{LocalizeData, evaluate_localizer, load_localizer};
     let name = DatasetName::parse(&info.config.dataset)
         .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
-    let dataset = args.data.locator().load(name)?;
+    let dataset = args.data.load(name)?;
     let model = load_localizer(run_dir, info, device)?;
     let data = LocalizeData::generate(&dataset, &info.config)?;
     let report = evaluate_localizer(
@@ -848,11 +989,52 @@ fn eval_localize(
     Ok(())
 }
 
+/// Regenerates a segmentation run's test scenes and reports pixel accuracy and IoU.
+fn eval_segment(
+    run_dir: &RunDir,
+    info: &konv_train::segment::SegmentInfo,
+    args: &EvalArgs,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    use konv_train::segment::{SegmentData, evaluate_segmenter, load_fcn};
+    let name = DatasetName::parse(&info.config.dataset)
+        .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
+    let dataset = args.data.load(name)?;
+    let model = load_fcn(run_dir, info, device)?;
+    let data = SegmentData::generate(&dataset, &info.config)?;
+    let report = evaluate_segmenter(
+        &model,
+        &data.test,
+        info.normalize,
+        args.batch_size.clamp(1, 64),
+        info.class_names.len(),
+    );
+    println!(
+        "{}: test mean IoU {:.3}, pixel accuracy {:.2}% ({} scenes of {} test items, loss {:.4})",
+        run_dir.path.display(),
+        report.mean_iou,
+        100.0 * report.pixel_accuracy,
+        report.count,
+        info.config.dataset,
+        report.loss
+    );
+    for (name, iou) in info.class_names.iter().zip(&report.class_iou) {
+        match iou {
+            Some(v) => println!("  {name:<12} IoU {v:.3}"),
+            None => println!("  {name:<12} (absent)"),
+        }
+    }
+    Ok(())
+}
+
 fn cmd_eval(args: EvalArgs) -> Result<()> {
     let (run_dir, weights) = resolve_run(args.run.as_deref(), args.checkpoint.as_deref())?;
     let device = args.backend.open()?;
     if let Some(info) = konv_train::localize::read_info(&run_dir)? {
         return eval_localize(&run_dir, &info, &args, &device);
+    }
+    if let Some(info) = konv_train::segment::read_info(&run_dir)? {
+        return eval_segment(&run_dir, &info, &args, &device);
     }
     let (info, model) = run::load_run_model(&run_dir, weights.as_deref(), &device)?;
     let name = DatasetName::parse(&info.config.dataset)
@@ -926,6 +1108,64 @@ fn predict_localize(
     Ok(())
 }
 
+fn predict_segment(
+    run_dir: &RunDir,
+    info: &konv_train::segment::SegmentInfo,
+    args: &PredictArgs,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    use konv_train::segment::{load_fcn, segment_file};
+    let model = load_fcn(run_dir, info, device)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create the folder", args.out.display()))?;
+    for path in &args.images {
+        let (labels, mask, overlay) = segment_file(&model, info, path, args.invert)?;
+        let stem = path
+            .file_stem()
+            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+        let (mask_file, overlay_file) = (
+            args.out.join(format!("{stem}-mask.png")),
+            args.out.join(format!("{stem}-overlay.png")),
+        );
+        mask.save(&mask_file)
+            .with_context(|| format!("{}: cannot write", mask_file.display()))?;
+        overlay
+            .save(&overlay_file)
+            .with_context(|| format!("{}: cannot write", overlay_file.display()))?;
+        let mut counts = vec![0usize; info.class_names.len()];
+        for &l in &labels {
+            if let Some(c) = counts.get_mut(usize::from(l)) {
+                *c += 1;
+            }
+        }
+        let found: Vec<String> = counts
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|&(_, &c)| c > 0)
+            .map(|(i, &c)| {
+                format!(
+                    "{} {:.1}%",
+                    info.class_names[i],
+                    100.0 * c as f64 / labels.len() as f64
+                )
+            })
+            .collect();
+        println!(
+            "{}: {} → {}, {}",
+            path.display(),
+            if found.is_empty() {
+                "background only".to_string()
+            } else {
+                found.join(", ")
+            },
+            mask_file.display(),
+            overlay_file.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_predict(args: PredictArgs) -> Result<()> {
     let device = args.backend.open()?;
     if let (Some(name), Some(weights)) = (&args.model, &args.weights) {
@@ -937,19 +1177,23 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
         .context("pass --run DIR, or --model NAME --weights FILE")?;
     let run_dir = RunDir::open(run)?;
     let localize = konv_train::localize::read_info(&run_dir)?;
-    match (args.task.as_deref(), &localize) {
-        (Some("localize"), None) => bail!(
-            "--task localize: {} is a classification run; train one with `konv train --task localize`",
+    let segment = konv_train::segment::read_info(&run_dir)?;
+    let task = match (&localize, &segment) {
+        (Some(_), _) => "localize",
+        (_, Some(_)) => "segment",
+        _ => "classify",
+    };
+    if let Some(asked) = args.task.as_deref().filter(|&t| t != task) {
+        bail!(
+            "--task {asked}: {} is a {task} run; train one with `konv train --task {asked}`, or leave --task out",
             run.display()
-        ),
-        (Some("classify"), Some(_)) => bail!(
-            "--task classify: {} is a localization run; use --task localize (or leave --task out)",
-            run.display()
-        ),
-        _ => {}
+        );
     }
     if let Some(info) = localize {
         return predict_localize(&run_dir, &info, &args, &device);
+    }
+    if let Some(info) = segment {
+        return predict_segment(&run_dir, &info, &args, &device);
     }
     let (info, model) = run::load_run_model(&run_dir, None, &device)?;
     let [_, h, w] = info.input;

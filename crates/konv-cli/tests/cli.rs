@@ -675,3 +675,132 @@ fn filters_write_feature_maps_of_the_lectures_sizes() {
     assert_clear_error(&out, "no-such-run");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn localize_and_segment_train_eval_and_predict() {
+    let dir = temp_dir("tasks");
+    let common = [
+        "--embedded",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--limit",
+        "240",
+        "--val-size",
+        "40",
+        "--stem-stride",
+        "2",
+        "--quiet",
+    ];
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train"];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        konv(&args, &dir)
+    };
+    let out = train(&[
+        "--task", "localize", "--model", "resnet20", "--canvas", "40", "--scale", "1.0,1.4",
+        "--out", "loc",
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("test accuracy") && log.contains("mean IoU"),
+        "{log}"
+    );
+    let out = konv(&["eval", "--run", "loc", "--embedded"], &dir);
+    let log = text(&out);
+    assert!(out.status.success() && log.contains("mean IoU"), "{log}");
+    image::GrayImage::from_fn(80, 60, |x, y| {
+        image::Luma([if (20..50).contains(&x) && (10..40).contains(&y) {
+            220
+        } else {
+            0
+        }])
+    })
+    .save(dir.join("item.png"))
+    .unwrap();
+    let out = konv(
+        &[
+            "predict", "--run", "loc", "--task", "localize", "item.png", "--out", "boxes",
+        ],
+        &dir,
+    );
+    let log = text(&out);
+    assert!(out.status.success() && log.contains("box x"), "{log}");
+    assert_eq!(
+        image::image_dimensions(dir.join("boxes/item-box.png")).unwrap(),
+        (80, 60)
+    );
+    assert_clear_error(
+        &konv(
+            &["predict", "--run", "loc", "--task", "segment", "item.png"],
+            &dir,
+        ),
+        "is a localize run",
+    );
+
+    let out = train(&[
+        "--task",
+        "segment",
+        "--model",
+        "fcn8s",
+        "--backbone",
+        "resnet20",
+        "--canvas",
+        "48",
+        "--scale",
+        "1.0,1.2",
+        "--out",
+        "seg",
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("test mean IoU"), "{log}");
+    let out = konv(&["eval", "--run", "seg", "--embedded"], &dir);
+    let log = text(&out);
+    assert!(out.status.success() && log.contains("background"), "{log}");
+    let out = konv(
+        &["predict", "--run", "seg", "item.png", "--out", "masks"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for name in ["item-mask.png", "item-overlay.png"] {
+        assert_eq!(
+            image::image_dimensions(dir.join("masks").join(name)).unwrap(),
+            (80, 60)
+        );
+    }
+
+    // Bad input: each one line, nothing trained.
+    assert_clear_error(
+        &train(&[
+            "--task",
+            "localize",
+            "--model",
+            "resnet20",
+            "--loss-weights",
+            "1",
+            "--out",
+            "x1",
+        ]),
+        "give two weights",
+    );
+    assert_clear_error(
+        &train(&["--task", "segment", "--model", "resnet20", "--out", "x2"]),
+        "fcn32s, fcn16s or fcn8s",
+    );
+    assert_clear_error(
+        &train(&[
+            "--task", "localize", "--model", "resnet20", "--canvas", "40", "--out", "x3",
+        ]),
+        "larger than the 40×40 canvas",
+    );
+    assert_clear_error(
+        &konv(&["predict", "--run", "loc", "missing.png"], &dir),
+        "missing.png",
+    );
+    assert!(!dir.join("x1").exists() && !dir.join("x2").exists() && !dir.join("x3").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

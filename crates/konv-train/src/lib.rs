@@ -40,6 +40,7 @@ pub mod plot;
 pub mod predict;
 pub mod run;
 pub mod schedule;
+pub mod segment;
 pub mod train;
 
 /// What can go wrong while training, evaluating or predicting.

@@ -1,0 +1,692 @@
+//! Semantic segmentation with FCN: training, evaluation and prediction of an [`Fcn`] on a
+//! [`SegmentationSet`] (a class for every pixel, background included).
+//!
+//! The loss is the per-pixel cross-entropy averaged over the labelled pixels (pixels
+//! marked [`IGNORE`] count for nothing, as PyTorch's `ignore_index=255`); the metrics are
+//! pixel accuracy and the mean IoU over the classes that occur (the FCN paper's figures).
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::activation::log_softmax;
+use image::{Rgb, RgbImage};
+use konv_datasets::segmentation::{IGNORE, SceneConfig, SegmentationSet};
+use konv_datasets::{Dataset, ImageSet};
+use konv_models::fcn::{BackboneConfig, Fcn, FcnConfig, FcnVariant};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::augment::{Image, Mask, Pipeline, Sample};
+use crate::data::Normalize;
+use crate::localize::pixel_stats;
+use crate::metrics::SegmentationMetrics;
+use crate::observer::Observer;
+use crate::optim::{OptimizerName, OptimizerSettings};
+use crate::run::{BEST, CONFIG, METRICS, RunDir, write_atomic};
+use crate::schedule::{LrSchedule, ScheduleDriver};
+use crate::train::{EpochMetrics, epoch_seed};
+
+/// How the scenes of a generated set are drawn (serializable [`SceneConfig`] without seed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SceneSpec {
+    /// Canvas side.
+    pub size: usize,
+    /// Fewest items per canvas.
+    pub items_min: usize,
+    /// Most items per canvas.
+    pub items_max: usize,
+    /// Smallest item scale.
+    pub scale_min: f32,
+    /// Largest item scale.
+    pub scale_max: f32,
+}
+
+impl Default for SceneSpec {
+    fn default() -> Self {
+        let c = SceneConfig::default();
+        Self {
+            size: c.size,
+            items_min: c.items.0,
+            items_max: c.items.1,
+            scale_min: c.scale.0,
+            scale_max: c.scale.1,
+        }
+    }
+}
+
+impl SceneSpec {
+    /// The generator settings with `seed`.
+    pub fn with_seed(&self, seed: u64) -> SceneConfig {
+        SceneConfig {
+            size: self.size,
+            items: (self.items_min, self.items_max),
+            scale: (self.scale_min, self.scale_max),
+            seed,
+        }
+    }
+}
+
+/// Everything that shapes a segmentation run; saved in the run's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentConfig {
+    /// `fcn32s`, `fcn16s` or `fcn8s`.
+    pub variant: String,
+    /// A ResNet of the zoo (`resnet20`, `resnet18`, …).
+    pub backbone: String,
+    /// Stride of the backbone's stem (small-image ResNets): 2 makes ResNet-20's stages
+    /// 1/2, 1/4, 1/8 of the input, so that FCN-32s, -16s and -8s upsample ×8, ×4, ×2.
+    pub stem_stride: usize,
+    /// Dataset the items come from.
+    pub dataset: String,
+    /// The generated scenes.
+    pub scene: SceneSpec,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub lr_schedule: LrSchedule,
+    /// Optimizer.
+    pub optimizer: OptimizerName,
+    /// Momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Weight decay (not on biases and batch-norm parameters).
+    pub weight_decay: f64,
+    /// Augmentation (geometric steps move the mask with the image).
+    pub augment: Pipeline,
+    /// Seed of the scenes, shuffles and initialization.
+    pub seed: u64,
+    /// Training items held out for validation scenes.
+    pub val_size: usize,
+    /// Use only the first N training items.
+    pub limit: Option<usize>,
+}
+
+impl SegmentConfig {
+    /// Defaults: FCN `variant` over `backbone`, SGD Nesterov with one-cycle.
+    pub fn new(variant: &str, backbone: &str) -> Self {
+        Self {
+            variant: variant.to_string(),
+            backbone: backbone.to_string(),
+            stem_stride: 1,
+            dataset: "fashion-mnist".into(),
+            scene: SceneSpec::default(),
+            epochs: 5,
+            batch_size: 32,
+            lr: 0.05,
+            lr_schedule: LrSchedule::OneCycle {
+                pct: 0.3,
+                div: 25.0,
+                final_div: 1e4,
+            },
+            optimizer: OptimizerName::Sgd,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            augment: Pipeline::default(),
+            seed: 42,
+            val_size: 2000,
+            limit: None,
+        }
+    }
+
+    fn fcn_variant(&self) -> Result<FcnVariant, TrainError> {
+        match self.variant.as_str() {
+            "fcn32s" => Ok(FcnVariant::Fcn32s),
+            "fcn16s" => Ok(FcnVariant::Fcn16s),
+            "fcn8s" => Ok(FcnVariant::Fcn8s),
+            other => Err(TrainError::Config(format!(
+                "--model {other}: segmentation models are fcn32s, fcn16s and fcn8s (with --backbone)"
+            ))),
+        }
+    }
+
+    /// Checks the settings before anything is written.
+    ///
+    /// # Errors
+    /// A one-line description of the first bad setting.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.fcn_variant()?;
+        if konv_models::registry::resnet_config(&self.backbone, 1, 1).is_none() {
+            return Err(TrainError::Config(format!(
+                "--backbone {}: FCN here builds on the ResNets (resnet20, resnet32, …, resnet18, resnet50, …)",
+                self.backbone
+            )));
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(TrainError::Config(
+                "--epochs and --batch-size must be at least 1".into(),
+            ));
+        }
+        self.scene
+            .with_seed(0)
+            .validate(28)
+            .map_err(|e| TrainError::Config(format!("--canvas/--scale/--items: {e}")))
+    }
+}
+
+/// What a segmentation run folder records besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// Always `segment`.
+    pub task: String,
+    /// The settings.
+    pub config: SegmentConfig,
+    /// Label names: `background`, then the dataset's classes.
+    pub class_names: Vec<String>,
+    /// Input standardization (from the training scenes).
+    pub normalize: Normalize,
+    /// `[channels, height, width]` of the input.
+    pub input: [usize; 3],
+}
+
+/// The generated sets of a run.
+#[derive(Debug, Clone)]
+pub struct SegmentData {
+    /// Scenes of the training items.
+    pub train: SegmentationSet,
+    /// Scenes of the held-out training items.
+    pub val: SegmentationSet,
+    /// Scenes of the test items.
+    pub test: SegmentationSet,
+    /// Standardization of the training pixels.
+    pub normalize: Normalize,
+}
+
+impl SegmentData {
+    /// Generates the three sets from `dataset`.
+    ///
+    /// # Errors
+    /// Settings that do not fit, or no training items left.
+    pub fn generate(dataset: &Dataset, config: &SegmentConfig) -> Result<Self, TrainError> {
+        let items: ImageSet = match config.limit {
+            Some(n) => dataset.train.take(n),
+            None => dataset.train.clone(),
+        };
+        if config.val_size >= items.len() {
+            return Err(TrainError::Config(format!(
+                "--val-size {} leaves no training items (there are {})",
+                config.val_size,
+                items.len()
+            )));
+        }
+        let (train_items, val_items) = items.split_validation(config.val_size, config.seed);
+        let make = |set: &ImageSet, offset: u64| {
+            SegmentationSet::generate(set, &config.scene.with_seed(config.seed + offset))
+                .map_err(TrainError::Config)
+        };
+        let train = make(&train_items, 0)?;
+        let normalize = pixel_stats(&train.pixels);
+        Ok(Self {
+            val: make(&val_items, 1)?,
+            test: make(&dataset.test, 2)?,
+            train,
+            normalize,
+        })
+    }
+}
+
+/// Builds the FCN `config` describes for `classes` labels (background included).
+pub fn build_fcn(
+    config: &SegmentConfig,
+    classes: usize,
+    device: &Device,
+) -> Result<Fcn, TrainError> {
+    let resnet = konv_models::registry::resnet_config(&config.backbone, 1, 1)
+        .ok_or_else(|| TrainError::Config(format!("--backbone {}: not a ResNet", config.backbone)))?
+        .with_stem_stride(config.stem_stride.max(1));
+    Ok(
+        FcnConfig::new(config.fcn_variant()?, BackboneConfig::ResNet(resnet))
+            .with_num_classes(classes)
+            .init(device),
+    )
+}
+
+fn batch(
+    set: &SegmentationSet,
+    indices: &[usize],
+    normalize: Normalize,
+    augment: Option<(&Pipeline, u64)>,
+    device: &Device,
+) -> (Tensor<4>, Tensor<3, Int>) {
+    let [h, w] = set.size;
+    let mut pixels = Vec::with_capacity(indices.len() * h * w);
+    let mut labels = Vec::with_capacity(indices.len() * h * w);
+    for &i in indices {
+        let mut sample = Sample {
+            image: Image::from_u8(set.image(i), h, w),
+            boxes: Vec::new(),
+            mask: Some(Mask {
+                height: h,
+                width: w,
+                labels: set.mask(i).to_vec(),
+                fill: 0,
+            }),
+        };
+        if let Some((pipeline, seed)) = augment {
+            pipeline.apply_sample(&mut sample, seed, i);
+        }
+        pixels.extend(sample.image.pixels.iter().map(|&v| normalize.apply_unit(v)));
+        let mask = sample.mask.map(|m| m.labels).unwrap_or_default();
+        labels.extend(mask.iter().map(|&l| i64::from(l)));
+    }
+    let n = indices.len();
+    (
+        Tensor::from_data(TensorData::new(pixels, [n, 1, h, w]), device),
+        Tensor::from_data(TensorData::new(labels, [n, h, w]), device),
+    )
+}
+
+/// Per-pixel cross-entropy of `logits` `[batch, classes, h, w]` against `labels`
+/// `[batch, h, w]`, averaged over the pixels not labelled [`IGNORE`].
+pub fn pixel_cross_entropy(logits: Tensor<4>, labels: Tensor<3, Int>) -> Tensor<1> {
+    let [n, c, h, w] = logits.dims();
+    let logp = log_softmax(logits.permute([0, 2, 3, 1]).reshape([n * h * w, c]), 1);
+    let labels = labels.reshape([n * h * w]);
+    let valid = labels.clone().lower_elem(c as i64).float();
+    let picked = logp
+        .gather(1, labels.clamp(0, c as i64 - 1).unsqueeze_dim::<2>(1))
+        .reshape([n * h * w]);
+    let count = valid.clone().sum().clamp_min(1.0);
+    (picked * valid).sum().neg() / count
+}
+
+/// Pixel accuracy, IoU per label and mean IoU of a segmenter on a set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentEval {
+    /// Images.
+    pub count: usize,
+    /// Share of labelled pixels predicted right.
+    pub pixel_accuracy: f64,
+    /// Mean IoU over the labels that occur.
+    pub mean_iou: f64,
+    /// IoU of each label (`None`: absent from targets and predictions).
+    pub class_iou: Vec<Option<f64>>,
+    /// Mean per-pixel cross-entropy.
+    pub loss: f64,
+}
+
+/// The label of every pixel of `logits` `[batch, classes, h, w]`: `batch × h × w` bytes.
+pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
+    logits
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l as u8)
+        .collect()
+}
+
+/// Evaluates `model` (inference mode) on `set`.
+pub fn evaluate_segmenter(
+    model: &Fcn,
+    set: &SegmentationSet,
+    normalize: Normalize,
+    batch_size: usize,
+    classes: usize,
+) -> SegmentEval {
+    let device = fcn_device(model);
+    let mut metrics = SegmentationMetrics::new(classes, Some(IGNORE));
+    let mut loss_sum = 0.0;
+    let indices: Vec<usize> = (0..set.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let (x, y) = batch(set, chunk, normalize, None, &device);
+        let logits = model.forward(x);
+        loss_sum +=
+            pixel_cross_entropy(logits.clone(), y).into_scalar::<f64>() * chunk.len() as f64;
+        let predicted = argmax_labels(logits);
+        let targets: Vec<u8> = chunk.iter().flat_map(|&i| set.mask(i).to_vec()).collect();
+        metrics.update(&predicted, &targets);
+    }
+    SegmentEval {
+        count: set.len(),
+        pixel_accuracy: metrics.pixel_accuracy(),
+        mean_iou: metrics.mean_iou(),
+        class_iou: metrics.class_iou(),
+        loss: loss_sum / set.len().max(1) as f64,
+    }
+}
+
+fn fcn_device(model: &Fcn) -> Device {
+    model.score_fr.weight.device()
+}
+
+/// One epoch of a segmentation run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentEpoch {
+    /// Loss, pixel accuracy (as "accuracy"), lr and speed.
+    pub metrics: EpochMetrics,
+    /// Mean IoU on the validation scenes.
+    pub val_iou: f64,
+}
+
+/// The end of a segmentation run.
+#[derive(Debug, Clone)]
+pub struct SegmentOutcome {
+    /// The weights of the best validation epoch (highest mean IoU).
+    pub model: Fcn,
+    /// Every epoch.
+    pub history: Vec<SegmentEpoch>,
+    /// Which epoch `model` is.
+    pub best_epoch: usize,
+    /// On the test scenes.
+    pub test: SegmentEval,
+}
+
+/// Trains an FCN on `data`, writing `config.json`, `metrics.csv` and `best.bpk` into `run`.
+///
+/// # Errors
+/// Bad settings, a diverging loss, or a run folder that cannot be written.
+pub fn train_segmenter(
+    config: &SegmentConfig,
+    class_names: &[String],
+    data: &SegmentData,
+    device: &Device,
+    run: Option<&RunDir>,
+    observer: &mut dyn Observer,
+) -> Result<SegmentOutcome, TrainError> {
+    config.validate()?;
+    let classes = class_names.len();
+    let train_device = device.clone().autodiff();
+    train_device.seed(config.seed);
+    let mut model = build_fcn(config, classes, &train_device)?;
+    let [h, w] = data.train.size;
+    if let Some(run) = run {
+        let info = SegmentInfo {
+            task: "segment".into(),
+            config: config.clone(),
+            class_names: class_names.to_vec(),
+            normalize: data.normalize,
+            input: [1, h, w],
+        };
+        let json = serde_json::to_vec_pretty(&info).expect("SegmentInfo serializes");
+        let path = run.path.join(CONFIG);
+        write_atomic(&path, &json).map_err(|e| TrainError::io(&path, e))?;
+    }
+    let steps = data.train.len().div_ceil(config.batch_size);
+    let mut optim = OptimizerSettings {
+        name: config.optimizer,
+        momentum: config.momentum,
+        nesterov: config.nesterov,
+        weight_decay: config.weight_decay,
+        no_decay_bias_norm: true,
+        clip_grad_norm: None,
+    }
+    .build(&model);
+    let mut schedule = ScheduleDriver::new(&config.lr_schedule, config.lr, steps, config.epochs)
+        .map_err(TrainError::Config)?;
+    let mut history = Vec::new();
+    let mut best: Option<(f64, Fcn, usize)> = None;
+    for epoch in 1..=config.epochs {
+        let start = Instant::now();
+        let seed = epoch_seed(config.seed, epoch);
+        train_device.seed(seed);
+        let mut order: Vec<usize> = (0..data.train.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        observer.epoch_start(epoch, config.epochs, steps);
+        let (mut loss_sum, mut right, mut counted, mut seen) = (0.0, 0usize, 0usize, 0usize);
+        let mut lr = config.lr;
+        for chunk in order.chunks(config.batch_size) {
+            let augment = (!config.augment.0.is_empty()).then_some((&config.augment, seed));
+            let (x, y) = batch(&data.train, chunk, data.normalize, augment, &train_device);
+            lr = schedule.next_lr();
+            let logits = model.forward(x);
+            let predicted = logits.clone().argmax(1).squeeze_dim::<3>(1);
+            let valid = y.clone().lower_elem(classes as i64);
+            right += predicted
+                .equal(y.clone())
+                .int()
+                .mul(valid.clone().int())
+                .sum()
+                .into_scalar::<i64>() as usize;
+            counted += valid.int().sum().into_scalar::<i64>() as usize;
+            let loss = pixel_cross_entropy(logits, y);
+            let value = loss.clone().into_scalar::<f64>();
+            if !value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: seen / config.batch_size + 1,
+                });
+            }
+            let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            loss_sum += value * chunk.len() as f64;
+            seen += chunk.len();
+            observer.step(
+                seen,
+                loss_sum / seen as f64,
+                right as f64 / counted.max(1) as f64,
+                seen as f64 / start.elapsed().as_secs_f64(),
+            );
+            if observer.interrupted() {
+                return Err(TrainError::Interrupted { epoch });
+            }
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        let valid = model.valid();
+        let val = evaluate_segmenter(
+            &valid,
+            &data.val,
+            data.normalize,
+            config.batch_size,
+            classes,
+        );
+        schedule.epoch_end(val.loss);
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: right as f64 / counted.max(1) as f64,
+            val_loss: val.loss,
+            val_accuracy: val.pixel_accuracy,
+            lr,
+            images_per_sec: seen as f64 / train_secs,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let improved = best.as_ref().is_none_or(|(iou, _, _)| val.mean_iou > *iou);
+        if improved {
+            best = Some((val.mean_iou, valid.clone(), epoch));
+            if let Some(run) = run {
+                save_fcn(run, BEST, &valid)?;
+            }
+        }
+        history.push(SegmentEpoch {
+            metrics: metrics.clone(),
+            val_iou: val.mean_iou,
+        });
+        if let Some(run) = run {
+            let mut csv = format!("{},val_mean_iou\n", EpochMetrics::CSV_HEADER);
+            for e in &history {
+                csv.push_str(&format!("{},{:.6}\n", e.metrics.csv_row(), e.val_iou));
+            }
+            let path = run.path.join(METRICS);
+            write_atomic(&path, csv.as_bytes()).map_err(|e| TrainError::io(&path, e))?;
+        }
+        observer.epoch_end_with(&metrics, improved, &format!("  mIoU {:.3}", val.mean_iou));
+    }
+    let (_, model, best_epoch) = best.expect("at least one epoch ran");
+    let test = evaluate_segmenter(
+        &model,
+        &data.test,
+        data.normalize,
+        config.batch_size,
+        classes,
+    );
+    Ok(SegmentOutcome {
+        model,
+        history,
+        best_epoch,
+        test,
+    })
+}
+
+/// Saves an FCN's weights as `name` in `run`, atomically.
+pub fn save_fcn(run: &RunDir, name: &str, model: &Fcn) -> Result<(), TrainError> {
+    let path = run.path.join(name);
+    let bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
+    write_atomic(&path, &bytes).map_err(|e| TrainError::io(&path, e))
+}
+
+/// Reads a segmentation run's `config.json`; `None` when the run is another task.
+pub fn read_info(run: &RunDir) -> Result<Option<SegmentInfo>, TrainError> {
+    let path = run.path.join(CONFIG);
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    if value.get("task").and_then(|t| t.as_str()) != Some("segment") {
+        return Ok(None);
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| TrainError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+/// Builds a segmentation run's FCN and loads its best weights.
+pub fn load_fcn(run: &RunDir, info: &SegmentInfo, device: &Device) -> Result<Fcn, TrainError> {
+    let model = build_fcn(&info.config, info.class_names.len(), device)?;
+    let path = run.path.join(BEST);
+    let record =
+        ModuleRecord::load(&path).map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| TrainError::Record(path, e.to_string()))
+}
+
+/// A distinct colour per label (background black), PASCAL VOC's bit-interleaved palette.
+pub fn palette(label: u8) -> Rgb<u8> {
+    let (mut r, mut g, mut b) = (0u8, 0u8, 0u8);
+    let mut c = label;
+    for shift in (0..8).rev() {
+        r |= (c & 1) << shift;
+        g |= ((c >> 1) & 1) << shift;
+        b |= ((c >> 2) & 1) << shift;
+        c >>= 3;
+        if c == 0 {
+            break;
+        }
+    }
+    Rgb([r, g, b])
+}
+
+/// Segments one image file (gray, resized to the run's input); returns the label map at the
+/// input size and the colour mask and overlay at the file's own size.
+pub fn segment_file(
+    model: &Fcn,
+    info: &SegmentInfo,
+    path: &Path,
+    invert: bool,
+) -> Result<(Vec<u8>, RgbImage, RgbImage), TrainError> {
+    let img = image::open(path).map_err(|e| TrainError::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let [_, h, w] = info.input;
+    let mut pixels = crate::predict::load_grayscale(path, h, w)?;
+    if invert {
+        pixels.iter_mut().for_each(|p| *p = 255 - *p);
+    }
+    let device = fcn_device(model);
+    let values: Vec<f32> = pixels.iter().map(|&p| info.normalize.apply(p)).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, h, w]), &device);
+    let labels = argmax_labels(model.forward(x));
+    let small = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        palette(labels[y as usize * w + x as usize])
+    });
+    let (fw, fh) = (img.width(), img.height());
+    let mask = image::imageops::resize(&small, fw, fh, image::imageops::FilterType::Nearest);
+    let base = img.to_rgb8();
+    let overlay = RgbImage::from_fn(fw, fh, |x, y| {
+        let (p, m) = (base.get_pixel(x, y), mask.get_pixel(x, y));
+        if m.0 == [0, 0, 0] {
+            *p
+        } else {
+            Rgb([0, 1, 2].map(|c| ((u16::from(p[c]) + u16::from(m[c])) / 2) as u8))
+        }
+    });
+    Ok((labels, mask, overlay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixel_cross_entropy_skips_ignored_pixels() {
+        let device = Device::flex();
+        // Two pixels, two classes: logits (0, 0) → −log ½ each; the second pixel ignored.
+        let logits = Tensor::<4>::zeros([1, 2, 1, 2], &device);
+        let labels =
+            Tensor::<3, Int>::from_data(TensorData::new(vec![1i64, 255], [1, 1, 2]), &device);
+        let loss = pixel_cross_entropy(logits, labels).into_scalar::<f32>();
+        assert!((loss - std::f32::consts::LN_2).abs() < 1e-6, "{loss}");
+        // A confident right answer costs almost nothing.
+        let logits =
+            Tensor::<4>::from_data(TensorData::new(vec![-10.0f32, 10.0], [1, 2, 1, 1]), &device);
+        let labels = Tensor::<3, Int>::from_data(TensorData::new(vec![1i64], [1, 1, 1]), &device);
+        assert!(pixel_cross_entropy(logits, labels).into_scalar::<f32>() < 1e-6);
+        assert_eq!(palette(0), Rgb([0, 0, 0]));
+        assert_eq!(palette(1), Rgb([128, 0, 0]));
+        assert_eq!(palette(2), Rgb([0, 128, 0]));
+    }
+
+    #[test]
+    fn fcn8s_trains_on_tiny_scenes_and_the_run_reloads() {
+        let dataset = konv_datasets::mnist::embedded_fashion_mnist();
+        let mut config = SegmentConfig::new("fcn8s", "resnet20");
+        config.stem_stride = 2;
+        config.scene.size = 48;
+        config.scene.scale_max = 1.2;
+        config.epochs = 2;
+        config.batch_size = 8;
+        config.limit = Some(200);
+        config.val_size = 24;
+        config.augment = "flip".parse().unwrap();
+        let mut data = SegmentData::generate(&dataset, &config).unwrap();
+        data.test = data.test.select(&(0..12).collect::<Vec<_>>());
+        let mut names = vec!["background".to_string()];
+        names.extend(dataset.class_names().iter().map(|s| s.to_string()));
+        let dir = std::env::temp_dir().join(format!("konv-seg-run-{}", std::process::id()));
+        let run = RunDir::create(&dir).unwrap();
+        let out = train_segmenter(
+            &config,
+            &names,
+            &data,
+            &Device::flex(),
+            Some(&run),
+            &mut crate::observer::Silent,
+        )
+        .unwrap();
+        assert_eq!(out.history.len(), 2);
+        // Background is most pixels: even a barely trained FCN gets most of them right.
+        assert!(out.test.pixel_accuracy > 0.5, "{:?}", out.test);
+        let info = read_info(&run).unwrap().expect("a segmentation run");
+        let model = load_fcn(&run, &info, &Device::flex()).unwrap();
+        let again = evaluate_segmenter(&model, &data.test, info.normalize, 8, 11);
+        assert_eq!(again.pixel_accuracy, out.test.pixel_accuracy);
+        // The output has the input's size: one label per pixel.
+        let x = Tensor::<4>::zeros([1, 1, 48, 48], &Device::flex());
+        assert_eq!(argmax_labels(model.forward(x)).len(), 48 * 48);
+        assert!(crate::localize::read_info(&run).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
