@@ -83,6 +83,9 @@ pub struct SegmentationSet {
     pub masks: Vec<u8>,
     /// Number of images.
     pub count: usize,
+    /// The items of each image as `(class, [x0, y0, x1, y1])`, the box around the pixels
+    /// left visible (for detection); empty for loaded data.
+    pub objects: Vec<Vec<(u8, [f32; 4])>>,
 }
 
 impl SegmentationSet {
@@ -121,6 +124,10 @@ impl SegmentationSet {
                 .flat_map(|&i| self.mask(i).to_vec())
                 .collect(),
             count: indices.len(),
+            objects: indices
+                .iter()
+                .map(|&i| self.objects.get(i).cloned().unwrap_or_default())
+                .collect(),
         }
     }
 
@@ -135,6 +142,7 @@ impl SegmentationSet {
         let side = config.size;
         let mut rng = StdRng::seed_from_u64(config.seed);
         let (mut pixels, mut masks, mut count) = (Vec::new(), Vec::new(), 0);
+        let mut objects = Vec::new();
         let mut next = 0;
         while next < items.len() {
             let k = rng
@@ -142,6 +150,8 @@ impl SegmentationSet {
                 .min(items.len() - next);
             let mut canvas = vec![0u8; side * side];
             let mut mask = vec![0u8; side * side];
+            // Which item (of this scene) each pixel shows, for the visible boxes.
+            let mut owner = vec![usize::MAX; side * side];
             for item in next..next + k {
                 let scale = rng.random_range(config.scale.0..=config.scale.1);
                 let h = ((rows as f32 * scale).round() as usize).clamp(1, side);
@@ -158,10 +168,26 @@ impl SegmentationSet {
                         if v > 0 {
                             canvas[(y + r) * side + x + c] = v;
                             mask[(y + r) * side + x + c] = label;
+                            owner[(y + r) * side + x + c] = item - next;
                         }
                     }
                 }
             }
+            let mut boxes = vec![[usize::MAX, usize::MAX, 0, 0]; k];
+            for (p, &o) in owner.iter().enumerate() {
+                if let Some(b) = boxes.get_mut(o) {
+                    let (y, x) = (p / side, p % side);
+                    *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
+                }
+            }
+            objects.push(
+                boxes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b[0] != usize::MAX)
+                    .map(|(j, b)| (items.labels[next + j], b.map(|v| v as f32)))
+                    .collect(),
+            );
             next += k;
             pixels.extend_from_slice(&canvas);
             masks.extend_from_slice(&mask);
@@ -172,6 +198,7 @@ impl SegmentationSet {
             pixels,
             masks,
             count,
+            objects,
         })
     }
 
@@ -206,6 +233,7 @@ impl SegmentationSet {
             pixels: Vec::new(),
             masks: Vec::new(),
             count: 0,
+            objects: Vec::new(),
         };
         let (w, h) = (size[1] as u32, size[0] as u32);
         for file in files {
@@ -309,6 +337,29 @@ mod tests {
             present.sort_unstable();
             present.dedup();
             labelled_items.push(present.len());
+        }
+        // Each visible item's box is the tight box of the pixels labelled with its class
+        // inside it, and every labelled pixel lies in a box of its class.
+        for i in 0..set.len() {
+            let mask = set.mask(i);
+            for (r, row) in mask.chunks(96).enumerate() {
+                for (c, &m) in row.iter().enumerate() {
+                    if m > 0 {
+                        let inside = set.objects[i].iter().any(|&(class, b)| {
+                            class + 1 == m
+                                && (b[0] as usize..b[2] as usize).contains(&c)
+                                && (b[1] as usize..b[3] as usize).contains(&r)
+                        });
+                        assert!(inside, "scene {i} pixel ({r}, {c})");
+                    }
+                }
+            }
+            for &(class, b) in &set.objects[i] {
+                let [x0, y0, x1, y1] = b.map(|v| v as usize);
+                let lit = |r: usize, c: usize| mask[r * 96 + c] == class + 1;
+                assert!((y0..y1).any(|r| lit(r, x0)) && (y0..y1).any(|r| lit(r, x1 - 1)));
+                assert!((x0..x1).any(|c| lit(y0, c)) && (x0..x1).any(|c| lit(y1 - 1, c)));
+            }
         }
         // 25 items in scenes of 2 to 4 (the last may hold fewer); overlaps can hide an item.
         assert!((7..=13).contains(&set.len()), "{} scenes", set.len());
