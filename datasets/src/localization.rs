@@ -54,19 +54,7 @@ impl CanvasConfig {
     /// # Errors
     /// A one-line description of the first bad setting.
     pub fn validate(&self, item: usize) -> Result<(), String> {
-        let (lo, hi) = self.scale;
-        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
-            return Err(format!(
-                "scale {lo}..{hi}: give 0 < smallest ≤ largest, e.g. 1.0..2.0"
-            ));
-        }
-        let largest = (item as f32 * hi).round() as usize;
-        if largest > self.size {
-            return Err(format!(
-                "a {item}-pixel item at scale {hi} is {largest} pixels, larger than the {0}×{0} canvas",
-                self.size
-            ));
-        }
+        check_scale(self.scale, item, self.size)?;
         if !(0.0..=1.0).contains(&self.noise) {
             return Err(format!(
                 "noise {}: give a fraction of white in 0..1",
@@ -314,7 +302,25 @@ fn parse_label(label: &str, class_names: &[String]) -> Result<u8, String> {
 }
 
 /// Bilinear resize of a `rows × cols` 8-bit image to `h × w`.
-fn resize(pixels: &[u8], rows: usize, cols: usize, h: usize, w: usize) -> Vec<u8> {
+/// Checks an item scale range for `item`-pixel items on a `size`-pixel canvas.
+pub(crate) fn check_scale(scale: (f32, f32), item: usize, size: usize) -> Result<(), String> {
+    let (lo, hi) = scale;
+    if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+        return Err(format!(
+            "scale {lo}..{hi}: give 0 < smallest ≤ largest, e.g. 1.0..2.0"
+        ));
+    }
+    let largest = (item as f32 * hi).round() as usize;
+    if largest > size {
+        return Err(format!(
+            "a {item}-pixel item at scale {hi} is {largest} pixels, larger than the {size}×{size} canvas"
+        ));
+    }
+    Ok(())
+}
+
+/// Bilinear resize of a `rows × cols` 8-bit item to `h × w`.
+pub(crate) fn resize(pixels: &[u8], rows: usize, cols: usize, h: usize, w: usize) -> Vec<u8> {
     if (h, w) == (rows, cols) {
         return pixels.to_vec();
     }

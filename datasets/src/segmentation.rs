@@ -11,11 +11,11 @@
 
 use std::path::Path;
 
-use image::GrayImage;
 use image::imageops::FilterType;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::localization::{check_scale, resize};
 use crate::mnist::{DataError, ImageSet};
 
 /// The mask value of pixels no class is given for (PASCAL VOC's convention).
@@ -51,17 +51,7 @@ impl SceneConfig {
     /// # Errors
     /// A one-line description of the first bad setting.
     pub fn validate(&self, item: usize) -> Result<(), String> {
-        let (lo, hi) = self.scale;
-        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
-            return Err(format!("scale {lo}..{hi}: give 0 < smallest ≤ largest"));
-        }
-        let largest = (item as f32 * hi).round() as usize;
-        if largest > self.size {
-            return Err(format!(
-                "a {item}-pixel item at scale {hi} is {largest} pixels, larger than the {0}×{0} canvas",
-                self.size
-            ));
-        }
+        check_scale(self.scale, item, self.size)?;
         if self.items.0 == 0 || self.items.0 > self.items.1 {
             return Err(format!(
                 "items per canvas {}..{}: give 1 ≤ fewest ≤ most",
@@ -282,14 +272,6 @@ impl SegmentationSet {
         }
         Ok(set)
     }
-}
-
-fn resize(pixels: &[u8], rows: usize, cols: usize, h: usize, w: usize) -> Vec<u8> {
-    if (h, w) == (rows, cols) {
-        return pixels.to_vec();
-    }
-    let img = GrayImage::from_raw(cols as u32, rows as u32, pixels.to_vec()).expect("rows × cols");
-    image::imageops::resize(&img, w as u32, h as u32, FilterType::Triangle).into_raw()
 }
 
 #[cfg(test)]

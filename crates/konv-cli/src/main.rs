@@ -611,13 +611,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn train_localize(
-    args: &TrainArgs,
-    dataset: &konv_datasets::Dataset,
-    val_size: usize,
-    mode: OutputMode,
-) -> Result<()> {
-    use konv_train::localize::{CanvasSpec, LocalizeConfig, LocalizeData, train_localizer};
+/// Fails when a classification-only flag is given to another task.
+fn classification_only_flags(args: &TrainArgs) -> Result<()> {
     for (given, flag) in [
         (args.resume.is_some(), "--resume"),
         (args.init_from.is_some(), "--init-from"),
@@ -625,9 +620,44 @@ fn train_localize(
         (args.freeze_epochs > 0, "--freeze-epochs"),
     ] {
         if given {
-            bail!("{flag} is not available with --task localize yet; drop it");
+            bail!(
+                "{flag} is not available with --task {} yet; drop it",
+                args.task
+            );
         }
     }
+    Ok(())
+}
+
+/// The run folder: `out`, or `runs/NAME` with `name(unix seconds)`; an error when it already
+/// holds a run.
+fn new_run_folder(out: Option<&Path>, name: impl FnOnce(u64) -> String) -> Result<PathBuf> {
+    let out = out.map_or_else(
+        || {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from("runs").join(name(secs))
+        },
+        Path::to_path_buf,
+    );
+    if out.join(run::CONFIG).exists() {
+        bail!(
+            "{}: already holds a run; choose another --out",
+            out.display()
+        );
+    }
+    Ok(out)
+}
+
+fn train_localize(
+    args: &TrainArgs,
+    dataset: &konv_datasets::Dataset,
+    val_size: usize,
+    mode: OutputMode,
+) -> Result<()> {
+    use konv_train::localize::{CanvasSpec, LocalizeConfig, LocalizeData, train_localizer};
+    classification_only_flags(args)?;
     let device = args.backend.open()?;
     let config = LocalizeConfig {
         model: args.model.clone(),
@@ -662,18 +692,9 @@ fn train_localize(
     };
     konv_models::registry::info(&config.model)?;
     config.validate()?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from("runs").join(format!("loc-{}-{}-{secs}", config.model, config.dataset))
-    });
-    if out.join(run::CONFIG).exists() {
-        bail!(
-            "{}: already holds a run; choose another --out",
-            out.display()
-        );
-    }
+    let out = new_run_folder(args.out.as_deref(), |secs| {
+        format!("loc-{}-{}-{secs}", config.model, config.dataset)
+    })?;
     let data = LocalizeData::generate(dataset, &config)?;
     let names: Vec<String> = dataset
         .class_names()
@@ -724,16 +745,7 @@ fn train_segment(
     mode: OutputMode,
 ) -> Result<()> {
     use konv_train::segment::{SceneSpec, SegmentConfig, SegmentData, train_segmenter};
-    for (given, flag) in [
-        (args.resume.is_some(), "--resume"),
-        (args.init_from.is_some(), "--init-from"),
-        (args.classes.is_some(), "--classes"),
-        (args.freeze_epochs > 0, "--freeze-epochs"),
-    ] {
-        if given {
-            bail!("{flag} is not available with --task segment yet; drop it");
-        }
-    }
+    classification_only_flags(args)?;
     // `--model fcn8s --backbone resnet20`, or the zoo's name `fcn8s-resnet20`.
     let (variant, backbone) = match args.model.split_once('-') {
         Some((v, b)) if v.starts_with("fcn") => (v.to_string(), b.to_string()),
@@ -774,21 +786,12 @@ fn train_segment(
         limit: args.limit,
     };
     config.validate()?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from("runs").join(format!(
+    let out = new_run_folder(args.out.as_deref(), |secs| {
+        format!(
             "{}-{}-{}-{secs}",
             config.variant, config.backbone, config.dataset
-        ))
-    });
-    if out.join(run::CONFIG).exists() {
-        bail!(
-            "{}: already holds a run; choose another --out",
-            out.display()
-        );
-    }
+        )
+    })?;
     let data = SegmentData::generate(dataset, &config)?;
     let mut names = vec!["background".to_string()];
     names.extend(dataset.class_names().iter().map(|s| s.to_string()));

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::store::ModuleRecord;
 use burn::tensor::activation::softmax;
 use image::{Rgb, RgbImage};
 use konv_datasets::localization::{CanvasConfig, LocalizationSet};
@@ -28,7 +27,7 @@ use crate::loss::{BoxLoss, LossWeights, localization_losses};
 use crate::metrics::box_iou;
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
-use crate::run::{BEST, CONFIG, METRICS, RunDir, write_atomic};
+use crate::run::{BEST, METRICS, RunDir, write_atomic};
 use crate::schedule::{LrSchedule, ScheduleDriver};
 use crate::train::{EpochMetrics, epoch_seed};
 
@@ -499,9 +498,7 @@ pub fn train_localizer(
             normalize: data.normalize,
             input: [1, h, w],
         };
-        let json = serde_json::to_vec_pretty(&info).expect("LocalizeInfo serializes");
-        let path = run.path.join(CONFIG);
-        write_atomic(&path, &json).map_err(|e| TrainError::io(&path, e))?;
+        run.write_config(&info)?;
     }
     let steps = data.train.len().div_ceil(config.batch_size);
     let mut optim = config.optimizer_settings().build(&model);
@@ -662,33 +659,12 @@ fn write_metrics(run: &RunDir, history: &[LocalizeEpoch]) -> Result<(), TrainErr
 
 /// Saves a localizer's weights (burnpack) as `name` in `run`, atomically.
 pub fn save_localizer(run: &RunDir, name: &str, model: &Localizer) -> Result<(), TrainError> {
-    let path = run.path.join(name);
-    let bytes = model
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
-    write_atomic(&path, &bytes).map_err(|e| TrainError::io(&path, e))
+    run.save_module(name, model)
 }
 
 /// Reads a localization run's `config.json`; `None` when the run is another task.
 pub fn read_info(run: &RunDir) -> Result<Option<LocalizeInfo>, TrainError> {
-    let path = run.path.join(CONFIG);
-    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-    if value.get("task").and_then(|t| t.as_str()) != Some("localize") {
-        return Ok(None);
-    }
-    serde_json::from_value(value)
-        .map(Some)
-        .map_err(|e| TrainError::Corrupt {
-            path,
-            reason: e.to_string(),
-        })
+    run.read_task_config("localize")
 }
 
 /// Builds a localization run's model and loads its best weights.
@@ -698,18 +674,7 @@ pub fn load_localizer(
     device: &Device,
 ) -> Result<Localizer, TrainError> {
     let model = build_localizer(&info.config, info.class_names.len(), device)?;
-    let path = run.path.join(BEST);
-    if !path.is_file() {
-        return Err(TrainError::io(
-            &path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
-    }
-    let record =
-        ModuleRecord::load(&path).map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
-    model
-        .try_load_record(record)
-        .map_err(|e| TrainError::Record(path, e.to_string()))
+    crate::run::load_module(model, &run.path.join(BEST))
 }
 
 /// A localizer's answer for one image.

@@ -105,12 +105,42 @@ impl RunDir {
 
     /// Saves model weights as `name` (burnpack format).
     pub fn save_model(&self, name: &str, model: &Classifier) -> Result<(), TrainError> {
+        self.save_module(name, model)
+    }
+
+    /// Saves any module's weights as `name` (burnpack format), atomically.
+    pub fn save_module<M: Module>(&self, name: &str, model: &M) -> Result<(), TrainError> {
         let bytes = model
             .clone()
             .into_record()
             .into_bytes()
             .map_err(|e| TrainError::Record(self.path.join(name), e.to_string()))?;
         self.write(name, &bytes)
+    }
+
+    /// Writes `info` as `config.json` (any serializable run description).
+    pub fn write_config<T: serde::Serialize>(&self, info: &T) -> Result<(), TrainError> {
+        let json = serde_json::to_vec_pretty(info).expect("run descriptions serialize");
+        self.write(CONFIG, &json)
+    }
+
+    /// Reads `config.json` as a `T` when its `"task"` field is `task`; `None` for a run of
+    /// another task (classification runs have no `"task"`).
+    pub fn read_task_config<T: serde::de::DeserializeOwned>(
+        &self,
+        task: &str,
+    ) -> Result<Option<T>, TrainError> {
+        let path = self.path.join(CONFIG);
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        let corrupt = |e: serde_json::Error| TrainError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        if value.get("task").and_then(|t| t.as_str()) != Some(task) {
+            return Ok(None);
+        }
+        serde_json::from_value(value).map(Some).map_err(corrupt)
     }
 
     /// Saves optimizer state bytes as `optimizer.bpk`.
@@ -224,6 +254,11 @@ impl RunDir {
 
 /// Loads weights from a burnpack file into `model` (which must have the same layout).
 pub fn load_weights(model: Classifier, path: &Path) -> Result<Classifier, TrainError> {
+    load_module(model, path)
+}
+
+/// [`load_weights`] for any module.
+pub fn load_module<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
     if !path.is_file() {
         return Err(TrainError::io(
             path,

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::store::ModuleRecord;
 use burn::tensor::activation::log_softmax;
 use image::{Rgb, RgbImage};
 use konv_datasets::segmentation::{IGNORE, SceneConfig, SegmentationSet};
@@ -27,7 +26,7 @@ use crate::localize::pixel_stats;
 use crate::metrics::SegmentationMetrics;
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
-use crate::run::{BEST, CONFIG, METRICS, RunDir, write_atomic};
+use crate::run::{BEST, METRICS, RunDir, write_atomic};
 use crate::schedule::{LrSchedule, ScheduleDriver};
 use crate::train::{EpochMetrics, epoch_seed};
 
@@ -410,9 +409,7 @@ pub fn train_segmenter(
             normalize: data.normalize,
             input: [1, h, w],
         };
-        let json = serde_json::to_vec_pretty(&info).expect("SegmentInfo serializes");
-        let path = run.path.join(CONFIG);
-        write_atomic(&path, &json).map_err(|e| TrainError::io(&path, e))?;
+        run.write_config(&info)?;
     }
     let steps = data.train.len().div_ceil(config.batch_size);
     let mut optim = OptimizerSettings {
@@ -532,44 +529,18 @@ pub fn train_segmenter(
 
 /// Saves an FCN's weights as `name` in `run`, atomically.
 pub fn save_fcn(run: &RunDir, name: &str, model: &Fcn) -> Result<(), TrainError> {
-    let path = run.path.join(name);
-    let bytes = model
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
-    write_atomic(&path, &bytes).map_err(|e| TrainError::io(&path, e))
+    run.save_module(name, model)
 }
 
 /// Reads a segmentation run's `config.json`; `None` when the run is another task.
 pub fn read_info(run: &RunDir) -> Result<Option<SegmentInfo>, TrainError> {
-    let path = run.path.join(CONFIG);
-    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-    if value.get("task").and_then(|t| t.as_str()) != Some("segment") {
-        return Ok(None);
-    }
-    serde_json::from_value(value)
-        .map(Some)
-        .map_err(|e| TrainError::Corrupt {
-            path,
-            reason: e.to_string(),
-        })
+    run.read_task_config("segment")
 }
 
 /// Builds a segmentation run's FCN and loads its best weights.
 pub fn load_fcn(run: &RunDir, info: &SegmentInfo, device: &Device) -> Result<Fcn, TrainError> {
     let model = build_fcn(&info.config, info.class_names.len(), device)?;
-    let path = run.path.join(BEST);
-    let record =
-        ModuleRecord::load(&path).map_err(|e| TrainError::Record(path.clone(), e.to_string()))?;
-    model
-        .try_load_record(record)
-        .map_err(|e| TrainError::Record(path, e.to_string()))
+    crate::run::load_module(model, &run.path.join(BEST))
 }
 
 /// A distinct colour per label (background black), PASCAL VOC's bit-interleaved palette.
