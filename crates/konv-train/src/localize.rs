@@ -219,18 +219,8 @@ impl LocalizeData {
     /// # Errors
     /// When the canvas settings do not fit or too few items remain for training.
     pub fn generate(dataset: &Dataset, config: &LocalizeConfig) -> Result<Self, TrainError> {
-        let items: ImageSet = match config.limit {
-            Some(n) => dataset.train.take(n),
-            None => dataset.train.clone(),
-        };
-        if config.val_size >= items.len() {
-            return Err(TrainError::Config(format!(
-                "--val-size {} leaves no training images (there are {})",
-                config.val_size,
-                items.len()
-            )));
-        }
-        let (train_items, val_items) = items.split_validation(config.val_size, config.seed);
+        let (train_items, val_items) =
+            split_items(dataset, config.limit, config.val_size, config.seed)?;
         let make = |set: &ImageSet, offset: u64| {
             LocalizationSet::generate(set, &config.canvas.with_seed(config.seed + offset))
                 .map_err(TrainError::Config)
@@ -246,6 +236,30 @@ impl LocalizeData {
             normalize,
         })
     }
+}
+
+/// The training items a generated set is drawn from (the first `limit`, when given), split
+/// into training and validation items (`val_size` of them, chosen with `seed`).
+///
+/// # Errors
+/// When the validation items would leave none for training.
+pub fn split_items(
+    dataset: &Dataset,
+    limit: Option<usize>,
+    val_size: usize,
+    seed: u64,
+) -> Result<(ImageSet, ImageSet), TrainError> {
+    let items: ImageSet = match limit {
+        Some(n) => dataset.train.take(n),
+        None => dataset.train.clone(),
+    };
+    if val_size >= items.len() {
+        return Err(TrainError::Config(format!(
+            "--val-size {val_size} leaves no training items (there are {})",
+            items.len()
+        )));
+    }
+    Ok(items.split_validation(val_size, seed))
 }
 
 /// Mean and standard deviation of 8-bit pixels, in [0, 1] units.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Mask, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::localize::pixel_stats;
+use crate::localize::{pixel_stats, split_items};
 use crate::metrics::SegmentationMetrics;
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
@@ -207,18 +207,8 @@ impl SegmentData {
     /// # Errors
     /// Settings that do not fit, or no training items left.
     pub fn generate(dataset: &Dataset, config: &SegmentConfig) -> Result<Self, TrainError> {
-        let items: ImageSet = match config.limit {
-            Some(n) => dataset.train.take(n),
-            None => dataset.train.clone(),
-        };
-        if config.val_size >= items.len() {
-            return Err(TrainError::Config(format!(
-                "--val-size {} leaves no training items (there are {})",
-                config.val_size,
-                items.len()
-            )));
-        }
-        let (train_items, val_items) = items.split_validation(config.val_size, config.seed);
+        let (train_items, val_items) =
+            split_items(dataset, config.limit, config.val_size, config.seed)?;
         let make = |set: &ImageSet, offset: u64| {
             SegmentationSet::generate(set, &config.scene.with_seed(config.seed + offset))
                 .map_err(TrainError::Config)
