@@ -1148,7 +1148,7 @@ fn predict_segment(
             .filter(|&(_, &c)| c > 0)
             .map(|(i, &c)| {
                 format!(
-                    "{} {:.1}%",
+                    "{} {c} px ({:.1}%)",
                     info.class_names[i],
                     100.0 * c as f64 / labels.len() as f64
                 )
