@@ -966,10 +966,10 @@ fn eval_localize(
         .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
     let dataset = args.data.load(name)?;
     let model = load_localizer(run_dir, info, device)?;
-    let data = LocalizeData::generate(&dataset, &info.config)?;
+    let test = LocalizeData::test_set(&dataset, &info.config)?;
     let report = evaluate_localizer(
         &model,
-        &data.test,
+        &test,
         info.normalize,
         &info.config.loss_weights,
         info.config.box_loss,
@@ -1004,10 +1004,10 @@ fn eval_segment(
         .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
     let dataset = args.data.load(name)?;
     let model = load_fcn(run_dir, info, device)?;
-    let data = SegmentData::generate(&dataset, &info.config)?;
+    let test = SegmentData::test_set(&dataset, &info.config)?;
     let report = evaluate_segmenter(
         &model,
-        &data.test,
+        &test,
         info.normalize,
         args.batch_size.clamp(1, 64),
         info.class_names.len(),

@@ -227,7 +227,7 @@ impl LocalizeData {
         };
         let train = make(&train_items, 0)?;
         let val = make(&val_items, 1)?;
-        let test = make(&dataset.test, 2)?;
+        let test = Self::test_set(dataset, config)?;
         let normalize = pixel_stats(&train.pixels);
         Ok(Self {
             train,
@@ -235,6 +235,19 @@ impl LocalizeData {
             test,
             normalize,
         })
+    }
+
+    /// The test canvases alone (what [`LocalizeData::generate`] makes of the test items),
+    /// for evaluating a finished run without drawing its training canvases again.
+    ///
+    /// # Errors
+    /// When the canvas settings do not fit.
+    pub fn test_set(
+        dataset: &Dataset,
+        config: &LocalizeConfig,
+    ) -> Result<LocalizationSet, TrainError> {
+        LocalizationSet::generate(&dataset.test, &config.canvas.with_seed(config.seed + 2))
+            .map_err(TrainError::Config)
     }
 }
 

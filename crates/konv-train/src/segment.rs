@@ -217,10 +217,23 @@ impl SegmentData {
         let normalize = pixel_stats(&train.pixels);
         Ok(Self {
             val: make(&val_items, 1)?,
-            test: make(&dataset.test, 2)?,
+            test: Self::test_set(dataset, config)?,
             train,
             normalize,
         })
+    }
+
+    /// The test scenes alone (what [`SegmentData::generate`] makes of the test items), for
+    /// evaluating a finished run without drawing its training scenes again.
+    ///
+    /// # Errors
+    /// When the scene settings do not fit.
+    pub fn test_set(
+        dataset: &Dataset,
+        config: &SegmentConfig,
+    ) -> Result<SegmentationSet, TrainError> {
+        SegmentationSet::generate(&dataset.test, &config.scene.with_seed(config.seed + 2))
+            .map_err(TrainError::Config)
     }
 }
 
