@@ -30,6 +30,10 @@ pub struct SceneConfig {
     pub items: (usize, usize),
     /// Smallest and largest item scale (28 pixels × scale).
     pub scale: (f32, f32),
+    /// Largest IoU an item's placement may have with an earlier item's placement (`None`:
+    /// anywhere). Detection sets use it so that no object is mostly hidden; a placement is
+    /// drawn again up to 50 times, then the least overlapping draw is kept.
+    pub max_overlap: Option<f32>,
     /// Seed of every random draw.
     pub seed: u64,
 }
@@ -40,6 +44,7 @@ impl Default for SceneConfig {
             size: 96,
             items: (2, 4),
             scale: (1.0, 1.5),
+            max_overlap: None,
             seed: 0,
         }
     }
@@ -58,8 +63,24 @@ impl SceneConfig {
                 self.items.0, self.items.1
             ));
         }
+        if let Some(o) = self.max_overlap
+            && !(0.0..=1.0).contains(&o)
+        {
+            return Err(format!("max overlap {o}: give an IoU in [0, 1]"));
+        }
         Ok(())
     }
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let area = |r: [f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let i = area([
+        a[0].max(b[0]),
+        a[1].max(b[1]),
+        a[2].min(b[2]),
+        a[3].min(b[3]),
+    ]);
+    i / (area(a) + area(b) - i).max(f32::MIN_POSITIVE)
 }
 
 /// Images and their per-pixel labels.
@@ -142,15 +163,29 @@ impl SegmentationSet {
             let mut mask = vec![0u8; side * side];
             // Which item (of this scene) each pixel shows, for the visible boxes.
             let mut owner = vec![usize::MAX; side * side];
+            let mut placed: Vec<[f32; 4]> = Vec::with_capacity(k);
             for item in next..next + k {
                 let scale = rng.random_range(config.scale.0..=config.scale.1);
                 let h = ((rows as f32 * scale).round() as usize).clamp(1, side);
                 let w = ((cols as f32 * scale).round() as usize).clamp(1, side);
                 let img = resize(items.images.image(item), rows, cols, h, w);
-                let (y, x) = (
-                    rng.random_range(0..=side - h),
-                    rng.random_range(0..=side - w),
-                );
+                // The first draw within the overlap limit, else the least overlapping.
+                let (mut y, mut x, mut least) = (0, 0, f32::INFINITY);
+                for _ in 0..50 {
+                    let (ty, tx) = (
+                        rng.random_range(0..=side - h),
+                        rng.random_range(0..=side - w),
+                    );
+                    let cell = [tx, ty, tx + w, ty + h].map(|v| v as f32);
+                    let overlap = placed.iter().map(|p| iou(*p, cell)).fold(0.0, f32::max);
+                    if overlap < least {
+                        (y, x, least) = (ty, tx, overlap);
+                    }
+                    if config.max_overlap.is_none_or(|limit| overlap <= limit) {
+                        break;
+                    }
+                }
+                placed.push([x, y, x + w, y + h].map(|v| v as f32));
                 let label = items.labels[item] + 1;
                 for r in 0..h {
                     for c in 0..w {
@@ -366,6 +401,34 @@ mod tests {
                 .unwrap_err()
                 .contains("larger than the 32×32 canvas")
         );
+    }
+
+    #[test]
+    fn max_overlap_keeps_items_apart() {
+        // Items of 20×14 lit pixels in 28×28 cells on a 96×96 canvas: apart, every item
+        // keeps most of its pixels visible.
+        let config = SceneConfig {
+            seed: 3,
+            items: (3, 3),
+            scale: (1.0, 1.0),
+            max_overlap: Some(0.0),
+            ..SceneConfig::default()
+        };
+        let set = SegmentationSet::generate(&items(60), &config).unwrap();
+        assert_eq!(set.len(), 20);
+        for objects in &set.objects {
+            assert_eq!(objects.len(), 3);
+            for (j, a) in objects.iter().enumerate() {
+                for b in &objects[j + 1..] {
+                    assert_eq!(iou(a.1, b.1), 0.0, "{objects:?}");
+                }
+            }
+        }
+        let bad = SceneConfig {
+            max_overlap: Some(1.5),
+            ..config
+        };
+        assert!(bad.validate(28).unwrap_err().contains("max overlap"));
     }
 
     #[test]

@@ -297,15 +297,17 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// What to learn: classify; localize (one item per generated canvas: its class and
-    /// bounding box, a two-head model of the zoo; metrics accuracy and mean IoU); or segment
+    /// bounding box, a two-head model of the zoo; metrics accuracy and mean IoU); segment
     /// (several items per canvas, a class per pixel: --model fcn32s|fcn16s|fcn8s with
-    /// --backbone; metrics pixel accuracy and mean IoU).
-    #[arg(long, default_value = "classify", value_parser = ["classify", "localize", "segment"])]
+    /// --backbone; metrics pixel accuracy and mean IoU); or detect (several items per
+    /// canvas, a box and class for each: --model slides fully convolutionally over the
+    /// canvas; metric mAP@0.5).
+    #[arg(long, default_value = "classify", value_parser = ["classify", "localize", "segment", "detect"])]
     task: String,
     /// --task segment: the FCN's backbone, a ResNet of the zoo.
     #[arg(long, default_value = "resnet20")]
     backbone: String,
-    /// --task segment: fewest and most items per canvas.
+    /// --task segment/detect: fewest and most items per canvas.
     #[arg(long, default_value = "2,4", value_parser = parse_pair::<usize>)]
     items: (usize, usize),
     /// --task localize: weights of the class and box losses (Keras' loss_weights).
@@ -318,18 +320,21 @@ struct TrainArgs {
     /// (1: the globally pooled features, as the lecture's model).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     box_grid: u32,
-    /// --task localize: stride of the backbone's first convolution (ResNets), e.g. 2 to run
-    /// 64×64 canvases at the cost of 32×32.
+    /// --task localize/segment/detect: stride of the backbone's first convolution (ResNets),
+    /// e.g. 2 to run 64×64 canvases at the cost of 32×32.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
     stem_stride: u32,
-    /// --task localize/segment: canvas side in pixels (default 64 to localize, 96 to
-    /// segment).
+    /// --task localize/segment/detect: canvas side in pixels (default 64 to localize, 96 to
+    /// segment and detect).
     #[arg(long, value_parser = clap::value_parser!(u32).range(28..=512))]
     canvas: Option<u32>,
-    /// --task localize/segment: smallest and largest item scale, the 28×28 item × scale
-    /// (default 1.0,2.0 to localize, 1.0,1.5 to segment).
+    /// --task localize/segment/detect: smallest and largest item scale, the 28×28 item ×
+    /// scale (default 1.0,2.0 to localize, 1.0,1.5 to segment and detect).
     #[arg(long, value_parser = parse_pair::<f32>)]
     scale: Option<(f32, f32)>,
+    /// --task detect: the largest IoU two items' placements may have (0: apart).
+    #[arg(long, default_value_t = 0.2, value_parser = parse_fraction)]
+    max_overlap: f64,
     /// --task localize: Gaussian pixel noise, as a fraction of white.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     noise: f64,
@@ -392,12 +397,15 @@ struct PredictArgs {
     /// cpu (Flex), flex, ndarray, wgpu.
     #[arg(long, default_value = "cpu")]
     backend: BackendName,
-    /// The run's task, checked against the run (classify, localize or segment; default: the
-    /// run's).
-    #[arg(long, value_parser = ["classify", "localize", "segment"])]
+    /// The run's task, checked against the run (classify, localize, segment or detect;
+    /// default: the run's).
+    #[arg(long, value_parser = ["classify", "localize", "segment", "detect"])]
     task: Option<String>,
-    /// Folder for the pictures of --task localize (each image with its box and label) and
-    /// segment (a colour mask and an overlay per image).
+    /// --task detect: the lowest score (objectness × class probability) of a box to keep.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
+    score: f64,
+    /// Folder for the pictures of --task localize (each image with its box and label),
+    /// segment (a colour mask and an overlay per image) and detect (the kept boxes).
     #[arg(long, default_value = "predictions")]
     out: PathBuf,
 }
@@ -502,6 +510,9 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     }
     if args.task == "segment" {
         return train_segment(&args, &dataset, mode);
+    }
+    if args.task == "detect" {
+        return train_detect(&args, &dataset, mode);
     }
     if let Some(dir) = &args.resume {
         return resume_run(dir, &args, &dataset, mode);
@@ -833,6 +844,102 @@ fn train_segment(
     Ok(())
 }
 
+fn train_detect(
+    args: &TrainArgs,
+    dataset: &konv_datasets::Dataset,
+    mode: OutputMode,
+) -> Result<()> {
+    use konv_train::detect::{DetectConfig, DetectData, train_detector};
+    use konv_train::segment::SceneSpec;
+    classification_only_flags(args)?;
+    if konv_models::info(&args.model)?.kind != konv_models::ModelKind::Classifier {
+        bail!(
+            "--model {}: --task detect slides a classifier of the zoo (resnet20, fashion-cnn, …) over the canvas",
+            args.model
+        );
+    }
+    let device = args.backend.open()?;
+    let config = DetectConfig {
+        model: args.model.clone(),
+        stem_stride: args.stem_stride as usize,
+        dataset: args.dataset.to_string(),
+        scene: SceneSpec {
+            size: args.canvas.map_or(96, |c| c as usize),
+            items_min: args.items.0,
+            items_max: args.items.1,
+            scale_min: args.scale.map_or(1.0, |s| s.0),
+            scale_max: args.scale.map_or(1.5, |s| s.1),
+        },
+        max_overlap: args.max_overlap as f32,
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size as usize,
+        lr: args.lr,
+        lr_schedule: args.lr_schedule.clone(),
+        optimizer: args.optimizer,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        weight_decay: args.weight_decay,
+        augment: args.augment.clone(),
+        seed: args.seed,
+        val_size: args
+            .val_size
+            .unwrap_or(if dataset.is_subset() { 500 } else { 2000 }),
+        limit: args.limit,
+    };
+    config.validate()?;
+    let out = new_run_folder(args.out.as_deref(), |secs| {
+        format!("detect-{}-{}-{secs}", config.model, config.dataset)
+    })?;
+    let data = DetectData::generate(dataset, &config)?;
+    let names: Vec<String> = dataset
+        .class_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let run_dir = RunDir::create(&out)?;
+    if mode != OutputMode::Quiet {
+        let objects = |set: &konv_datasets::segmentation::SegmentationSet| {
+            set.objects.iter().map(Vec::len).sum::<usize>()
+        };
+        println!(
+            "detecting with {} on {}×{} scenes of {} ({}): {} train / {} validation / {} test scenes ({} test objects), box prior {:.1}×{:.1}, run folder {}",
+            config.model,
+            config.scene.size,
+            config.scene.size,
+            config.dataset,
+            dataset.source,
+            data.train.len(),
+            data.val.len(),
+            data.test.len(),
+            objects(&data.test),
+            data.prior[0],
+            data.prior[1],
+            out.display()
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let outcome = train_detector(
+        &config,
+        &names,
+        &data,
+        &device,
+        Some(&run_dir),
+        &mut observer,
+    )?;
+    println!(
+        "test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} (best validation epoch {}, {} test scenes, {} objects), {:.0}s in all; weights in {}",
+        outcome.test.map50,
+        outcome.test.map50_95,
+        outcome.best_epoch,
+        outcome.test.count,
+        outcome.test.objects,
+        started.elapsed().as_secs_f64(),
+        out.join(run::BEST).display()
+    );
+    Ok(())
+}
+
 fn check_classes(classes: &[u8], available: usize) -> Result<()> {
     if let Some(bad) = classes.iter().find(|&&c| c as usize >= available) {
         bail!(
@@ -1030,6 +1137,46 @@ fn eval_segment(
     Ok(())
 }
 
+/// Regenerates a detection run's test scenes and reports mAP.
+fn eval_detect(
+    run_dir: &RunDir,
+    info: &konv_train::detect::DetectInfo,
+    args: &EvalArgs,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    use konv_train::detect::{DetectData, evaluate_detector, load_detector};
+    let name = DatasetName::parse(&info.config.dataset)
+        .with_context(|| format!("{}: unknown dataset in config.json", run_dir.path.display()))?;
+    let dataset = args.data.load(name)?;
+    let model = load_detector(run_dir, info, device)?;
+    let test = DetectData::test_set(&dataset, &info.config)?;
+    let report = evaluate_detector(
+        &model,
+        &test,
+        info.normalize,
+        info.prior,
+        args.batch_size.clamp(1, 64),
+    );
+    println!(
+        "{}: test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} ({} scenes, {} objects of {} test items; class accuracy at object cells {:.2}%, loss {:.4})",
+        run_dir.path.display(),
+        report.map50,
+        report.map50_95,
+        report.count,
+        report.objects,
+        info.config.dataset,
+        100.0 * report.class_accuracy,
+        report.loss
+    );
+    for (name, ap) in info.class_names.iter().zip(&report.class_ap) {
+        match ap {
+            Some(v) => println!("  {name:<12} AP@0.5 {v:.3}"),
+            None => println!("  {name:<12} (no objects)"),
+        }
+    }
+    Ok(())
+}
+
 fn cmd_eval(args: EvalArgs) -> Result<()> {
     let (run_dir, weights) = resolve_run(args.run.as_deref(), args.checkpoint.as_deref())?;
     let device = args.backend.open()?;
@@ -1038,6 +1185,9 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     }
     if let Some(info) = konv_train::segment::read_info(&run_dir)? {
         return eval_segment(&run_dir, &info, &args, &device);
+    }
+    if let Some(info) = konv_train::detect::read_info(&run_dir)? {
+        return eval_detect(&run_dir, &info, &args, &device);
     }
     let (info, model) = run::load_run_model(&run_dir, weights.as_deref(), &device)?;
     let name = DatasetName::parse(&info.config.dataset)
@@ -1169,6 +1319,44 @@ fn predict_segment(
     Ok(())
 }
 
+fn predict_detect(
+    run_dir: &RunDir,
+    info: &konv_train::detect::DetectInfo,
+    args: &PredictArgs,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    use konv_train::detect::{detect_file, load_detector};
+    let model = load_detector(run_dir, info, device)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create the folder", args.out.display()))?;
+    for path in &args.images {
+        let (found, drawn) = detect_file(&model, info, path, args.invert, args.score as f32)?;
+        let stem = path
+            .file_stem()
+            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+        let file = args.out.join(format!("{stem}-boxes.png"));
+        drawn
+            .save(&file)
+            .with_context(|| format!("{}: cannot write", file.display()))?;
+        println!(
+            "{}: {} object{} → {}",
+            path.display(),
+            found.len(),
+            if found.len() == 1 { "" } else { "s" },
+            file.display()
+        );
+        for d in &found {
+            let [x0, y0, x1, y1] = d.bbox.map(|v| v.round() as i64);
+            println!(
+                "  {:<12} {:5.1}%  box x {x0}..{x1}, y {y0}..{y1}",
+                info.class_names[d.class],
+                100.0 * d.score
+            );
+        }
+    }
+    Ok(())
+}
+
 fn cmd_predict(args: PredictArgs) -> Result<()> {
     let device = args.backend.open()?;
     if let (Some(name), Some(weights)) = (&args.model, &args.weights) {
@@ -1181,9 +1369,11 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
     let run_dir = RunDir::open(run)?;
     let localize = konv_train::localize::read_info(&run_dir)?;
     let segment = konv_train::segment::read_info(&run_dir)?;
-    let task = match (&localize, &segment) {
-        (Some(_), _) => "localize",
-        (_, Some(_)) => "segment",
+    let detect = konv_train::detect::read_info(&run_dir)?;
+    let task = match (&localize, &segment, &detect) {
+        (Some(_), _, _) => "localize",
+        (_, Some(_), _) => "segment",
+        (_, _, Some(_)) => "detect",
         _ => "classify",
     };
     if let Some(asked) = args.task.as_deref().filter(|&t| t != task) {
@@ -1197,6 +1387,9 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
     }
     if let Some(info) = segment {
         return predict_segment(&run_dir, &info, &args, &device);
+    }
+    if let Some(info) = detect {
+        return predict_detect(&run_dir, &info, &args, &device);
     }
     let (info, model) = run::load_run_model(&run_dir, None, &device)?;
     let [_, h, w] = info.input;

@@ -132,6 +132,39 @@ pub fn localization_step(
     Ok((optim.step(lr, model, grads), values))
 }
 
+/// Sigmoid focal loss of `logits` against 0/1 `targets`, element by element (not reduced):
+/// `−α_t (1 − p_t)^γ log p_t` (Lin et al., *Focal Loss for Dense Object Detection*, and
+/// torchvision's `sigmoid_focal_loss`). With γ = 0 and α = 0.5 it is half the binary
+/// cross-entropy; γ > 0 turns down the many easy negatives of a dense detector. Pass
+/// `alpha < 0` for no class weighting.
+pub fn sigmoid_focal_loss<const D: usize>(
+    logits: Tensor<D>,
+    targets: Tensor<D>,
+    alpha: f64,
+    gamma: f64,
+) -> Tensor<D> {
+    use burn::tensor::activation::{log_sigmoid, sigmoid};
+    let p = sigmoid(logits.clone());
+    let negative = targets.clone().neg().add_scalar(1.0);
+    let ce = (targets.clone() * log_sigmoid(logits.clone())
+        + negative.clone() * log_sigmoid(logits.neg()))
+    .neg();
+    let p_t = p.clone() * targets.clone() + p.neg().add_scalar(1.0) * negative.clone();
+    let mut loss = ce * p_t.neg().add_scalar(1.0).powf_scalar(gamma);
+    if alpha >= 0.0 {
+        loss = loss * (targets.mul_scalar(alpha) + negative.mul_scalar(1.0 - alpha));
+    }
+    loss
+}
+
+/// Smooth L1 (Huber with δ = 1) of `x − target`, element by element: `½d²` below 1, `|d| − ½`
+/// above (Fast R-CNN's box loss).
+pub fn smooth_l1<const D: usize>(x: Tensor<D>, target: Tensor<D>) -> Tensor<D> {
+    let d = (x - target).abs();
+    let small = d.clone().clamp_max(1.0);
+    small.clone().powf_scalar(2.0).mul_scalar(0.5) + (d - small)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +183,42 @@ mod tests {
         let total = w.combine(vec![a.clone(), b.clone()]).unwrap();
         assert!((total.into_scalar::<f32>() - 3.6).abs() < 1e-6);
         assert!(w.combine(vec![a]).unwrap_err().contains("2 loss weights"));
+    }
+
+    #[test]
+    fn focal_loss_and_smooth_l1_by_hand() {
+        let device = Device::flex();
+        let logits = Tensor::<1>::from_floats([0.0, 2.0, -1.0], &device);
+        let targets = Tensor::<1>::from_floats([1.0, 0.0, 1.0], &device);
+        let got: Vec<f32> = sigmoid_focal_loss(logits.clone(), targets.clone(), 0.25, 2.0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        // x = 0, t = 1: p = ½, ce = ln 2, (1 − ½)² · 0.25.
+        let want = [
+            0.25 * 0.25 * std::f32::consts::LN_2,
+            // x = 2, t = 0: p_t = 1 − σ(2), ce = −ln(1 − σ(2)), α_t = 0.75.
+            0.75 * sig(2.0).powi(2) * -(1.0 - sig(2.0)).ln(),
+            0.25 * (1.0 - sig(-1.0)).powi(2) * -sig(-1.0).ln(),
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        // γ = 0 without α: the binary cross-entropy.
+        let bce: Vec<f32> = sigmoid_focal_loss(logits, targets, -1.0, 0.0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!((bce[1] + (1.0 - sig(2.0)).ln()).abs() < 1e-6);
+        let d: Vec<f32> = smooth_l1(
+            Tensor::<1>::from_floats([0.5, 3.0, -2.0], &device),
+            Tensor::<1>::zeros([3], &device),
+        )
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+        assert_eq!(d, vec![0.125, 2.5, 1.5]);
     }
 
     /// With the box loss weighted 0 the box head gets no gradient and keeps its weights;

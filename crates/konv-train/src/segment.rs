@@ -65,6 +65,7 @@ impl SceneSpec {
             size: self.size,
             items: (self.items_min, self.items_max),
             scale: (self.scale_min, self.scale_max),
+            max_overlap: None,
             seed,
         }
     }

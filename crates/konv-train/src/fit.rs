@@ -1,0 +1,214 @@
+//! The epoch loop the dense-prediction tasks share (detection, segmentation): shuffle,
+//! batch, loss, backward, optimizer step on the scheduled learning rate, validation after
+//! each epoch, the best weights kept by a validation score, `metrics.csv` and `best.bpk`
+//! written atomically as it goes.
+//!
+//! A task says how a batch becomes a loss and how a model is validated ([`FitTask`]);
+//! [`fit`] does the rest, as Keras' `Model.fit` or PyTorch Lightning's `Trainer.fit` drive
+//! a module's `training_step` and `validation_step`.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::TrainError;
+use crate::observer::Observer;
+use crate::optim::OptimizerSettings;
+use crate::run::{BEST, METRICS, RunDir, write_atomic};
+use crate::schedule::{LrSchedule, ScheduleDriver};
+use crate::train::{EpochMetrics, epoch_seed};
+
+/// How long and how fast to train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSettings {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub lr_schedule: LrSchedule,
+    /// Optimizer.
+    pub optimizer: OptimizerSettings,
+    /// Seed of the shuffles (and, through the device, dropout and initialization).
+    pub seed: u64,
+}
+
+/// The loss of one training batch and how many of its predictions were right.
+#[derive(Debug, Clone)]
+pub struct BatchLoss {
+    /// Scalar loss to minimize (on the autodiff device).
+    pub loss: Tensor<1>,
+    /// Right predictions in the batch (the task decides what counts: pixels, cells…).
+    pub right: usize,
+    /// Predictions counted.
+    pub counted: usize,
+}
+
+/// What a task reports of a model on its validation set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy (the task's notion).
+    pub accuracy: f64,
+    /// The score the best epoch is chosen by; higher is better (mean IoU, mAP…).
+    pub score: f64,
+}
+
+/// A task [`fit`] can train: a training set of `len` examples and a validation set.
+pub trait FitTask<M: Module> {
+    /// Training examples.
+    fn train_len(&self) -> usize;
+    /// The loss of the training examples `indices` (in this order), augmented with the
+    /// epoch's `seed`.
+    ///
+    /// # Errors
+    /// When the batch cannot be built.
+    fn batch_loss(
+        &mut self,
+        model: &M,
+        indices: &[usize],
+        seed: u64,
+    ) -> Result<BatchLoss, TrainError>;
+    /// Validates `model` (already in inference mode).
+    fn validate(&mut self, model: &M) -> Validation;
+    /// Name of the score for `metrics.csv` and the progress line (`val_mean_iou`, `val_map50`).
+    fn score_name(&self) -> &'static str;
+}
+
+/// One epoch of [`fit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitEpoch {
+    /// Loss, accuracy, learning rate, speed.
+    pub metrics: EpochMetrics,
+    /// The validation score.
+    pub val_score: f64,
+}
+
+/// What [`fit`] returns.
+#[derive(Debug, Clone)]
+pub struct Fitted<M> {
+    /// The weights of the best validation epoch, in inference mode.
+    pub model: M,
+    /// Every epoch.
+    pub history: Vec<FitEpoch>,
+    /// Which epoch `model` is.
+    pub best_epoch: usize,
+}
+
+/// Trains `model` on `task` for `settings.epochs` epochs on `device` (an autodiff device),
+/// writing `metrics.csv` and `best.bpk` into `run` after every epoch.
+///
+/// # Errors
+/// A bad schedule, a loss that is not finite ([`TrainError::Diverged`]), an interrupt, or a
+/// run folder that cannot be written.
+pub fn fit<M: Module, T: FitTask<M>>(
+    settings: &FitSettings,
+    mut model: M,
+    task: &mut T,
+    device: &Device,
+    run: Option<&RunDir>,
+    observer: &mut dyn Observer,
+) -> Result<Fitted<M>, TrainError> {
+    if settings.epochs == 0 || settings.batch_size == 0 {
+        return Err(TrainError::Config(
+            "--epochs and --batch-size must be at least 1".into(),
+        ));
+    }
+    let len = task.train_len();
+    let steps = len.div_ceil(settings.batch_size);
+    let mut optim = settings.optimizer.build(&model);
+    let mut schedule =
+        ScheduleDriver::new(&settings.lr_schedule, settings.lr, steps, settings.epochs)
+            .map_err(TrainError::Config)?;
+    let score_name = task.score_name();
+    let mut history: Vec<FitEpoch> = Vec::new();
+    let mut best: Option<(f64, M, usize)> = None;
+    for epoch in 1..=settings.epochs {
+        let start = Instant::now();
+        let seed = epoch_seed(settings.seed, epoch);
+        device.seed(seed);
+        let mut order: Vec<usize> = (0..len).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        observer.epoch_start(epoch, settings.epochs, steps);
+        let (mut loss_sum, mut right, mut counted, mut seen) = (0.0, 0usize, 0usize, 0usize);
+        let mut lr = settings.lr;
+        for chunk in order.chunks(settings.batch_size) {
+            lr = schedule.next_lr();
+            let batch = task.batch_loss(&model, chunk, seed)?;
+            let value = batch.loss.clone().into_scalar::<f64>();
+            if !value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: seen / settings.batch_size + 1,
+                });
+            }
+            let grads = burn::optim::GradientsParams::from_grads(batch.loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            loss_sum += value * chunk.len() as f64;
+            right += batch.right;
+            counted += batch.counted;
+            seen += chunk.len();
+            observer.step(
+                seen,
+                loss_sum / seen as f64,
+                right as f64 / counted.max(1) as f64,
+                seen as f64 / start.elapsed().as_secs_f64(),
+            );
+            if observer.interrupted() {
+                return Err(TrainError::Interrupted { epoch });
+            }
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        let valid = model.valid();
+        let val = task.validate(&valid);
+        schedule.epoch_end(val.loss);
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: right as f64 / counted.max(1) as f64,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+            lr,
+            images_per_sec: seen as f64 / train_secs,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let improved = best.as_ref().is_none_or(|(score, _, _)| val.score > *score);
+        if improved {
+            if let Some(run) = run {
+                run.save_module(BEST, &valid)?;
+            }
+            best = Some((val.score, valid, epoch));
+        }
+        history.push(FitEpoch {
+            metrics: metrics.clone(),
+            val_score: val.score,
+        });
+        if let Some(run) = run {
+            write_fit_metrics(run, score_name, &history)?;
+        }
+        let label = score_name.trim_start_matches("val_").replace('_', " ");
+        observer.epoch_end_with(&metrics, improved, &format!("  {label} {:.3}", val.score));
+    }
+    let (_, model, best_epoch) = best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
+    Ok(Fitted {
+        model,
+        history,
+        best_epoch,
+    })
+}
+
+/// Writes `metrics.csv`: [`EpochMetrics::CSV_HEADER`] and the score's column.
+fn write_fit_metrics(run: &RunDir, score: &str, history: &[FitEpoch]) -> Result<(), TrainError> {
+    let mut csv = format!("{},{score}\n", EpochMetrics::CSV_HEADER);
+    for e in history {
+        csv.push_str(&format!("{},{:.6}\n", e.metrics.csv_row(), e.val_score));
+    }
+    let path = run.path.join(METRICS);
+    write_atomic(&path, csv.as_bytes()).map_err(|e| TrainError::io(&path, e))
+}
