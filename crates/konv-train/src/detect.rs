@@ -616,6 +616,10 @@ impl FitTask<SlidingDetector> for DetectTask<'_> {
     fn score_name(&self) -> &'static str {
         "val_map50"
     }
+
+    fn score_label(&self) -> &'static str {
+        "mAP@0.5"
+    }
 }
 
 /// The end of a detection run.

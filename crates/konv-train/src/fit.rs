@@ -77,8 +77,10 @@ pub trait FitTask<M: Module> {
     ) -> Result<BatchLoss, TrainError>;
     /// Validates `model` (already in inference mode).
     fn validate(&mut self, model: &M) -> Validation;
-    /// Name of the score for `metrics.csv` and the progress line (`val_mean_iou`, `val_map50`).
+    /// The score's column in `metrics.csv` (`val_mean_iou`, `val_map50`).
     fn score_name(&self) -> &'static str;
+    /// The score's name on the progress line (`mIoU`, `mAP@0.5`).
+    fn score_label(&self) -> &'static str;
 }
 
 /// One epoch of [`fit`].
@@ -126,7 +128,7 @@ pub fn fit<M: Module, T: FitTask<M>>(
     let mut schedule =
         ScheduleDriver::new(&settings.lr_schedule, settings.lr, steps, settings.epochs)
             .map_err(TrainError::Config)?;
-    let score_name = task.score_name();
+    let (score_name, score_label) = (task.score_name(), task.score_label());
     let mut history: Vec<FitEpoch> = Vec::new();
     let mut best: Option<(f64, M, usize)> = None;
     for epoch in 1..=settings.epochs {
@@ -192,8 +194,11 @@ pub fn fit<M: Module, T: FitTask<M>>(
         if let Some(run) = run {
             write_fit_metrics(run, score_name, &history)?;
         }
-        let label = score_name.trim_start_matches("val_").replace('_', " ");
-        observer.epoch_end_with(&metrics, improved, &format!("  {label} {:.3}", val.score));
+        observer.epoch_end_with(
+            &metrics,
+            improved,
+            &format!("  {score_label} {:.3}", val.score),
+        );
     }
     let (_, model, best_epoch) = best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
     Ok(Fitted {

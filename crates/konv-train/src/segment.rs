@@ -6,7 +6,6 @@
 //! pixel accuracy and the mean IoU over the classes that occur (the FCN paper's figures).
 
 use std::path::Path;
-use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -14,21 +13,19 @@ use image::{Rgb, RgbImage};
 use konv_datasets::segmentation::{IGNORE, SceneConfig, SegmentationSet};
 use konv_datasets::{Dataset, ImageSet};
 use konv_models::fcn::{BackboneConfig, Fcn, FcnConfig, FcnVariant};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::augment::{Image, Mask, Pipeline, Sample};
 use crate::data::Normalize;
+use crate::fit::{BatchLoss, FitSettings, FitTask, Validation, fit};
 use crate::localize::{pixel_stats, split_items};
 use crate::metrics::SegmentationMetrics;
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
-use crate::run::{BEST, METRICS, RunDir, write_atomic};
-use crate::schedule::{LrSchedule, ScheduleDriver};
-use crate::train::{EpochMetrics, epoch_seed};
+use crate::run::{BEST, RunDir};
+use crate::schedule::LrSchedule;
+use crate::train::EpochMetrics;
 
 /// How the scenes of a generated set are drawn (serializable [`SceneConfig`] without seed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,6 +384,74 @@ pub struct SegmentOutcome {
     pub test: SegmentEval,
 }
 
+struct SegmentTask<'a> {
+    data: &'a SegmentData,
+    augment: &'a Pipeline,
+    classes: usize,
+    batch_size: usize,
+    device: Device,
+}
+
+impl FitTask<Fcn> for SegmentTask<'_> {
+    fn train_len(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn batch_loss(
+        &mut self,
+        model: &Fcn,
+        indices: &[usize],
+        seed: u64,
+    ) -> Result<BatchLoss, TrainError> {
+        let augment = (!self.augment.0.is_empty()).then_some((self.augment, seed));
+        let (x, y) = batch(
+            &self.data.train,
+            indices,
+            self.data.normalize,
+            augment,
+            &self.device,
+        );
+        let logits = model.forward(x);
+        let predicted = logits.clone().argmax(1).squeeze_dim::<3>(1);
+        let valid = y.clone().lower_elem(self.classes as i64);
+        let right = predicted
+            .equal(y.clone())
+            .int()
+            .mul(valid.clone().int())
+            .sum()
+            .into_scalar::<i64>() as usize;
+        let counted = valid.int().sum().into_scalar::<i64>() as usize;
+        Ok(BatchLoss {
+            loss: pixel_cross_entropy(logits, y),
+            right,
+            counted,
+        })
+    }
+
+    fn validate(&mut self, model: &Fcn) -> Validation {
+        let val = evaluate_segmenter(
+            model,
+            &self.data.val,
+            self.data.normalize,
+            self.batch_size,
+            self.classes,
+        );
+        Validation {
+            loss: val.loss,
+            accuracy: val.pixel_accuracy,
+            score: val.mean_iou,
+        }
+    }
+
+    fn score_name(&self) -> &'static str {
+        "val_mean_iou"
+    }
+
+    fn score_label(&self) -> &'static str {
+        "mIoU"
+    }
+}
+
 /// Trains an FCN on `data`, writing `config.json`, `metrics.csv` and `best.bpk` into `run`.
 ///
 /// # Errors
@@ -403,7 +468,7 @@ pub fn train_segmenter(
     let classes = class_names.len();
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
-    let mut model = build_fcn(config, classes, &train_device)?;
+    let model = build_fcn(config, classes, &train_device)?;
     let [h, w] = data.train.size;
     if let Some(run) = run {
         let info = SegmentInfo {
@@ -415,118 +480,47 @@ pub fn train_segmenter(
         };
         run.write_config(&info)?;
     }
-    let steps = data.train.len().div_ceil(config.batch_size);
-    let mut optim = OptimizerSettings {
-        name: config.optimizer,
-        momentum: config.momentum,
-        nesterov: config.nesterov,
-        weight_decay: config.weight_decay,
-        no_decay_bias_norm: true,
-        clip_grad_norm: None,
-    }
-    .build(&model);
-    let mut schedule = ScheduleDriver::new(&config.lr_schedule, config.lr, steps, config.epochs)
-        .map_err(TrainError::Config)?;
-    let mut history = Vec::new();
-    let mut best: Option<(f64, Fcn, usize)> = None;
-    for epoch in 1..=config.epochs {
-        let start = Instant::now();
-        let seed = epoch_seed(config.seed, epoch);
-        train_device.seed(seed);
-        let mut order: Vec<usize> = (0..data.train.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
-        observer.epoch_start(epoch, config.epochs, steps);
-        let (mut loss_sum, mut right, mut counted, mut seen) = (0.0, 0usize, 0usize, 0usize);
-        let mut lr = config.lr;
-        for chunk in order.chunks(config.batch_size) {
-            let augment = (!config.augment.0.is_empty()).then_some((&config.augment, seed));
-            let (x, y) = batch(&data.train, chunk, data.normalize, augment, &train_device);
-            lr = schedule.next_lr();
-            let logits = model.forward(x);
-            let predicted = logits.clone().argmax(1).squeeze_dim::<3>(1);
-            let valid = y.clone().lower_elem(classes as i64);
-            right += predicted
-                .equal(y.clone())
-                .int()
-                .mul(valid.clone().int())
-                .sum()
-                .into_scalar::<i64>() as usize;
-            counted += valid.int().sum().into_scalar::<i64>() as usize;
-            let loss = pixel_cross_entropy(logits, y);
-            let value = loss.clone().into_scalar::<f64>();
-            if !value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: seen / config.batch_size + 1,
-                });
-            }
-            let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
-            loss_sum += value * chunk.len() as f64;
-            seen += chunk.len();
-            observer.step(
-                seen,
-                loss_sum / seen as f64,
-                right as f64 / counted.max(1) as f64,
-                seen as f64 / start.elapsed().as_secs_f64(),
-            );
-            if observer.interrupted() {
-                return Err(TrainError::Interrupted { epoch });
-            }
-        }
-        let train_secs = start.elapsed().as_secs_f64();
-        let valid = model.valid();
-        let val = evaluate_segmenter(
-            &valid,
-            &data.val,
-            data.normalize,
-            config.batch_size,
-            classes,
-        );
-        schedule.epoch_end(val.loss);
-        let metrics = EpochMetrics {
-            epoch,
-            train_loss: loss_sum / seen as f64,
-            train_accuracy: right as f64 / counted.max(1) as f64,
-            val_loss: val.loss,
-            val_accuracy: val.pixel_accuracy,
-            lr,
-            images_per_sec: seen as f64 / train_secs,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        let improved = best.as_ref().is_none_or(|(iou, _, _)| val.mean_iou > *iou);
-        if improved {
-            best = Some((val.mean_iou, valid.clone(), epoch));
-            if let Some(run) = run {
-                save_fcn(run, BEST, &valid)?;
-            }
-        }
-        history.push(SegmentEpoch {
-            metrics: metrics.clone(),
-            val_iou: val.mean_iou,
-        });
-        if let Some(run) = run {
-            let mut csv = format!("{},val_mean_iou\n", EpochMetrics::CSV_HEADER);
-            for e in &history {
-                csv.push_str(&format!("{},{:.6}\n", e.metrics.csv_row(), e.val_iou));
-            }
-            let path = run.path.join(METRICS);
-            write_atomic(&path, csv.as_bytes()).map_err(|e| TrainError::io(&path, e))?;
-        }
-        observer.epoch_end_with(&metrics, improved, &format!("  mIoU {:.3}", val.mean_iou));
-    }
-    let (_, model, best_epoch) = best.expect("at least one epoch ran");
+    let settings = FitSettings {
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        lr: config.lr,
+        lr_schedule: config.lr_schedule.clone(),
+        optimizer: OptimizerSettings {
+            name: config.optimizer,
+            momentum: config.momentum,
+            nesterov: config.nesterov,
+            weight_decay: config.weight_decay,
+            no_decay_bias_norm: true,
+            clip_grad_norm: None,
+        },
+        seed: config.seed,
+    };
+    let mut task = SegmentTask {
+        data,
+        augment: &config.augment,
+        classes,
+        batch_size: config.batch_size,
+        device: train_device.clone(),
+    };
+    let fitted = fit(&settings, model, &mut task, &train_device, run, observer)?;
     let test = evaluate_segmenter(
-        &model,
+        &fitted.model,
         &data.test,
         data.normalize,
         config.batch_size,
         classes,
     );
     Ok(SegmentOutcome {
-        model,
-        history,
-        best_epoch,
+        model: fitted.model,
+        history: fitted
+            .history
+            .into_iter()
+            .map(|e| SegmentEpoch {
+                metrics: e.metrics,
+                val_iou: e.val_score,
+            })
+            .collect(),
+        best_epoch: fitted.best_epoch,
         test,
     })
 }
