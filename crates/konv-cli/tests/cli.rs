@@ -804,3 +804,104 @@ fn localize_and_segment_train_eval_and_predict() {
     assert!(!dir.join("x1").exists() && !dir.join("x2").exists() && !dir.join("x3").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn detect_trains_evaluates_and_draws_boxes() {
+    let dir = temp_dir("detect");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "detect",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--limit",
+            "200",
+            "--val-size",
+            "40",
+            "--stem-stride",
+            "2",
+            "--scale",
+            "1.0,1.2",
+            "--items",
+            "1,2",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        konv(&args, &dir)
+    };
+    let out = train(&["--model", "resnet20", "--out", "det"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("test mAP@0.5"), "{log}");
+    let csv = std::fs::read_to_string(dir.join("det/metrics.csv")).unwrap();
+    assert!(
+        csv.starts_with("epoch,") && csv.contains("val_map50"),
+        "{csv}"
+    );
+    let out = konv(&["eval", "--run", "det", "--embedded"], &dir);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("test mAP@0.5") && log.contains("Ankle boot   AP@0.5"),
+        "{log}"
+    );
+    image::GrayImage::from_fn(96, 72, |x, y| {
+        image::Luma([if (20..50).contains(&x) && (10..40).contains(&y) {
+            220
+        } else {
+            0
+        }])
+    })
+    .save(dir.join("scene.png"))
+    .unwrap();
+    // Score 0: every cell's best box survives NMS, so a barely trained model draws some.
+    let out = konv(
+        &[
+            "predict",
+            "--run",
+            "det",
+            "scene.png",
+            "--score",
+            "0",
+            "--out",
+            "found",
+        ],
+        &dir,
+    );
+    let log = text(&out);
+    assert!(out.status.success() && log.contains("box x"), "{log}");
+    assert_eq!(
+        image::image_dimensions(dir.join("found/scene-boxes.png")).unwrap(),
+        (96, 72)
+    );
+    // Bad input: one line each, nothing trained.
+    assert_clear_error(
+        &konv(
+            &["predict", "--run", "det", "--task", "localize", "scene.png"],
+            &dir,
+        ),
+        "is a detect run",
+    );
+    assert_clear_error(
+        &konv(&["predict", "--run", "det", "missing.png"], &dir),
+        "missing.png",
+    );
+    assert_clear_error(
+        &train(&["--model", "fcn8s-resnet20", "--canvas", "48", "--out", "x1"]),
+        "slides a classifier",
+    );
+    assert_clear_error(
+        &train(&["--model", "resnet20", "--max-overlap", "1.5", "--out", "x2"]),
+        "--max-overlap",
+    );
+    assert_clear_error(
+        &train(&["--model", "resnet20", "--canvas", "30", "--out", "x3"]),
+        "larger than the 30×30 canvas",
+    );
+    assert!(!dir.join("x1").exists() && !dir.join("x2").exists() && !dir.join("x3").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
