@@ -273,7 +273,7 @@ struct TrainArgs {
     val_size: Option<usize>,
     /// Start from these weights: a run's best.bpk or checkpoint.bpk, or `konv import`ed
     /// torchvision weights. Weights for another number of classes get a fresh head
-    /// (transfer learning).
+    /// (transfer learning). With --task detect: the classifier (same --model) to slide.
     #[arg(long)]
     init_from: Option<PathBuf>,
     /// Train on these classes only, relabelled 0, 1, … in this order (e.g. 5,6,7,8,9).
@@ -626,7 +626,10 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
 fn classification_only_flags(args: &TrainArgs) -> Result<()> {
     for (given, flag) in [
         (args.resume.is_some(), "--resume"),
-        (args.init_from.is_some(), "--init-from"),
+        (
+            args.init_from.is_some() && args.task != "detect",
+            "--init-from",
+        ),
         (args.classes.is_some(), "--classes"),
         (args.freeze_epochs > 0, "--freeze-epochs"),
     ] {
@@ -885,6 +888,7 @@ fn train_detect(
             .val_size
             .unwrap_or(if dataset.is_subset() { 500 } else { 2000 }),
         limit: args.limit,
+        init_from: args.init_from.clone(),
     };
     config.validate()?;
     let out = new_run_folder(args.out.as_deref(), |secs| {

@@ -876,7 +876,8 @@ fn detect_trains_evaluates_and_draws_boxes() {
     assert!(out.status.success() && log.contains("box x"), "{log}");
     assert_eq!(
         image::image_dimensions(dir.join("found/scene-boxes.png")).unwrap(),
-        (96, 72)
+        (384, 288),
+        "drawn ×4 so that the labels are readable"
     );
     // Bad input: one line each, nothing trained.
     assert_clear_error(

@@ -79,6 +79,11 @@ pub struct DetectConfig {
     pub val_size: usize,
     /// Use only the first N training items.
     pub limit: Option<usize>,
+    /// Start the backbone from a trained classifier of the same model (a konv run's
+    /// `best.bpk`, or imported torchvision weights): the lecture's classifier, made fully
+    /// convolutional and slid over the scene. Its dense head is not used.
+    #[serde(default)]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl DetectConfig {
@@ -106,6 +111,7 @@ impl DetectConfig {
             seed: 42,
             val_size: 2000,
             limit: None,
+            init_from: None,
         }
     }
 
@@ -123,6 +129,12 @@ impl DetectConfig {
     /// A one-line description of the first bad setting.
     pub fn validate(&self) -> Result<(), TrainError> {
         konv_models::info(&self.model)?;
+        if let Some(path) = self.init_from.as_deref().filter(|p| !p.is_file()) {
+            return Err(TrainError::Config(format!(
+                "--init-from {}: no such weights file (give a run's best.bpk or `konv import`ed weights)",
+                path.display()
+            )));
+        }
         if self.epochs == 0 || self.batch_size == 0 {
             return Err(TrainError::Config(
                 "--epochs and --batch-size must be at least 1".into(),
@@ -233,16 +245,24 @@ pub fn box_prior(set: &SegmentationSet) -> [f32; 2] {
     [(lw / n as f64).exp() as f32, (lh / n as f64).exp() as f32]
 }
 
-/// Builds the detector `config` describes for `classes` classes.
+/// Builds the detector `config` describes for `classes` classes, with fresh weights
+/// (`pretrained`: the backbone from `config.init_from`).
 ///
 /// # Errors
-/// An unknown model, or a stem stride on a model that has none.
+/// An unknown model, a stem stride on a model that has none, or `init_from` weights that
+/// cannot be read or do not fit.
 pub fn build_detector(
     config: &DetectConfig,
     classes: usize,
+    pretrained: bool,
     device: &Device,
 ) -> Result<SlidingDetector, TrainError> {
-    let mut backbone = konv_models::build_for(&config.model, classes, 1, device)?;
+    let mut backbone = match (&config.init_from, pretrained) {
+        (Some(path), true) => {
+            crate::train::initial_weights(&config.model, path, classes, 1, device)?
+        }
+        _ => konv_models::build_for(&config.model, classes, 1, device)?,
+    };
     if config.stem_stride > 1 {
         backbone = backbone.with_stem_stride(config.stem_stride)?;
     }
@@ -651,7 +671,7 @@ pub fn train_detector(
     config.validate()?;
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
-    let model = build_detector(config, class_names.len(), &train_device)?;
+    let model = build_detector(config, class_names.len(), true, &train_device)?;
     let [h, w] = data.train.size;
     konv_models::summary::checked(&model.backbone, &[1, h, w]).map_err(|e| {
         TrainError::Config(format!(
@@ -709,13 +729,16 @@ pub fn load_detector(
     info: &DetectInfo,
     device: &Device,
 ) -> Result<SlidingDetector, TrainError> {
-    let model = build_detector(&info.config, info.class_names.len(), device)?;
+    let model = build_detector(&info.config, info.class_names.len(), false, device)?;
     crate::run::load_module(model, &run.path.join(BEST))
 }
 
+/// Images smaller than this are drawn enlarged by a whole factor by [`detect_file`].
+pub const DRAW_SIDE: u32 = 384;
+
 /// Detects the objects of one image file (gray, resized to the run's input): the kept
 /// boxes with a score of at least `threshold`, in the file's pixels, and the image with
-/// them drawn.
+/// them drawn (enlarged by a whole factor when its longer side is under [`DRAW_SIDE`]).
 pub fn detect_file(
     model: &SlidingDetector,
     info: &DetectInfo,
@@ -755,16 +778,20 @@ pub fn detect_file(
             ..d
         })
         .collect();
-    let mut drawn = img.to_rgb8();
+    // Small images (a 96×96 scene) are drawn enlarged, nearest neighbour, so that the
+    // labels stay readable.
+    let zoom = (DRAW_SIDE / img.width().max(img.height()).max(1)).max(1);
+    let mut drawn = image::imageops::resize(
+        &img.to_rgb8(),
+        img.width() * zoom,
+        img.height() * zoom,
+        image::imageops::FilterType::Nearest,
+    );
     for d in &found {
         let name = info.class_names.get(d.class).map_or("?", String::as_str);
         let colour = palette(d.class as u8 + 1);
-        draw_box(
-            &mut drawn,
-            d.bbox,
-            &format!("{name} {:.2}", d.score),
-            colour,
-        );
+        let bbox = d.bbox.map(|v| v * zoom as f32);
+        draw_box(&mut drawn, bbox, &format!("{name} {:.2}", d.score), colour);
     }
     Ok((found, drawn))
 }
@@ -918,6 +945,53 @@ mod tests {
             aps.iter().flatten().all(|&ap| (ap - 1.0).abs() < 1e-9),
             "{aps:?}"
         );
+    }
+
+    /// `init_from` puts a trained classifier's feature extractor under the head: here
+    /// registry-shaped (RGB) ResNet-20 weights, summed over RGB for gray scenes.
+    #[test]
+    fn the_backbone_starts_from_a_classifier() {
+        let device = Device::flex();
+        let dir = std::env::temp_dir().join(format!("konv-det-init-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let classifier = konv_models::build_for("resnet20", 10, 3, &device).unwrap();
+        let run = RunDir { path: dir.clone() };
+        run.save_model("weights.bpk", &classifier).unwrap();
+        let mut config = DetectConfig::new("resnet20");
+        config.stem_stride = 2;
+        config.init_from = Some(dir.join("weights.bpk"));
+        config.validate().unwrap();
+        let model = build_detector(&config, 10, true, &device).unwrap();
+        let (konv_models::Classifier::ResNet(from), konv_models::Classifier::ResNet(to)) =
+            (&classifier, &model.backbone)
+        else {
+            panic!("a ResNet");
+        };
+        let summed = from.conv1.weight.val().sum_dim(1);
+        to.conv1
+            .weight
+            .val()
+            .into_data()
+            .assert_approx_eq::<f32>(&summed.into_data(), Default::default());
+        assert_eq!(to.conv1.stride, [2, 2]);
+        // Fresh (not pretrained) when a finished run is rebuilt for its best.bpk.
+        let fresh = build_detector(&config, 10, false, &device).unwrap();
+        let konv_models::Classifier::ResNet(fresh) = &fresh.backbone else {
+            panic!("a ResNet");
+        };
+        assert_ne!(
+            fresh.conv1.weight.val().into_data(),
+            to.conv1.weight.val().into_data()
+        );
+        config.init_from = Some(dir.join("missing.bpk"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("missing.bpk")
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
