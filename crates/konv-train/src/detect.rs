@@ -164,6 +164,9 @@ impl DetectConfig {
     }
 }
 
+/// The objects of one image: class and box `[x0, y0, x1, y1]` in pixels.
+pub type Objects = Vec<(u8, [f32; 4])>;
+
 /// What a detection run folder records besides the weights.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DetectInfo {
@@ -339,7 +342,7 @@ struct Losses {
 /// Focal objectness, class cross-entropy and smooth-L1 box losses (module docs).
 fn detection_losses(
     out: &konv_models::detection::DetectorOutput,
-    objects: &[Vec<(u8, [f32; 4])>],
+    objects: &[Objects],
     input: [usize; 2],
     prior: [f32; 2],
 ) -> Losses {
@@ -392,7 +395,7 @@ fn batch(
     normalize: Normalize,
     augment: Option<(&Pipeline, u64)>,
     device: &Device,
-) -> (Tensor<4>, Vec<Vec<(u8, [f32; 4])>>) {
+) -> (Tensor<4>, Vec<Objects>) {
     let [h, w] = set.size;
     let mut pixels = Vec::with_capacity(indices.len() * h * w);
     let mut objects = Vec::with_capacity(indices.len());
