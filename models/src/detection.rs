@@ -67,9 +67,12 @@ impl SlidingDetector {
         };
         let mut objectness = one(1);
         let logit = -((1.0 - prior) / prior).ln();
-        objectness.bias = objectness
-            .bias
-            .map(|b| b.map(|t| Tensor::full(t.dims(), logit, &t.device())));
+        // A new trainable parameter (`Param::map` would keep a value that is not tracked).
+        objectness.bias = Some(burn::module::Param::from_tensor(Tensor::full(
+            [1],
+            logit,
+            device,
+        )));
         Self {
             conv: Conv2dConfig::new([channels, channels], [3, 3])
                 .with_padding(PaddingConfig2d::Same)
@@ -161,6 +164,32 @@ mod tests {
         let s = Summary::of(&model, &[1, 96, 96]);
         assert_eq!(s.rows.last().unwrap().name, "bbox_pred");
         assert_eq!(s.shape(), vec![4, 12, 12]);
+    }
+
+    #[test]
+    fn every_head_parameter_trains() {
+        let device = Device::flex().autodiff();
+        let backbone = build_for("fashion-cnn", 1, 1, &device).unwrap();
+        let model = SlidingDetector::new(backbone, 3, 0.01, &device);
+        for conv in [
+            &model.conv,
+            &model.objectness,
+            &model.cls_logits,
+            &model.bbox_pred,
+        ] {
+            assert!(conv.weight.val().is_require_grad());
+            assert!(conv.bias.as_ref().unwrap().val().is_require_grad());
+        }
+        let bias: Vec<f32> = model
+            .objectness
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert!((bias[0] - (0.01f32 / 0.99).ln()).abs() < 1e-6);
     }
 
     #[test]

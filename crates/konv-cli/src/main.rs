@@ -505,6 +505,11 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             dataset.train.len()
         );
     }
+    if let Some(dir) = &args.resume
+        && let Some(task) = dense_task(dir)?
+    {
+        return resume_dense(dir, &task, &args, mode);
+    }
     if args.task == "localize" {
         return train_localize(&args, &dataset, val_size, mode);
     }
@@ -941,6 +946,87 @@ fn train_detect(
         started.elapsed().as_secs_f64(),
         out.join(run::BEST).display()
     );
+    Ok(())
+}
+
+/// The task of the run in `dir` when it is one `--resume` continues through
+/// `konv_train::fit` (segment, detect); `None` for classification runs.
+fn dense_task(dir: &Path) -> Result<Option<String>> {
+    let run_dir = RunDir::open(dir)?;
+    if konv_train::segment::read_info(&run_dir)?.is_some() {
+        return Ok(Some("segment".into()));
+    }
+    if konv_train::detect::read_info(&run_dir)?.is_some() {
+        return Ok(Some("detect".into()));
+    }
+    if konv_train::localize::read_info(&run_dir)?.is_some() {
+        bail!(
+            "--resume {}: localization runs cannot be resumed yet; train it again",
+            dir.display()
+        );
+    }
+    Ok(None)
+}
+
+/// `konv train --resume RUN` for a segmentation or detection run: its own settings, the
+/// scenes generated again from them.
+fn resume_dense(dir: &Path, task: &str, args: &TrainArgs, mode: OutputMode) -> Result<()> {
+    let run_dir = RunDir::open(dir)?;
+    let device = args.backend.open()?;
+    let load = |name: &str| -> Result<konv_datasets::Dataset> {
+        let name = DatasetName::parse(name)
+            .with_context(|| format!("{}: unknown dataset in config.json", dir.display()))?;
+        Ok(args.data.load(name)?)
+    };
+    let started = std::time::Instant::now();
+    if task == "segment" {
+        let info = konv_train::segment::read_info(&run_dir)?.context("a segmentation run")?;
+        let data =
+            konv_train::segment::SegmentData::generate(&load(&info.config.dataset)?, &info.config)?;
+        if mode != OutputMode::Quiet {
+            println!(
+                "resuming {} ({} over {})",
+                dir.display(),
+                info.config.variant,
+                info.config.backbone
+            );
+        }
+        let mut observer = ConsoleObserver::new(mode, info.config.batch_size);
+        let outcome =
+            konv_train::segment::resume_segmenter(&data, &device, &run_dir, &mut observer)?;
+        println!(
+            "test mean IoU {:.3}, pixel accuracy {:.2}% (best validation epoch {}, {} test scenes), {:.0}s; weights in {}",
+            outcome.test.mean_iou,
+            100.0 * outcome.test.pixel_accuracy,
+            outcome.best_epoch,
+            outcome.test.count,
+            started.elapsed().as_secs_f64(),
+            dir.join(run::BEST).display()
+        );
+    } else {
+        let info = konv_train::detect::read_info(&run_dir)?.context("a detection run")?;
+        let data =
+            konv_train::detect::DetectData::generate(&load(&info.config.dataset)?, &info.config)?;
+        if mode != OutputMode::Quiet {
+            println!(
+                "resuming {} (detection with {})",
+                dir.display(),
+                info.config.model
+            );
+        }
+        let mut observer = ConsoleObserver::new(mode, info.config.batch_size);
+        let outcome = konv_train::detect::resume_detector(&data, &device, &run_dir, &mut observer)?;
+        println!(
+            "test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} (best validation epoch {}, {} test scenes, {} objects), {:.0}s; weights in {}",
+            outcome.test.map50,
+            outcome.test.map50_95,
+            outcome.best_epoch,
+            outcome.test.count,
+            outcome.test.objects,
+            started.elapsed().as_secs_f64(),
+            dir.join(run::BEST).display()
+        );
+    }
     Ok(())
 }
 

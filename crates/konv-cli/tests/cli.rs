@@ -879,6 +879,11 @@ fn detect_trains_evaluates_and_draws_boxes() {
         (384, 288),
         "drawn ×4 so that the labels are readable"
     );
+    // --resume regenerates the run's scenes from its config.json; a finished run says so.
+    assert_clear_error(
+        &konv(&["train", "--resume", "det", "--embedded"], &dir),
+        "already finished its 1 epochs",
+    );
     // Bad input: one line each, nothing trained.
     assert_clear_error(
         &konv(

@@ -658,8 +658,8 @@ pub struct DetectOutcome {
     pub test: DetectEval,
 }
 
-/// Trains a sliding detector on `data`, writing `config.json`, `metrics.csv` and
-/// `best.bpk` into `run`.
+/// Trains a sliding detector on `data`, writing `config.json`, `metrics.csv`, `best.bpk`
+/// and each epoch's checkpoint into `run`.
 ///
 /// # Errors
 /// Bad settings, a diverging loss, or a run folder that cannot be written.
@@ -671,10 +671,59 @@ pub fn train_detector(
     run: Option<&RunDir>,
     observer: &mut dyn Observer,
 ) -> Result<DetectOutcome, TrainError> {
-    config.validate()?;
+    detect_from(config, class_names, data, device, run, false, observer)
+}
+
+/// [`train_detector`] continuing the run in `run` from its last finished epoch (the CLI's
+/// `--resume`), with the run's own settings and `data` generated from them again.
+///
+/// # Errors
+/// As [`train_detector`]; a run that is not a detection run, has no finished epoch or is
+/// done; data that differs from the run's.
+pub fn resume_detector(
+    data: &DetectData,
+    device: &Device,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<DetectOutcome, TrainError> {
+    let info = read_info(run)?.ok_or_else(|| {
+        TrainError::Config(format!("{}: not a detection run", run.path.display()))
+    })?;
+    if info.normalize != data.normalize || info.prior != data.prior {
+        return Err(TrainError::Config(format!(
+            "{}: the scenes differ from the run's (other pixel statistics); use the same dataset and data flags",
+            run.path.display()
+        )));
+    }
+    detect_from(
+        &info.config,
+        &info.class_names,
+        data,
+        device,
+        Some(run),
+        true,
+        observer,
+    )
+}
+
+fn detect_from(
+    config: &DetectConfig,
+    class_names: &[String],
+    data: &DetectData,
+    device: &Device,
+    run: Option<&RunDir>,
+    resuming: bool,
+    observer: &mut dyn Observer,
+) -> Result<DetectOutcome, TrainError> {
+    // A resumed run loads its own checkpoint: the init weights need not be there any more.
+    DetectConfig {
+        init_from: config.init_from.clone().filter(|_| !resuming),
+        ..config.clone()
+    }
+    .validate()?;
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
-    let model = build_detector(config, class_names.len(), true, &train_device)?;
+    let model = build_detector(config, class_names.len(), !resuming, &train_device)?;
     let [h, w] = data.train.size;
     konv_models::summary::checked(&model.backbone, &[1, h, w]).map_err(|e| {
         TrainError::Config(format!(
@@ -682,30 +731,31 @@ pub fn train_detector(
             config.model
         ))
     })?;
-    if let Some(run) = run {
-        run.write_config(&DetectInfo {
-            task: "detect".into(),
-            config: config.clone(),
-            class_names: class_names.to_vec(),
-            normalize: data.normalize,
-            input: [1, h, w],
-            prior: data.prior,
-        })?;
-    }
     let mut task = DetectTask {
         data,
         augment: &config.augment,
         batch_size: config.batch_size,
         device: train_device.clone(),
     };
-    let fitted = fit(
-        &config.fit_settings(),
-        model,
-        &mut task,
-        &train_device,
-        run,
-        observer,
-    )?;
+    let settings = config.fit_settings();
+    let fitted = match run {
+        Some(run) if resuming => {
+            crate::fit::resume(&settings, model, &mut task, &train_device, run, observer)?
+        }
+        _ => {
+            if let Some(run) = run {
+                run.write_config(&DetectInfo {
+                    task: "detect".into(),
+                    config: config.clone(),
+                    class_names: class_names.to_vec(),
+                    normalize: data.normalize,
+                    input: [1, h, w],
+                    prior: data.prior,
+                })?;
+            }
+            fit(&settings, model, &mut task, &train_device, run, observer)?
+        }
+    };
     let test = evaluate_detector(
         &fitted.model,
         &data.test,

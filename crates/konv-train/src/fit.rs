@@ -6,18 +6,29 @@
 //! A task says how a batch becomes a loss and how a model is validated ([`FitTask`]);
 //! [`fit`] does the rest, as Keras' `Model.fit` or PyTorch Lightning's `Trainer.fit` drive
 //! a module's `training_step` and `validation_step`.
+//!
+//! With a run folder, every finished epoch is committed crash-safely: the epoch's weights
+//! and optimizer state (`epoch-NNNN.bpk`, `epoch-NNNN.optim.bpk`), `best.bpk` when it
+//! improved, then `state.json` naming them ([`FitState`], the commit point), then
+//! `metrics.csv`; older epoch files are deleted. [`resume`] continues from `state.json`:
+//! weights, optimizer state, the schedule replayed, best epoch and history restored, and
+//! the remaining epochs draw the same random numbers (each epoch is seeded by the run's
+//! seed and its number), so on a CPU backend the resumed run ends where the uninterrupted
+//! one would have.
 
 use std::time::Instant;
 
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::observer::Observer;
 use crate::optim::OptimizerSettings;
-use crate::run::{BEST, METRICS, RunDir, write_atomic};
+use crate::run::{BEST, METRICS, RunDir, STATE, load_module, write_atomic};
 use crate::schedule::{LrSchedule, ScheduleDriver};
 use crate::train::{EpochMetrics, epoch_seed};
 
@@ -84,12 +95,60 @@ pub trait FitTask<M: Module> {
 }
 
 /// One epoch of [`fit`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FitEpoch {
     /// Loss, accuracy, learning rate, speed.
     pub metrics: EpochMetrics,
     /// The validation score.
     pub val_score: f64,
+}
+
+/// Where a [`fit`] run stands after its last finished epoch (`state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitState {
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Every finished epoch.
+    pub history: Vec<FitEpoch>,
+    /// The epoch of `best.bpk`.
+    pub best_epoch: usize,
+    /// Its validation score.
+    pub best_score: f64,
+    /// Weights after `epoch`, in the run folder.
+    pub checkpoint: String,
+    /// Optimizer state after `epoch`, in the run folder.
+    pub optimizer: String,
+}
+
+impl FitState {
+    /// Reads `state.json` of `run`.
+    ///
+    /// # Errors
+    /// A missing file (no epoch finished: nothing to resume) or a corrupt one.
+    pub fn read(run: &RunDir) -> Result<Self, TrainError> {
+        let path = run.path.join(STATE);
+        let corrupt = |reason: String| TrainError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                corrupt("missing: the run has not finished an epoch, so there is nothing to resume; start it again".into())
+            } else {
+                TrainError::io(&path, e)
+            }
+        })?;
+        let state: Self = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if state.history.len() != state.epoch || state.best_epoch > state.epoch {
+            return Err(corrupt(format!(
+                "{} epochs of metrics and best epoch {} for {} epochs done",
+                state.history.len(),
+                state.best_epoch,
+                state.epoch
+            )));
+        }
+        Ok(state)
+    }
 }
 
 /// What [`fit`] returns.
@@ -111,10 +170,47 @@ pub struct Fitted<M> {
 /// run folder that cannot be written.
 pub fn fit<M: Module, T: FitTask<M>>(
     settings: &FitSettings,
+    model: M,
+    task: &mut T,
+    device: &Device,
+    run: Option<&RunDir>,
+    observer: &mut dyn Observer,
+) -> Result<Fitted<M>, TrainError> {
+    fit_from(settings, model, task, device, run, None, observer)
+}
+
+/// [`fit`] continuing the run in `run` from its `state.json`; `model` is the freshly built
+/// model the weights load into.
+///
+/// # Errors
+/// As [`fit`], and a missing, corrupt or finished run state.
+pub fn resume<M: Module, T: FitTask<M>>(
+    settings: &FitSettings,
+    model: M,
+    task: &mut T,
+    device: &Device,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<Fitted<M>, TrainError> {
+    let state = FitState::read(run)?;
+    fit_from(
+        settings,
+        model,
+        task,
+        device,
+        Some(run),
+        Some(state),
+        observer,
+    )
+}
+
+fn fit_from<M: Module, T: FitTask<M>>(
+    settings: &FitSettings,
     mut model: M,
     task: &mut T,
     device: &Device,
     run: Option<&RunDir>,
+    state: Option<FitState>,
     observer: &mut dyn Observer,
 ) -> Result<Fitted<M>, TrainError> {
     if settings.epochs == 0 || settings.batch_size == 0 {
@@ -131,7 +227,32 @@ pub fn fit<M: Module, T: FitTask<M>>(
     let (score_name, score_label) = (task.score_name(), task.score_label());
     let mut history: Vec<FitEpoch> = Vec::new();
     let mut best: Option<(f64, M, usize)> = None;
-    for epoch in 1..=settings.epochs {
+    let mut first_epoch = 1;
+    if let (Some(state), Some(run)) = (state, run) {
+        if state.epoch >= settings.epochs {
+            return Err(TrainError::Config(format!(
+                "{}: the run already finished its {} epochs",
+                run.path.display(),
+                settings.epochs
+            )));
+        }
+        model = load_module(model, &run.path.join(&state.checkpoint))?;
+        // Built on the loaded parameters, whose ids the parameter groups match.
+        optim = run.load_optimizer(settings.optimizer.build(&model), &state.optimizer)?;
+        for e in &state.history {
+            for _ in 0..steps {
+                schedule.next_lr();
+            }
+            schedule.epoch_end(e.metrics.val_loss);
+        }
+        if state.best_epoch > 0 {
+            let best_model = load_module(model.valid(), &run.path.join(BEST))?;
+            best = Some((state.best_score, best_model, state.best_epoch));
+        }
+        history = state.history;
+        first_epoch = state.epoch + 1;
+    }
+    for epoch in first_epoch..=settings.epochs {
         let start = Instant::now();
         let seed = epoch_seed(settings.seed, epoch);
         device.seed(seed);
@@ -181,17 +302,24 @@ pub fn fit<M: Module, T: FitTask<M>>(
             seconds: start.elapsed().as_secs_f64(),
         };
         let improved = best.as_ref().is_none_or(|(score, _, _)| val.score > *score);
-        if improved {
-            if let Some(run) = run {
-                run.save_module(BEST, &valid)?;
-            }
-            best = Some((val.score, valid, epoch));
-        }
         history.push(FitEpoch {
             metrics: metrics.clone(),
             val_score: val.score,
         });
+        if improved {
+            best = Some((val.score, valid.clone(), epoch));
+        }
         if let Some(run) = run {
+            let (best_score, _, best_epoch) = best.as_ref().expect("set on the first epoch");
+            let state = FitState {
+                epoch,
+                history: history.clone(),
+                best_epoch: *best_epoch,
+                best_score: *best_score,
+                checkpoint: format!("epoch-{epoch:04}.bpk"),
+                optimizer: format!("epoch-{epoch:04}.optim.bpk"),
+            };
+            commit_epoch(run, &model, &optim, improved.then_some(&valid), &state)?;
             write_fit_metrics(run, score_name, &history)?;
         }
         observer.epoch_end_with(
@@ -206,6 +334,41 @@ pub fn fit<M: Module, T: FitTask<M>>(
         history,
         best_epoch,
     })
+}
+
+/// Saves an epoch in crash-safe order: its weights and optimizer state, `best.bpk`, then
+/// `state.json` naming them (the commit point); then deletes the previous epoch's files.
+fn commit_epoch<M: Module>(
+    run: &RunDir,
+    model: &M,
+    optim: &ModuleOptimizer,
+    best: Option<&M>,
+    state: &FitState,
+) -> Result<(), TrainError> {
+    run.save_module(&state.checkpoint, model)?;
+    let optim_path = run.path.join(&state.optimizer);
+    let bytes = optim
+        .into_bytes()
+        .map_err(|e| TrainError::Record(optim_path.clone(), e.to_string()))?;
+    write_atomic(&optim_path, &bytes).map_err(|e| TrainError::io(&optim_path, e))?;
+    if let Some(best) = best {
+        run.save_module(BEST, best)?;
+    }
+    let json = serde_json::to_vec_pretty(state).expect("FitState serializes");
+    let path = run.path.join(STATE);
+    write_atomic(&path, &json).map_err(|e| TrainError::io(&path, e))?;
+    for old in 1..state.epoch {
+        for name in [
+            format!("epoch-{old:04}.bpk"),
+            format!("epoch-{old:04}.optim.bpk"),
+        ] {
+            let path = run.path.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes `metrics.csv`: [`EpochMetrics::CSV_HEADER`] and the score's column.

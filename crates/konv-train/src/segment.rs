@@ -452,7 +452,8 @@ impl FitTask<Fcn> for SegmentTask<'_> {
     }
 }
 
-/// Trains an FCN on `data`, writing `config.json`, `metrics.csv` and `best.bpk` into `run`.
+/// Trains an FCN on `data`, writing `config.json`, `metrics.csv`, `best.bpk` and each
+/// epoch's checkpoint into `run`.
 ///
 /// # Errors
 /// Bad settings, a diverging loss, or a run folder that cannot be written.
@@ -464,22 +465,56 @@ pub fn train_segmenter(
     run: Option<&RunDir>,
     observer: &mut dyn Observer,
 ) -> Result<SegmentOutcome, TrainError> {
+    segment_from(config, class_names, data, device, run, false, observer)
+}
+
+/// [`train_segmenter`] continuing the run in `run` from its last finished epoch (the CLI's
+/// `--resume`), with the run's own settings and `data` generated from them again.
+///
+/// # Errors
+/// As [`train_segmenter`]; a run that is not a segmentation run, has no finished epoch or
+/// is done; data that differs from the run's.
+pub fn resume_segmenter(
+    data: &SegmentData,
+    device: &Device,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<SegmentOutcome, TrainError> {
+    let info = read_info(run)?.ok_or_else(|| {
+        TrainError::Config(format!("{}: not a segmentation run", run.path.display()))
+    })?;
+    if info.normalize != data.normalize {
+        return Err(TrainError::Config(format!(
+            "{}: the scenes differ from the run's (other pixel statistics); use the same dataset and data flags",
+            run.path.display()
+        )));
+    }
+    segment_from(
+        &info.config,
+        &info.class_names,
+        data,
+        device,
+        Some(run),
+        true,
+        observer,
+    )
+}
+
+fn segment_from(
+    config: &SegmentConfig,
+    class_names: &[String],
+    data: &SegmentData,
+    device: &Device,
+    run: Option<&RunDir>,
+    resuming: bool,
+    observer: &mut dyn Observer,
+) -> Result<SegmentOutcome, TrainError> {
     config.validate()?;
     let classes = class_names.len();
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
     let model = build_fcn(config, classes, &train_device)?;
     let [h, w] = data.train.size;
-    if let Some(run) = run {
-        let info = SegmentInfo {
-            task: "segment".into(),
-            config: config.clone(),
-            class_names: class_names.to_vec(),
-            normalize: data.normalize,
-            input: [1, h, w],
-        };
-        run.write_config(&info)?;
-    }
     let settings = FitSettings {
         epochs: config.epochs,
         batch_size: config.batch_size,
@@ -502,7 +537,23 @@ pub fn train_segmenter(
         batch_size: config.batch_size,
         device: train_device.clone(),
     };
-    let fitted = fit(&settings, model, &mut task, &train_device, run, observer)?;
+    let fitted = match run {
+        Some(run) if resuming => {
+            crate::fit::resume(&settings, model, &mut task, &train_device, run, observer)?
+        }
+        _ => {
+            if let Some(run) = run {
+                run.write_config(&SegmentInfo {
+                    task: "segment".into(),
+                    config: config.clone(),
+                    class_names: class_names.to_vec(),
+                    normalize: data.normalize,
+                    input: [1, h, w],
+                })?;
+            }
+            fit(&settings, model, &mut task, &train_device, run, observer)?
+        }
+    };
     let test = evaluate_segmenter(
         &fitted.model,
         &data.test,

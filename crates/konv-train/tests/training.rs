@@ -466,3 +466,81 @@ fn transfer_phases_train_the_head_then_everything() {
     assert_eq!(t.fc3.weight.dims()[1], 3);
     std::fs::remove_dir_all(&base).ok();
 }
+
+/// A detection run (the shared `fit` loop) killed mid-epoch and resumed from its last
+/// finished epoch ends exactly where the uninterrupted run does.
+#[test]
+fn an_interrupted_detection_run_resumes_to_the_same_end() {
+    use konv_train::detect::{DetectConfig, DetectData, resume_detector, train_detector};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    let mut config = DetectConfig::new("resnet20");
+    config.stem_stride = 2;
+    config.scene.size = 48;
+    config.scene.scale_max = 1.2;
+    config.scene.items_max = 2;
+    config.epochs = 3;
+    config.batch_size = 8;
+    config.limit = Some(100);
+    config.val_size = 16;
+    config.weight_decay = 5e-3;
+    config.augment = "flip".parse().unwrap();
+    let mut data = DetectData::generate(&dataset, &config).unwrap();
+    data.test = data.test.select(&(0..6).collect::<Vec<_>>());
+    let names: Vec<String> = dataset
+        .class_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let device = BackendName::Cpu.open().unwrap();
+    let base = std::env::temp_dir().join(format!("konv-det-resume-{}", std::process::id()));
+    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
+    let whole = train_detector(
+        &config,
+        &names,
+        &data,
+        &device,
+        Some(&whole_dir),
+        &mut Silent,
+    )
+    .unwrap();
+    let steps = data.train.len().div_ceil(config.batch_size);
+    let cut_dir = RunDir::create(&base.join("cut")).unwrap();
+    let err = train_detector(
+        &config,
+        &names,
+        &data,
+        &device,
+        Some(&cut_dir),
+        &mut KillAfter {
+            steps: 0,
+            after: steps + 2,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, konv_train::TrainError::Interrupted { epoch: 2 }),
+        "{err}"
+    );
+    let resumed = resume_detector(&data, &device, &cut_dir, &mut Silent).unwrap();
+    let metrics = |h: &[konv_train::fit::FitEpoch]| {
+        let m: Vec<_> = h.iter().map(|e| e.metrics.clone()).collect();
+        (curve(&m), h.iter().map(|e| e.val_score).collect::<Vec<_>>())
+    };
+    assert_eq!(metrics(&resumed.history), metrics(&whole.history));
+    assert_eq!(resumed.best_epoch, whole.best_epoch);
+    assert_eq!(resumed.test, whole.test);
+    // Only the last epoch's files remain; a finished run does not resume again.
+    assert!(cut_dir.path.join("epoch-0003.bpk").exists());
+    assert!(!cut_dir.path.join("epoch-0002.bpk").exists());
+    let err = resume_detector(&data, &device, &cut_dir, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("already finished"), "{err}");
+    // Scenes of other data are refused.
+    let mut other = data.clone();
+    other.normalize.mean += 0.01;
+    let fresh = RunDir::create(&base.join("fresh")).unwrap();
+    assert!(resume_detector(&data, &device, &fresh, &mut Silent).is_err());
+    let err = resume_detector(&other, &device, &whole_dir, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("scenes differ"), "{err}");
+    std::fs::remove_dir_all(&base).ok();
+}
