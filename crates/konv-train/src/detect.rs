@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::fit::{BatchLoss, FitEpoch, FitSettings, FitTask, Validation, fit};
+use crate::fit::{BatchLoss, FitEpoch, FitSettings, FitTask, Validation, fit_or_resume};
 use crate::localize::{draw_box, pixel_stats, split_items};
 use crate::loss::{sigmoid_focal_loss, smooth_l1};
 use crate::metrics::{Detection, GroundTruth, average_precision, nms};
@@ -738,24 +738,24 @@ fn detect_from(
         device: train_device.clone(),
     };
     let settings = config.fit_settings();
-    let fitted = match run {
-        Some(run) if resuming => {
-            crate::fit::resume(&settings, model, &mut task, &train_device, run, observer)?
-        }
-        _ => {
-            if let Some(run) = run {
-                run.write_config(&DetectInfo {
-                    task: "detect".into(),
-                    config: config.clone(),
-                    class_names: class_names.to_vec(),
-                    normalize: data.normalize,
-                    input: [1, h, w],
-                    prior: data.prior,
-                })?;
-            }
-            fit(&settings, model, &mut task, &train_device, run, observer)?
-        }
+    let info = DetectInfo {
+        task: "detect".into(),
+        config: config.clone(),
+        class_names: class_names.to_vec(),
+        normalize: data.normalize,
+        input: [1, h, w],
+        prior: data.prior,
     };
+    let fitted = fit_or_resume(
+        &settings,
+        model,
+        &mut task,
+        &train_device,
+        run,
+        &info,
+        resuming,
+        observer,
+    )?;
     let test = evaluate_detector(
         &fitted.model,
         &data.test,
@@ -799,18 +799,9 @@ pub fn detect_file(
     invert: bool,
     threshold: f32,
 ) -> Result<(Vec<Detection>, RgbImage), TrainError> {
-    let img = image::open(path).map_err(|e| TrainError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
     let [_, h, w] = info.input;
-    let mut pixels = crate::predict::load_grayscale(path, h, w)?;
-    if invert {
-        pixels.iter_mut().for_each(|p| *p = 255 - *p);
-    }
     let device = model.conv.weight.device();
-    let values: Vec<f32> = pixels.iter().map(|&p| info.normalize.apply(p)).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, h, w]), &device);
+    let (img, x) = crate::predict::load_input(path, [h, w], invert, info.normalize, &device)?;
     let out = model.forward(x);
     let found = decode_detections(&out, [h, w], info.prior, threshold, 0.5, 100)
         .pop()

@@ -204,6 +204,34 @@ pub fn resume<M: Module, T: FitTask<M>>(
     )
 }
 
+/// The entry point of a task's run: writes `config` into `run` as `config.json` and
+/// [`fit`]s, or, when `resuming`, [`resume`]s the run from its `state.json` (its
+/// `config.json` is already there).
+///
+/// # Errors
+/// As [`fit`] and [`resume`].
+#[allow(clippy::too_many_arguments)]
+pub fn fit_or_resume<M: Module, T: FitTask<M>, C: Serialize>(
+    settings: &FitSettings,
+    model: M,
+    task: &mut T,
+    device: &Device,
+    run: Option<&RunDir>,
+    config: &C,
+    resuming: bool,
+    observer: &mut dyn Observer,
+) -> Result<Fitted<M>, TrainError> {
+    match run {
+        Some(run) if resuming => resume(settings, model, task, device, run, observer),
+        _ => {
+            if let Some(run) = run {
+                run.write_config(config)?;
+            }
+            fit(settings, model, task, device, run, observer)
+        }
+    }
+}
+
 fn fit_from<M: Module, T: FitTask<M>>(
     settings: &FitSettings,
     mut model: M,

@@ -723,18 +723,9 @@ pub fn locate_file(
     path: &Path,
     invert: bool,
 ) -> Result<(Located, image::DynamicImage), TrainError> {
-    let img = image::open(path).map_err(|e| TrainError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
     let [_, h, w] = info.input;
-    let mut pixels = crate::predict::load_grayscale(path, h, w)?;
-    if invert {
-        pixels.iter_mut().for_each(|p| *p = 255 - *p);
-    }
     let device = crate::eval::device_of(&model.backbone);
-    let values: Vec<f32> = pixels.iter().map(|&p| info.normalize.apply(p)).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, h, w]), &device);
+    let (img, x) = crate::predict::load_input(path, [h, w], invert, info.normalize, &device)?;
     let out = model.forward(x);
     let probs = softmax(out.logits, 1)
         .into_data()

@@ -14,14 +14,42 @@ use crate::data::Normalize;
 /// Reads an image file (PNG or JPEG), converts it to grayscale and resizes it to
 /// `height × width`. Returns 8-bit pixels, row-major.
 pub fn load_grayscale(path: &Path, height: usize, width: usize) -> Result<Vec<u8>, TrainError> {
-    let img = image::open(path).map_err(|e| TrainError::Image {
+    Ok(grayscale(&open_image(path)?, height, width))
+}
+
+/// Opens an image file (PNG or JPEG); an unreadable file is an error naming it.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage, TrainError> {
+    image::open(path).map_err(|e| TrainError::Image {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    })?;
-    let gray = img
-        .resize_exact(width as u32, height as u32, FilterType::Triangle)
-        .into_luma8();
-    Ok(gray.into_raw())
+    })
+}
+
+/// `img` in grayscale, resized to `height × width`: 8-bit pixels, row-major.
+pub fn grayscale(img: &image::DynamicImage, height: usize, width: usize) -> Vec<u8> {
+    img.resize_exact(width as u32, height as u32, FilterType::Triangle)
+        .into_luma8()
+        .into_raw()
+}
+
+/// The input of a dense-task model (localize, segment, detect) for one image file: the file
+/// opened once, and the `[1, 1, height, width]` tensor of its grayscale pixels (inverted
+/// when asked), standardized with `normalize`, on `device`.
+pub fn load_input(
+    path: &Path,
+    size: [usize; 2],
+    invert: bool,
+    normalize: Normalize,
+    device: &Device,
+) -> Result<(image::DynamicImage, Tensor<4>), TrainError> {
+    let img = open_image(path)?;
+    let [h, w] = size;
+    let values: Vec<f32> = grayscale(&img, h, w)
+        .into_iter()
+        .map(|p| normalize.apply(if invert { 255 - p } else { p }))
+        .collect();
+    let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, h, w]), device);
+    Ok((img, x))
 }
 
 /// Class probabilities of one image (pixels as [`load_grayscale`] gives them), sorted by

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Mask, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::fit::{BatchLoss, FitSettings, FitTask, Validation, fit};
+use crate::fit::{BatchLoss, FitSettings, FitTask, Validation, fit_or_resume};
 use crate::localize::{pixel_stats, split_items};
 use crate::metrics::SegmentationMetrics;
 use crate::observer::Observer;
@@ -537,23 +537,23 @@ fn segment_from(
         batch_size: config.batch_size,
         device: train_device.clone(),
     };
-    let fitted = match run {
-        Some(run) if resuming => {
-            crate::fit::resume(&settings, model, &mut task, &train_device, run, observer)?
-        }
-        _ => {
-            if let Some(run) = run {
-                run.write_config(&SegmentInfo {
-                    task: "segment".into(),
-                    config: config.clone(),
-                    class_names: class_names.to_vec(),
-                    normalize: data.normalize,
-                    input: [1, h, w],
-                })?;
-            }
-            fit(&settings, model, &mut task, &train_device, run, observer)?
-        }
+    let info = SegmentInfo {
+        task: "segment".into(),
+        config: config.clone(),
+        class_names: class_names.to_vec(),
+        normalize: data.normalize,
+        input: [1, h, w],
     };
+    let fitted = fit_or_resume(
+        &settings,
+        model,
+        &mut task,
+        &train_device,
+        run,
+        &info,
+        resuming,
+        observer,
+    )?;
     let test = evaluate_segmenter(
         &fitted.model,
         &data.test,
@@ -616,18 +616,9 @@ pub fn segment_file(
     path: &Path,
     invert: bool,
 ) -> Result<(Vec<u8>, RgbImage, RgbImage), TrainError> {
-    let img = image::open(path).map_err(|e| TrainError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
     let [_, h, w] = info.input;
-    let mut pixels = crate::predict::load_grayscale(path, h, w)?;
-    if invert {
-        pixels.iter_mut().for_each(|p| *p = 255 - *p);
-    }
     let device = fcn_device(model);
-    let values: Vec<f32> = pixels.iter().map(|&p| info.normalize.apply(p)).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(values, [1, 1, h, w]), &device);
+    let (img, x) = crate::predict::load_input(path, [h, w], invert, info.normalize, &device)?;
     let labels = argmax_labels(model.forward(x));
     let small = RgbImage::from_fn(w as u32, h as u32, |x, y| {
         palette(labels[y as usize * w + x as usize])
