@@ -52,6 +52,9 @@ enum Cmd {
         /// Measure inference latency (forward only, no autodiff) instead of training.
         #[arg(long)]
         inference: bool,
+        /// Model replicas each batch is split between (data parallelism over CPU cores).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// Check konv's outputs against torchvision's: makes fixtures with PyTorch (pip, in a
     /// venv under target/) and compares every model.
@@ -178,8 +181,16 @@ fn bench_one(
     size: usize,
     warmup: usize,
     steps: usize,
+    replicas: usize,
 ) -> Result<f64> {
     let device = backend.open()?.autodiff();
+    let pools = (replicas > 1)
+        .then(|| konv_train::parallel::Replicas::new(replicas))
+        .transpose()?;
+    let step = |net, optim: &mut ModuleOptimizer, batch, lr| match &pools {
+        Some(pools) => konv_train::parallel::parallel_train_step(net, optim, batch, lr, 0.0, pools),
+        None => train_step(net, optim, batch, lr, 0.0),
+    };
     device.seed(0);
     let mut net = if model == "fashion-cnn" && size != 28 {
         konv_models::Classifier::FashionCnn(
@@ -195,17 +206,22 @@ fn bench_one(
     let batch_data = random_batch(batch, size, 10, &device);
     let t0 = Instant::now();
     for _ in 0..warmup {
-        net = train_step(net, &mut optim, batch_data.clone(), config.lr, 0.0).0;
+        net = step(net, &mut optim, batch_data.clone(), config.lr).0;
     }
     let warm_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..steps {
-        net = train_step(net, &mut optim, batch_data.clone(), config.lr, 0.0).0;
+        net = step(net, &mut optim, batch_data.clone(), config.lr).0;
     }
     let secs = t1.elapsed().as_secs_f64();
     println!(
-        "{:<8} {model} batch {batch} {size}x{size}: {:>8.1} images/s  ({steps} steps in {secs:.1}s; warm-up {warmup} steps {warm_secs:.1}s)",
+        "{:<8} {model} batch {batch} {size}x{size}{}: {:>8.1} images/s  ({steps} steps in {secs:.1}s; warm-up {warmup} steps {warm_secs:.1}s)",
         backend.as_str(),
+        if replicas > 1 {
+            format!(", {replicas} replicas")
+        } else {
+            String::new()
+        },
         (steps * batch) as f64 / secs
     );
     Ok((steps * batch) as f64 / secs)
@@ -397,6 +413,7 @@ fn main() -> Result<()> {
             warmup,
             steps,
             inference,
+            replicas,
         } => {
             if inference {
                 println!("inference latency (forward only, inference mode, random data)");
@@ -407,7 +424,8 @@ fn main() -> Result<()> {
                 let result = if inference {
                     bench_inference(backend, &model, batch_size, size, warmup, steps)
                 } else {
-                    bench_one(backend, &model, batch_size, size, warmup, steps).map(|_| ())
+                    bench_one(backend, &model, batch_size, size, warmup, steps, replicas)
+                        .map(|_| ())
                 };
                 if let Err(e) = result {
                     println!("{:<8} skipped: {e}", backend.as_str());

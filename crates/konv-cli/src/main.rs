@@ -252,6 +252,12 @@ struct TrainArgs {
     /// Label smoothing of the cross-entropy loss (e.g. 0.1); 0 for none.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     label_smoothing: f64,
+    /// Split each batch between this many model replicas, one CPU thread each, gradients
+    /// summed (data parallelism over cores: --replicas 2 on a 2-core machine). Batch norm
+    /// then normalizes each replica's share on its own; dropout masks are drawn in thread
+    /// order, so runs with dropout are no longer bit-reproducible. Classifiers, CPU backend.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: u32,
     /// SGD momentum (0 for plain SGD); RMSProp's momentum with --optimizer rmsprop.
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     momentum: f64,
@@ -551,6 +557,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         head_lr: args.head_lr,
         keep_checkpoints: args.keep_checkpoints as usize,
         monitor: args.monitor,
+        replicas: args.replicas as usize,
     };
     // An unknown model or impossible settings fail before anything is written.
     konv_models::registry::info(&config.model)?;

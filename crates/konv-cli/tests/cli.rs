@@ -229,6 +229,14 @@ fn bad_flag_values_are_clear_errors() {
         &konv(&["train", "--val-size", "999999", "--embedded"], &dir),
         "--val-size",
     );
+    assert_clear_error(&konv(&["train", "--replicas", "0"], &dir), "--replicas");
+    assert_clear_error(
+        &konv(
+            &["train", "--replicas", "9", "--batch-size", "8", "--embedded"],
+            &dir,
+        ),
+        "--replicas 9 must be between 1 and --batch-size 8",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -3,7 +3,8 @@
 //! - [`backend`]: pick `cpu`, `flex`, `ndarray`, `wgpu` (or `cuda`) at run time.
 //! - [`data`]: image sets through Burn's `Dataset`, `Batcher` and `DataLoader`.
 //! - [`optim`]: SGD, Adam, AdamW, RMSProp by name, weight decay off biases and norms.
-//! - [`train`]: the SGD training loop with validation, metrics and checkpoints.
+//! - [`train`]: the SGD training loop with validation, metrics and checkpoints;
+//!   [`parallel`]: data parallelism over CPU cores (`--replicas`).
 //! - [`loss`]: weighted multi-output losses (class + box); [`metrics`]: box IoU, mean IoU
 //!   and pixel accuracy of masks.
 //! - [`eval`] and [`predict`]: accuracy, confusion matrix, top-k classes of image files.
@@ -38,6 +39,7 @@ pub mod loss;
 pub mod metrics;
 pub mod observer;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod predict;
 pub mod run;

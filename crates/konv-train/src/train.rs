@@ -97,6 +97,10 @@ pub struct TrainConfig {
     /// watches.
     #[serde(default)]
     pub monitor: Monitor,
+    /// Model replicas each batch is split between, one CPU thread each, gradients summed
+    /// ([`crate::parallel`]); 1 trains one model with Burn's own threading.
+    #[serde(default = "one")]
+    pub replicas: usize,
 }
 
 /// The validation metric that decides the best epoch (Keras' `monitor`).
@@ -166,6 +170,7 @@ impl Default for TrainConfig {
             head_lr: None,
             keep_checkpoints: 1,
             monitor: Monitor::ValAccuracy,
+            replicas: 1,
         }
     }
 }
@@ -177,6 +182,24 @@ impl TrainConfig {
             return Err(TrainError::Config(
                 "--epochs and --batch-size must be at least 1".into(),
             ));
+        }
+        if self.replicas == 0 || self.replicas > self.batch_size {
+            return Err(TrainError::Config(format!(
+                "--replicas {} must be between 1 and --batch-size {} (each replica takes a share of every batch)",
+                self.replicas, self.batch_size
+            )));
+        }
+        if self.replicas > 1
+            && !matches!(
+                self.backend,
+                BackendName::Cpu | BackendName::Flex | BackendName::Ndarray
+            )
+        {
+            return Err(TrainError::Config(format!(
+                "--replicas {} splits batches between CPU cores; drop it for --backend {}",
+                self.replicas,
+                self.backend.as_str()
+            )));
         }
         if self.freeze_epochs >= self.epochs {
             return Err(TrainError::Config(format!(
@@ -606,6 +629,10 @@ fn train_from(
     }
     let augment = Arc::new(config.augment.clone());
     let mut stopped_early = None;
+    let replicas = match config.replicas {
+        0 | 1 => None,
+        n => Some(crate::parallel::Replicas::new(n)?),
+    };
 
     for epoch in first_epoch..=config.epochs {
         if frozen && epoch > config.freeze_epochs {
@@ -635,7 +662,17 @@ fn train_from(
                 head_step(model, &mut optim, batch, lr, config.label_smoothing)
             } else {
                 lr = schedule.next_lr();
-                train_step(model, &mut optim, batch, lr, config.label_smoothing)
+                match &replicas {
+                    Some(replicas) => crate::parallel::parallel_train_step(
+                        model,
+                        &mut optim,
+                        batch,
+                        lr,
+                        config.label_smoothing,
+                        replicas,
+                    ),
+                    None => train_step(model, &mut optim, batch, lr, config.label_smoothing),
+                }
             };
             model = next;
             if !loss.is_finite() {

@@ -398,6 +398,51 @@ fn an_interrupted_run_resumes_to_exactly_the_same_end() {
     std::fs::remove_dir_all(&base).ok();
 }
 
+/// Data parallelism (`--replicas 2`) in the training loop: a ResNet run (batch norm, no
+/// dropout) killed mid-run and resumed ends exactly where the uninterrupted one does, and
+/// both learn.
+#[test]
+fn a_run_on_two_replicas_resumes_exactly() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    let config = TrainConfig {
+        model: "resnet20".into(),
+        epochs: 3,
+        replicas: 2,
+        lr: 0.05,
+        weight_decay: 5e-4,
+        ..tiny_config()
+    };
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(32));
+    let device = BackendName::Cpu.open().unwrap();
+    let base = std::env::temp_dir().join(format!("konv-replicas-{}", std::process::id()));
+    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
+    let whole = train(&config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
+    assert!(whole.history[2].train_loss < whole.history[0].train_loss);
+
+    let cut_dir = RunDir::create(&base.join("cut")).unwrap();
+    let err = train(
+        &config,
+        10,
+        &data,
+        &device,
+        Some(&cut_dir),
+        &mut KillAfter { steps: 0, after: 4 },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, konv_train::TrainError::Interrupted { epoch: 2 }),
+        "{err}"
+    );
+    let resumed =
+        konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
+    assert_eq!(curve(&resumed.history), curve(&whole.history));
+    assert_eq!(resumed.test.confusion, whole.test.confusion);
+    assert_eq!(resumed.test.loss, whole.test.loss);
+    std::fs::remove_dir_all(&base).ok();
+}
+
 #[test]
 fn transfer_phases_train_the_head_then_everything() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
