@@ -232,7 +232,14 @@ fn bad_flag_values_are_clear_errors() {
     assert_clear_error(&konv(&["train", "--replicas", "0"], &dir), "--replicas");
     assert_clear_error(
         &konv(
-            &["train", "--replicas", "9", "--batch-size", "8", "--embedded"],
+            &[
+                "train",
+                "--replicas",
+                "9",
+                "--batch-size",
+                "8",
+                "--embedded",
+            ],
             &dir,
         ),
         "--replicas 9 must be between 1 and --batch-size 8",

@@ -19,7 +19,6 @@
 //! on one replica.
 
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Int, Tensor};
 
@@ -27,6 +26,7 @@ use konv_models::Classifier;
 
 use crate::TrainError;
 use crate::data::ImageBatch;
+use crate::train::classification_loss;
 
 /// One single-threaded pool per replica, made once per run.
 pub struct Replicas {
@@ -101,25 +101,8 @@ fn replica_pass(
     label_smoothing: f64,
 ) -> Share {
     let logits = replica.forward(share.images);
-    let device = logits.device();
-    let correct = logits
-        .clone()
-        .argmax(1)
-        .squeeze_dim::<1>(1)
-        .equal(share.targets.clone())
-        .int()
-        .sum()
-        .into_scalar::<i64>() as usize;
-    let criterion = CrossEntropyLossConfig::new()
-        .with_smoothing((label_smoothing > 0.0).then_some(label_smoothing as f32))
-        .init(&device);
-    let loss = match share.mix {
-        None => criterion.forward(logits, share.targets),
-        Some(mix) => {
-            criterion.forward(logits.clone(), share.targets) * mix.lambda
-                + criterion.forward(logits, mix.targets) * (1.0 - mix.lambda)
-        }
-    } * weight;
+    let (loss, correct) = classification_loss(logits, share.targets, share.mix, label_smoothing);
+    let loss = loss * weight;
     let loss_value = loss.clone().into_scalar::<f64>();
     let grads = GradientsParams::from_grads(loss.backward(), &replica);
     Share {

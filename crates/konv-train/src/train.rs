@@ -479,28 +479,42 @@ fn finish_step(
     lr: f64,
     label_smoothing: f64,
 ) -> (Classifier, f64, usize) {
+    let (loss, correct) = classification_loss(logits, batch.targets, batch.mix, label_smoothing);
+    let loss_value = loss.clone().into_scalar::<f64>();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optim.step(lr, model, grads);
+    (model, loss_value, correct)
+}
+
+/// The cross-entropy of `logits` against `targets` (and, for a mixed batch, against `mix`'s
+/// classes, the two weighted), with label smoothing, and the number of correct top-1
+/// predictions.
+pub(crate) fn classification_loss(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    mix: Option<crate::data::Mix>,
+    label_smoothing: f64,
+) -> (Tensor<1>, usize) {
     let device = logits.device();
     let correct = logits
         .clone()
         .argmax(1)
         .squeeze_dim::<1>(1)
-        .equal(batch.targets.clone())
+        .equal(targets.clone())
         .int()
-        .sum();
+        .sum()
+        .into_scalar::<i64>() as usize;
     let criterion = CrossEntropyLossConfig::new()
         .with_smoothing((label_smoothing > 0.0).then_some(label_smoothing as f32))
         .init(&device);
-    let loss = match batch.mix {
-        None => criterion.forward(logits, batch.targets),
+    let loss = match mix {
+        None => criterion.forward(logits, targets),
         Some(mix) => {
-            criterion.forward(logits.clone(), batch.targets) * mix.lambda
+            criterion.forward(logits.clone(), targets) * mix.lambda
                 + criterion.forward(logits, mix.targets) * (1.0 - mix.lambda)
         }
     };
-    let loss_value = loss.clone().into_scalar::<f64>();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(lr, model, grads);
-    (model, loss_value, correct.into_scalar::<i64>() as usize)
+    (loss, correct)
 }
 
 /// The seed of epoch `epoch`'s randomness (dropout, shuffling, augmentation): a function of

@@ -286,6 +286,33 @@ impl konv_train::observer::Observer for KillAfter {
     }
 }
 
+/// A run of `config` in a new folder `dir`, killed after `after` steps in all, which falls
+/// in epoch `epoch`.
+fn killed_run(
+    config: &TrainConfig,
+    data: &SplitData,
+    device: &Device,
+    dir: &std::path::Path,
+    after: usize,
+    epoch: usize,
+) -> RunDir {
+    let run = RunDir::create(dir).unwrap();
+    let err = train(
+        config,
+        10,
+        data,
+        device,
+        Some(&run),
+        &mut KillAfter { steps: 0, after },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, konv_train::TrainError::Interrupted { epoch: e } if e == epoch),
+        "{err}"
+    );
+    run
+}
+
 /// Everything but the timings of an epoch's metrics.
 fn curve(h: &[konv_train::train::EpochMetrics]) -> Vec<(f64, f64, f64, f64, f64)> {
     h.iter()
@@ -326,20 +353,7 @@ fn an_interrupted_run_resumes_to_exactly_the_same_end() {
     let whole = train(&config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
 
     // Killed in the middle of epoch 2 (3 steps per epoch), then again in epoch 4.
-    let cut_dir = RunDir::create(&base.join("cut")).unwrap();
-    let err = train(
-        &config,
-        10,
-        &data,
-        &device,
-        Some(&cut_dir),
-        &mut KillAfter { steps: 0, after: 5 },
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, konv_train::TrainError::Interrupted { epoch: 2 }),
-        "{err}"
-    );
+    let cut_dir = killed_run(&config, &data, &device, &base.join("cut"), 5, 2);
     assert_eq!(cut_dir.read_state().unwrap().epoch, 1);
     let err = konv_train::train::resume(
         &config,
@@ -421,20 +435,7 @@ fn a_run_on_two_replicas_resumes_exactly() {
     let whole = train(&config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
     assert!(whole.history[2].train_loss < whole.history[0].train_loss);
 
-    let cut_dir = RunDir::create(&base.join("cut")).unwrap();
-    let err = train(
-        &config,
-        10,
-        &data,
-        &device,
-        Some(&cut_dir),
-        &mut KillAfter { steps: 0, after: 4 },
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, konv_train::TrainError::Interrupted { epoch: 2 }),
-        "{err}"
-    );
+    let cut_dir = killed_run(&config, &data, &device, &base.join("cut"), 4, 2);
     let resumed =
         konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
     assert_eq!(curve(&resumed.history), curve(&whole.history));
