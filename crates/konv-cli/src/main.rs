@@ -847,15 +847,7 @@ fn train_segment(
         Some(&run_dir),
         &mut observer,
     )?;
-    println!(
-        "test mean IoU {:.3}, pixel accuracy {:.2}% (best validation epoch {}, {} test scenes), {:.0}s in all; weights in {}",
-        outcome.test.mean_iou,
-        100.0 * outcome.test.pixel_accuracy,
-        outcome.best_epoch,
-        outcome.test.count,
-        started.elapsed().as_secs_f64(),
-        out.join(run::BEST).display()
-    );
+    print_segment_outcome(&outcome, "s in all", started, &out.join(run::BEST));
     Ok(())
 }
 
@@ -943,16 +935,7 @@ fn train_detect(
         Some(&run_dir),
         &mut observer,
     )?;
-    println!(
-        "test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} (best validation epoch {}, {} test scenes, {} objects), {:.0}s in all; weights in {}",
-        outcome.test.map50,
-        outcome.test.map50_95,
-        outcome.best_epoch,
-        outcome.test.count,
-        outcome.test.objects,
-        started.elapsed().as_secs_f64(),
-        out.join(run::BEST).display()
-    );
+    print_detect_outcome(&outcome, "s in all", started, &out.join(run::BEST));
     Ok(())
 }
 
@@ -1001,15 +984,7 @@ fn resume_dense(dir: &Path, task: &str, args: &TrainArgs, mode: OutputMode) -> R
         let mut observer = ConsoleObserver::new(mode, info.config.batch_size);
         let outcome =
             konv_train::segment::resume_segmenter(&data, &device, &run_dir, &mut observer)?;
-        println!(
-            "test mean IoU {:.3}, pixel accuracy {:.2}% (best validation epoch {}, {} test scenes), {:.0}s; weights in {}",
-            outcome.test.mean_iou,
-            100.0 * outcome.test.pixel_accuracy,
-            outcome.best_epoch,
-            outcome.test.count,
-            started.elapsed().as_secs_f64(),
-            dir.join(run::BEST).display()
-        );
+        print_segment_outcome(&outcome, "s", started, &dir.join(run::BEST));
     } else {
         let info = konv_train::detect::read_info(&run_dir)?.context("a detection run")?;
         let data =
@@ -1023,18 +998,47 @@ fn resume_dense(dir: &Path, task: &str, args: &TrainArgs, mode: OutputMode) -> R
         }
         let mut observer = ConsoleObserver::new(mode, info.config.batch_size);
         let outcome = konv_train::detect::resume_detector(&data, &device, &run_dir, &mut observer)?;
-        println!(
-            "test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} (best validation epoch {}, {} test scenes, {} objects), {:.0}s; weights in {}",
-            outcome.test.map50,
-            outcome.test.map50_95,
-            outcome.best_epoch,
-            outcome.test.count,
-            outcome.test.objects,
-            started.elapsed().as_secs_f64(),
-            dir.join(run::BEST).display()
-        );
+        print_detect_outcome(&outcome, "s", started, &dir.join(run::BEST));
     }
     Ok(())
+}
+
+/// The closing line of a segmentation run: test figures, time (`unit` after the seconds:
+/// "s in all" for a whole run, "s" for a resumed part) and where the best weights are.
+fn print_segment_outcome(
+    outcome: &konv_train::segment::SegmentOutcome,
+    unit: &str,
+    started: std::time::Instant,
+    best: &Path,
+) {
+    println!(
+        "test mean IoU {:.3}, pixel accuracy {:.2}% (best validation epoch {}, {} test scenes), {:.0}{unit}; weights in {}",
+        outcome.test.mean_iou,
+        100.0 * outcome.test.pixel_accuracy,
+        outcome.best_epoch,
+        outcome.test.count,
+        started.elapsed().as_secs_f64(),
+        best.display()
+    );
+}
+
+/// The closing line of a detection run, as [`print_segment_outcome`].
+fn print_detect_outcome(
+    outcome: &konv_train::detect::DetectOutcome,
+    unit: &str,
+    started: std::time::Instant,
+    best: &Path,
+) {
+    println!(
+        "test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} (best validation epoch {}, {} test scenes, {} objects), {:.0}{unit}; weights in {}",
+        outcome.test.map50,
+        outcome.test.map50_95,
+        outcome.best_epoch,
+        outcome.test.count,
+        outcome.test.objects,
+        started.elapsed().as_secs_f64(),
+        best.display()
+    );
 }
 
 fn check_classes(classes: &[u8], available: usize) -> Result<()> {
