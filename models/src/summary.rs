@@ -417,7 +417,12 @@ pub fn checked<M: Summarize + ?Sized>(model: &M, input: &[usize]) -> Result<Summ
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "the input does not fit the network".to_string());
-        format!("too small for this network ({message})")
+        // One line: the assertion's own message, without `left:`/`right:` dumps.
+        let first = message.lines().next().unwrap_or_default();
+        let first = first
+            .strip_prefix("assertion `left == right` failed: ")
+            .unwrap_or(first);
+        format!("too small for this network ({first})")
     })
 }
 

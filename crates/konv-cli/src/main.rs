@@ -258,6 +258,12 @@ struct TrainArgs {
     /// order, so runs with dropout are no longer bit-reproducible. Classifiers, CPU backend.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     replicas: u32,
+    /// Train the first epochs on smaller images: `min=20,start=4,end=8` trains on 20×20
+    /// through epoch 4, grows the side linearly, and trains at the full size from epoch 8
+    /// (FFCV's progressive resizing). Validation and test stay at the full size; the model
+    /// must take any size (the ResNets, GoogLeNet, Xception).
+    #[arg(long)]
+    progressive_resize: Option<konv_train::progressive::ProgressiveResize>,
     /// SGD momentum (0 for plain SGD); RMSProp's momentum with --optimizer rmsprop.
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     momentum: f64,
@@ -558,10 +564,14 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         keep_checkpoints: args.keep_checkpoints as usize,
         monitor: args.monitor,
         replicas: args.replicas as usize,
+        progressive_resize: args.progressive_resize,
     };
     // An unknown model or impossible settings fail before anything is written.
     konv_models::registry::info(&config.model)?;
     config.validate()?;
+    if let Some(path) = &config.init_from {
+        konv_train::run::weights_path(path)?;
+    }
     let data = SplitData::with_classes(
         &dataset,
         config.classes.as_deref(),
@@ -597,6 +607,12 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         .augment
         .output_size(dataset.train.images.rows, dataset.train.images.cols);
     konv_train::train::check_model_input(&config.model, class_names.len(), [1, rows, cols])?;
+    if let Some(p) = &config.progressive_resize {
+        let [h, w] =
+            konv_train::progressive::shrunk_size([rows, cols], p.size_at(1, rows.min(cols)));
+        konv_train::train::check_model_input(&config.model, class_names.len(), [1, h, w])
+            .map_err(|e| anyhow::anyhow!("--progressive-resize min={}: {e}", p.min_size))?;
+    }
     let run_dir = RunDir::create(&out)?;
     let info = RunInfo {
         config: config.clone(),
@@ -620,6 +636,17 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         config.backend,
         out.display()
     ));
+    if let Some(p) = &config.progressive_resize {
+        let sides: Vec<String> = p
+            .plan(config.epochs, rows.min(cols))
+            .iter()
+            .map(usize::to_string)
+            .collect();
+        say(format!(
+            "progressive resize, image side by epoch: {}",
+            sides.join(" ")
+        ));
+    }
     let mut observer = ConsoleObserver::new(mode, config.batch_size);
     let started = std::time::Instant::now();
     let outcome = train(
@@ -644,6 +671,8 @@ fn classification_only_flags(args: &TrainArgs) -> Result<()> {
         ),
         (args.classes.is_some(), "--classes"),
         (args.freeze_epochs > 0, "--freeze-epochs"),
+        (args.replicas > 1, "--replicas"),
+        (args.progressive_resize.is_some(), "--progressive-resize"),
     ] {
         if given {
             bail!(

@@ -244,6 +244,57 @@ fn bad_flag_values_are_clear_errors() {
         ),
         "--replicas 9 must be between 1 and --batch-size 8",
     );
+    assert_clear_error(
+        &konv(&["train", "--progressive-resize", "20:4:8"], &dir),
+        "min=SIDE,start=EPOCH,end=EPOCH",
+    );
+    assert_clear_error(
+        &konv(
+            &[
+                "train",
+                "--embedded",
+                "--epochs",
+                "6",
+                "--progressive-resize",
+                "min=20,start=4,end=8",
+            ],
+            &dir,
+        ),
+        "--progressive-resize end=8: the full size must be reached by the last epoch (--epochs 6)",
+    );
+    // The fashion CNN's dense layer is sized for 28×28 inputs: it cannot shrink them.
+    assert_clear_error(
+        &konv(
+            &[
+                "train",
+                "--embedded",
+                "--epochs",
+                "3",
+                "--progressive-resize",
+                "min=14,start=1,end=3",
+                "--out",
+                "shrunk",
+            ],
+            &dir,
+        ),
+        "--progressive-resize min=14: model `fashion-cnn` cannot take the dataset's 14×14 images",
+    );
+    assert!(
+        !dir.join("shrunk").exists(),
+        "nothing written before the error"
+    );
+    for flag in [
+        ["--replicas", "2"],
+        ["--progressive-resize", "min=20,start=1,end=2"],
+    ] {
+        assert_clear_error(
+            &konv(
+                &["train", "--task", "segment", "--embedded", flag[0], flag[1]],
+                &dir,
+            ),
+            &format!("{} is not available with --task segment", flag[0]),
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -580,8 +631,9 @@ fn transfer_and_resume_from_the_command_line() {
         "resize=32x32",
         "--model",
         "lenet5-modern",
+        // A run folder stands for its best.bpk.
         "--init-from",
-        "pre/best.bpk",
+        "pre",
         "--freeze-epochs",
         "1",
         "--head-lr",
@@ -602,6 +654,12 @@ fn transfer_and_resume_from_the_command_line() {
     assert_clear_error(&out, "already finished");
     let out = konv(&["train", "--resume", "nowhere", "--embedded"], &dir);
     assert_clear_error(&out, "not a konv run folder");
+    let out = run(&["--init-from", "pre/nothing.bpk", "--out", "x0"]);
+    assert_clear_error(&out, "pre/nothing.bpk: no such weights file");
+    assert!(!dir.join("x0").exists(), "nothing written before the error");
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    let out = run(&["--init-from", "empty", "--out", "x0b"]);
+    assert_clear_error(&out, "empty: a folder without best.bpk");
     let out = run(&["--freeze-epochs", "2", "--out", "x1"]);
     assert_clear_error(&out, "leaves no epoch to fine-tune");
     let out = run(&["--classes", "3,12", "--out", "x2"]);

@@ -4,7 +4,8 @@
 //! - [`data`]: image sets through Burn's `Dataset`, `Batcher` and `DataLoader`.
 //! - [`optim`]: SGD, Adam, AdamW, RMSProp by name, weight decay off biases and norms.
 //! - [`train`]: the SGD training loop with validation, metrics and checkpoints;
-//!   [`parallel`]: data parallelism over CPU cores (`--replicas`).
+//!   [`parallel`]: data parallelism over CPU cores (`--replicas`); [`progressive`]: smaller
+//!   images in the first epochs (`--progressive-resize`).
 //! - [`loss`]: weighted multi-output losses (class + box); [`metrics`]: box IoU, mean IoU
 //!   and pixel accuracy of masks.
 //! - [`eval`] and [`predict`]: accuracy, confusion matrix, top-k classes of image files.
@@ -42,6 +43,7 @@ pub mod optim;
 pub mod parallel;
 pub mod plot;
 pub mod predict;
+pub mod progressive;
 pub mod run;
 pub mod schedule;
 pub mod segment;

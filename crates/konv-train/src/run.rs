@@ -257,14 +257,30 @@ pub fn load_weights(model: Classifier, path: &Path) -> Result<Classifier, TrainE
     load_module(model, path)
 }
 
-/// [`load_weights`] for any module.
-pub fn load_module<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
-    if !path.is_file() {
-        return Err(TrainError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
+/// The weights file `path` names: the file itself, or a run folder's `best.bpk`.
+pub fn weights_path(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.is_dir() {
+        let best = path.join(BEST);
+        if best.is_file() {
+            return Ok(best);
+        }
+        return Err(TrainError::Config(format!(
+            "{}: a folder without {BEST}; give a weights file (.bpk) or a konv run folder",
+            path.display()
+        )));
     }
+    if !path.is_file() {
+        return Err(TrainError::Config(format!(
+            "{}: no such weights file; give a .bpk file or a konv run folder",
+            path.display()
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// [`load_weights`] for any module; `path` may also be a run folder (its `best.bpk`).
+pub fn load_module<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
+    let path = &weights_path(path)?;
     let record = ModuleRecord::load(path)
         .map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))?;
     model

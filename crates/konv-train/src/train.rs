@@ -19,6 +19,7 @@ use crate::data::{ImageBatch, Normalize, loader};
 use crate::eval::{EvalReport, evaluate_with};
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
+use crate::progressive::{ProgressiveResize, resize_batch};
 use crate::run::{BEST, RunDir};
 use crate::schedule::{LrSchedule, ScheduleDriver};
 
@@ -47,8 +48,9 @@ pub struct TrainConfig {
     pub limit: Option<usize>,
     /// Images held out of the training set for validation.
     pub val_size: usize,
-    /// Start from these weights (a run's `best.bpk` or `checkpoint.bpk`) instead of a fresh
-    /// initialization: to fine-tune at a lower learning rate, for example.
+    /// Start from these weights (a run's `best.bpk` or `checkpoint.bpk`, or a run folder for
+    /// its `best.bpk`) instead of a fresh initialization: to fine-tune at a lower learning
+    /// rate, for example.
     #[serde(default)]
     pub init_from: Option<std::path::PathBuf>,
     /// Learning-rate schedule (constant when absent from an older `config.json`).
@@ -101,6 +103,10 @@ pub struct TrainConfig {
     /// ([`crate::parallel`]); 1 trains one model with Burn's own threading.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// Train the first epochs on smaller images ([`crate::progressive`]); validation and
+    /// test stay at the full size.
+    #[serde(default)]
+    pub progressive_resize: Option<ProgressiveResize>,
 }
 
 /// The validation metric that decides the best epoch (Keras' `monitor`).
@@ -171,6 +177,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 1,
             monitor: Monitor::ValAccuracy,
             replicas: 1,
+            progressive_resize: None,
         }
     }
 }
@@ -206,6 +213,9 @@ impl TrainConfig {
                 "--freeze-epochs {} leaves no epoch to fine-tune in (--epochs {})",
                 self.freeze_epochs, self.epochs
             )));
+        }
+        if let Some(p) = &self.progressive_resize {
+            p.validate(self.epochs).map_err(TrainError::Config)?;
         }
         Ok(())
     }
@@ -428,6 +438,7 @@ pub fn initial_weights(
     channels: usize,
     device: &Device,
 ) -> Result<Classifier, TrainError> {
+    let path = &crate::run::weights_path(path)?;
     let (from_classes, from_channels) = match path.parent().map(crate::run::RunDir::open) {
         Some(Ok(run)) => {
             let info = run.read_info()?;
@@ -587,6 +598,12 @@ fn train_from(
         None => konv_models::build_for(&config.model, num_classes, 1, &train_device)?,
     };
     check_input(&model, &config.model, input)?;
+    if let Some(p) = &config.progressive_resize {
+        let [h, w] = crate::progressive::shrunk_size([rows, cols], p.size_at(1, rows.min(cols)));
+        check_input(&model, &config.model, [1, h, w]).map_err(|e| {
+            TrainError::Config(format!("--progressive-resize min={}: {e}", p.min_size))
+        })?;
+    }
     let steps = data.train.len().div_ceil(config.batch_size);
     let phase2 = |model: &Classifier| -> Result<(ModuleOptimizer, ScheduleDriver), TrainError> {
         let schedule = ScheduleDriver::new(
@@ -669,8 +686,14 @@ fn train_from(
         observer.epoch_start(epoch, config.epochs, steps);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let mut lr = config.head_lr.unwrap_or(config.lr);
+        let side = config
+            .progressive_resize
+            .map(|p| p.size_at(epoch, rows.min(cols)));
         for batch in batches.iter() {
-            let batch = batch.map_err(|e| TrainError::Config(e.to_string()))?;
+            let mut batch = batch.map_err(|e| TrainError::Config(e.to_string()))?;
+            if let Some(side) = side {
+                batch.images = resize_batch(batch.images, side);
+            }
             let n = batch.targets.dims()[0];
             let (next, loss, ok) = if frozen {
                 head_step(model, &mut optim, batch, lr, config.label_smoothing)
@@ -734,7 +757,7 @@ fn train_from(
         }
         let improved = config.monitor.score(&metrics) > best.0;
         if improved {
-            best = (metrics.val_accuracy, valid.clone(), epoch);
+            best = (config.monitor.score(&metrics), valid.clone(), epoch);
         }
         history.push(metrics.clone());
         if let Some(run) = run {

@@ -444,6 +444,90 @@ fn a_run_on_two_replicas_resumes_exactly() {
     std::fs::remove_dir_all(&base).ok();
 }
 
+/// Progressive resizing in the loop: the first epoch trains on 14×14 images (so its curve
+/// differs from a full-size run's), later epochs at 28×28, and a run killed in the ramp
+/// resumes to exactly the uninterrupted end.
+#[test]
+fn progressive_resizing_trains_small_first_and_resumes_exactly() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    let full = TrainConfig {
+        model: "resnet20".into(),
+        epochs: 3,
+        lr: 0.05,
+        augment: "flip".parse().unwrap(),
+        ..tiny_config()
+    };
+    let config = TrainConfig {
+        progressive_resize: Some("min=14,start=1,end=3".parse().unwrap()),
+        ..full.clone()
+    };
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(32));
+    let device = BackendName::Cpu.open().unwrap();
+    let base = std::env::temp_dir().join(format!("konv-progressive-{}", std::process::id()));
+    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
+    let whole = train(&config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
+    let at_full_size = train(&full, 10, &data, &device, None, &mut Silent).unwrap();
+    // Same seed, same weights at the start: only the image size tells the runs apart.
+    assert_ne!(
+        whole.history[0].train_loss,
+        at_full_size.history[0].train_loss
+    );
+    assert!(whole.history.iter().all(|m| m.train_loss.is_finite()));
+
+    let cut_dir = killed_run(&config, &data, &device, &base.join("cut"), 4, 2);
+    let resumed =
+        konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
+    assert_eq!(curve(&resumed.history), curve(&whole.history));
+    assert_eq!(resumed.test.confusion, whole.test.confusion);
+    std::fs::remove_dir_all(&base).ok();
+}
+
+/// The best epoch is the one the monitor scores best: the lowest validation loss with
+/// `--monitor val-loss`, the highest accuracy with the default.
+#[test]
+fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    let config = TrainConfig {
+        epochs: 4,
+        lr: 0.02,
+        limit: Some(96),
+        monitor: "val-loss".parse().unwrap(),
+        ..tiny_config()
+    };
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(16));
+    let device = BackendName::Cpu.open().unwrap();
+    let outcome = train(&config, 10, &data, &device, None, &mut Silent).unwrap();
+    let losses: Vec<f64> = outcome.history.iter().map(|m| m.val_loss).collect();
+    let lowest = 1
+        + (0..losses.len())
+            .min_by(|&a, &b| losses[a].total_cmp(&losses[b]))
+            .unwrap();
+    // The validation loss falls after the first epoch here, so a monitor stuck on epoch 1
+    // would fail.
+    assert!(lowest > 1, "losses {losses:?}");
+    assert_eq!(outcome.best_epoch, lowest, "losses {losses:?}");
+    let by_accuracy = train(
+        &TrainConfig {
+            monitor: "val-accuracy".parse().unwrap(),
+            ..config
+        },
+        10,
+        &data,
+        &device,
+        None,
+        &mut Silent,
+    )
+    .unwrap();
+    let accs: Vec<f64> = by_accuracy.history.iter().map(|m| m.val_accuracy).collect();
+    let highest = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let first_highest = 1 + accs.iter().position(|&a| a == highest).unwrap();
+    assert_eq!(by_accuracy.best_epoch, first_highest, "accuracies {accs:?}");
+}
+
 #[test]
 fn transfer_phases_train_the_head_then_everything() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
