@@ -65,6 +65,15 @@ fn tiny_config() -> TrainConfig {
     }
 }
 
+/// `config` trained on the embedded subset without a run folder, tested on `test` images.
+fn train_tiny(config: &TrainConfig, test: usize) -> konv_train::train::TrainOutcome {
+    let dataset = embedded_fashion_mnist();
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(test));
+    let device = BackendName::Cpu.open().unwrap();
+    train(config, 10, &data, &device, None, &mut Silent).unwrap()
+}
+
 #[test]
 fn same_seed_same_curve_and_checkpoints_reload() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -235,7 +244,6 @@ fn weight_decay_and_gradient_clipping_reach_the_optimizer() {
 #[test]
 fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let dataset = embedded_fashion_mnist();
     // A learning rate of 0: nothing improves after the first epoch.
     let config = TrainConfig {
         epochs: 6,
@@ -243,10 +251,7 @@ fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
         early_stop: Some(2),
         ..tiny_config()
     };
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
-    data.test = Arc::new(dataset.test.take(16));
-    let device = BackendName::Cpu.open().unwrap();
-    let outcome = train(&config, 10, &data, &device, None, &mut Silent).unwrap();
+    let outcome = train_tiny(&config, 16);
     assert_eq!(
         outcome.history.len(),
         3,
@@ -259,7 +264,7 @@ fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
         monitor: "val-loss".parse().unwrap(),
         ..config
     };
-    let outcome = train(&by_loss, 10, &data, &device, None, &mut Silent).unwrap();
+    let outcome = train_tiny(&by_loss, 16);
     assert_eq!((outcome.stopped_early, outcome.best_epoch), (Some(3), 1));
     assert!(
         "val-acc"
@@ -412,13 +417,33 @@ fn an_interrupted_run_resumes_to_exactly_the_same_end() {
     std::fs::remove_dir_all(&base).ok();
 }
 
+/// Trains `config` (3 steps an epoch) on the embedded subset twice: uninterrupted, and killed
+/// after 4 steps (in epoch 2) and resumed. Checks that both end exactly alike and returns the
+/// uninterrupted outcome.
+fn resumes_exactly(config: &TrainConfig, tag: &str) -> konv_train::train::TrainOutcome {
+    let dataset = embedded_fashion_mnist();
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(32));
+    let device = BackendName::Cpu.open().unwrap();
+    let base = std::env::temp_dir().join(format!("konv-{tag}-{}", std::process::id()));
+    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
+    let whole = train(config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
+    let cut_dir = killed_run(config, &data, &device, &base.join("cut"), 4, 2);
+    let resumed =
+        konv_train::train::resume(config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
+    assert_eq!(curve(&resumed.history), curve(&whole.history));
+    assert_eq!(resumed.test.confusion, whole.test.confusion);
+    assert_eq!(resumed.test.loss, whole.test.loss);
+    std::fs::remove_dir_all(&base).ok();
+    whole
+}
+
 /// Data parallelism (`--replicas 2`) in the training loop: a ResNet run (batch norm, no
 /// dropout) killed mid-run and resumed ends exactly where the uninterrupted one does, and
 /// both learn.
 #[test]
 fn a_run_on_two_replicas_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let dataset = embedded_fashion_mnist();
     let config = TrainConfig {
         model: "resnet20".into(),
         epochs: 3,
@@ -427,30 +452,16 @@ fn a_run_on_two_replicas_resumes_exactly() {
         weight_decay: 5e-4,
         ..tiny_config()
     };
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
-    data.test = Arc::new(dataset.test.take(32));
-    let device = BackendName::Cpu.open().unwrap();
-    let base = std::env::temp_dir().join(format!("konv-replicas-{}", std::process::id()));
-    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
-    let whole = train(&config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
+    let whole = resumes_exactly(&config, "replicas");
     assert!(whole.history[2].train_loss < whole.history[0].train_loss);
-
-    let cut_dir = killed_run(&config, &data, &device, &base.join("cut"), 4, 2);
-    let resumed =
-        konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
-    assert_eq!(curve(&resumed.history), curve(&whole.history));
-    assert_eq!(resumed.test.confusion, whole.test.confusion);
-    assert_eq!(resumed.test.loss, whole.test.loss);
-    std::fs::remove_dir_all(&base).ok();
 }
 
 /// Progressive resizing in the loop: the first epoch trains on 14×14 images (so its curve
-/// differs from a full-size run's), later epochs at 28×28, and a run killed in the ramp
-/// resumes to exactly the uninterrupted end.
+/// differs from a full-size run's), later epochs at 22×22 and 28×28, and a run killed in the
+/// ramp resumes to exactly the uninterrupted end.
 #[test]
 fn progressive_resizing_trains_small_first_and_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let dataset = embedded_fashion_mnist();
     let full = TrainConfig {
         model: "resnet20".into(),
         epochs: 3,
@@ -462,26 +473,14 @@ fn progressive_resizing_trains_small_first_and_resumes_exactly() {
         progressive_resize: Some("min=14,start=1,end=3".parse().unwrap()),
         ..full.clone()
     };
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
-    data.test = Arc::new(dataset.test.take(32));
-    let device = BackendName::Cpu.open().unwrap();
-    let base = std::env::temp_dir().join(format!("konv-progressive-{}", std::process::id()));
-    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
-    let whole = train(&config, 10, &data, &device, Some(&whole_dir), &mut Silent).unwrap();
-    let at_full_size = train(&full, 10, &data, &device, None, &mut Silent).unwrap();
+    let whole = resumes_exactly(&config, "progressive");
+    assert!(whole.history.iter().all(|m| m.train_loss.is_finite()));
+    let at_full_size = train_tiny(&full, 32);
     // Same seed, same weights at the start: only the image size tells the runs apart.
     assert_ne!(
         whole.history[0].train_loss,
         at_full_size.history[0].train_loss
     );
-    assert!(whole.history.iter().all(|m| m.train_loss.is_finite()));
-
-    let cut_dir = killed_run(&config, &data, &device, &base.join("cut"), 4, 2);
-    let resumed =
-        konv_train::train::resume(&config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
-    assert_eq!(curve(&resumed.history), curve(&whole.history));
-    assert_eq!(resumed.test.confusion, whole.test.confusion);
-    std::fs::remove_dir_all(&base).ok();
 }
 
 /// The best epoch is the one the monitor scores best: the lowest validation loss with
@@ -489,7 +488,6 @@ fn progressive_resizing_trains_small_first_and_resumes_exactly() {
 #[test]
 fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let dataset = embedded_fashion_mnist();
     let config = TrainConfig {
         epochs: 4,
         lr: 0.02,
@@ -497,10 +495,7 @@ fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
         monitor: "val-loss".parse().unwrap(),
         ..tiny_config()
     };
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
-    data.test = Arc::new(dataset.test.take(16));
-    let device = BackendName::Cpu.open().unwrap();
-    let outcome = train(&config, 10, &data, &device, None, &mut Silent).unwrap();
+    let outcome = train_tiny(&config, 16);
     let losses: Vec<f64> = outcome.history.iter().map(|m| m.val_loss).collect();
     let lowest = 1
         + (0..losses.len())
@@ -510,18 +505,13 @@ fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     // would fail.
     assert!(lowest > 1, "losses {losses:?}");
     assert_eq!(outcome.best_epoch, lowest, "losses {losses:?}");
-    let by_accuracy = train(
+    let by_accuracy = train_tiny(
         &TrainConfig {
             monitor: "val-accuracy".parse().unwrap(),
             ..config
         },
-        10,
-        &data,
-        &device,
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+        16,
+    );
     let accs: Vec<f64> = by_accuracy.history.iter().map(|m| m.val_accuracy).collect();
     let highest = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let first_highest = 1 + accs.iter().position(|&a| a == highest).unwrap();
