@@ -606,13 +606,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     let (rows, cols) = config
         .augment
         .output_size(dataset.train.images.rows, dataset.train.images.cols);
-    konv_train::train::check_model_input(&config.model, class_names.len(), [1, rows, cols])?;
-    if let Some(p) = &config.progressive_resize {
-        let [h, w] =
-            konv_train::progressive::shrunk_size([rows, cols], p.size_at(1, rows.min(cols)));
-        konv_train::train::check_model_input(&config.model, class_names.len(), [1, h, w])
-            .map_err(|e| anyhow::anyhow!("--progressive-resize min={}: {e}", p.min_size))?;
-    }
+    konv_train::train::check_config_input(&config, class_names.len(), [1, rows, cols])?;
     let run_dir = RunDir::create(&out)?;
     let info = RunInfo {
         config: config.clone(),

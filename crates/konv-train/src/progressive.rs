@@ -44,6 +44,11 @@ impl ProgressiveResize {
         (((size / 2.0).round() as usize) * 2).clamp(min, full)
     }
 
+    /// The `[h, w]` of the first epochs' images, for images of `full` `[h, w]`.
+    pub fn smallest(&self, full: [usize; 2]) -> [usize; 2] {
+        shrunk_size(full, self.size_at(1, full[0].min(full[1])))
+    }
+
     /// The sides of epochs `1..=epochs`, for a log line.
     pub fn plan(&self, epochs: usize, full: usize) -> Vec<usize> {
         (1..=epochs).map(|e| self.size_at(e, full)).collect()

@@ -396,14 +396,32 @@ pub fn check_input(model: &Classifier, name: &str, input: [usize; 3]) -> Result<
         })
 }
 
-/// [`check_input`] by model name, before anything is written.
-pub fn check_model_input(
-    name: &str,
+/// [`check_input`] for what `config` trains on: `input`, and with progressive resizing also
+/// the smaller images of the first epochs.
+pub fn check_training_input(
+    model: &Classifier,
+    config: &TrainConfig,
+    input: [usize; 3],
+) -> Result<(), TrainError> {
+    check_input(model, &config.model, input)?;
+    if let Some(p) = &config.progressive_resize {
+        let [h, w] = p.smallest([input[1], input[2]]);
+        check_input(model, &config.model, [input[0], h, w]).map_err(|e| {
+            TrainError::Config(format!("--progressive-resize min={}: {e}", p.min_size))
+        })?;
+    }
+    Ok(())
+}
+
+/// [`check_training_input`] before anything is written: builds `config.model` for
+/// `num_classes` classes on the CPU to try it.
+pub fn check_config_input(
+    config: &TrainConfig,
     num_classes: usize,
     input: [usize; 3],
 ) -> Result<(), TrainError> {
-    let model = konv_models::build_for(name, num_classes, input[0], &Device::flex())?;
-    check_input(&model, name, input)
+    let model = konv_models::build_for(&config.model, num_classes, input[0], &Device::flex())?;
+    check_training_input(&model, config, input)
 }
 
 /// What a run folder records after each epoch so that `--resume` continues exactly where
@@ -597,13 +615,7 @@ fn train_from(
         Some(path) => initial_weights(&config.model, path, num_classes, 1, &train_device)?,
         None => konv_models::build_for(&config.model, num_classes, 1, &train_device)?,
     };
-    check_input(&model, &config.model, input)?;
-    if let Some(p) = &config.progressive_resize {
-        let [h, w] = crate::progressive::shrunk_size([rows, cols], p.size_at(1, rows.min(cols)));
-        check_input(&model, &config.model, [1, h, w]).map_err(|e| {
-            TrainError::Config(format!("--progressive-resize min={}: {e}", p.min_size))
-        })?;
-    }
+    check_training_input(&model, config, input)?;
     let steps = data.train.len().div_ceil(config.batch_size);
     let phase2 = |model: &Classifier| -> Result<(ModuleOptimizer, ScheduleDriver), TrainError> {
         let schedule = ScheduleDriver::new(
