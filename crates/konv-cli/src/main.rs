@@ -240,7 +240,8 @@ struct TrainArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     early_stop: Option<u32>,
     /// What picks the best epoch (best.bpk, the test evaluation) and what --early-stop
-    /// watches: val-accuracy (highest) or val-loss (lowest).
+    /// watches: val-accuracy (highest), val-loss (lowest) or last (the final epoch; not with
+    /// --early-stop).
     #[arg(long, default_value = "val-accuracy")]
     monitor: konv_train::train::Monitor,
     /// Optimizer: sgd, adam, adamw (decoupled weight decay) or rmsprop.

@@ -118,6 +118,11 @@ pub enum Monitor {
     ValAccuracy,
     /// Lowest validation loss.
     ValLoss,
+    /// The last epoch, whatever validation says: the weights a run ends with, as Keras
+    /// `fit` and torchvision's reference `train.py` keep them. With a small validation set,
+    /// picking the best epoch is noise; with a schedule that anneals to zero (one-cycle,
+    /// cosine), the last epoch is the one to test.
+    Last,
 }
 
 impl Monitor {
@@ -126,6 +131,7 @@ impl Monitor {
         match self {
             Monitor::ValAccuracy => m.val_accuracy,
             Monitor::ValLoss => -m.val_loss,
+            Monitor::Last => m.epoch as f64,
         }
     }
 }
@@ -137,8 +143,9 @@ impl std::str::FromStr for Monitor {
         match s {
             "val-accuracy" => Ok(Monitor::ValAccuracy),
             "val-loss" => Ok(Monitor::ValLoss),
+            "last" => Ok(Monitor::Last),
             _ => Err(format!(
-                "unknown monitor `{s}`; valid: val-accuracy, val-loss"
+                "unknown monitor `{s}`; valid: val-accuracy, val-loss, last"
             )),
         }
     }
@@ -216,6 +223,13 @@ impl TrainConfig {
         }
         if let Some(p) = &self.progressive_resize {
             p.validate(self.epochs).map_err(TrainError::Config)?;
+        }
+        if self.monitor == Monitor::Last
+            && let Some(patience) = self.early_stop
+        {
+            return Err(TrainError::Config(format!(
+                "--early-stop {patience} watches a validation metric; give --monitor val-accuracy or val-loss with it, not last"
+            )));
         }
         Ok(())
     }

@@ -508,7 +508,7 @@ fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     let by_accuracy = train_tiny(
         &TrainConfig {
             monitor: "val-accuracy".parse().unwrap(),
-            ..config
+            ..config.clone()
         },
         16,
     );
@@ -516,6 +516,28 @@ fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     let highest = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let first_highest = 1 + accs.iter().position(|&a| a == highest).unwrap();
     assert_eq!(by_accuracy.best_epoch, first_highest, "accuracies {accs:?}");
+    // `last` keeps the final epoch even though validation loss rose after `lowest`.
+    let last = train_tiny(
+        &TrainConfig {
+            monitor: "last".parse().unwrap(),
+            ..config.clone()
+        },
+        16,
+    );
+    assert_eq!(last.best_epoch, config.epochs);
+    // The same run as the others up to the choice of weights.
+    let last_losses: Vec<f64> = last.history.iter().map(|m| m.val_loss).collect();
+    assert_eq!(last_losses, losses);
+    // Early stopping needs a metric to watch.
+    let err = TrainConfig {
+        monitor: "last".parse().unwrap(),
+        early_stop: Some(2),
+        ..config
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--early-stop 2") && err.contains("--monitor"), "{err}");
 }
 
 #[test]
