@@ -588,7 +588,8 @@ pub fn evaluate_detector(
 
 struct DetectTask<'a> {
     data: &'a DetectData,
-    augment: &'a Pipeline,
+    /// The run's pipeline, bound to the current epoch by `start_epoch`.
+    augment: Pipeline,
     batch_size: usize,
     device: Device,
 }
@@ -598,13 +599,17 @@ impl FitTask<SlidingDetector> for DetectTask<'_> {
         self.data.train.len()
     }
 
+    fn start_epoch(&mut self, seed: u64, epoch: usize) {
+        self.augment = self.augment.for_epoch(seed, epoch);
+    }
+
     fn batch_loss(
         &mut self,
         model: &SlidingDetector,
         indices: &[usize],
         seed: u64,
     ) -> Result<BatchLoss, TrainError> {
-        let augment = (!self.augment.0.is_empty()).then_some((self.augment, seed));
+        let augment = (!self.augment.is_empty()).then_some((&self.augment, seed));
         let (x, objects) = batch(
             &self.data.train,
             indices,
@@ -733,7 +738,7 @@ fn detect_from(
     })?;
     let mut task = DetectTask {
         data,
-        augment: &config.augment,
+        augment: config.augment.clone(),
         batch_size: config.batch_size,
         device: train_device.clone(),
     };

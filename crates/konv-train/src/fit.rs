@@ -86,6 +86,9 @@ pub trait FitTask<M: Module> {
         indices: &[usize],
         seed: u64,
     ) -> Result<BatchLoss, TrainError>;
+    /// Called before each epoch's batches, with the run's seed and the epoch (from 1): where
+    /// the task's augmentation depends on the epoch ([`crate::augment::Pipeline::for_epoch`]).
+    fn start_epoch(&mut self, _seed: u64, _epoch: usize) {}
     /// Validates `model` (already in inference mode).
     fn validate(&mut self, model: &M) -> Validation;
     /// The score's column in `metrics.csv` (`val_mean_iou`, `val_map50`).
@@ -284,6 +287,7 @@ fn fit_from<M: Module, T: FitTask<M>>(
         let start = Instant::now();
         let seed = epoch_seed(settings.seed, epoch);
         device.seed(seed);
+        task.start_epoch(settings.seed, epoch);
         let mut order: Vec<usize> = (0..len).collect();
         order.shuffle(&mut StdRng::seed_from_u64(seed));
         observer.epoch_start(epoch, settings.epochs, steps);

@@ -542,8 +542,9 @@ pub fn train_localizer(
         observer.epoch_start(epoch, config.epochs, steps);
         let (mut loss_sum, mut correct, mut iou_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
         let mut lr = config.lr;
+        let pipeline = config.augment.for_epoch(config.seed, epoch);
         for chunk in order.chunks(config.batch_size) {
-            let augment = (!config.augment.0.is_empty()).then_some((&config.augment, seed));
+            let augment = (!pipeline.is_empty()).then_some((&pipeline, seed));
             let (x, y, b) = batch(&data.train, chunk, data.normalize, augment, &train_device);
             lr = schedule.next_lr();
             let out = model.forward(x);

@@ -386,7 +386,8 @@ pub struct SegmentOutcome {
 
 struct SegmentTask<'a> {
     data: &'a SegmentData,
-    augment: &'a Pipeline,
+    /// The run's pipeline, bound to the current epoch by `start_epoch`.
+    augment: Pipeline,
     classes: usize,
     batch_size: usize,
     device: Device,
@@ -397,13 +398,17 @@ impl FitTask<Fcn> for SegmentTask<'_> {
         self.data.train.len()
     }
 
+    fn start_epoch(&mut self, seed: u64, epoch: usize) {
+        self.augment = self.augment.for_epoch(seed, epoch);
+    }
+
     fn batch_loss(
         &mut self,
         model: &Fcn,
         indices: &[usize],
         seed: u64,
     ) -> Result<BatchLoss, TrainError> {
-        let augment = (!self.augment.0.is_empty()).then_some((self.augment, seed));
+        let augment = (!self.augment.is_empty()).then_some((&self.augment, seed));
         let (x, y) = batch(
             &self.data.train,
             indices,
@@ -532,7 +537,7 @@ fn segment_from(
     };
     let mut task = SegmentTask {
         data,
-        augment: &config.augment,
+        augment: config.augment.clone(),
         classes,
         batch_size: config.batch_size,
         device: train_device.clone(),

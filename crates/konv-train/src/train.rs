@@ -684,7 +684,6 @@ fn train_from(
         history = state.history;
         first_epoch = state.epoch + 1;
     }
-    let augment = Arc::new(config.augment.clone());
     let mut stopped_early = None;
     let replicas = match config.replicas {
         0 | 1 => None,
@@ -706,7 +705,7 @@ fn train_from(
             data.normalize,
             config.batch_size,
             Some(seed),
-            Some(augment.clone()),
+            Some(Arc::new(config.augment.for_epoch(config.seed, epoch))),
             &train_device,
         );
         observer.epoch_start(epoch, config.epochs, steps);

@@ -537,7 +537,10 @@ fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     .validate()
     .unwrap_err()
     .to_string();
-    assert!(err.contains("--early-stop 2") && err.contains("--monitor"), "{err}");
+    assert!(
+        err.contains("--early-stop 2") && err.contains("--monitor"),
+        "{err}"
+    );
 }
 
 #[test]
