@@ -652,7 +652,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         Some(&run_dir),
         &mut observer,
     )?;
-    report_outcome(&outcome, started, &out);
+    report_outcome(&outcome, config.monitor, started, &out);
     Ok(())
 }
 
@@ -1085,6 +1085,7 @@ fn check_classes(classes: &[u8], available: usize) -> Result<()> {
 
 fn report_outcome(
     outcome: &konv_train::train::TrainOutcome,
+    monitor: konv_train::train::Monitor,
     started: std::time::Instant,
     out: &Path,
 ) {
@@ -1094,8 +1095,12 @@ fn report_outcome(
             epoch - outcome.best_epoch
         );
     }
+    let which = match monitor {
+        konv_train::train::Monitor::Last => "last epoch",
+        _ => "best validation epoch",
+    };
     println!(
-        "test accuracy {:.2}% (best validation epoch {}, {} test images), {:.0}s in all; weights in {}",
+        "test accuracy {:.2}% ({which} {}, {} test images), {:.0}s in all; weights in {}",
         100.0 * outcome.test.accuracy(),
         outcome.best_epoch,
         outcome.test.total(),
@@ -1160,7 +1165,7 @@ fn resume_run(
         &run_dir,
         &mut observer,
     )?;
-    report_outcome(&outcome, started, dir);
+    report_outcome(&outcome, config.monitor, started, dir);
     Ok(())
 }
 
