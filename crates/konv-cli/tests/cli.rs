@@ -394,6 +394,10 @@ fn a_zoo_resnet_trains_on_grayscale_and_evaluates() {
             "16",
             "--batch-size",
             "16",
+            "--augment",
+            "flip=alternate",
+            "--monitor",
+            "last",
             "--out",
             "run",
             "--quiet",
@@ -401,6 +405,8 @@ fn a_zoo_resnet_trains_on_grayscale_and_evaluates() {
         &dir,
     );
     assert!(out.status.success(), "{}", text(&out));
+    // --monitor last keeps the final epoch and says so.
+    assert!(text(&out).contains("(last epoch 1,"), "{}", text(&out));
     let out = konv(&["eval", "--run", "run"], &dir);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("test accuracy"), "{}", text(&out));
