@@ -668,6 +668,11 @@ fn classification_only_flags(args: &TrainArgs) -> Result<()> {
         (args.freeze_epochs > 0, "--freeze-epochs"),
         (args.replicas > 1, "--replicas"),
         (args.progressive_resize.is_some(), "--progressive-resize"),
+        (args.early_stop.is_some(), "--early-stop"),
+        (
+            args.monitor != konv_train::train::Monitor::default(),
+            "--monitor",
+        ),
     ] {
         if given {
             bail!(

@@ -286,6 +286,8 @@ fn bad_flag_values_are_clear_errors() {
     for flag in [
         ["--replicas", "2"],
         ["--progressive-resize", "min=20,start=1,end=2"],
+        ["--early-stop", "3"],
+        ["--monitor", "last"],
     ] {
         assert_clear_error(
             &konv(
