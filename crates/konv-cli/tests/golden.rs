@@ -1,0 +1,192 @@
+//! Behaviour kept: short seeded CPU runs of each task compared with the `metrics.csv` that
+//! the code before the one-engine refactor wrote (`tests/golden/<task>.csv`, timing columns
+//! dropped).
+//!
+//! Re-record with `KONV_GOLDEN_BLESS=1 cargo test --release -p konv-cli --test golden`
+//! (and `KONV_BIN=path/to/konv` to record with another binary). On the machine that recorded
+//! them the numbers agree bit for bit; across CPUs the matrix kernels may round differently,
+//! so the comparison allows 1e-5 (relative) per value, far below what any change of behaviour moves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Columns that measure time, not behaviour.
+const TIMING: [&str; 2] = ["images_per_sec", "seconds"];
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// `metrics.csv` without its timing columns.
+fn behaviour(csv: &str) -> String {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| !TIMING.contains(&header[i]))
+        .collect();
+    std::iter::once(header)
+        .chain(lines.map(|l| l.split(',').collect()))
+        .map(|cells| {
+            keep.iter()
+                .map(|&i| cells.get(i).copied().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
+/// Runs `konv train` with `args` into a fresh folder and checks its metrics against
+/// `tests/golden/<name>.csv`.
+fn check(name: &str, args: &[&str]) {
+    let dir = std::env::temp_dir().join(format!("konv-golden-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = std::env::var("KONV_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_konv").into());
+    let out = Command::new(bin)
+        .arg("train")
+        .args(args)
+        .args(["--out", "run", "--quiet", "--backend", "cpu", "--embedded"])
+        .current_dir(&dir)
+        .env_remove("KONV_DATA")
+        .output()
+        .expect("konv runs");
+    assert!(
+        out.status.success(),
+        "{name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = behaviour(&std::fs::read_to_string(dir.join("run/metrics.csv")).unwrap());
+    let path = golden_dir().join(format!("{name}.csv"));
+    if std::env::var_os("KONV_GOLDEN_BLESS").is_some() {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    assert_eq!(
+        g.len(),
+        w.len(),
+        "{name}: rows differ:\n{got}\nwanted\n{want}"
+    );
+    assert_eq!(g[0], w[0], "{name}: columns differ");
+    for (gl, wl) in g[1..].iter().zip(&w[1..]) {
+        for ((gc, wc), col) in gl.split(',').zip(wl.split(',')).zip(w[0].split(',')) {
+            let (a, b): (f64, f64) = (gc.parse().unwrap(), wc.parse().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{name}: {col} is {gc}, golden {wc}\n{got}\nwanted\n{want}"
+            );
+        }
+    }
+    eprintln!("{name}: within 1e-5 of the golden file but not bit for bit");
+}
+
+#[test]
+fn classification_metrics_are_kept() {
+    check(
+        "classify",
+        &[
+            "--epochs",
+            "2",
+            "--limit",
+            "256",
+            "--val-size",
+            "64",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.05",
+            "--seed",
+            "7",
+            "--augment",
+            "flip,crop=2",
+        ],
+    );
+}
+
+#[test]
+fn localization_metrics_are_kept() {
+    check(
+        "localize",
+        &[
+            "--task",
+            "localize",
+            "--model",
+            "resnet20",
+            "--stem-stride",
+            "2",
+            "--epochs",
+            "2",
+            "--limit",
+            "64",
+            "--val-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--seed",
+            "7",
+        ],
+    );
+}
+
+#[test]
+fn segmentation_metrics_are_kept() {
+    check(
+        "segment",
+        &[
+            "--task",
+            "segment",
+            "--model",
+            "fcn32s",
+            "--backbone",
+            "resnet20",
+            "--stem-stride",
+            "2",
+            "--canvas",
+            "48",
+            "--epochs",
+            "2",
+            "--limit",
+            "32",
+            "--val-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--seed",
+            "7",
+        ],
+    );
+}
+
+#[test]
+fn detection_metrics_are_kept() {
+    check(
+        "detect",
+        &[
+            "--task",
+            "detect",
+            "--model",
+            "resnet20",
+            "--stem-stride",
+            "2",
+            "--canvas",
+            "48",
+            "--epochs",
+            "2",
+            "--limit",
+            "32",
+            "--val-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--seed",
+            "7",
+        ],
+    );
+}
