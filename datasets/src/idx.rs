@@ -91,23 +91,32 @@ pub enum IdxError {
     },
 }
 
-/// A stack of 8-bit grayscale images read from an `idx3` file.
+/// A stack of 8-bit images of one size: read from an `idx3` file (grayscale), or decoded
+/// from an image folder (gray or RGB).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxImages {
     /// Number of images.
     pub count: usize,
+    /// Channels per image (1 for IDX files; 3 for RGB), stored as planes: an image's first
+    /// channel, then its second …
+    pub channels: usize,
     /// Image height.
     pub rows: usize,
     /// Image width.
     pub cols: usize,
-    /// `count × rows × cols` pixels, row-major, 0 = black.
+    /// `count × channels × rows × cols` pixels, row-major, 0 = black.
     pub pixels: Vec<u8>,
 }
 
 impl IdxImages {
+    /// Bytes per image: `channels × rows × cols`.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.rows * self.cols
+    }
+
     /// The pixels of image `index`.
     pub fn image(&self, index: usize) -> &[u8] {
-        let size = self.rows * self.cols;
+        let size = self.image_len();
         &self.pixels[index * size..(index + 1) * size]
     }
 }
@@ -192,6 +201,7 @@ pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<IdxImages, IdxError> {
     let (dims, data) = parse(path, bytes, 3, "images (idx3)")?;
     Ok(IdxImages {
         count: dims[0],
+        channels: 1,
         rows: dims[1],
         cols: dims[2],
         pixels: data.to_vec(),
@@ -269,6 +279,7 @@ mod tests {
     fn images(count: usize) -> IdxImages {
         IdxImages {
             count,
+            channels: 1,
             rows: 2,
             cols: 3,
             pixels: (0..count * 6).map(|i| i as u8).collect(),

@@ -389,6 +389,7 @@ mod tests {
         ImageSet {
             images: IdxImages {
                 count: 3,
+                channels: 1,
                 rows: 28,
                 cols: 28,
                 pixels,

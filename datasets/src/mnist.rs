@@ -132,13 +132,14 @@ impl ImageSet {
 
     /// The images at `indices`, in that order, as a new set.
     pub fn select(&self, indices: &[usize]) -> ImageSet {
-        let mut pixels = Vec::with_capacity(indices.len() * self.images.rows * self.images.cols);
+        let mut pixels = Vec::with_capacity(indices.len() * self.images.image_len());
         for &i in indices {
             pixels.extend_from_slice(self.images.image(i));
         }
         ImageSet {
             images: IdxImages {
                 count: indices.len(),
+                channels: self.images.channels,
                 rows: self.images.rows,
                 cols: self.images.cols,
                 pixels,
@@ -547,6 +548,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let imgs = IdxImages {
             count: 2,
+            channels: 1,
             rows: 2,
             cols: 2,
             pixels: vec![0; 8],

@@ -326,6 +326,7 @@ mod tests {
         ImageSet {
             images: IdxImages {
                 count: n,
+                channels: 1,
                 rows: 28,
                 cols: 28,
                 pixels,
