@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
@@ -55,6 +55,25 @@ enum Cmd {
         /// Model replicas each batch is split between (data parallelism over CPU cores).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// Input channels (3 for RGB models at ImageNet sizes, e.g. resnet18 at 224).
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+    },
+    /// Images/s of an image folder through konv's data path (a benchmark, not a test):
+    /// decoding cold, reading the decoded cache, and the loader's augmentation per epoch.
+    BenchLoader {
+        /// JPEG files to generate.
+        #[arg(long, default_value_t = 600)]
+        images: usize,
+        /// Their side (and the training size).
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+        /// Images per batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Augmentation of the training images.
+        #[arg(long, default_value = "flip,resized-crop=0.35")]
+        augment: String,
     },
     /// Check konv's outputs against torchvision's: makes fixtures with PyTorch (pip, in a
     /// venv under target/) and compares every model.
@@ -153,14 +172,134 @@ fn ci(no_clippy: bool) -> Result<()> {
             "warnings",
         ])?;
     }
-    cargo(&["test", "--workspace", "--release"])
+    cargo(&["test", "--workspace", "--release"])?;
+    own_model_example()
+}
+
+/// The `own_model` example end to end on tiny real data: 300 embedded Fashion-MNIST images
+/// exported as a folder by `konv export`, then the example's own CNN trained on them.
+fn own_model_example() -> Result<()> {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let dir = std::path::Path::new(&target).join("own-model-example");
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("fashion");
+    let data = data.to_str().context("a UTF-8 target folder")?;
+    // The decoded-image cache goes beside the data, not into the user's cache.
+    // SAFETY: xtask is single-threaded here.
+    unsafe { std::env::set_var("KONV_CACHE", dir.join("cache")) };
+    cargo(&[
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "konv-cli",
+        "--",
+        "export",
+        "--embedded",
+        "--limit",
+        "300",
+        "--out",
+        data,
+    ])?;
+    cargo(&[
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "konv-train",
+        "--example",
+        "own_model",
+        "--",
+        data,
+    ])
+}
+
+/// Generates `count` JPEGs of `size`² in two classes under a fresh folder, then measures
+/// [`konv_datasets::ImageFolder::open`] cold (decode, resize) and cached, and one epoch of
+/// the training loader (augmentation, standardization, batching).
+fn bench_loader(count: usize, size: u32, batch_size: usize, augment: &str) -> Result<()> {
+    use konv_datasets::{FolderOptions, ImageFolder};
+    let pipeline: konv_train::augment::Pipeline =
+        augment.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let dir = std::env::temp_dir().join(format!("konv-bench-loader-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    for i in 0..count {
+        let class = dir.join("photos").join(["a", "b"][i % 2]);
+        std::fs::create_dir_all(&class)?;
+        let img = image::RgbImage::from_fn(size, size, |x, y| {
+            let v = (x * 3 + y * 5 + i as u32 * 7) % 256;
+            image::Rgb([v as u8, (v / 2) as u8, (255 - v) as u8])
+        });
+        img.save(class.join(format!("{i:05}.jpg")))?;
+    }
+    let options = FolderOptions {
+        image_size: Some(size as usize),
+        cache: Some(dir.join("cache")),
+        ..FolderOptions::default()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "image folder: {count} JPEGs of {size}x{size}, RGB, {threads} decoding threads, batch {batch_size}, --augment {pipeline}"
+    );
+    let t = Instant::now();
+    let folder = ImageFolder::open(&dir.join("photos"), &options)?;
+    let cold = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let cached = ImageFolder::open(&dir.join("photos"), &options)?;
+    let warm = t.elapsed().as_secs_f64();
+    anyhow::ensure!(cached.from_cache, "the second open should read the cache");
+    let stats = konv_datasets::folder::channel_stats(&folder.train);
+    let normalize = konv_train::data::Normalize::per_channel(&stats);
+    let set = std::sync::Arc::new(folder.train);
+    let device = Device::flex();
+    let t = Instant::now();
+    let mut seen = 0;
+    let loader = konv_train::data::loader(
+        set,
+        normalize,
+        batch_size,
+        Some(1),
+        Some(std::sync::Arc::new(pipeline)),
+        &device,
+    );
+    for batch in loader.iter() {
+        seen += batch
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?
+            .targets
+            .dims()[0];
+    }
+    let epoch = t.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {:>10.0} images/s  ({cold:.2}s)",
+        "decode + resize, cold (first run)",
+        count as f64 / cold
+    );
+    println!(
+        "{:<44} {:>10.0} images/s  ({warm:.2}s)",
+        "decoded cache (later runs)",
+        count as f64 / warm
+    );
+    println!(
+        "{:<44} {:>10.0} images/s  ({epoch:.2}s)",
+        "augment + batch, one epoch (every epoch)",
+        seen as f64 / epoch
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
 }
 
 /// A random batch on `device`.
-fn random_batch(batch: usize, size: usize, classes: usize, device: &Device) -> ImageBatch {
+fn random_batch(
+    batch: usize,
+    channels: usize,
+    size: usize,
+    classes: usize,
+    device: &Device,
+) -> ImageBatch {
     ImageBatch {
         images: Tensor::random(
-            [batch, 1, size, size],
+            [batch, channels, size, size],
             burn::tensor::Distribution::Normal(0.0, 1.0),
             device,
         ),
@@ -182,6 +321,7 @@ fn bench_one(
     warmup: usize,
     steps: usize,
     replicas: usize,
+    channels: usize,
 ) -> Result<f64> {
     let device = backend.open()?.autodiff();
     let pools = (replicas > 1)
@@ -199,11 +339,11 @@ fn bench_one(
                 .init(&device),
         )
     } else {
-        konv_models::build_for(model, 10, 1, &device)?
+        konv_models::build_for(model, 10, channels, &device)?
     };
     let config = TrainConfig::default();
     let mut optim: ModuleOptimizer = config.optimizer(&net);
-    let batch_data = random_batch(batch, size, 10, &device);
+    let batch_data = random_batch(batch, channels, size, 10, &device);
     let t0 = Instant::now();
     for _ in 0..warmup {
         net = step(net, &mut optim, batch_data.clone(), config.lr).0;
@@ -397,6 +537,12 @@ fn parity(
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { no_clippy } => ci(no_clippy),
+        Cmd::BenchLoader {
+            images,
+            size,
+            batch_size,
+            augment,
+        } => bench_loader(images, size, batch_size, &augment),
         Cmd::Subset { from } => subset(&from),
         Cmd::Parity {
             dir,
@@ -414,6 +560,7 @@ fn main() -> Result<()> {
             steps,
             inference,
             replicas,
+            channels,
         } => {
             if inference {
                 println!("inference latency (forward only, inference mode, random data)");
@@ -424,8 +571,10 @@ fn main() -> Result<()> {
                 let result = if inference {
                     bench_inference(backend, &model, batch_size, size, warmup, steps)
                 } else {
-                    bench_one(backend, &model, batch_size, size, warmup, steps, replicas)
-                        .map(|_| ())
+                    bench_one(
+                        backend, &model, batch_size, size, warmup, steps, replicas, channels,
+                    )
+                    .map(|_| ())
                 };
                 if let Err(e) = result {
                     println!("{:<8} skipped: {e}", backend.as_str());

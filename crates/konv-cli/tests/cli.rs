@@ -992,3 +992,194 @@ fn detect_trains_evaluates_and_draws_boxes() {
     assert!(!dir.join("x1").exists() && !dir.join("x2").exists() && !dir.join("x3").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A two-class RGB folder (red and blue pictures of two sizes, PNG and JPEG) under `dir`.
+fn colour_folder(dir: &Path) {
+    for (split, n) in [("train", 12u32), ("test", 4)] {
+        for (class, rgb) in [("red", [220u8, 30, 30]), ("blue", [30, 30, 220])] {
+            let d = dir.join("photos").join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                let (w, h) = if i % 2 == 0 { (16, 20) } else { (20, 16) };
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    let v = ((x * 7 + y * 3 + i * 5) % 40) as u8;
+                    image::Rgb(rgb.map(|c| c.saturating_sub(v)))
+                });
+                let ext = if i % 3 == 0 { "jpg" } else { "png" };
+                img.save(d.join(format!("{i}.{ext}"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn an_rgb_folder_trains_evaluates_and_predicts() {
+    let dir = temp_dir("folder");
+    colour_folder(&dir);
+    let cache = dir.join("cache");
+    let env = [("KONV_CACHE", cache.to_str().unwrap())];
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            "photos",
+            "--image-size",
+            "12",
+            "--model",
+            "resnet20",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--val-size",
+            "4",
+            "--lr",
+            "0.05",
+            "--augment",
+            "flip,resized-crop=0.5",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        konv_with_env(&args, &dir, &env)
+    };
+    let out = train("run", &[]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("2 classes, 24 train / 8 test images, 3×12×12"),
+        "{log}"
+    );
+    assert!(log.contains("test accuracy"), "{log}");
+    let config = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
+    assert!(
+        config.contains("\"folder\"") && config.contains("\"rgb\""),
+        "{config}"
+    );
+    // The second run reads the decoded cache.
+    assert!(cache.join("folders").read_dir().unwrap().count() >= 1);
+
+    let out = konv_with_env(&["eval", "--run", "run"], &dir, &env);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("8 images") && log.contains("photos/test"),
+        "{log}"
+    );
+    assert!(log.contains("blue") && log.contains("red"), "{log}");
+
+    let out = konv_with_env(
+        &[
+            "predict",
+            "--run",
+            "run",
+            "photos/test/red/1.png",
+            "--top",
+            "2",
+        ],
+        &dir,
+        &env,
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("red") && log.contains("blue"), "{log}");
+
+    // Resume of a finished folder run says so; of a killed one it would continue.
+    let out = konv_with_env(&["train", "--resume", "run"], &dir, &env);
+    assert_clear_error(&out, "already finished");
+
+    // A corrupt file: one error naming it and the fix; with --skip-bad, trained on.
+    std::fs::write(
+        dir.join("photos/train/red/bad.jpg"),
+        b"\xff\xd8\xff\xe0 cut",
+    )
+    .unwrap();
+    let out = train("bad", &[]);
+    assert_clear_error(&out, "bad.jpg: cannot decode image");
+    assert_clear_error(&out, "--skip-bad");
+    assert!(!dir.join("bad").exists(), "nothing is written");
+    let out = train("skipped", &["--skip-bad"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 file(s) could not be decoded"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_image_folders_are_clear_errors_and_write_nothing() {
+    let dir = temp_dir("folder-errors");
+    let folder = |args: &[&str]| {
+        let mut all = vec![
+            "train",
+            "--dataset",
+            "folder",
+            "--epochs",
+            "1",
+            "--out",
+            "run",
+        ];
+        all.extend_from_slice(args);
+        konv(&all, &dir)
+    };
+    assert_clear_error(&folder(&[]), "--data-dir");
+    assert_clear_error(
+        &folder(&["--data-dir", "missing"]),
+        "missing: no such folder",
+    );
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    assert_clear_error(&folder(&["--data-dir", "empty"]), "no images found");
+    let one = dir.join("one/cat");
+    std::fs::create_dir_all(&one).unwrap();
+    image::GrayImage::new(8, 8).save(one.join("a.png")).unwrap();
+    assert_clear_error(
+        &folder(&["--data-dir", "one"]),
+        "only one class folder (cat)",
+    );
+    std::fs::create_dir_all(dir.join("one/dog")).unwrap();
+    assert_clear_error(&folder(&["--data-dir", "one"]), "holds no .png/.jpg images");
+    image::GrayImage::new(9, 8)
+        .save(dir.join("one/dog/b.png"))
+        .unwrap();
+    assert_clear_error(&folder(&["--data-dir", "one"]), "--image-size");
+    assert_clear_error(
+        &folder(&["--data-dir", "one", "--task", "localize"]),
+        "--dataset folder trains classifiers",
+    );
+    assert_clear_error(
+        &konv(&["train", "--image-size", "32"], &dir),
+        "--dataset folder",
+    );
+    assert!(!dir.join("run").exists(), "nothing is written");
+}
+
+#[test]
+fn export_writes_fashion_mnist_as_a_folder() {
+    let dir = temp_dir("export");
+    let out = konv(
+        &["export", "--embedded", "--limit", "30", "--out", "fm"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let tshirts = dir.join("fm/train/0-T-shirt-top");
+    assert!(tshirts.is_dir(), "{}", text(&out));
+    let count: usize = std::fs::read_dir(dir.join("fm/train"))
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(count, 30);
+    assert_clear_error(
+        &konv(&["export", "--embedded", "--out", "fm"], &dir),
+        "already exists",
+    );
+    // Nothing half-written beside it.
+    let stray: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(stray.is_empty());
+}

@@ -93,6 +93,13 @@ pub enum Augment {
         /// New width.
         width: usize,
     },
+    /// torchvision's `RandomResizedCrop` on the stored image: a window of a random share
+    /// of the area in [`min_scale`, 1] and aspect ratio in [3/4, 4/3], stretched back to the
+    /// image's size (bilinear). The standard training crop of ImageNet models.
+    ResizedCrop {
+        /// Smallest share of the area kept (torchvision: 0.08).
+        min_scale: f32,
+    },
     /// Batch-level mixup with Beta(`alpha`, `alpha`) ratios.
     Mixup {
         /// Beta parameter.
@@ -185,6 +192,21 @@ impl Affine {
             ],
             height: new_height,
             width: new_width,
+        }
+    }
+
+    /// The window of `crop_height × crop_width` at `(y0, x0)` stretched to the whole
+    /// `height × width` image.
+    pub fn crop_to(
+        height: usize,
+        width: usize,
+        [y0, x0, crop_height, crop_width]: [f32; 4],
+    ) -> Self {
+        let (sx, sy) = (width as f32 / crop_width, height as f32 / crop_height);
+        Self {
+            m: [sx, 0.0, -x0 * sx, 0.0, sy, -y0 * sy],
+            height,
+            width,
         }
     }
 
@@ -374,6 +396,7 @@ impl Augment {
                 | Augment::Zoom { .. }
                 | Augment::Shear { .. }
                 | Augment::Resize { .. }
+                | Augment::ResizedCrop { .. }
         )
     }
 
@@ -413,6 +436,23 @@ impl Augment {
             }
             Augment::Shear { degrees } => Affine::shear(h, w, rng.random_range(-degrees..=degrees)),
             Augment::Resize { height, width } => Affine::resize(h, w, height, width),
+            Augment::ResizedCrop { min_scale } => {
+                // torchvision: up to 10 tries for a window that fits, else the whole image.
+                let area = (h * w) as f32;
+                let log_ratio = (0.75f32.ln(), (4.0f32 / 3.0).ln());
+                for _ in 0..10 {
+                    let target = area * rng.random_range(min_scale..=1.0);
+                    let ratio = rng.random_range(log_ratio.0..=log_ratio.1).exp();
+                    let cw = (target * ratio).sqrt().round();
+                    let ch = (target / ratio).sqrt().round();
+                    if cw >= 1.0 && ch >= 1.0 && cw <= w as f32 && ch <= h as f32 {
+                        let y0 = rng.random_range(0..=(h - ch as usize)) as f32;
+                        let x0 = rng.random_range(0..=(w - cw as usize)) as f32;
+                        return Some(Affine::crop_to(h, w, [y0, x0, ch, cw]));
+                    }
+                }
+                return None;
+            }
             _ => return None,
         })
     }
@@ -457,6 +497,7 @@ impl Augment {
             | Augment::Zoom { .. }
             | Augment::Shear { .. }
             | Augment::Resize { .. }
+            | Augment::ResizedCrop { .. }
             | Augment::Mixup { .. }
             | Augment::Cutmix { .. } => {}
             Augment::Erase { p } => {
@@ -509,7 +550,7 @@ pub struct Pipeline(pub Vec<Augment>);
 const ALTERNATING_FLIP_STREAM: u64 = 0x616c_7466_6c69_7073;
 
 const VALID: &str = "valid steps: flip, flip=alternate, crop=PIXELS, translate=PIXELS, rotate=DEGREES, \
-zoom=FRACTION, shear=DEGREES, resize=HxW, erase=PROBABILITY, brightness=DELTA, contrast=DELTA, \
+zoom=FRACTION, shear=DEGREES, resize=HxW, resized-crop=MIN_SCALE, erase=PROBABILITY, brightness=DELTA, contrast=DELTA, \
 mixup=ALPHA, cutmix=ALPHA (e.g. --augment flip,crop=4,rotate=10,erase=0.25)";
 
 impl std::str::FromStr for Pipeline {
@@ -553,6 +594,14 @@ impl std::str::FromStr for Pipeline {
                 "shear" => Augment::Shear {
                     degrees: fraction(60.0)?,
                 },
+                "resized-crop" => {
+                    let min_scale = value
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|v| *v > 0.0 && *v <= 1.0)
+                        .ok_or_else(|| bad("needs the smallest area share in (0, 1], e.g. 0.08"))?;
+                    Augment::ResizedCrop { min_scale }
+                }
                 "resize" => {
                     let size = value
                         .split_once('x')
@@ -602,6 +651,7 @@ impl std::fmt::Display for Pipeline {
                 Augment::Zoom { range } => format!("zoom={range}"),
                 Augment::Shear { degrees } => format!("shear={degrees}"),
                 Augment::Resize { height, width } => format!("resize={height}x{width}"),
+                Augment::ResizedCrop { min_scale } => format!("resized-crop={min_scale}"),
                 Augment::Mixup { alpha } => format!("mixup={alpha}"),
                 Augment::Cutmix { alpha } => format!("cutmix={alpha}"),
             })
@@ -684,7 +734,8 @@ impl Pipeline {
         self.0.iter().any(Augment::is_batch_level)
     }
 
-    /// Mixes a batch of `n` images of `h × w` values (`pixels`, image after image) in place
+    /// Mixes a batch of `n` images of `c` planes of `h × w` values (`pixels`, image after
+    /// image) in place
     /// with the batch reversed (timm's pairing), per the pipeline's mixup / cutmix steps
     /// (one of the two, chosen at random, when both are given). Returns λ, the share of
     /// each image's own label, or `None` when the pipeline does not mix.
@@ -692,6 +743,7 @@ impl Pipeline {
         &self,
         pixels: &mut [f32],
         n: usize,
+        c: usize,
         h: usize,
         w: usize,
         rng: &mut StdRng,
@@ -711,7 +763,8 @@ impl Pipeline {
         };
         let beta = rand_distr::Beta::new(alpha, alpha).expect("alpha > 0 by parsing");
         let lambda: f32 = rand_distr::Distribution::sample(&beta, rng);
-        let size = h * w;
+        let plane = h * w;
+        let size = c * plane;
         let original = pixels.to_vec();
         match step {
             Augment::Mixup { .. } => {
@@ -734,14 +787,17 @@ impl Pipeline {
                 let (x0, x1) = (cx.saturating_sub(cw / 2), (cx + cw / 2).min(w));
                 for i in 0..n {
                     let j = n - 1 - i;
-                    for y in y0..y1 {
-                        for x in x0..x1 {
-                            pixels[i * size + y * w + x] = original[j * size + y * w + x];
+                    for k in 0..c {
+                        for y in y0..y1 {
+                            for x in x0..x1 {
+                                let at = k * plane + y * w + x;
+                                pixels[i * size + at] = original[j * size + at];
+                            }
                         }
                     }
                 }
                 // The share actually left after clipping.
-                Some(1.0 - ((y1 - y0) * (x1 - x0)) as f32 / size as f32)
+                Some(1.0 - ((y1 - y0) * (x1 - x0)) as f32 / plane as f32)
             }
         }
     }
@@ -1152,7 +1208,7 @@ mod tests {
         let mixup: Pipeline = "mixup=0.4".parse().unwrap();
         let mut pixels = base.clone();
         let lambda = mixup
-            .mix_batch(&mut pixels, n, h, w, &mut StdRng::seed_from_u64(1))
+            .mix_batch(&mut pixels, n, 1, h, w, &mut StdRng::seed_from_u64(1))
             .unwrap();
         assert!((0.0..=1.0).contains(&lambda));
         // Image 0 is λ·0 + (1 − λ)·3.
@@ -1160,7 +1216,7 @@ mod tests {
         let cutmix: Pipeline = "cutmix=1.0".parse().unwrap();
         let mut pixels = base.clone();
         let lambda = cutmix
-            .mix_batch(&mut pixels, n, h, w, &mut StdRng::seed_from_u64(2))
+            .mix_batch(&mut pixels, n, 1, h, w, &mut StdRng::seed_from_u64(2))
             .unwrap();
         // Image 1's pixels are its own (1) or image 2's, the share of its own being λ.
         let own = pixels[h * w..2 * h * w]
@@ -1175,8 +1231,61 @@ mod tests {
         assert!((own as f32 / (h * w) as f32 - lambda).abs() < 1e-6);
         assert!(
             Pipeline::default()
-                .mix_batch(&mut pixels, n, h, w, &mut StdRng::seed_from_u64(0))
+                .mix_batch(&mut pixels, n, 1, h, w, &mut StdRng::seed_from_u64(0))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn cutmix_cuts_the_same_box_from_every_channel() {
+        let (n, c, h, w) = (2, 3, 8, 8);
+        // Image i, channel k holds 10·i + k everywhere.
+        let base: Vec<f32> = (0..n)
+            .flat_map(|i| (0..c).flat_map(move |k| vec![(10 * i + k) as f32; h * w]))
+            .collect();
+        let cutmix: Pipeline = "cutmix=1.0".parse().unwrap();
+        let mut pixels = base.clone();
+        let lambda = cutmix
+            .mix_batch(&mut pixels, n, c, h, w, &mut StdRng::seed_from_u64(3))
+            .unwrap();
+        let plane = h * w;
+        let taken: Vec<Vec<bool>> = (0..c)
+            .map(|k| {
+                pixels[k * plane..(k + 1) * plane]
+                    .iter()
+                    .map(|&p| p == (10 + k) as f32)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(taken[0], taken[1]);
+        assert_eq!(taken[0], taken[2]);
+        let own = taken[0].iter().filter(|t| !**t).count();
+        assert!((own as f32 / plane as f32 - lambda).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resized_crops_zoom_in_on_a_window_of_the_image() {
+        let step: Pipeline = "resized-crop=0.25".parse().unwrap();
+        assert_eq!(step.to_string(), "resized-crop=0.25");
+        assert!("resized-crop=0".parse::<Pipeline>().is_err());
+        assert!("resized-crop=1.5".parse::<Pipeline>().is_err());
+        let image = ramp(16, 16);
+        let mut changed = 0;
+        for index in 0..20 {
+            let mut out = image.clone();
+            step.apply(&mut out, 9, index);
+            assert_eq!((out.height, out.width), (16, 16));
+            // A window stretched: no value beyond the ramp's largest.
+            let hi = out.pixels.iter().fold(f32::MIN, |a, &p| a.max(p));
+            assert!(hi <= 2.56 + 1e-4, "{hi}");
+            changed += usize::from(out != image);
+        }
+        assert!(changed >= 15, "most draws crop: {changed}");
+        // Boxes follow: the window's own corners map to the image's.
+        let affine = Affine::crop_to(16, 16, [4.0, 2.0, 8.0, 8.0]);
+        close(
+            affine.apply_box([2.0, 4.0, 10.0, 12.0]),
+            [0.0, 0.0, 16.0, 16.0],
         );
     }
 

@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use burn::module::Module;
+use crate::model::Classify;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use konv_datasets::ImageSet;
-use konv_models::Classifier;
 
 use crate::data::{Normalize, loader};
 
@@ -89,17 +88,13 @@ impl EvalReport {
 }
 
 /// The device `model`'s parameters live on (Flex for a model without parameters).
-pub(crate) fn device_of(model: &Classifier) -> Device {
-    model
-        .devices()
-        .into_iter()
-        .next()
-        .unwrap_or_else(Device::flex)
+pub(crate) fn device_of<M: burn::module::Module>(model: &M) -> Device {
+    crate::model::device_of(model)
 }
 
 /// Evaluates `model` (in inference mode: call `valid()` first) on `set`.
-pub fn evaluate(
-    model: &Classifier,
+pub fn evaluate<M: Classify>(
+    model: &M,
     set: &Arc<ImageSet>,
     normalize: Normalize,
     batch_size: usize,
@@ -110,8 +105,8 @@ pub fn evaluate(
 
 /// [`evaluate`] with the deterministic preprocessing of a training pipeline
 /// ([`Pipeline::eval_steps`](crate::augment::Pipeline::eval_steps), e.g. `resize`).
-pub fn evaluate_with(
-    model: &Classifier,
+pub fn evaluate_with<M: Classify>(
+    model: &M,
     set: &Arc<ImageSet>,
     normalize: Normalize,
     batch_size: usize,
@@ -131,8 +126,8 @@ pub fn evaluate_with(
 
 /// [`evaluate_with`], with test-time augmentation when `flip_tta`: the logits of each image
 /// and of its mirror image are averaged (timm's and Keras' usual horizontal-flip TTA).
-pub fn evaluate_tta(
-    model: &Classifier,
+pub fn evaluate_tta<M: Classify>(
+    model: &M,
     set: &Arc<ImageSet>,
     normalize: Normalize,
     batch_size: usize,
@@ -158,10 +153,10 @@ pub fn evaluate_tta(
         let Ok(batch) = batch else { continue };
         let n = batch.targets.dims()[0];
         let logits = if flip_tta {
-            let mirrored = model.forward(batch.images.clone().flip([3]));
-            (model.forward(batch.images) + mirrored) / 2.0
+            let mirrored = model.logits(batch.images.clone().flip([3]));
+            (model.logits(batch.images) + mirrored) / 2.0
         } else {
-            model.forward(batch.images)
+            model.logits(batch.images)
         };
         let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
         loss_sum += loss.into_scalar::<f64>() * n as f64;

@@ -3,7 +3,10 @@
 //! - [`backend`]: pick `cpu`, `flex`, `ndarray`, `wgpu` (or `cuda`) at run time.
 //! - [`data`]: image sets through Burn's `Dataset`, `Batcher` and `DataLoader`.
 //! - [`optim`]: SGD, Adam, AdamW, RMSProp by name, weight decay off biases and norms.
-//! - [`train`]: the SGD training loop with validation, metrics and checkpoints;
+//! - [`model`]: [`model::Classify`], what the loop trains: the zoo's models or your own
+//!   Burn module.
+//! - [`train`]: the SGD training loop with validation, metrics and checkpoints
+//!   ([`train::train`] for the zoo by name, [`train::train_model`] for any model);
 //!   [`parallel`]: data parallelism over CPU cores (`--replicas`); [`progressive`]: smaller
 //!   images in the first epochs (`--progressive-resize`).
 //! - [`loss`]: weighted multi-output losses (class + box); [`metrics`]: box IoU, mean IoU
@@ -38,6 +41,7 @@ pub mod fit;
 pub mod localize;
 pub mod loss;
 pub mod metrics;
+pub mod model;
 pub mod observer;
 pub mod optim;
 pub mod parallel;

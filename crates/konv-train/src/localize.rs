@@ -284,10 +284,7 @@ pub fn pixel_stats(pixels: &[u8]) -> Normalize {
         .map(|&p| (f64::from(p) / 255.0 - mean).powi(2))
         .sum::<f64>()
         / n;
-    Normalize {
-        mean: mean as f32,
-        std: var.sqrt().max(1e-6) as f32,
-    }
+    Normalize::new(mean as f32, var.sqrt().max(1e-6) as f32)
 }
 
 /// `[x0, y0, x1, y1]` in pixels → `(cx, cy, w, h) / size`.

@@ -18,11 +18,10 @@
 //! whatever order their threads reach it, so a model with dropout trains reproducibly only
 //! on one replica.
 
-use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Int, Tensor};
 
-use konv_models::Classifier;
+use crate::model::Classify;
 
 use crate::TrainError;
 use crate::data::ImageBatch;
@@ -94,13 +93,13 @@ fn slice_batch(batch: &ImageBatch, start: usize, len: usize) -> ImageBatch {
 
 /// Forward and backward of one replica on its share, the loss weighted by `weight` (the
 /// share's fraction of the batch).
-fn replica_pass(
-    replica: Classifier,
+fn replica_pass<M: Classify>(
+    replica: M,
     share: ImageBatch,
     weight: f64,
     label_smoothing: f64,
 ) -> Share {
-    let logits = replica.forward(share.images);
+    let logits = replica.logits(share.images);
     let (loss, correct) = classification_loss(logits, share.targets, share.mix, label_smoothing);
     let loss = loss * weight;
     let loss_value = loss.clone().into_scalar::<f64>();
@@ -114,14 +113,14 @@ fn replica_pass(
 
 /// [`crate::train::train_step`] with the batch split between `replicas`: returns the updated
 /// model, the batch's mean loss and its number of correct predictions.
-pub fn parallel_train_step(
-    model: Classifier,
+pub fn parallel_train_step<M: Classify>(
+    model: M,
     optim: &mut ModuleOptimizer,
     batch: ImageBatch,
     lr: f64,
     label_smoothing: f64,
     replicas: &Replicas,
-) -> (Classifier, f64, usize) {
+) -> (M, f64, usize) {
     let n = batch.targets.dims()[0];
     let parts = replicas.len().min(n).max(1);
     let device = batch.images.device();

@@ -152,9 +152,9 @@ impl RunDir {
     /// state, `best.bpk` when `improved`, then `state.json` naming them (the commit point),
     /// then `checkpoint.bpk`/`optimizer.bpk`, `metrics.csv` and `curves.png`; finally the
     /// epoch files older than the newest `keep` are deleted.
-    pub fn save_epoch(
+    pub fn save_epoch<M: Module>(
         &self,
-        model: &Classifier,
+        model: &M,
         optim: &ModuleOptimizer,
         improved: bool,
         mut state: crate::train::TrainState,
@@ -163,14 +163,14 @@ impl RunDir {
         let epoch = state.epoch;
         state.checkpoint = format!("epoch-{epoch:04}.bpk");
         state.optimizer = format!("epoch-{epoch:04}.optim.bpk");
-        self.save_model(&state.checkpoint, model)?;
+        self.save_module(&state.checkpoint, model)?;
         let optim_path = self.path.join(&state.optimizer);
         let bytes = optim
             .into_bytes()
             .map_err(|e| TrainError::Record(optim_path.clone(), e.to_string()))?;
         self.write(&state.optimizer, &bytes)?;
         if improved {
-            self.save_model(BEST, model)?;
+            self.save_module(BEST, model)?;
         }
         let json = serde_json::to_vec_pretty(&state).expect("TrainState serializes");
         self.write(STATE, &json)?;

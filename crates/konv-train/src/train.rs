@@ -17,6 +17,7 @@ use crate::augment::Pipeline;
 use crate::backend::BackendName;
 use crate::data::{ImageBatch, Normalize, loader};
 use crate::eval::{EvalReport, evaluate_with};
+use crate::model::Classify;
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
 use crate::progressive::{ProgressiveResize, resize_batch};
@@ -107,6 +108,36 @@ pub struct TrainConfig {
     /// test stay at the full size.
     #[serde(default)]
     pub progressive_resize: Option<ProgressiveResize>,
+    /// The image folder trained on, when `dataset` is `folder`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<FolderSpec>,
+}
+
+/// An image folder a run trains on ([`konv_datasets::folder`]), with how it was read, so
+/// that `--resume`, evaluation and prediction read it the same way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FolderSpec {
+    /// The folder (`root/<class>/…` or `root/train/<class>/…`).
+    pub dir: std::path::PathBuf,
+    /// Shorter side resized to this, centre square kept; `None`: the images' own size.
+    pub image_size: Option<usize>,
+    /// Channels read: 1 (gray) or 3 (RGB).
+    pub channels: usize,
+    /// Undecodable files were skipped.
+    pub skip_bad: bool,
+}
+
+impl FolderSpec {
+    /// The options that read the folder this way, caching decoded images in `cache`.
+    pub fn options(&self, cache: Option<std::path::PathBuf>) -> konv_datasets::FolderOptions {
+        konv_datasets::FolderOptions {
+            channels: Some(self.channels),
+            image_size: self.image_size,
+            skip_bad: self.skip_bad,
+            cache,
+            workers: 0,
+        }
+    }
 }
 
 /// The validation metric that decides the best epoch (Keras' `monitor`).
@@ -185,6 +216,7 @@ impl Default for TrainConfig {
             monitor: Monitor::ValAccuracy,
             replicas: 1,
             progressive_resize: None,
+            folder: None,
         }
     }
 }
@@ -360,18 +392,46 @@ impl SplitData {
             train: Arc::new(train),
             val: Arc::new(val),
             test: Arc::new(test),
-            normalize: Normalize { mean, std },
+            normalize: Normalize::new(mean, std),
+        }
+    }
+
+    /// The splits of an image folder: its `val/` and `test/` when it has them; otherwise
+    /// `val_size` training images held out at random (deterministic for `seed`), and, with
+    /// no `test/`, the validation images as the test set too. `limit` applies to the
+    /// training part. The standardization is measured on the training images, per channel.
+    pub fn from_folder(
+        folder: &konv_datasets::ImageFolder,
+        val_size: usize,
+        limit: Option<usize>,
+        seed: u64,
+    ) -> Self {
+        let (train, val) = match &folder.val {
+            Some(val) => (folder.train.clone(), val.clone()),
+            None => folder.train.split_validation(val_size, seed),
+        };
+        let train = match limit {
+            Some(n) => train.take(n),
+            None => train,
+        };
+        let test = folder.test.clone().unwrap_or_else(|| val.clone());
+        let normalize = Normalize::per_channel(&konv_datasets::folder::channel_stats(&train));
+        SplitData {
+            train: Arc::new(train),
+            val: Arc::new(val),
+            test: Arc::new(test),
+            normalize,
         }
     }
 }
 
-/// The result of [`train`].
+/// The result of [`train`] (and of [`train_model`], for a model of type `M`).
 #[derive(Debug, Clone)]
-pub struct TrainOutcome {
+pub struct TrainOutcome<M = Classifier> {
     /// The model after the last epoch.
-    pub model: Classifier,
-    /// The model of the epoch with the best validation accuracy.
-    pub best: Classifier,
+    pub model: M,
+    /// The model of the epoch with the best monitored score.
+    pub best: M,
     /// Metrics of every epoch.
     pub history: Vec<EpochMetrics>,
     /// The epoch of `best` (the first with the best monitored score), 1-based.
@@ -386,41 +446,46 @@ pub struct TrainOutcome {
 /// its number of correct predictions. `label_smoothing` (0 for none) spreads that much of
 /// each target's probability over all classes; a mixed batch ([`ImageBatch::mix`], mixup or
 /// cutmix) is scored against both of its label sets, weighted by the mixing ratio.
-pub fn train_step(
-    model: Classifier,
+pub fn train_step<M: Classify>(
+    model: M,
     optim: &mut ModuleOptimizer,
     batch: ImageBatch,
     lr: f64,
     label_smoothing: f64,
-) -> (Classifier, f64, usize) {
-    let logits = model.forward(batch.images.clone());
+) -> (M, f64, usize) {
+    let logits = model.logits(batch.images.clone());
     finish_step(model, optim, logits, batch, lr, label_smoothing)
 }
 
 /// Fails with a clear error when `model` (named `name`) cannot take `input` images (LeNet-5
-/// needs 32×32, say), instead of a panic deep in a convolution.
-pub fn check_input(model: &Classifier, name: &str, input: [usize; 3]) -> Result<(), TrainError> {
-    konv_models::summary::checked(model, &input)
-        .map(|_| ())
-        .map_err(|e| {
-            TrainError::Config(format!(
-                "model `{name}` cannot take the dataset's {}×{} images: {e}",
-                input[1], input[2]
-            ))
-        })
+/// needs 32×32, say) or does not give `classes` logits, instead of a panic deep in a
+/// convolution.
+pub fn check_input<M: Classify>(
+    model: &M,
+    name: &str,
+    input: [usize; 3],
+    classes: usize,
+) -> Result<(), TrainError> {
+    model.check_input(input, classes).map_err(|e| {
+        TrainError::Config(format!(
+            "model `{name}` cannot take the dataset's {}×{} images: {e}",
+            input[1], input[2]
+        ))
+    })
 }
 
 /// [`check_input`] for what `config` trains on: `input`, and with progressive resizing also
 /// the smaller images of the first epochs.
-pub fn check_training_input(
-    model: &Classifier,
+pub fn check_training_input<M: Classify>(
+    model: &M,
     config: &TrainConfig,
     input: [usize; 3],
+    classes: usize,
 ) -> Result<(), TrainError> {
-    check_input(model, &config.model, input)?;
+    check_input(model, &config.model, input, classes)?;
     if let Some(p) = &config.progressive_resize {
         let [h, w] = p.smallest([input[1], input[2]]);
-        check_input(model, &config.model, [input[0], h, w]).map_err(|e| {
+        check_input(model, &config.model, [input[0], h, w], classes).map_err(|e| {
             TrainError::Config(format!("--progressive-resize min={}: {e}", p.min_size))
         })?;
     }
@@ -435,7 +500,7 @@ pub fn check_config_input(
     input: [usize; 3],
 ) -> Result<(), TrainError> {
     let model = konv_models::build_for(&config.model, num_classes, input[0], &Device::flex())?;
-    check_training_input(&model, config, input)
+    check_training_input(&model, config, input, num_classes)
 }
 
 /// What a run folder records after each epoch so that `--resume` continues exactly where
@@ -501,27 +566,26 @@ pub fn initial_weights(
 
 /// One step of transfer learning's first phase: the frozen backbone runs in inference mode
 /// (no autodiff, batch norm on its running statistics), only the head trains.
-pub fn head_step(
-    model: Classifier,
+pub fn head_step<M: Classify>(
+    model: M,
     optim: &mut ModuleOptimizer,
     batch: ImageBatch,
     lr: f64,
     label_smoothing: f64,
-) -> (Classifier, f64, usize) {
-    let features = model.valid().forward_features(batch.images.clone().inner());
-    let logits = model.forward_head(Tensor::from_inner(features));
+) -> (M, f64, usize) {
+    let logits = model.head_logits(batch.images.clone());
     finish_step(model, optim, logits, batch, lr, label_smoothing)
 }
 
 /// Loss, accuracy, backward pass and update, from the logits of `batch`.
-fn finish_step(
-    model: Classifier,
+fn finish_step<M: Classify>(
+    model: M,
     optim: &mut ModuleOptimizer,
     logits: Tensor<2>,
     batch: ImageBatch,
     lr: f64,
     label_smoothing: f64,
-) -> (Classifier, f64, usize) {
+) -> (M, f64, usize) {
     let (loss, correct) = classification_loss(logits, batch.targets, batch.mix, label_smoothing);
     let loss_value = loss.clone().into_scalar::<f64>();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -566,8 +630,9 @@ pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)
 }
 
-/// Trains `config.model` on `data`, on `device` (autodiff is added here), reporting to
-/// `observer` and, when `run` is given, writing metrics and checkpoints there after each epoch.
+/// Trains the zoo model `config.model` on `data`, on `device` (autodiff is added here),
+/// reporting to `observer` and, when `run` is given, writing metrics and checkpoints there
+/// after each epoch.
 pub fn train(
     config: &TrainConfig,
     num_classes: usize,
@@ -576,7 +641,103 @@ pub fn train(
     run: Option<&RunDir>,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
-    train_from(config, num_classes, data, device, run, None, observer)
+    let model = zoo_model(config, num_classes, data, device)?;
+    train_from(
+        model,
+        config,
+        num_classes,
+        data,
+        device,
+        run,
+        None,
+        observer,
+    )
+}
+
+/// [`train`] for any model: yours, or one of the zoo's built and changed in your code. The
+/// model may live on a plain device (it is forked onto `device` with autodiff); it must
+/// give `num_classes` logits for `data`'s images. `config.model` only names it in messages
+/// and in `config.json`.
+pub fn train_model<M: Classify>(
+    model: M,
+    config: &TrainConfig,
+    num_classes: usize,
+    data: &SplitData,
+    device: &Device,
+    run: Option<&RunDir>,
+    observer: &mut dyn Observer,
+) -> Result<TrainOutcome<M>, TrainError> {
+    let model = onto_training_device(model, device);
+    train_from(
+        model,
+        config,
+        num_classes,
+        data,
+        device,
+        run,
+        None,
+        observer,
+    )
+}
+
+/// [`resume`] for a model of your own, built the same way as for [`train_model`] (its
+/// weights are replaced by the checkpoint's).
+pub fn resume_model<M: Classify>(
+    model: M,
+    config: &TrainConfig,
+    num_classes: usize,
+    data: &SplitData,
+    device: &Device,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<TrainOutcome<M>, TrainError> {
+    let state = run.read_state()?;
+    let model = onto_training_device(model, device);
+    train_from(
+        model,
+        config,
+        num_classes,
+        data,
+        device,
+        Some(run),
+        Some(state),
+        observer,
+    )
+}
+
+/// `model` on `device` with autodiff, ready to train (as it is when already there).
+fn onto_training_device<M: Classify>(model: M, device: &Device) -> M {
+    let train_device = device.clone().autodiff();
+    let devices = model.devices();
+    // (Device equality does not tell a device from its autodiff wrapper.)
+    if !devices.is_empty()
+        && devices
+            .iter()
+            .all(|d| *d == train_device && d.is_autodiff())
+    {
+        return model;
+    }
+    // Plain tensors on `device`, then lifted to autodiff with gradients on (Burn's
+    // `valid` → `train` transition).
+    model.valid().to_device(device).train()
+}
+
+/// The zoo model of `config` for `data`'s channels, seeded with `config.seed`, from
+/// `config.init_from` when given, on `device` with autodiff.
+fn zoo_model(
+    config: &TrainConfig,
+    num_classes: usize,
+    data: &SplitData,
+    device: &Device,
+) -> Result<Classifier, TrainError> {
+    let train_device = device.clone().autodiff();
+    train_device.seed(config.seed);
+    // The model takes the data's channels (1 for IDX files, 1 or 3 for image folders).
+    let channels = data.train.images.channels;
+    Ok(match &config.init_from {
+        Some(path) => initial_weights(&config.model, path, num_classes, channels, &train_device)?,
+        None => konv_models::build_for(&config.model, num_classes, channels, &train_device)?,
+    })
 }
 
 /// [`train`] continuing the run in `run` from its `state.json` (the CLI's `--resume`): the
@@ -593,7 +754,9 @@ pub fn resume(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
     let state = run.read_state()?;
+    let model = zoo_model(config, num_classes, data, device)?;
     train_from(
+        model,
         config,
         num_classes,
         data,
@@ -604,7 +767,9 @@ pub fn resume(
     )
 }
 
-fn train_from(
+#[allow(clippy::too_many_arguments)]
+fn train_from<M: Classify>(
+    mut model: M,
     config: &TrainConfig,
     num_classes: usize,
     data: &SplitData,
@@ -612,26 +777,20 @@ fn train_from(
     run: Option<&RunDir>,
     state: Option<TrainState>,
     observer: &mut dyn Observer,
-) -> Result<TrainOutcome, TrainError> {
+) -> Result<TrainOutcome<M>, TrainError> {
     config.validate()?;
     if data.train.is_empty() {
         return Err(TrainError::Config("the training set is empty".into()));
     }
     let train_device = device.clone().autodiff();
-    train_device.seed(config.seed);
     let (rows, cols) = config
         .augment
         .output_size(data.train.images.rows, data.train.images.cols);
-    let input = [1, rows, cols];
+    let input = [data.train.images.channels, rows, cols];
     let preprocess = Some(Arc::new(config.augment.eval_steps()));
-    // konv's datasets are grayscale: every model is built for one input channel.
-    let mut model = match &config.init_from {
-        Some(path) => initial_weights(&config.model, path, num_classes, 1, &train_device)?,
-        None => konv_models::build_for(&config.model, num_classes, 1, &train_device)?,
-    };
-    check_training_input(&model, config, input)?;
+    check_training_input(&model, config, input, num_classes)?;
     let steps = data.train.len().div_ceil(config.batch_size);
-    let phase2 = |model: &Classifier| -> Result<(ModuleOptimizer, ScheduleDriver), TrainError> {
+    let phase2 = |model: &M| -> Result<(ModuleOptimizer, ScheduleDriver), TrainError> {
         let schedule = ScheduleDriver::new(
             &config.lr_schedule,
             config.lr,
@@ -643,7 +802,12 @@ fn train_from(
     };
     let mut frozen = config.freeze_epochs > 0;
     if frozen {
-        model = model.freeze_backbone();
+        model = model.freeze_backbone().map_err(|e| {
+            TrainError::Config(format!(
+                "`{}`: {e}; train without a frozen phase",
+                config.model
+            ))
+        })?;
     }
     let (mut optim, mut schedule) = phase2(&model)?;
     let mut history = Vec::new();
@@ -658,7 +822,7 @@ fn train_from(
                 config.epochs
             )));
         }
-        model = crate::run::load_weights(model, &run.path.join(&state.checkpoint))?;
+        model = crate::run::load_module(model, &run.path.join(&state.checkpoint))?;
         if state.epoch >= config.freeze_epochs && frozen {
             model = model.unfreeze();
             frozen = false;
@@ -678,7 +842,7 @@ fn train_from(
             schedule.epoch_end(m.val_loss);
         }
         if state.best_epoch > 0 {
-            let best_model = crate::run::load_weights(model.valid(), &run.path.join(BEST))?;
+            let best_model = crate::run::load_module(model.valid(), &run.path.join(BEST))?;
             best = (state.best_score, best_model, state.best_epoch);
         }
         history = state.history;

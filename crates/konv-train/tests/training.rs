@@ -31,10 +31,7 @@ fn a_few_steps_lower_the_loss_on_a_tiny_batch() {
     device.seed(1);
     let data = embedded_fashion_mnist();
     let set = Arc::new(data.train.take(16));
-    let normalize = Normalize {
-        mean: 0.286,
-        std: 0.353,
-    };
+    let normalize = Normalize::new(0.286, 0.353);
     let batch = loader(set, normalize, 16, None, None, &device)
         .iter()
         .next()
@@ -178,10 +175,7 @@ fn first_step_change(config: &TrainConfig, lr: f64) -> (f32, f32) {
     let device = Device::flex().autodiff();
     device.seed(4);
     let data = embedded_fashion_mnist();
-    let normalize = Normalize {
-        mean: 0.286,
-        std: 0.353,
-    };
+    let normalize = Normalize::new(0.286, 0.353);
     let batch = loader(
         Arc::new(data.train.take(8)),
         normalize,
@@ -687,5 +681,215 @@ fn an_interrupted_detection_run_resumes_to_the_same_end() {
     assert!(resume_detector(&data, &device, &fresh, &mut Silent).is_err());
     let err = resume_detector(&other, &device, &whole_dir, &mut Silent).unwrap_err();
     assert!(err.to_string().contains("scenes differ"), "{err}");
+    std::fs::remove_dir_all(&base).ok();
+}
+
+#[test]
+fn an_exported_folder_trains_exactly_like_the_idx_files() {
+    use konv_datasets::folder::{FolderOptions, ImageFolder, export_set};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = embedded_fashion_mnist();
+    let (train_set, test_set) = (dataset.train.take(160), dataset.test.take(60));
+    let root = std::env::temp_dir().join(format!("konv-folder-idx-{}", std::process::id()));
+    std::fs::remove_dir_all(&root).ok();
+    let names: Vec<String> = (0..10).map(|i| format!("{i}-class")).collect();
+    export_set(&train_set, &names, &root.join("train")).unwrap();
+    export_set(&test_set, &names, &root.join("test")).unwrap();
+    let options = FolderOptions {
+        cache: None,
+        ..FolderOptions::default()
+    };
+    let folder = ImageFolder::open(&root, &options).unwrap();
+    assert_eq!(folder.input(), [1, 28, 28], "gray PNGs read as one channel");
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        val_size: 40,
+        seed: 5,
+        augment: "flip,crop=2".parse().unwrap(),
+        ..Default::default()
+    };
+    let from_folder = SplitData::from_folder(&folder, config.val_size, None, config.seed);
+    // The folder lists images class by class (torchvision's ImageFolder order): the same
+    // IDX images in that order are the same run.
+    let by_class = |set: &konv_datasets::ImageSet| {
+        let mut order: Vec<usize> = (0..set.len()).collect();
+        order.sort_by_key(|&i| set.labels[i]);
+        set.select(&order)
+    };
+    let idx = konv_datasets::Dataset {
+        train: by_class(&train_set),
+        test: by_class(&test_set),
+        ..dataset
+    };
+    let mut from_idx = SplitData::new(&idx, config.val_size, None, config.seed);
+    assert_eq!(
+        from_idx.train.images, from_folder.train.images,
+        "PNGs are lossless"
+    );
+    assert_eq!(from_idx.test.labels, from_folder.test.labels);
+    // The folder's standardization is measured on its training images.
+    let measured = konv_datasets::folder::channel_stats(&from_idx.train)[0];
+    assert_eq!(
+        (from_folder.normalize.mean, from_folder.normalize.std),
+        measured
+    );
+    from_idx.normalize = from_folder.normalize;
+    let device = BackendName::Cpu.open().unwrap();
+    let a = train(&config, 10, &from_folder, &device, None, &mut Silent).unwrap();
+    let b = train(&config, 10, &from_idx, &device, None, &mut Silent).unwrap();
+    assert_eq!(curve(&a.history), curve(&b.history));
+    assert_eq!(a.test.confusion, b.test.confusion);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn rgb_images_train_through_every_channel() {
+    use konv_datasets::{IdxImages, ImageSet};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // Two classes with the same first channel that differ in the other two only: a model
+    // that saw one channel could not tell them apart.
+    let make = |n: usize| {
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n {
+            let label = (i % 2) as u8;
+            let (g, b) = if label == 0 { (200, 0) } else { (0, 200) };
+            for value in [100, g, b] {
+                pixels.extend(std::iter::repeat_n(value, 8 * 8));
+            }
+            labels.push(label);
+        }
+        ImageSet {
+            images: IdxImages {
+                count: n,
+                channels: 3,
+                rows: 8,
+                cols: 8,
+                pixels,
+            },
+            labels,
+        }
+    };
+    let stats = konv_datasets::folder::channel_stats(&make(64));
+    let data = SplitData {
+        train: Arc::new(make(64)),
+        val: Arc::new(make(16)),
+        test: Arc::new(make(16)),
+        normalize: Normalize::per_channel(&stats),
+    };
+    let config = TrainConfig {
+        model: "resnet20".into(),
+        epochs: 4,
+        batch_size: 16,
+        lr: 0.05,
+        seed: 1,
+        augment: "flip".parse().unwrap(),
+        ..Default::default()
+    };
+    let device = BackendName::Cpu.open().unwrap();
+    let outcome = train(&config, 2, &data, &device, None, &mut Silent).unwrap();
+    assert_eq!(outcome.test.accuracy(), 1.0, "{:?}", outcome.history);
+}
+
+/// A model of the user's own, not from the zoo: one convolution and a linear head.
+#[derive(burn::module::Module, Debug)]
+struct OwnNet {
+    conv: burn::nn::conv::Conv2d,
+    fc: burn::nn::Linear,
+}
+
+impl OwnNet {
+    fn new(device: &Device) -> Self {
+        OwnNet {
+            conv: burn::nn::conv::Conv2dConfig::new([1, 4], [5, 5])
+                .with_stride([3, 3])
+                .init(device),
+            fc: burn::nn::LinearConfig::new(4 * 8 * 8, 10).init(device),
+        }
+    }
+}
+
+impl konv_train::model::Classify for OwnNet {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = burn::tensor::activation::relu(self.conv.forward(images));
+        self.fc.forward(x.flatten(1, 3))
+    }
+}
+
+#[test]
+fn a_model_of_your_own_trains_and_resumes_exactly() {
+    use konv_train::train::{resume_model, train_model};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let config = TrainConfig {
+        model: "own-net".into(),
+        lr: 0.05,
+        ..tiny_config()
+    };
+    let dataset = embedded_fashion_mnist();
+    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    data.test = Arc::new(dataset.test.take(64));
+    let device = BackendName::Cpu.open().unwrap();
+    // Built on the plain device, as a user would; the same weights each time.
+    let fresh = || {
+        device.seed(11);
+        OwnNet::new(&device)
+    };
+    let base = std::env::temp_dir().join(format!("konv-own-{}", std::process::id()));
+    let whole_dir = RunDir::create(&base.join("whole")).unwrap();
+    let whole = train_model(
+        fresh(),
+        &config,
+        10,
+        &data,
+        &device,
+        Some(&whole_dir),
+        &mut Silent,
+    )
+    .unwrap();
+    assert!(
+        whole.history[1].train_loss < whole.history[0].train_loss,
+        "{:?}",
+        whole.history
+    );
+    let cut_dir = RunDir::create(&base.join("cut")).unwrap();
+    let err = train_model(
+        fresh(),
+        &config,
+        10,
+        &data,
+        &device,
+        Some(&cut_dir),
+        &mut KillAfter { steps: 0, after: 4 },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, konv_train::TrainError::Interrupted { epoch: 2 }),
+        "{err}"
+    );
+    let resumed =
+        resume_model(fresh(), &config, 10, &data, &device, &cut_dir, &mut Silent).unwrap();
+    assert_eq!(curve(&resumed.history), curve(&whole.history));
+    assert_eq!(resumed.test.confusion, whole.test.confusion);
+    // A model that does not fit the data is one error, not a panic.
+    let wrong = OwnNet {
+        fc: burn::nn::LinearConfig::new(7, 10).init(&device),
+        ..fresh()
+    };
+    let err = train_model(wrong, &config, 10, &data, &device, None, &mut Silent).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot take the dataset's 28×28 images"),
+        "{err}"
+    );
+    let err = train_model(fresh(), &config, 5, &data, &device, None, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("not [1, 5]"), "{err}");
+    // No backbone/head split: a frozen phase is refused.
+    let frozen = TrainConfig {
+        freeze_epochs: 1,
+        ..config.clone()
+    };
+    let err = train_model(fresh(), &frozen, 10, &data, &device, None, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("no backbone/head split"), "{err}");
     std::fs::remove_dir_all(&base).ok();
 }

@@ -1,0 +1,132 @@
+//! `konv models`, `summary`, `augment` and `import`.
+
+use anyhow::{Context, Result, bail};
+use konv_train::run;
+
+use crate::args::*;
+
+pub(crate) fn cmd_models() {
+    use konv_models::summary::{giga, thousands};
+    println!(
+        "{:<16} {:<10} {:<11} {:>13} {:>10}  description",
+        "name", "kind", "input", "parameters", "mult-adds"
+    );
+    for m in konv_models::models() {
+        let [c, h, w] = m.input;
+        println!(
+            "{:<16} {:<10} {:<11} {:>13} {:>10}  {}",
+            m.name,
+            format!("{:?}", m.kind).to_lowercase(),
+            format!("{c}x{h}x{w}"),
+            thousands(m.params as u64),
+            giga(m.macs),
+            m.description
+        );
+    }
+}
+
+pub(crate) fn cmd_summary(args: SummaryArgs) -> Result<()> {
+    use konv_models::summary::{SingleConv, Summary};
+    let device = burn::prelude::Device::flex();
+    let summary = if let Some(spec) = args.model.strip_prefix("conv2d:") {
+        let dims: Vec<usize> = spec
+            .split('x')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|d: &Vec<usize>| d.len() == 3 && d.iter().all(|&v| v > 0))
+            .with_context(|| {
+                format!("--model conv2d:{spec}: expected conv2d:FILTERSxKxK, e.g. conv2d:200x5x5")
+            })?;
+        let input = args
+            .input
+            .context("--input CxHxW is needed for a conv2d: layer, e.g. --input 3x150x100")?;
+        let padding = if args.padding == "same" {
+            burn::nn::PaddingConfig2d::Same
+        } else {
+            burn::nn::PaddingConfig2d::Valid
+        };
+        if args.stride == 0 {
+            bail!("--stride must be at least 1");
+        }
+        if padding == burn::nn::PaddingConfig2d::Valid && (input[1] < dims[1] || input[2] < dims[2])
+        {
+            bail!(
+                "--input {}x{}x{} is smaller than the {}x{} kernel",
+                input[0],
+                input[1],
+                input[2],
+                dims[1],
+                dims[2]
+            );
+        }
+        let conv = burn::nn::conv::Conv2dConfig::new([input[0], dims[0]], [dims[1], dims[2]])
+            .with_stride([args.stride, args.stride])
+            .with_padding(padding)
+            .init(&device);
+        Summary::of(&SingleConv { conv }, &input)
+    } else {
+        let info = konv_models::info(&args.model)?;
+        let input = args.input.unwrap_or(info.input);
+        let classes = args.classes.unwrap_or(info.classes);
+        let model = konv_models::build_model(&args.model, classes, input[0], &device)?;
+        konv_models::summary::checked(&model, &input)
+            .map_err(|e| anyhow::anyhow!("--input {}x{}x{}: {e}", input[0], input[1], input[2]))?
+    };
+    print!("{}", summary.table(args.batch as usize));
+    Ok(())
+}
+
+pub(crate) fn cmd_augment(args: AugmentArgs) -> Result<()> {
+    let dataset = args.data.load(args.dataset)?;
+    konv_train::augment::save_grid(
+        &args.out,
+        &dataset.train,
+        &args.augment,
+        args.count.max(1),
+        args.variants,
+        args.seed,
+    )?;
+    println!(
+        "{}: {} images of {} ({}), the original then {} augmented versions each ({})",
+        args.out.display(),
+        args.count.max(1).min(dataset.train.len()),
+        args.dataset,
+        dataset.source,
+        args.variants,
+        if args.augment.is_empty() {
+            "no steps".to_string()
+        } else {
+            args.augment.to_string()
+        }
+    );
+    Ok(())
+}
+
+pub(crate) fn cmd_import(args: ImportArgs) -> Result<()> {
+    let info = konv_models::info(&args.model)?;
+    let classes = args.classes.unwrap_or(info.classes);
+    let device = burn::prelude::Device::flex();
+    let (model, report) =
+        konv_models::import::load_classifier(&args.model, classes, &args.weights, &device)?;
+    let bytes = burn::module::Module::into_record(model)
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("{}: cannot encode the weights: {e}", args.out.display()))?;
+    run::write_atomic(&args.out, &bytes)
+        .with_context(|| format!("{}: cannot write the weights", args.out.display()))?;
+    println!(
+        "{}: loaded {} tensors into {} ({} classes); {} unused{}; wrote {}",
+        args.weights.display(),
+        report.loaded,
+        args.model,
+        classes,
+        report.unused.len(),
+        if report.unused.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", report.unused.join(", "))
+        },
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! `konv train` for classification: flags to a [`TrainConfig`], the data, the run folder,
+//! and `--resume`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use konv_train::observer::{ConsoleObserver, OutputMode};
+use konv_train::run::{self, RunDir};
+use konv_train::train::{RunInfo, SplitData, TrainConfig, train};
+
+use crate::args::*;
+use crate::commands::*;
+
+pub(crate) fn cmd_train(args: TrainArgs) -> Result<()> {
+    let mode = OutputMode::detect(args.quiet);
+    if let Some(dir) = &args.resume
+        && folder::is_folder_run(dir)?
+    {
+        return folder::resume(dir, &args, mode);
+    }
+    let name = match args.dataset {
+        DatasetChoice::Folder => return folder::train(&args, mode),
+        DatasetChoice::Named(name) => name,
+    };
+    args.folder.refuse_without_folder()?;
+    let dataset = args.data.load(name)?;
+    let device = args.backend.open()?;
+    let say = |msg: String| {
+        if mode != OutputMode::Quiet {
+            println!("{msg}");
+        }
+    };
+    if dataset.is_subset() {
+        say("note: training on the embedded Fashion-MNIST subset (6,000 train / 1,000 test images), \
+             not the full dataset; for the full 70,000 images: apt-get install dataset-fashion-mnist, \
+             or --data-dir DIR"
+            .to_string());
+    }
+    let val_size = args
+        .val_size
+        .unwrap_or(if dataset.is_subset() { 500 } else { 5000 });
+    if val_size >= dataset.train.len() {
+        bail!(
+            "--val-size {val_size} leaves no training images (the training set has {})",
+            dataset.train.len()
+        );
+    }
+    if let Some(dir) = &args.resume
+        && let Some(task) = dense_task(dir)?
+    {
+        return resume_dense(dir, &task, &args, mode);
+    }
+    if args.task == "localize" {
+        return train_localize(&args, &dataset, val_size, mode);
+    }
+    if args.task == "segment" {
+        return train_segment(&args, &dataset, mode);
+    }
+    if args.task == "detect" {
+        return train_detect(&args, &dataset, mode);
+    }
+    if let Some(dir) = &args.resume {
+        return resume_run(dir, &args, &dataset, mode);
+    }
+    if let Some(classes) = &args.classes {
+        check_classes(classes, dataset.class_names().len())?;
+    }
+    let config = train_config(&args, val_size);
+    // An unknown model or impossible settings fail before anything is written.
+    konv_models::registry::info(&config.model)?;
+    config.validate()?;
+    if let Some(path) = &config.init_from {
+        konv_train::run::weights_path(path)?;
+    }
+    let data = SplitData::with_classes(
+        &dataset,
+        config.classes.as_deref(),
+        val_size,
+        args.limit,
+        args.seed,
+    );
+    let class_names: Vec<String> = match &config.classes {
+        Some(c) => c
+            .iter()
+            .map(|&i| dataset.class_names()[i as usize].to_string())
+            .collect(),
+        None => dataset
+            .class_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let source = Source {
+        text: dataset.source.to_string(),
+        subset: dataset.is_subset(),
+    };
+    train_classifier(&args, config, &data, class_names, source, &device, mode)
+}
+
+/// The training settings `args` give (`val_size` resolved).
+pub(crate) fn train_config(args: &TrainArgs, val_size: usize) -> TrainConfig {
+    TrainConfig {
+        model: args.model.clone(),
+        dataset: args.dataset.to_string(),
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size as usize,
+        lr: args.lr,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        seed: args.seed,
+        backend: args.backend,
+        limit: args.limit,
+        val_size,
+        init_from: args.init_from.clone(),
+        lr_schedule: args.lr_schedule.clone(),
+        augment: args.augment.clone(),
+        weight_decay: args.weight_decay,
+        clip_grad_norm: args.clip_grad_norm,
+        early_stop: args.early_stop.map(|p| p as usize),
+        optimizer: args.optimizer,
+        no_decay_bias_norm: args.no_decay_bias_norm,
+        label_smoothing: args.label_smoothing,
+        classes: args.classes.clone(),
+        freeze_epochs: args.freeze_epochs,
+        head_lr: args.head_lr,
+        keep_checkpoints: args.keep_checkpoints as usize,
+        monitor: args.monitor,
+        replicas: args.replicas as usize,
+        progressive_resize: args.progressive_resize,
+        folder: None,
+    }
+}
+
+/// Where a run's data came from, for its `config.json` and the first line it prints.
+pub(crate) struct Source {
+    /// The folder or the embedded subset, in words.
+    pub text: String,
+    /// Whether it is the embedded subset.
+    pub subset: bool,
+}
+
+/// Checks that `config.model` takes `data`'s images, then creates the run folder, writes
+/// `config.json` and trains: the classification path of `konv train`, for any dataset.
+pub(crate) fn train_classifier(
+    args: &TrainArgs,
+    config: TrainConfig,
+    data: &SplitData,
+    class_names: Vec<String>,
+    source: Source,
+    device: &burn::prelude::Device,
+    mode: OutputMode,
+) -> Result<()> {
+    let say = |msg: String| {
+        if mode != OutputMode::Quiet {
+            println!("{msg}");
+        }
+    };
+    let out = new_run_folder(args.out.as_deref(), |secs| {
+        format!("{}-{}-{secs}", config.model, config.dataset)
+    })?;
+    // What the model is trained on: the data's images, resized if asked.
+    let images = &data.train.images;
+    let (rows, cols) = config.augment.output_size(images.rows, images.cols);
+    let input = [images.channels, rows, cols];
+    konv_train::train::check_config_input(&config, class_names.len(), input)?;
+    let run_dir = RunDir::create(&out)?;
+    let info = RunInfo {
+        config: config.clone(),
+        data_source: source.text.clone(),
+        subset: source.subset,
+        class_names,
+        input,
+        normalize: data.normalize,
+        train_size: data.train.len(),
+        val_size: data.val.len(),
+    };
+    run_dir.write_info(&info)?;
+    say(format!(
+        "training {} on {} ({}): {} train / {} validation / {} test images, backend {}, run folder {}",
+        config.model,
+        config.dataset,
+        source.text,
+        data.train.len(),
+        data.val.len(),
+        data.test.len(),
+        config.backend,
+        out.display()
+    ));
+    if let Some(p) = &config.progressive_resize {
+        let sides: Vec<String> = p
+            .plan(config.epochs, rows.min(cols))
+            .iter()
+            .map(usize::to_string)
+            .collect();
+        say(format!(
+            "progressive resize, image side by epoch: {}",
+            sides.join(" ")
+        ));
+    }
+    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let started = std::time::Instant::now();
+    let outcome = train(
+        &config,
+        info.class_names.len(),
+        data,
+        device,
+        Some(&run_dir),
+        &mut observer,
+    )?;
+    report_outcome(&outcome, config.monitor, started, &out);
+    Ok(())
+}
+
+/// Fails when a classification-only flag is given to another task.
+pub(crate) fn classification_only_flags(args: &TrainArgs) -> Result<()> {
+    for (given, flag) in [
+        (args.resume.is_some(), "--resume"),
+        (
+            args.init_from.is_some() && args.task != "detect",
+            "--init-from",
+        ),
+        (args.classes.is_some(), "--classes"),
+        (args.freeze_epochs > 0, "--freeze-epochs"),
+        (args.replicas > 1, "--replicas"),
+        (args.progressive_resize.is_some(), "--progressive-resize"),
+        (args.early_stop.is_some(), "--early-stop"),
+        (
+            args.monitor != konv_train::train::Monitor::default(),
+            "--monitor",
+        ),
+    ] {
+        if given {
+            bail!(
+                "{flag} is not available with --task {} yet; drop it",
+                args.task
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The run folder: `out`, or `runs/NAME` with `name(unix seconds)`; an error when it already
+/// holds a run.
+pub(crate) fn new_run_folder(
+    out: Option<&Path>,
+    name: impl FnOnce(u64) -> String,
+) -> Result<PathBuf> {
+    let out = out.map_or_else(
+        || {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from("runs").join(name(secs))
+        },
+        Path::to_path_buf,
+    );
+    if out.join(run::CONFIG).exists() {
+        bail!(
+            "{}: already holds a run; choose another --out",
+            out.display()
+        );
+    }
+    Ok(out)
+}
+
+pub(crate) fn check_classes(classes: &[u8], available: usize) -> Result<()> {
+    if let Some(bad) = classes.iter().find(|&&c| c as usize >= available) {
+        bail!(
+            "--classes: class {bad} does not exist (the dataset has classes 0 to {})",
+            available - 1
+        );
+    }
+    let mut sorted = classes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != classes.len() || classes.len() < 2 {
+        bail!(
+            "--classes needs at least two different classes, each once (e.g. --classes 5,6,7,8,9)"
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn report_outcome(
+    outcome: &konv_train::train::TrainOutcome,
+    monitor: konv_train::train::Monitor,
+    started: std::time::Instant,
+    out: &Path,
+) {
+    if let Some(epoch) = outcome.stopped_early {
+        println!(
+            "stopped early after epoch {epoch}: the monitored validation metric did not improve for {} epochs",
+            epoch - outcome.best_epoch
+        );
+    }
+    let which = match monitor {
+        konv_train::train::Monitor::Last => "last epoch",
+        _ => "best validation epoch",
+    };
+    println!(
+        "test accuracy {:.2}% ({which} {}, {} test images), {:.0}s in all; weights in {}",
+        100.0 * outcome.test.accuracy(),
+        outcome.best_epoch,
+        outcome.test.total(),
+        started.elapsed().as_secs_f64(),
+        out.join(run::BEST).display()
+    );
+}
+
+/// `konv train --resume DIR`: the run's own settings and data, from its last finished epoch.
+pub(crate) fn resume_run(
+    dir: &Path,
+    args: &TrainArgs,
+    dataset: &konv_datasets::Dataset,
+    mode: OutputMode,
+) -> Result<()> {
+    let run_dir = RunDir::open(dir)?;
+    let info = run_dir.read_info()?;
+    let config = info.config.clone();
+    let device = config.backend.open()?;
+    if config.dataset != args.dataset.to_string() || dataset.is_subset() != info.subset {
+        bail!(
+            "--resume {}: the run trained on {} ({}); give the same --dataset and data flags",
+            dir.display(),
+            config.dataset,
+            info.data_source
+        );
+    }
+    let data = SplitData::with_classes(
+        dataset,
+        config.classes.as_deref(),
+        config.val_size,
+        config.limit,
+        config.seed,
+    );
+    if (data.train.len(), data.val.len()) != (info.train_size, info.val_size) {
+        bail!(
+            "--resume {}: the data differs from the run's ({} train / {} validation images now, {} / {} then); point --data-dir at the same files",
+            dir.display(),
+            data.train.len(),
+            data.val.len(),
+            info.train_size,
+            info.val_size
+        );
+    }
+    let state = run_dir.read_state()?;
+    if mode != OutputMode::Quiet {
+        println!(
+            "resuming {} in {} after epoch {} of {} (settings from its config.json)",
+            config.model,
+            dir.display(),
+            state.epoch,
+            config.epochs
+        );
+    }
+    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let started = std::time::Instant::now();
+    let outcome = konv_train::train::resume(
+        &config,
+        info.class_names.len(),
+        &data,
+        &device,
+        &run_dir,
+        &mut observer,
+    )?;
+    report_outcome(&outcome, config.monitor, started, dir);
+    Ok(())
+}
