@@ -443,12 +443,15 @@ fn any_color<'a>(files: impl Iterator<Item = &'a PathBuf>) -> Result<bool, Folde
     Ok(found.into_inner())
 }
 
+/// A decoded image: width, height and its channel planes.
+type Decoded = (u32, u32, Vec<u8>);
+
 /// Decodes one file to `channels` planes of `size` (or its own size).
 fn decode_one(
     path: &Path,
     channels: usize,
     image_size: Option<usize>,
-) -> Result<(u32, u32, Vec<u8>), FolderError> {
+) -> Result<Decoded, FolderError> {
     let bad = |reason: String| FolderError::BadImage {
         path: path.to_path_buf(),
         reason,
@@ -509,7 +512,7 @@ fn decode_list(
     options: &FolderOptions,
 ) -> Result<(ImageSet, Vec<PathBuf>), FolderError> {
     use rayon::prelude::*;
-    let decoded: Vec<Result<(u32, u32, Vec<u8>), FolderError>> = list
+    let decoded: Vec<Result<Decoded, FolderError>> = list
         .0
         .par_iter()
         .map(|(path, _)| decode_one(path, channels, options.image_size))

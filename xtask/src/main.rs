@@ -313,6 +313,7 @@ fn random_batch(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_one(
     backend: BackendName,
     model: &str,
