@@ -154,6 +154,17 @@ impl ImageSet {
         self.select(&indices)
     }
 
+    /// `n` items drawn at random (deterministic for `seed`), kept in their order (all of
+    /// them when `n` is larger): a subset with every class in proportion when the set is
+    /// sorted by class, as an image folder is.
+    pub fn sample(&self, n: usize, seed: u64) -> ImageSet {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let picked = &mut order[..n.min(self.len())];
+        picked.sort_unstable();
+        self.select(picked)
+    }
+
     /// The items of `classes` only, in their order, relabelled by position in `classes`
     /// (`with_classes(&[5, 6, 7, 8, 9])` turns labels 5–9 into 0–4).
     pub fn with_classes(&self, classes: &[u8]) -> ImageSet {
@@ -508,6 +519,23 @@ mod tests {
         assert_eq!(v1.images.pixels, v2.images.pixels);
         assert_eq!(t1.images.pixels, t2.images.pixels);
         assert_ne!(v1.images.pixels, v3.images.pixels);
+    }
+
+    #[test]
+    fn random_samples_of_a_class_sorted_set_keep_every_class() {
+        let d = embedded_fashion_mnist().test;
+        let mut order: Vec<usize> = (0..d.len()).collect();
+        order.sort_by_key(|&i| d.labels[i]);
+        let sorted = d.select(&order);
+        let s = sorted.sample(100, 3);
+        assert_eq!(s.len(), 100);
+        for class in 0..10u8 {
+            let n = s.labels.iter().filter(|&&l| l == class).count();
+            assert!((3..=20).contains(&n), "class {class}: {n} of 100");
+        }
+        assert!(s.labels.is_sorted(), "kept in the set's order");
+        assert_eq!(s.labels, sorted.sample(100, 3).labels);
+        assert_eq!(sorted.sample(5000, 3).len(), 1000);
     }
 
     #[test]

@@ -398,8 +398,10 @@ impl SplitData {
 
     /// The splits of an image folder: its `val/` and `test/` when it has them; otherwise
     /// `val_size` training images held out at random (deterministic for `seed`), and, with
-    /// no `test/`, the validation images as the test set too. `limit` applies to the
-    /// training part. The standardization is measured on the training images, per channel.
+    /// no `test/`, the validation images as the test set too. `limit` keeps that many
+    /// training images drawn at random (`seed`): a folder is sorted by class, so its first
+    /// images would be its first classes. The standardization is measured on the training
+    /// images, per channel.
     pub fn from_folder(
         folder: &konv_datasets::ImageFolder,
         val_size: usize,
@@ -411,7 +413,7 @@ impl SplitData {
             None => folder.train.split_validation(val_size, seed),
         };
         let train = match limit {
-            Some(n) => train.take(n),
+            Some(n) => train.sample(n, seed),
             None => train,
         };
         let test = folder.test.clone().unwrap_or_else(|| val.clone());
