@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use konv_datasets::folder::{FolderLayout, export_set};
 use konv_datasets::{DatasetName, FolderError, ImageFolder, ImageSet};
-use konv_train::observer::{ConsoleObserver, OutputMode};
+use konv_train::observer::OutputMode;
 use konv_train::run::RunDir;
 use konv_train::train::{FolderSpec, RunInfo, SplitData};
 
 use crate::args::{ExportArgs, TrainArgs, cache_dir};
-use crate::commands::{Source, report_outcome, train_classifier, train_config};
+use crate::commands::{Source, resume_classifier, train_classifier, train_config};
 
 /// A folder error with the flag that fixes it.
 fn explain(e: FolderError) -> anyhow::Error {
@@ -148,41 +148,8 @@ fn run_data(info: &RunInfo, no_cache: bool) -> Result<(ImageFolder, SplitData)> 
 pub(crate) fn resume(dir: &Path, args: &TrainArgs, mode: OutputMode) -> Result<()> {
     let run_dir = RunDir::open(dir)?;
     let info = run_dir.read_info()?;
-    let config = info.config.clone();
-    let device = config.backend.open()?;
     let (_, data) = run_data(&info, args.folder.no_cache)?;
-    if (data.train.len(), data.val.len()) != (info.train_size, info.val_size) {
-        bail!(
-            "--resume {}: the folder's images changed ({} train / {} validation now, {} / {} then)",
-            dir.display(),
-            data.train.len(),
-            data.val.len(),
-            info.train_size,
-            info.val_size
-        );
-    }
-    let state = run_dir.read_state()?;
-    if mode != OutputMode::Quiet {
-        println!(
-            "resuming {} in {} after epoch {} of {} (settings from its config.json)",
-            config.model,
-            dir.display(),
-            state.epoch,
-            config.epochs
-        );
-    }
-    let mut observer = ConsoleObserver::new(mode, config.batch_size);
-    let started = std::time::Instant::now();
-    let outcome = konv_train::train::resume(
-        &config,
-        info.class_names.len(),
-        &data,
-        &device,
-        &run_dir,
-        &mut observer,
-    )?;
-    report_outcome(&outcome, config.monitor, started, dir);
-    Ok(())
+    resume_classifier(dir, &run_dir, &info, &data, mode)
 }
 
 /// The images `konv eval` tests a folder run on: `test/`, or the validation images when the

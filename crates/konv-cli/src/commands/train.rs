@@ -317,7 +317,6 @@ pub(crate) fn resume_run(
     let run_dir = RunDir::open(dir)?;
     let info = run_dir.read_info()?;
     let config = info.config.clone();
-    let device = config.backend.open()?;
     if config.dataset != args.dataset.to_string() || dataset.is_subset() != info.subset {
         bail!(
             "--resume {}: the run trained on {} ({}); give the same --dataset and data flags",
@@ -333,6 +332,20 @@ pub(crate) fn resume_run(
         config.limit,
         config.seed,
     );
+    resume_classifier(dir, &run_dir, &info, &data, mode)
+}
+
+/// The end of `konv train --resume` for a classification run, whatever its data: checks that
+/// `data` is the run's, then trains its remaining epochs and reports.
+pub(crate) fn resume_classifier(
+    dir: &Path,
+    run_dir: &RunDir,
+    info: &RunInfo,
+    data: &SplitData,
+    mode: OutputMode,
+) -> Result<()> {
+    let config = &info.config;
+    let device = config.backend.open()?;
     if (data.train.len(), data.val.len()) != (info.train_size, info.val_size) {
         bail!(
             "--resume {}: the data differs from the run's ({} train / {} validation images now, {} / {} then); point --data-dir at the same files",
@@ -356,11 +369,11 @@ pub(crate) fn resume_run(
     let mut observer = ConsoleObserver::new(mode, config.batch_size);
     let started = std::time::Instant::now();
     let outcome = konv_train::train::resume(
-        &config,
+        config,
         info.class_names.len(),
-        &data,
+        data,
         &device,
-        &run_dir,
+        run_dir,
         &mut observer,
     )?;
     report_outcome(&outcome, config.monitor, started, dir);
