@@ -566,6 +566,28 @@ pub fn initial_weights(
     })
 }
 
+/// The standardization pretrained weights expect, for `channels`-channel data: the zoo
+/// model's own preprocessing (ImageNet's per-channel mean and standard deviation for
+/// torchvision's RGB models), when `init_from` holds imported weights rather than a konv
+/// run's; `None` when the statistics should be measured on the data (a konv run's weights,
+/// which saw konv's own standardization, or a model whose preprocessing has other channels).
+pub fn pretrained_normalize(
+    model: &str,
+    init_from: &std::path::Path,
+    channels: usize,
+) -> Result<Option<Normalize>, TrainError> {
+    let path = crate::run::weights_path(init_from)?;
+    let from_run = path
+        .parent()
+        .is_some_and(|dir| dir.join(crate::run::CONFIG).is_file());
+    let pre = konv_models::registry::info(model)?.preprocess;
+    if from_run || pre.channels != channels {
+        return Ok(None);
+    }
+    let stats: Vec<(f32, f32)> = (0..channels).map(|c| (pre.mean[c], pre.std[c])).collect();
+    Ok(Some(Normalize::per_channel(&stats)))
+}
+
 /// One step of transfer learning's first phase: the frozen backbone runs in inference mode
 /// (no autodiff, batch norm on its running statistics), only the head trains.
 pub fn head_step<M: Classify>(

@@ -893,3 +893,33 @@ fn a_model_of_your_own_trains_and_resumes_exactly() {
     assert!(err.to_string().contains("no backbone/head split"), "{err}");
     std::fs::remove_dir_all(&base).ok();
 }
+
+#[test]
+fn imported_weights_bring_their_own_standardization() {
+    use konv_train::train::pretrained_normalize;
+    let dir = std::env::temp_dir().join(format!("konv-pretrained-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Imported torchvision weights (no konv run beside them): ImageNet's statistics.
+    let weights = dir.join("resnet18.bpk");
+    std::fs::write(&weights, b"").unwrap();
+    let n = pretrained_normalize("resnet18", &weights, 3)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.channel(0), (0.485, 0.229));
+    assert_eq!(n.channel(2), (0.406, 0.225));
+    // For gray data the RGB statistics do not apply: measure instead.
+    assert!(
+        pretrained_normalize("resnet18", &weights, 1)
+            .unwrap()
+            .is_none()
+    );
+    // A konv run's weights saw konv's own standardization.
+    std::fs::write(dir.join("config.json"), b"{}").unwrap();
+    assert!(
+        pretrained_normalize("resnet18", &weights, 3)
+            .unwrap()
+            .is_none()
+    );
+    assert!(pretrained_normalize("resnet18", &dir.join("missing.bpk"), 3).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}

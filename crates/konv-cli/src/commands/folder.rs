@@ -8,7 +8,7 @@ use konv_datasets::folder::{FolderLayout, export_set};
 use konv_datasets::{DatasetName, FolderError, ImageFolder, ImageSet};
 use konv_train::observer::OutputMode;
 use konv_train::run::RunDir;
-use konv_train::train::{FolderSpec, RunInfo, SplitData};
+use konv_train::train::{FolderSpec, RunInfo, SplitData, pretrained_normalize};
 
 use crate::args::{ExportArgs, TrainArgs, cache_dir};
 use crate::commands::{Source, resume_classifier, train_classifier, train_config};
@@ -95,9 +95,22 @@ pub(crate) fn train(args: &TrainArgs, mode: OutputMode) -> Result<()> {
     if let Some(path) = &config.init_from {
         konv_train::run::weights_path(path)?;
     }
-    let data = SplitData::from_folder(&folder, val_size, args.limit, args.seed);
+    let mut data = SplitData::from_folder(&folder, val_size, args.limit, args.seed);
     if data.train.is_empty() {
         bail!("--limit 0 leaves no training images; give --limit 1 or more");
+    }
+    // Imported torchvision weights saw ImageNet's standardization: fine-tune with it.
+    let channels = folder.train.images.channels;
+    if let Some(path) = &config.init_from
+        && let Some(normalize) = pretrained_normalize(&config.model, path, channels)?
+    {
+        data.normalize = normalize;
+        if mode != OutputMode::Quiet {
+            println!(
+                "note: standardizing as `{}`'s pretrained weights expect, not with the folder's own statistics",
+                config.model
+            );
+        }
     }
     if folder.test.is_none() && mode != OutputMode::Quiet {
         println!(
@@ -140,7 +153,9 @@ fn run_data(info: &RunInfo, no_cache: bool) -> Result<(ImageFolder, SplitData)> 
             info.class_names.join(", ")
         );
     }
-    let data = SplitData::from_folder(&folder, config.val_size, config.limit, config.seed);
+    let mut data = SplitData::from_folder(&folder, config.val_size, config.limit, config.seed);
+    // The run's own standardization (measured, or the pretrained weights').
+    data.normalize = info.normalize;
     Ok((folder, data))
 }
 
