@@ -61,10 +61,16 @@ impl Default for FolderOptions {
             channels: None,
             image_size: None,
             skip_bad: false,
-            cache: Some(crate::mnist::cache_dir().join("folders")),
+            cache: Some(default_cache_dir()),
             workers: 0,
         }
     }
+}
+
+/// Where decoded folders are cached by default: `folders/` in konv's cache folder
+/// ([`crate::mnist::cache_dir`]).
+pub fn default_cache_dir() -> PathBuf {
+    crate::mnist::cache_dir().join("folders")
 }
 
 /// What can be wrong with an image folder.
@@ -130,6 +136,17 @@ pub enum FolderError {
         want_w: u32,
         /// The first image's height.
         want_h: u32,
+    },
+    /// A set that cannot be exported as it is.
+    #[error("cannot export this set: {0}")]
+    Export(String),
+    /// An image file that could not be written.
+    #[error("{path}: cannot write image ({reason})")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The encoder's or file system's message.
+        reason: String,
     },
     /// A channel count other than 1 or 3.
     #[error("{0} channels: konv reads images as gray (1) or RGB (3)")]
@@ -456,8 +473,12 @@ fn decode_one(
         path: path.to_path_buf(),
         reason,
     };
-    let reader = open_reader(path).map_err(bad)?;
-    let (w, h) = reader.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    // One open: the header's size is checked before the pixels are allocated.
+    let decoder = open_reader(path)
+        .map_err(bad)?
+        .into_decoder()
+        .map_err(|e| bad(e.to_string()))?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
     if w > MAX_SIDE || h > MAX_SIDE {
         return Err(FolderError::TooLarge {
             path: path.to_path_buf(),
@@ -465,43 +486,44 @@ fn decode_one(
             height: h,
         });
     }
-    let img = open_reader(path)
-        .map_err(bad)?
-        .decode()
-        .map_err(|e| bad(e.to_string()))?;
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
     let img = match image_size {
         Some(s) if (img.width(), img.height()) != (s as u32, s as u32) => {
-            resize_center_crop(&img, s as u32)
+            resize_center_crop(&img, s, [s, s])
         }
         _ => img,
     };
     let (w, h) = img.dimensions();
-    let planes = match channels {
-        1 => img.to_luma8().into_raw(),
-        _ => {
-            // Interleaved RGB to planes (channel-first, as the models take them).
-            let rgb = img.to_rgb8().into_raw();
-            let n = (w * h) as usize;
-            let mut planes = vec![0u8; 3 * n];
-            for (i, px) in rgb.chunks_exact(3).enumerate() {
-                planes[i] = px[0];
-                planes[n + i] = px[1];
-                planes[2 * n + i] = px[2];
-            }
-            planes
-        }
-    };
-    Ok((w, h, planes))
+    Ok((w, h, planes(&img, channels)))
 }
 
-/// The shorter side resized to `side` (bilinear, antialiased), then the centre square.
-pub fn resize_center_crop(img: &DynamicImage, side: u32) -> DynamicImage {
-    let (w, h) = img.dimensions();
-    let scale = side as f64 / w.min(h) as f64;
-    let nw = ((w as f64 * scale).round() as u32).max(side);
-    let nh = ((h as f64 * scale).round() as u32).max(side);
-    let resized = img.resize_exact(nw, nh, FilterType::Triangle);
-    resized.crop_imm((nw - side) / 2, (nh - side) / 2, side, side)
+/// The shorter side resized to `resize` (bilinear, antialiased), then the centre
+/// `[height, width]` kept: torchvision's `Resize(resize)` + `CenterCrop(crop)`.
+pub fn resize_center_crop(img: &DynamicImage, resize: usize, crop: [usize; 2]) -> DynamicImage {
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let [ch, cw] = crop.map(|c| c as u32);
+    let scale = resize as f64 / w.min(h) as f64;
+    let rw = ((w as f64 * scale).round() as u32).max(cw);
+    let rh = ((h as f64 * scale).round() as u32).max(ch);
+    let resized = img.resize_exact(rw, rh, FilterType::Triangle);
+    resized.crop_imm((rw - cw) / 2, (rh - ch) / 2, cw, ch)
+}
+
+/// `img` as 8-bit channel planes, channel-first as the models take them: one (gray) or three
+/// (RGB).
+pub fn planes(img: &DynamicImage, channels: usize) -> Vec<u8> {
+    if channels == 1 {
+        return img.to_luma8().into_raw();
+    }
+    let rgb = img.to_rgb8().into_raw();
+    let n = rgb.len() / 3;
+    let mut planes = vec![0u8; 3 * n];
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        planes[i] = px[0];
+        planes[n + i] = px[1];
+        planes[2 * n + i] = px[2];
+    }
+    planes
 }
 
 /// Decodes `list` in parallel on the current pool: the set, and the files skipped.
@@ -702,6 +724,31 @@ pub fn channel_stats(set: &ImageSet) -> Vec<(f32, f32)> {
 /// layout [`FolderLayout::scan`] reads. Creates the class folders.
 pub fn export_set(set: &ImageSet, class_names: &[String], dir: &Path) -> Result<(), FolderError> {
     let i = &set.images;
+    // Everything checked before the first file is written.
+    if i.channels != 1 && i.channels != 3 {
+        return Err(FolderError::Channels(i.channels));
+    }
+    if i.count != set.len() || i.pixels.len() != set.len() * i.image_len() {
+        return Err(FolderError::Export(format!(
+            "{} labels and {} pixel bytes do not make {} images of {}×{}×{}",
+            set.len(),
+            i.pixels.len(),
+            i.count,
+            i.channels,
+            i.rows,
+            i.cols
+        )));
+    }
+    if let Some(&label) = set
+        .labels
+        .iter()
+        .find(|&&l| l as usize >= class_names.len())
+    {
+        return Err(FolderError::Export(format!(
+            "label {label} has no class name ({} names given)",
+            class_names.len()
+        )));
+    }
     let digits = set.len().max(1).to_string().len().max(5);
     for name in class_names {
         let d = dir.join(name);
@@ -722,8 +769,11 @@ pub fn export_set(set: &ImageSet, class_names: &[String], dir: &Path) -> Result<
                 .collect();
             image::RgbImage::from_raw(w, h, rgb).map(DynamicImage::ImageRgb8)
         };
-        let img = result.expect("pixel count matches the set's size");
-        img.save(&path).map_err(|e| FolderError::BadImage {
+        let img = result.ok_or_else(|| FolderError::Write {
+            path: path.clone(),
+            reason: "pixel count does not match the size".into(),
+        })?;
+        img.save(&path).map_err(|e| FolderError::Write {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -865,7 +915,7 @@ mod tests {
         // 8 wide, 4 high: left half black, right half white; resized to 2×… then centre.
         let img =
             image::GrayImage::from_fn(8, 4, |x, _| image::Luma([if x < 4 { 0 } else { 255 }]));
-        let out = resize_center_crop(&DynamicImage::ImageLuma8(img), 2).to_luma8();
+        let out = resize_center_crop(&DynamicImage::ImageLuma8(img), 2, [2, 2]).to_luma8();
         assert_eq!(out.dimensions(), (2, 2));
         // The centre 2 of 4 columns straddle the edge: dark left, light right.
         assert!(out.get_pixel(0, 0)[0] < 128 && out.get_pixel(1, 0)[0] > 128);
@@ -917,6 +967,20 @@ mod tests {
             labels: vec![1, 0, 1],
         };
         let names = vec!["0-a".to_string(), "1-b".to_string()];
+        // A label without a name, or pixels that do not fill the images: refused, nothing
+        // written.
+        let err = export_set(&set, &names[..1], &root.join("train")).unwrap_err();
+        assert!(
+            err.to_string().contains("label 1 has no class name"),
+            "{err}"
+        );
+        let mut short = set.clone();
+        short.images.pixels.pop();
+        assert!(matches!(
+            export_set(&short, &names, &root.join("train")),
+            Err(FolderError::Export(_))
+        ));
+        assert!(!root.join("train").exists());
         export_set(&set, &names, &root.join("train")).unwrap();
         let f = ImageFolder::open(&root, &no_cache()).unwrap();
         assert_eq!(f.class_names, names);

@@ -406,10 +406,17 @@ impl Summary {
 /// [`Summary::of`] for user-given input sizes: an input too small for the network (a window
 /// that no longer fits) is an error naming the layer, not a panic.
 pub fn checked<M: Summarize + ?Sized>(model: &M, input: &[usize]) -> Result<Summary, String> {
+    shape_checked(|| Summary::of(model, input))
+        .map_err(|first| format!("too small for this network ({first})"))
+}
+
+/// Runs `f`, a pass of a network over an input that may not fit it: a shape panic is caught
+/// silently and returned as its message's first line (without `assert_eq!`'s
+/// `left:`/`right:` dump).
+pub fn shape_checked<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Summary::of(model, input)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(hook);
     result.map_err(|payload| {
         let message = payload
@@ -417,12 +424,11 @@ pub fn checked<M: Summarize + ?Sized>(model: &M, input: &[usize]) -> Result<Summ
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "the input does not fit the network".to_string());
-        // One line: the assertion's own message, without `left:`/`right:` dumps.
         let first = message.lines().next().unwrap_or_default();
-        let first = first
+        first
             .strip_prefix("assertion `left == right` failed: ")
-            .unwrap_or(first);
-        format!("too small for this network ({first})")
+            .unwrap_or(first)
+            .to_string()
     })
 }
 

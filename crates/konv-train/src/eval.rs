@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::model::Classify;
+use crate::model::{Classify, device_of};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::prelude::*;
 use konv_datasets::ImageSet;
 
 use crate::data::{Normalize, loader};
@@ -85,11 +84,6 @@ impl EvalReport {
         }
         table
     }
-}
-
-/// The device `model`'s parameters live on (Flex for a model without parameters).
-pub(crate) fn device_of<M: burn::module::Module>(model: &M) -> Device {
-    crate::model::device_of(model)
 }
 
 /// Evaluates `model` (in inference mode: call `valid()` first) on `set`.

@@ -387,7 +387,7 @@ pub fn evaluate_localizer(
     batch_size: usize,
     num_classes: usize,
 ) -> LocalizeEval {
-    let device = crate::eval::device_of(&model.backbone);
+    let device = crate::model::device_of(&model.backbone);
     let (mut correct, mut iou_sum, mut hits, mut loss_sum) = (0usize, 0.0f64, 0usize, 0.0f64);
     let mut class_total = vec![0usize; num_classes];
     let mut class_right = vec![0usize; num_classes];
@@ -722,7 +722,7 @@ pub fn locate_file(
     invert: bool,
 ) -> Result<(Located, image::DynamicImage), TrainError> {
     let [_, h, w] = info.input;
-    let device = crate::eval::device_of(&model.backbone);
+    let device = crate::model::device_of(&model.backbone);
     let (img, x) = crate::predict::load_input(path, [h, w], invert, info.normalize, &device)?;
     let out = model.forward(x);
     let probs = softmax(out.logits, 1)

@@ -61,29 +61,17 @@ pub fn device_of<M: Module>(model: &M) -> Device {
         .unwrap_or_else(Device::flex)
 }
 
-/// One zero image through `model` (in inference mode), its panic caught and turned into one
-/// line, and the output's shape checked.
+/// One zero image through `model` (in inference mode), a shape panic caught and turned into
+/// one line ([`konv_models::summary::shape_checked`]), and the output's shape checked.
 pub fn probe<M: Classify>(model: &M, input: [usize; 3], classes: usize) -> Result<(), String> {
     let [c, h, w] = input;
     let valid = model.valid();
     let x = Tensor::<4>::zeros([1, c, h, w], &device_of(&valid));
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| valid.logits(x).dims()));
-    std::panic::set_hook(hook);
-    match result {
-        Ok([1, k]) if k == classes => Ok(()),
-        Ok(dims) => Err(format!(
+    match konv_models::summary::shape_checked(|| valid.logits(x).dims())? {
+        [1, k] if k == classes => Ok(()),
+        dims => Err(format!(
             "the model gives logits of shape {dims:?} for one image, not [1, {classes}] for the data's {classes} classes"
         )),
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the input does not fit the network".into());
-            Err(message.lines().next().unwrap_or_default().to_string())
-        }
     }
 }
 

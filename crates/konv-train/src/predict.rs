@@ -60,7 +60,7 @@ pub fn classify(
     size: [usize; 2],
     normalize: Normalize,
 ) -> Vec<(usize, f32)> {
-    let device = crate::eval::device_of(model);
+    let device = crate::model::device_of(model);
     let input: Vec<f32> = pixels.iter().map(|&p| normalize.apply(p)).collect();
     let x = Tensor::<4>::from_data(TensorData::new(input, [1, 1, size[0], size[1]]), &device);
     classify_tensor(model, x)
@@ -74,36 +74,18 @@ pub fn load_preprocessed(
     pre: &Preprocess,
     device: &Device,
 ) -> Result<Tensor<4>, TrainError> {
-    let img = image::open(path).map_err(|e| TrainError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let (w, h) = (img.width().max(1), img.height().max(1));
-    let scale = pre.resize as f64 / w.min(h) as f64;
-    let (rw, rh) = (
-        ((w as f64 * scale).round() as u32).max(pre.crop[1] as u32),
-        ((h as f64 * scale).round() as u32).max(pre.crop[0] as u32),
-    );
-    let resized = img.resize_exact(rw, rh, FilterType::Triangle);
+    use konv_datasets::folder::{planes, resize_center_crop};
     let [ch, cw] = pre.crop;
-    let (x0, y0) = ((rw - cw as u32) / 2, (rh - ch as u32) / 2);
-    let cropped = resized.crop_imm(x0, y0, cw as u32, ch as u32);
-    let channels: Vec<Vec<u8>> = if pre.channels == 1 {
-        vec![cropped.into_luma8().into_raw()]
-    } else {
-        let rgb = cropped.into_rgb8().into_raw();
-        (0..3)
-            .map(|c| rgb.iter().skip(c).step_by(3).copied().collect())
-            .collect()
-    };
-    let mut values = Vec::with_capacity(pre.channels * ch * cw);
-    for (c, plane) in channels.iter().enumerate() {
-        values.extend(
-            plane
-                .iter()
-                .map(|&p| (p as f32 / 255.0 - pre.mean[c]) / pre.std[c]),
-        );
-    }
+    let cropped = resize_center_crop(&open_image(path)?, pre.resize, pre.crop);
+    let plane = ch * cw;
+    let values: Vec<f32> = planes(&cropped, pre.channels)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let c = i / plane;
+            (p as f32 / 255.0 - pre.mean[c]) / pre.std[c]
+        })
+        .collect();
     Ok(Tensor::from_data(
         TensorData::new(values, [1, pre.channels, ch, cw]),
         device,

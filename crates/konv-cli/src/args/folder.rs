@@ -84,7 +84,7 @@ impl FolderArgs {
 }
 
 pub(crate) fn cache_dir(off: bool) -> Option<PathBuf> {
-    (!off).then(|| konv_datasets::mnist::cache_dir().join("folders"))
+    (!off).then(konv_datasets::folder::default_cache_dir)
 }
 
 /// `konv export`: a dataset as an image folder.

@@ -90,11 +90,6 @@ pub(crate) fn train(args: &TrainArgs, mode: OutputMode) -> Result<()> {
         channels: folder.train.images.channels,
         skip_bad: options.skip_bad,
     });
-    konv_models::registry::info(&config.model)?;
-    config.validate()?;
-    if let Some(path) = &config.init_from {
-        konv_train::run::weights_path(path)?;
-    }
     let mut data = SplitData::from_folder(&folder, val_size, args.limit, args.seed);
     if data.train.is_empty() {
         bail!("--limit 0 leaves no training images; give --limit 1 or more");

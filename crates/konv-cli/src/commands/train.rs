@@ -66,12 +66,6 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<()> {
         check_classes(classes, dataset.class_names().len())?;
     }
     let config = train_config(&args, val_size);
-    // An unknown model or impossible settings fail before anything is written.
-    konv_models::registry::info(&config.model)?;
-    config.validate()?;
-    if let Some(path) = &config.init_from {
-        konv_train::run::weights_path(path)?;
-    }
     let data = SplitData::with_classes(
         &dataset,
         config.classes.as_deref(),
@@ -150,6 +144,12 @@ pub(crate) fn train_classifier(
     device: &burn::prelude::Device,
     mode: OutputMode,
 ) -> Result<()> {
+    // An unknown model or impossible settings fail before anything is written.
+    konv_models::registry::info(&config.model)?;
+    config.validate()?;
+    if let Some(path) = &config.init_from {
+        konv_train::run::weights_path(path)?;
+    }
     let say = |msg: String| {
         if mode != OutputMode::Quiet {
             println!("{msg}");
