@@ -329,7 +329,7 @@ fn bench_one(
         .then(|| konv_train::parallel::Replicas::new(replicas))
         .transpose()?;
     let step = |net, optim: &mut ModuleOptimizer, batch, lr| match &pools {
-        Some(pools) => konv_train::parallel::parallel_train_step(net, optim, batch, lr, 0.0, pools),
+        Some(pools) => konv_train::train::parallel_train_step(net, optim, batch, lr, 0.0, pools),
         None => train_step(net, optim, batch, lr, 0.0),
     };
     device.seed(0);
@@ -347,12 +347,12 @@ fn bench_one(
     let batch_data = random_batch(batch, channels, size, 10, &device);
     let t0 = Instant::now();
     for _ in 0..warmup {
-        net = step(net, &mut optim, batch_data.clone(), config.lr).0;
+        net = step(net, &mut optim, batch_data.clone(), config.settings.lr).0;
     }
     let warm_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..steps {
-        net = step(net, &mut optim, batch_data.clone(), config.lr).0;
+        net = step(net, &mut optim, batch_data.clone(), config.settings.lr).0;
     }
     let secs = t1.elapsed().as_secs_f64();
     println!(

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use konv_datasets::{FolderOptions, ImageFolder};
 use konv_train::observer::{ConsoleObserver, OutputMode};
-use konv_train::{backend::BackendName, model::Classify, train::*};
+use konv_train::{backend::BackendName, engine::Settings, model::Classify, train::*};
 
 #[derive(Module, Debug)]
 struct SmallCnn {
@@ -42,13 +42,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fc = LinearConfig::new(32, classes).init(&device);
     let (conv1, conv2) = (conv(channels, 16).init(&device), conv(16, 32).init(&device));
     let model = SmallCnn { conv1, conv2, fc };
-    let cfg = TrainConfig {
-        model: "small-cnn".into(),
+    let settings = Settings {
         epochs: 2,
         lr: 0.05,
         ..Default::default()
     };
-    let mut obs = ConsoleObserver::new(OutputMode::detect(false), cfg.batch_size);
+    let cfg = TrainConfig {
+        model: "small-cnn".into(),
+        settings,
+        ..Default::default()
+    };
+    let mut obs = ConsoleObserver::new(OutputMode::detect(false), cfg.settings.batch_size);
     // With Some(&RunDir::create(path)?) instead of None: checkpoints, and resume_model.
     let out = train_model(model, &cfg, classes, &data, &device, None, &mut obs)?;
     println!(

@@ -867,7 +867,7 @@ pub fn save_grid(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    crate::run::write_atomic(path, &png).map_err(|e| crate::TrainError::io(path, e))
+    crate::record::write_atomic(path, &png).map_err(|e| crate::TrainError::io(path, e))
 }
 
 #[cfg(test)]

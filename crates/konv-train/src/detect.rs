@@ -32,12 +32,12 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::fit::{BatchLoss, FitEpoch, FitSettings, FitTask, Validation, fit_or_resume};
+use crate::engine::{Monitor, Settings, Shuffled, Step, StepLoss, Task, Validation};
 use crate::localize::{draw_box, pixel_stats, split_items};
 use crate::loss::{sigmoid_focal_loss, smooth_l1};
 use crate::metrics::{Detection, GroundTruth, average_precision, nms};
 use crate::observer::Observer;
-use crate::optim::{OptimizerName, OptimizerSettings};
+use crate::record::EpochRecord;
 use crate::run::{BEST, RunDir};
 use crate::schedule::LrSchedule;
 use crate::segment::{SceneSpec, palette};
@@ -55,35 +55,14 @@ pub struct DetectConfig {
     pub scene: SceneSpec,
     /// Largest IoU between two objects' placements in a generated scene.
     pub max_overlap: f32,
-    /// Passes over the training set.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Learning-rate schedule.
-    pub lr_schedule: LrSchedule,
-    /// Optimizer.
-    pub optimizer: OptimizerName,
-    /// Momentum.
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// Weight decay (not on biases and batch-norm parameters).
-    pub weight_decay: f64,
-    /// Augmentation (geometric steps move the boxes with the image).
-    pub augment: Pipeline,
-    /// Seed of the scenes, shuffles and initialization.
-    pub seed: u64,
-    /// Training items held out for validation scenes.
-    pub val_size: usize,
-    /// Use only the first N training items.
-    pub limit: Option<usize>,
     /// Start the backbone from a trained classifier of the same model (a konv run's
     /// `best.bpk`, or imported torchvision weights): the lecture's classifier, made fully
     /// convolutional and slid over the scene. Its dense head is not used.
     #[serde(default)]
     pub init_from: Option<std::path::PathBuf>,
+    /// How to train (weight decay kept off biases and batch-norm parameters by default).
+    #[serde(flatten)]
+    pub settings: Settings,
 }
 
 impl DetectConfig {
@@ -95,23 +74,21 @@ impl DetectConfig {
             dataset: "fashion-mnist".into(),
             scene: SceneSpec::default(),
             max_overlap: 0.2,
-            epochs: 5,
-            batch_size: 32,
-            lr: 0.05,
-            lr_schedule: LrSchedule::OneCycle {
-                pct: 0.3,
-                div: 25.0,
-                final_div: 1e4,
-            },
-            optimizer: OptimizerName::Sgd,
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 1e-4,
-            augment: Pipeline::default(),
-            seed: 42,
-            val_size: 2000,
-            limit: None,
             init_from: None,
+            settings: Settings {
+                epochs: 5,
+                batch_size: 32,
+                lr: 0.05,
+                lr_schedule: LrSchedule::OneCycle {
+                    pct: 0.3,
+                    div: 25.0,
+                    final_div: 1e4,
+                },
+                weight_decay: 1e-4,
+                no_decay_bias_norm: true,
+                val_size: 2000,
+                ..Settings::default()
+            },
         }
     }
 
@@ -135,32 +112,10 @@ impl DetectConfig {
                 path.display()
             )));
         }
-        if self.epochs == 0 || self.batch_size == 0 {
-            return Err(TrainError::Config(
-                "--epochs and --batch-size must be at least 1".into(),
-            ));
-        }
+        self.settings.validate()?;
         self.scenes(0)
             .validate(28)
             .map_err(|e| TrainError::Config(format!("--canvas/--scale/--items/--max-overlap: {e}")))
-    }
-
-    fn fit_settings(&self) -> FitSettings {
-        FitSettings {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            lr_schedule: self.lr_schedule.clone(),
-            optimizer: OptimizerSettings {
-                name: self.optimizer,
-                momentum: self.momentum,
-                nesterov: self.nesterov,
-                weight_decay: self.weight_decay,
-                no_decay_bias_norm: true,
-                clip_grad_norm: None,
-            },
-            seed: self.seed,
-        }
     }
 }
 
@@ -205,10 +160,14 @@ impl DetectData {
     /// # Errors
     /// Settings that do not fit, or no training items left.
     pub fn generate(dataset: &Dataset, config: &DetectConfig) -> Result<Self, TrainError> {
-        let (train_items, val_items) =
-            split_items(dataset, config.limit, config.val_size, config.seed)?;
+        let (train_items, val_items) = split_items(
+            dataset,
+            config.settings.limit,
+            config.settings.val_size,
+            config.settings.seed,
+        )?;
         let make = |set: &ImageSet, offset: u64| {
-            SegmentationSet::generate(set, &config.scenes(config.seed + offset))
+            SegmentationSet::generate(set, &config.scenes(config.settings.seed + offset))
                 .map_err(TrainError::Config)
         };
         let train = make(&train_items, 0)?;
@@ -229,7 +188,7 @@ impl DetectData {
         dataset: &Dataset,
         config: &DetectConfig,
     ) -> Result<SegmentationSet, TrainError> {
-        SegmentationSet::generate(&dataset.test, &config.scenes(config.seed + 2))
+        SegmentationSet::generate(&dataset.test, &config.scenes(config.settings.seed + 2))
             .map_err(TrainError::Config)
     }
 }
@@ -586,47 +545,101 @@ pub fn evaluate_detector(
     }
 }
 
+/// Detection as an [`engine`](crate::engine) task: focal loss on the cells, box regression,
+/// mAP@0.5 as the score.
 struct DetectTask<'a> {
     data: &'a DetectData,
-    /// The run's pipeline, bound to the current epoch by `start_epoch`.
-    augment: Pipeline,
+    /// The run's pipeline.
+    augment: &'a Pipeline,
+    /// The pipeline of the current epoch.
+    epoch_augment: Pipeline,
+    epoch_seed: u64,
+    order: Shuffled,
     batch_size: usize,
     device: Device,
 }
 
-impl FitTask<SlidingDetector> for DetectTask<'_> {
+impl Step<SlidingDetector> for DetectTask<'_> {
+    type Batch = (Tensor<4>, Vec<Objects>);
+
+    fn batch_len(&self, batch: &Self::Batch) -> usize {
+        batch.1.len()
+    }
+
+    fn loss(
+        &self,
+        model: &SlidingDetector,
+        (x, objects): Self::Batch,
+        _frozen: bool,
+    ) -> Result<StepLoss, TrainError> {
+        let out = model.forward(x);
+        let losses = detection_losses(&out, &objects, self.data.train.size, self.data.prior);
+        Ok(StepLoss {
+            loss: losses.total,
+            right: losses.right,
+            counted: losses.objects,
+            sums: Vec::new(),
+        })
+    }
+
+    fn split(&self, (x, objects): &Self::Batch, start: usize, len: usize) -> Self::Batch {
+        (
+            x.clone().narrow(0, start, len),
+            objects[start..start + len].to_vec(),
+        )
+    }
+}
+
+impl Task<SlidingDetector> for DetectTask<'_> {
     fn train_len(&self) -> usize {
         self.data.train.len()
     }
 
-    fn start_epoch(&mut self, seed: u64, epoch: usize) {
-        self.augment = self.augment.for_epoch(seed, epoch);
-    }
-
-    fn batch_loss(
+    fn start_epoch(
         &mut self,
-        model: &SlidingDetector,
-        indices: &[usize],
         seed: u64,
-    ) -> Result<BatchLoss, TrainError> {
-        let augment = (!self.augment.is_empty()).then_some((&self.augment, seed));
-        let (x, objects) = batch(
-            &self.data.train,
-            indices,
-            self.data.normalize,
-            augment,
-            &self.device,
-        );
-        let out = model.forward(x);
-        let losses = detection_losses(&out, &objects, self.data.train.size, self.data.prior);
-        Ok(BatchLoss {
-            loss: losses.total,
-            right: losses.right,
-            counted: losses.objects,
-        })
+        epoch: usize,
+        epoch_seed: u64,
+        device: &Device,
+    ) -> Result<(), TrainError> {
+        self.epoch_augment = self.augment.for_epoch(seed, epoch);
+        self.epoch_seed = epoch_seed;
+        self.order = Shuffled::new(self.data.train.len(), self.batch_size, epoch_seed);
+        self.device = device.clone();
+        Ok(())
     }
 
-    fn validate(&mut self, model: &SlidingDetector) -> Validation {
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<Self::Batch, TrainError>> + '_> {
+        let augment =
+            (!self.epoch_augment.is_empty()).then_some((&self.epoch_augment, self.epoch_seed));
+        Box::new(self.order.chunks().map(move |indices| {
+            Ok(batch(
+                &self.data.train,
+                indices,
+                self.data.normalize,
+                augment,
+                &self.device,
+            ))
+        }))
+    }
+
+    fn input_side(&self) -> usize {
+        self.data.train.size[0].min(self.data.train.size[1])
+    }
+
+    fn can_resize(&self) -> Result<(), String> {
+        Err("detection's targets are cells of the scene's grid at its full size and the box prior is in its pixels; train detection at one size".into())
+    }
+
+    fn resize(&self, batch: Self::Batch, _side: usize) -> Result<Self::Batch, String> {
+        <Self as Task<SlidingDetector>>::can_resize(self).map(|()| batch)
+    }
+
+    fn freeze(&self, model: SlidingDetector) -> Result<SlidingDetector, String> {
+        Ok(model.freeze_backbone())
+    }
+
+    fn validate(&self, model: &SlidingDetector) -> Validation {
         let eval = evaluate_detector(
             model,
             &self.data.val,
@@ -638,15 +651,16 @@ impl FitTask<SlidingDetector> for DetectTask<'_> {
             loss: eval.loss,
             accuracy: eval.class_accuracy,
             score: eval.map50,
+            columns: vec![("val_map50", eval.map50)],
         }
-    }
-
-    fn score_name(&self) -> &'static str {
-        "val_map50"
     }
 
     fn score_label(&self) -> &'static str {
         "mAP@0.5"
+    }
+
+    fn default_monitor(&self) -> Monitor {
+        Monitor::Score
     }
 }
 
@@ -656,7 +670,7 @@ pub struct DetectOutcome {
     /// The weights of the best validation epoch (highest mAP@0.5).
     pub model: SlidingDetector,
     /// Every epoch (the accuracy columns are the class accuracy at object cells).
-    pub history: Vec<FitEpoch>,
+    pub history: Vec<EpochRecord>,
     /// Which epoch `model` is.
     pub best_epoch: usize,
     /// On the test scenes.
@@ -726,8 +740,9 @@ fn detect_from(
         ..config.clone()
     }
     .validate()?;
-    let train_device = device.clone().autodiff();
-    train_device.seed(config.seed);
+    let settings = &config.settings;
+    let train_device = crate::engine::training_device(device);
+    train_device.seed(settings.seed);
     let model = build_detector(config, class_names.len(), !resuming, &train_device)?;
     let [h, w] = data.train.size;
     konv_models::summary::checked(&model.backbone, &[1, h, w]).map_err(|e| {
@@ -738,38 +753,46 @@ fn detect_from(
     })?;
     let mut task = DetectTask {
         data,
-        augment: config.augment.clone(),
-        batch_size: config.batch_size,
+        augment: &settings.augment,
+        epoch_augment: Pipeline::default(),
+        epoch_seed: 0,
+        order: Shuffled::default(),
+        batch_size: settings.batch_size,
         device: train_device.clone(),
     };
-    let settings = config.fit_settings();
-    let info = DetectInfo {
-        task: "detect".into(),
-        config: config.clone(),
-        class_names: class_names.to_vec(),
-        normalize: data.normalize,
-        input: [1, h, w],
-        prior: data.prior,
+    let state = match run {
+        Some(run) if resuming => Some(run.read_state()?),
+        Some(run) => {
+            run.write_config(&DetectInfo {
+                task: "detect".into(),
+                config: config.clone(),
+                class_names: class_names.to_vec(),
+                normalize: data.normalize,
+                input: [1, h, w],
+                prior: data.prior,
+            })?;
+            None
+        }
+        None => None,
     };
-    let fitted = fit_or_resume(
-        &settings,
+    let fitted = crate::engine::fit(
+        settings,
         model,
         &mut task,
         &train_device,
         run,
-        &info,
-        resuming,
+        state,
         observer,
     )?;
     let test = evaluate_detector(
-        &fitted.model,
+        &fitted.best,
         &data.test,
         data.normalize,
         data.prior,
-        config.batch_size,
+        settings.batch_size,
     );
     Ok(DetectOutcome {
-        model: fitted.model,
+        model: fitted.best,
         history: fitted.history,
         best_epoch: fitted.best_epoch,
         test,
@@ -945,8 +968,8 @@ mod tests {
     fn perfect_outputs_score_map_one() {
         let dataset = konv_datasets::mnist::embedded_fashion_mnist();
         let mut config = DetectConfig::new("resnet20");
-        config.limit = Some(60);
-        config.val_size = 10;
+        config.settings.limit = Some(60);
+        config.settings.val_size = 10;
         let data = DetectData::generate(&dataset, &config).unwrap();
         let set = data.train.select(&(0..12).collect::<Vec<_>>());
         let (n, classes, [gh, gw]) = (set.len(), 10, [12, 12]);
@@ -1005,7 +1028,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let classifier = konv_models::build_for("resnet20", 10, 3, &device).unwrap();
         let run = RunDir { path: dir.clone() };
-        run.save_model("weights.bpk", &classifier).unwrap();
+        run.save_module("weights.bpk", &classifier).unwrap();
         let mut config = DetectConfig::new("resnet20");
         config.stem_stride = 2;
         config.init_from = Some(dir.join("weights.bpk"));
@@ -1051,11 +1074,11 @@ mod tests {
         config.scene.size = 48;
         config.scene.scale_max = 1.2;
         config.scene.items_max = 2;
-        config.epochs = 2;
-        config.batch_size = 8;
-        config.limit = Some(120);
-        config.val_size = 24;
-        config.augment = "flip".parse().unwrap();
+        config.settings.epochs = 2;
+        config.settings.batch_size = 8;
+        config.settings.limit = Some(120);
+        config.settings.val_size = 24;
+        config.settings.augment = "flip".parse().unwrap();
         let mut data = DetectData::generate(&dataset, &config).unwrap();
         data.test = data.test.select(&(0..10).collect::<Vec<_>>());
         let names: Vec<String> = dataset

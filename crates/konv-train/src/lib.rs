@@ -17,12 +17,13 @@
 //!
 //! ```no_run
 //! use konv_datasets::{DatasetName, Locator};
-//! use konv_train::{backend::BackendName, observer::Silent, train::*};
+//! use konv_train::{backend::BackendName, engine::Settings, observer::Silent, train::*};
 //!
 //! let dataset = Locator { allow_embedded: true, ..Default::default() }
 //!     .load(DatasetName::FashionMnist)?;
-//! let config = TrainConfig { epochs: 1, ..Default::default() };
-//! let data = SplitData::new(&dataset, 500, None, config.seed);
+//! let settings = Settings { epochs: 1, ..Default::default() };
+//! let config = TrainConfig { settings, ..Default::default() };
+//! let data = SplitData::new(&dataset, 500, None, config.settings.seed);
 //! let device = BackendName::Cpu.open()?;
 //! let outcome = train(&config, 10, &data, &device, None, &mut Silent)?;
 //! println!("test accuracy {:.2}%", 100.0 * outcome.test.accuracy());
@@ -35,9 +36,9 @@ pub mod augment;
 pub mod backend;
 pub mod data;
 pub mod detect;
+pub mod engine;
 pub mod eval;
 pub mod filters;
-pub mod fit;
 pub mod localize;
 pub mod loss;
 pub mod metrics;
@@ -48,6 +49,7 @@ pub mod parallel;
 pub mod plot;
 pub mod predict;
 pub mod progressive;
+pub mod record;
 pub mod run;
 pub mod schedule;
 pub mod segment;
@@ -89,7 +91,9 @@ pub enum TrainError {
         reason: String,
     },
     /// The loss became NaN or infinite.
-    #[error("training diverged at epoch {epoch}, step {step} (loss is not finite); lower --lr")]
+    #[error(
+        "training diverged at epoch {epoch}, step {step} (the loss is not finite); lower the learning rate"
+    )]
     Diverged {
         /// The epoch.
         epoch: usize,
@@ -99,6 +103,23 @@ pub enum TrainError {
     /// Invalid settings.
     #[error("{0}")]
     Config(String),
+    /// One setting of [`engine::Settings`] (or of a task's configuration) is bad: `name` is
+    /// the field's name (`batch_size`), which the CLI turns into its flag (`--batch-size`).
+    #[error("{name}: {reason}")]
+    Setting {
+        /// The setting's field name.
+        name: &'static str,
+        /// What is wrong and what would work.
+        reason: String,
+    },
+    /// A resumed run has already finished its epochs.
+    #[error("{path}: the run already finished its {epochs} epochs", path = path.display())]
+    Finished {
+        /// The run folder.
+        path: PathBuf,
+        /// Its epochs.
+        epochs: usize,
+    },
     /// Training stopped before the end (see [`observer::Observer::interrupted`]).
     #[error("training interrupted during epoch {epoch}; continue with --resume")]
     Interrupted {
@@ -117,6 +138,11 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// A bad setting `name` (the field's name in [`engine::Settings`] or a task's config).
+    pub fn setting(name: &'static str, reason: String) -> Self {
+        TrainError::Setting { name, reason }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         TrainError::Io {
             path: path.to_path_buf(),

@@ -7,7 +7,6 @@
 //! predicted and true boxes (Keras' lecture code reports the same two).
 
 use std::path::Path;
-use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -15,21 +14,18 @@ use image::{Rgb, RgbImage};
 use konv_datasets::localization::{CanvasConfig, LocalizationSet};
 use konv_datasets::{Dataset, ImageSet};
 use konv_models::localization::Localizer;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::augment::{Image, Pipeline, Sample};
 use crate::data::Normalize;
+use crate::engine::{Monitor, Settings, Shuffled, Step, StepLoss, Task, Validation};
 use crate::loss::{BoxLoss, LossWeights, localization_losses};
 use crate::metrics::box_iou;
 use crate::observer::Observer;
-use crate::optim::{OptimizerName, OptimizerSettings};
-use crate::run::{BEST, METRICS, RunDir, write_atomic};
-use crate::schedule::{LrSchedule, ScheduleDriver};
-use crate::train::{EpochMetrics, epoch_seed};
+use crate::record::EpochMetrics;
+use crate::run::{BEST, RunDir};
+use crate::schedule::LrSchedule;
 
 /// How the canvases of a generated set are drawn (serializable mirror of
 /// [`CanvasConfig`], without the seed).
@@ -86,34 +82,14 @@ pub struct LocalizeConfig {
     pub dataset: String,
     /// The generated canvases.
     pub canvas: CanvasSpec,
-    /// Passes over the training set.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Learning-rate schedule.
-    pub lr_schedule: LrSchedule,
-    /// Optimizer.
-    pub optimizer: OptimizerName,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// Weight decay.
-    pub weight_decay: f64,
     /// Weights of the class and box losses.
     pub loss_weights: LossWeights,
     /// MSE or smooth L1 on the normalized box.
     pub box_loss: BoxLoss,
-    /// Augmentation (geometric steps move the boxes with the image).
-    pub augment: Pipeline,
-    /// Seed of the canvases, the shuffles and the initialization.
-    pub seed: u64,
-    /// Training items held out for validation.
-    pub val_size: usize,
-    /// Use only the first N training items.
-    pub limit: Option<usize>,
+    /// How to train (weight decay kept off biases and batch-norm parameters by default;
+    /// the best epoch is the one of lowest validation loss unless a monitor is set).
+    #[serde(flatten)]
+    pub settings: Settings,
 }
 
 impl LocalizeConfig {
@@ -126,35 +102,21 @@ impl LocalizeConfig {
             stem_stride: 1,
             dataset: "fashion-mnist".into(),
             canvas: CanvasSpec::default(),
-            epochs: 5,
-            batch_size: 64,
-            lr: 0.1,
-            lr_schedule: LrSchedule::OneCycle {
-                pct: 0.3,
-                div: 25.0,
-                final_div: 1e4,
-            },
-            optimizer: OptimizerName::Sgd,
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 5e-4,
             loss_weights: LossWeights(vec![0.8, 0.2]),
             box_loss: BoxLoss::Mse,
-            augment: Pipeline::default(),
-            seed: 42,
-            val_size: 5000,
-            limit: None,
-        }
-    }
-
-    fn optimizer_settings(&self) -> OptimizerSettings {
-        OptimizerSettings {
-            name: self.optimizer,
-            momentum: self.momentum,
-            nesterov: self.nesterov,
-            weight_decay: self.weight_decay,
-            no_decay_bias_norm: true,
-            clip_grad_norm: None,
+            settings: Settings {
+                epochs: 5,
+                batch_size: 64,
+                lr: 0.1,
+                lr_schedule: LrSchedule::OneCycle {
+                    pct: 0.3,
+                    div: 25.0,
+                    final_div: 1e4,
+                },
+                weight_decay: 5e-4,
+                no_decay_bias_norm: true,
+                ..Settings::default()
+            },
         }
     }
 
@@ -170,9 +132,7 @@ impl LocalizeConfig {
                 self.loss_weights
             ));
         }
-        if self.epochs == 0 || self.batch_size == 0 {
-            return bad("--epochs and --batch-size must be at least 1".into());
-        }
+        self.settings.validate()?;
         if self.box_grid == 0 {
             return bad("--box-grid must be at least 1".into());
         }
@@ -219,10 +179,14 @@ impl LocalizeData {
     /// # Errors
     /// When the canvas settings do not fit or too few items remain for training.
     pub fn generate(dataset: &Dataset, config: &LocalizeConfig) -> Result<Self, TrainError> {
-        let (train_items, val_items) =
-            split_items(dataset, config.limit, config.val_size, config.seed)?;
+        let (train_items, val_items) = split_items(
+            dataset,
+            config.settings.limit,
+            config.settings.val_size,
+            config.settings.seed,
+        )?;
         let make = |set: &ImageSet, offset: u64| {
-            LocalizationSet::generate(set, &config.canvas.with_seed(config.seed + offset))
+            LocalizationSet::generate(set, &config.canvas.with_seed(config.settings.seed + offset))
                 .map_err(TrainError::Config)
         };
         let train = make(&train_items, 0)?;
@@ -246,8 +210,11 @@ impl LocalizeData {
         dataset: &Dataset,
         config: &LocalizeConfig,
     ) -> Result<LocalizationSet, TrainError> {
-        LocalizationSet::generate(&dataset.test, &config.canvas.with_seed(config.seed + 2))
-            .map_err(TrainError::Config)
+        LocalizationSet::generate(
+            &dataset.test,
+            &config.canvas.with_seed(config.settings.seed + 2),
+        )
+        .map_err(TrainError::Config)
     }
 }
 
@@ -471,8 +438,153 @@ pub struct LocalizeOutcome {
     pub test: LocalizeEval,
 }
 
-/// Trains a localizer on `data`, writing `config.json`, `metrics.csv` and `best.bpk` into
-/// `run` (when given) and reporting progress to `observer`.
+/// Localization as an [`engine`](crate::engine) task: the weighted class + box loss,
+/// class accuracy, mean IoU of the boxes as the score and as `metrics.csv` columns.
+struct LocalizeTask<'a> {
+    config: &'a LocalizeConfig,
+    data: &'a LocalizeData,
+    /// The pipeline of the current epoch.
+    epoch_augment: Pipeline,
+    epoch_seed: u64,
+    order: Shuffled,
+    classes: usize,
+    device: Device,
+}
+
+/// A localization batch: standardized images, classes, encoded boxes.
+type LocalizeBatch = (Tensor<4>, Tensor<1, Int>, Tensor<2>);
+
+impl Step<Localizer> for LocalizeTask<'_> {
+    type Batch = LocalizeBatch;
+
+    fn batch_len(&self, batch: &LocalizeBatch) -> usize {
+        batch.0.dims()[0]
+    }
+
+    fn loss(
+        &self,
+        model: &Localizer,
+        (x, y, b): LocalizeBatch,
+        _frozen: bool,
+    ) -> Result<StepLoss, TrainError> {
+        let out = model.forward(x);
+        let targets = b.clone();
+        let losses = localization_losses(
+            out.logits.clone(),
+            y.clone(),
+            out.boxes.clone(),
+            b,
+            &self.config.loss_weights,
+            self.config.box_loss,
+        )
+        .map_err(TrainError::Config)?;
+        let right = out
+            .logits
+            .argmax(1)
+            .squeeze_dim::<1>(1)
+            .equal(y.clone())
+            .int()
+            .sum()
+            .into_scalar::<i64>() as usize;
+        let iou = batch_iou(out.boxes, targets, self.data.train.size);
+        Ok(StepLoss {
+            loss: losses.total,
+            right,
+            counted: y.dims()[0],
+            sums: vec![iou],
+        })
+    }
+
+    fn split(&self, (x, y, b): &LocalizeBatch, start: usize, len: usize) -> LocalizeBatch {
+        (
+            x.clone().narrow(0, start, len),
+            y.clone().narrow(0, start, len),
+            b.clone().narrow(0, start, len),
+        )
+    }
+}
+
+impl Task<Localizer> for LocalizeTask<'_> {
+    fn train_len(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn start_epoch(
+        &mut self,
+        seed: u64,
+        epoch: usize,
+        epoch_seed: u64,
+        device: &Device,
+    ) -> Result<(), TrainError> {
+        self.epoch_augment = self.config.settings.augment.for_epoch(seed, epoch);
+        self.epoch_seed = epoch_seed;
+        let batch_size = self.config.settings.batch_size;
+        self.order = Shuffled::new(self.data.train.len(), batch_size, epoch_seed);
+        self.device = device.clone();
+        Ok(())
+    }
+
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<LocalizeBatch, TrainError>> + '_> {
+        let augment =
+            (!self.epoch_augment.is_empty()).then_some((&self.epoch_augment, self.epoch_seed));
+        Box::new(self.order.chunks().map(move |indices| {
+            Ok(batch(
+                &self.data.train,
+                indices,
+                self.data.normalize,
+                augment,
+                &self.device,
+            ))
+        }))
+    }
+
+    fn input_side(&self) -> usize {
+        self.data.train.size[0].min(self.data.train.size[1])
+    }
+
+    /// The boxes are coded relative to the image size, so they hold for any size.
+    fn resize(&self, (x, y, b): LocalizeBatch, side: usize) -> Result<LocalizeBatch, String> {
+        Ok((crate::progressive::resize_batch(x, side), y, b))
+    }
+
+    fn freeze(&self, model: Localizer) -> Result<Localizer, String> {
+        Ok(model.freeze_backbone())
+    }
+
+    fn validate(&self, model: &Localizer) -> Validation {
+        let settings = &self.config.settings;
+        let val = evaluate_localizer(
+            model,
+            &self.data.val,
+            self.data.normalize,
+            &self.config.loss_weights,
+            self.config.box_loss,
+            settings.batch_size,
+            self.classes,
+        );
+        Validation {
+            loss: val.loss,
+            accuracy: val.accuracy,
+            score: val.mean_iou,
+            columns: vec![("val_iou", val.mean_iou)],
+        }
+    }
+
+    fn train_columns(&self) -> &'static [&'static str] {
+        &["train_iou"]
+    }
+
+    fn score_label(&self) -> &'static str {
+        "IoU"
+    }
+
+    fn default_monitor(&self) -> Monitor {
+        Monitor::ValLoss
+    }
+}
+
+/// Trains a localizer on `data`, writing `config.json`, `metrics.csv`, `best.bpk` and each
+/// epoch's checkpoint into `run` (when given) and reporting progress to `observer`.
 ///
 /// # Errors
 /// Bad settings, a model that cannot take the canvases, a loss that diverges, or a run
@@ -485,10 +597,55 @@ pub fn train_localizer(
     run: Option<&RunDir>,
     observer: &mut dyn Observer,
 ) -> Result<LocalizeOutcome, TrainError> {
+    localize_from(config, class_names, data, device, run, false, observer)
+}
+
+/// [`train_localizer`] continuing the run in `run` from its last finished epoch (the CLI's
+/// `--resume`), with the run's own settings and `data` generated from them again.
+///
+/// # Errors
+/// As [`train_localizer`]; a run that is not a localization run, has no finished epoch or
+/// is done; data that differs from the run's.
+pub fn resume_localizer(
+    data: &LocalizeData,
+    device: &Device,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<LocalizeOutcome, TrainError> {
+    let info = read_info(run)?.ok_or_else(|| {
+        TrainError::Config(format!("{}: not a localization run", run.path.display()))
+    })?;
+    if info.normalize != data.normalize {
+        return Err(TrainError::Config(format!(
+            "{}: the canvases differ from the run's (other pixel statistics); use the same dataset and data flags",
+            run.path.display()
+        )));
+    }
+    localize_from(
+        &info.config,
+        &info.class_names,
+        data,
+        device,
+        Some(run),
+        true,
+        observer,
+    )
+}
+
+fn localize_from(
+    config: &LocalizeConfig,
+    class_names: &[String],
+    data: &LocalizeData,
+    device: &Device,
+    run: Option<&RunDir>,
+    resuming: bool,
+    observer: &mut dyn Observer,
+) -> Result<LocalizeOutcome, TrainError> {
     config.validate()?;
+    let settings = &config.settings;
     let num_classes = class_names.len();
-    let train_device = device.clone().autodiff();
-    train_device.seed(config.seed);
+    let train_device = crate::engine::training_device(device);
+    train_device.seed(settings.seed);
     let mut model = build_localizer(config, num_classes, &train_device)?;
     let [h, w] = data.train.size;
     // The box head starts at the average training box (as detection heads start from
@@ -508,140 +665,71 @@ pub fn train_localizer(
         TensorData::new(mean_box.to_vec(), [4]),
         &train_device,
     )));
-    konv_models::summary::checked(&model.backbone, &[1, h, w]).map_err(|e| {
-        TrainError::Config(format!(
-            "model `{}` cannot take {h}×{w} canvases: {e}",
-            config.model
-        ))
-    })?;
-    if let Some(run) = run {
-        let info = LocalizeInfo {
-            task: "localize".into(),
-            config: config.clone(),
-            class_names: class_names.to_vec(),
-            normalize: data.normalize,
-            input: [1, h, w],
-        };
-        run.write_config(&info)?;
+    let mut sizes = vec![[h, w]];
+    if let Some(p) = &settings.progressive_resize {
+        sizes.push(p.smallest([h, w]));
     }
-    let steps = data.train.len().div_ceil(config.batch_size);
-    let mut optim = config.optimizer_settings().build(&model);
-    let mut schedule = ScheduleDriver::new(&config.lr_schedule, config.lr, steps, config.epochs)
-        .map_err(TrainError::Config)?;
-    let mut history: Vec<LocalizeEpoch> = Vec::new();
-    let mut best: Option<(f64, Localizer, usize)> = None;
-    for epoch in 1..=config.epochs {
-        let start = Instant::now();
-        let seed = epoch_seed(config.seed, epoch);
-        train_device.seed(seed);
-        let mut order: Vec<usize> = (0..data.train.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
-        observer.epoch_start(epoch, config.epochs, steps);
-        let (mut loss_sum, mut correct, mut iou_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
-        let mut lr = config.lr;
-        let pipeline = config.augment.for_epoch(config.seed, epoch);
-        for chunk in order.chunks(config.batch_size) {
-            let augment = (!pipeline.is_empty()).then_some((&pipeline, seed));
-            let (x, y, b) = batch(&data.train, chunk, data.normalize, augment, &train_device);
-            lr = schedule.next_lr();
-            let out = model.forward(x);
-            let targets = b.clone();
-            let losses = localization_losses(
-                out.logits.clone(),
-                y.clone(),
-                out.boxes.clone(),
-                b,
-                &config.loss_weights,
-                config.box_loss,
-            )
-            .map_err(TrainError::Config)?;
-            let loss = losses.total.clone().into_scalar::<f64>();
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: seen / config.batch_size + 1,
-                });
-            }
-            let n = chunk.len();
-            correct += out
-                .logits
-                .clone()
-                .argmax(1)
-                .squeeze_dim::<1>(1)
-                .equal(y)
-                .int()
-                .sum()
-                .into_scalar::<i64>() as usize;
-            iou_sum += batch_iou(out.boxes.clone(), targets, data.train.size);
-            let grads = burn::optim::GradientsParams::from_grads(losses.total.backward(), &model);
-            model = optim.step(lr, model, grads);
-            loss_sum += loss * n as f64;
-            seen += n;
-            let secs = start.elapsed().as_secs_f64();
-            observer.step(
-                seen,
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-                seen as f64 / secs,
-            );
-            if observer.interrupted() {
-                return Err(TrainError::Interrupted { epoch });
-            }
-        }
-        let train_secs = start.elapsed().as_secs_f64();
-        let valid = model.valid();
-        let val = evaluate_localizer(
-            &valid,
-            &data.val,
-            data.normalize,
-            &config.loss_weights,
-            config.box_loss,
-            config.batch_size,
-            num_classes,
-        );
-        schedule.epoch_end(val.loss);
-        let metrics = EpochMetrics {
-            epoch,
-            train_loss: loss_sum / seen as f64,
-            train_accuracy: correct as f64 / seen as f64,
-            val_loss: val.loss,
-            val_accuracy: val.accuracy,
-            lr,
-            images_per_sec: seen as f64 / train_secs,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        let improved = best.as_ref().is_none_or(|(score, _, _)| val.loss < *score);
-        if improved {
-            best = Some((val.loss, valid.clone(), epoch));
-            if let Some(run) = run {
-                save_localizer(run, BEST, &valid)?;
-            }
-        }
-        let record = LocalizeEpoch {
-            metrics: metrics.clone(),
-            train_iou: iou_sum / seen as f64,
-            val_iou: val.mean_iou,
-        };
-        history.push(record);
-        if let Some(run) = run {
-            write_metrics(run, &history)?;
-        }
-        observer.epoch_end_with(&metrics, improved, &format!("  IoU {:.3}", val.mean_iou));
+    for [h, w] in sizes {
+        konv_models::summary::checked(&model.backbone, &[1, h, w]).map_err(|e| {
+            TrainError::Config(format!(
+                "model `{}` cannot take {h}×{w} canvases: {e}",
+                config.model
+            ))
+        })?;
     }
-    let (_, model, best_epoch) = best.expect("at least one epoch ran");
+    let state = match run {
+        Some(run) if resuming => Some(run.read_state()?),
+        Some(run) => {
+            run.write_config(&LocalizeInfo {
+                task: "localize".into(),
+                config: config.clone(),
+                class_names: class_names.to_vec(),
+                normalize: data.normalize,
+                input: [1, h, w],
+            })?;
+            None
+        }
+        None => None,
+    };
+    let mut task = LocalizeTask {
+        config,
+        data,
+        epoch_augment: Pipeline::default(),
+        epoch_seed: 0,
+        order: Shuffled::default(),
+        classes: num_classes,
+        device: train_device.clone(),
+    };
+    let fitted = crate::engine::fit(
+        settings,
+        model,
+        &mut task,
+        &train_device,
+        run,
+        state,
+        observer,
+    )?;
     let test = evaluate_localizer(
-        &model,
+        &fitted.best,
         &data.test,
         data.normalize,
         &config.loss_weights,
         config.box_loss,
-        config.batch_size,
+        settings.batch_size,
         num_classes,
     );
     Ok(LocalizeOutcome {
-        model,
-        history,
-        best_epoch,
+        model: fitted.best,
+        history: fitted
+            .history
+            .into_iter()
+            .map(|e| LocalizeEpoch {
+                train_iou: e.get("train_iou").unwrap_or(f64::NAN),
+                val_iou: e.get("val_iou").unwrap_or(f64::NAN),
+                metrics: e.metrics,
+            })
+            .collect(),
+        best_epoch: fitted.best_epoch,
         test,
     })
 }
@@ -666,20 +754,6 @@ fn batch_iou(predicted: Tensor<2>, target: Tensor<2>, size: [usize; 2]) -> f64 {
             f64::from(box_iou(p, t))
         })
         .sum()
-}
-
-fn write_metrics(run: &RunDir, history: &[LocalizeEpoch]) -> Result<(), TrainError> {
-    let mut csv = format!("{},train_iou,val_iou\n", EpochMetrics::CSV_HEADER);
-    for e in history {
-        csv.push_str(&format!(
-            "{},{:.6},{:.6}\n",
-            e.metrics.csv_row(),
-            e.train_iou,
-            e.val_iou
-        ));
-    }
-    let path = run.path.join(METRICS);
-    write_atomic(&path, csv.as_bytes()).map_err(|e| TrainError::io(&path, e))
 }
 
 /// Saves a localizer's weights (burnpack) as `name` in `run`, atomically.
@@ -804,12 +878,12 @@ mod tests {
         config.canvas.scale_max = 1.4;
         config.stem_stride = 2;
         config.box_grid = 2;
-        config.epochs = 2;
-        config.batch_size = 16;
-        config.limit = Some(480);
-        config.val_size = 32;
-        config.lr = 0.02;
-        config.augment = "flip".parse().unwrap();
+        config.settings.epochs = 2;
+        config.settings.batch_size = 16;
+        config.settings.limit = Some(480);
+        config.settings.val_size = 32;
+        config.settings.lr = 0.02;
+        config.settings.augment = "flip".parse().unwrap();
         let mut data = LocalizeData::generate(&dataset, &config).unwrap();
         data.test = data.test.select(&(0..48).collect::<Vec<_>>());
         assert_eq!((data.train.len(), data.val.len()), (448, 32));
@@ -848,7 +922,7 @@ mod tests {
         );
         assert_eq!((again.accuracy, again.count), (out.test.accuracy, 48));
         assert!((again.mean_iou - out.test.mean_iou).abs() < 1e-6);
-        let csv = std::fs::read_to_string(dir.join(METRICS)).unwrap();
+        let csv = std::fs::read_to_string(dir.join(crate::run::METRICS)).unwrap();
         assert!(csv.lines().next().unwrap().ends_with("train_iou,val_iou"));
         assert_eq!(csv.lines().count(), 3);
         let mut bad = config.clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::train::EpochMetrics;
+use crate::record::EpochMetrics;
 
 /// Receives training progress.
 pub trait Observer {

@@ -19,13 +19,10 @@
 //! on one replica.
 
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Int, Tensor};
-
-use crate::model::Classify;
+use burn::prelude::*;
 
 use crate::TrainError;
-use crate::data::ImageBatch;
-use crate::train::classification_loss;
+use crate::engine::{Step, StepTotals};
 
 /// One single-threaded pool per replica, made once per run.
 pub struct Replicas {
@@ -42,8 +39,9 @@ impl Replicas {
     /// `n` replicas (at least 1), each computing on one thread.
     pub fn new(n: usize) -> Result<Self, TrainError> {
         if n == 0 {
-            return Err(TrainError::Config(
-                "--replicas 0: give at least 1 (one model replica per CPU core)".into(),
+            return Err(TrainError::setting(
+                "replicas",
+                "0: give at least 1 (one model replica per CPU core)".into(),
             ));
         }
         let pools = (0..n)
@@ -71,59 +69,51 @@ impl Replicas {
     }
 }
 
-/// What one replica sends back: its gradients, its (weighted) loss and its correct count.
+/// What one replica sends back: its gradients and its (weighted) figures.
 struct Share {
     grads: GradientsParams,
-    loss: f64,
-    correct: usize,
-}
-
-/// The rows `start..start + len` of a batch.
-fn slice_batch(batch: &ImageBatch, start: usize, len: usize) -> ImageBatch {
-    let rows = |t: &Tensor<1, Int>| t.clone().narrow(0, start, len);
-    ImageBatch {
-        images: batch.images.clone().narrow(0, start, len),
-        targets: rows(&batch.targets),
-        mix: batch.mix.as_ref().map(|m| crate::data::Mix {
-            targets: rows(&m.targets),
-            lambda: m.lambda,
-        }),
-    }
+    totals: StepTotals,
 }
 
 /// Forward and backward of one replica on its share, the loss weighted by `weight` (the
 /// share's fraction of the batch).
-fn replica_pass<M: Classify>(
+fn replica_pass<M: Module, T: Step<M>>(
+    task: &T,
     replica: M,
-    share: ImageBatch,
+    share: T::Batch,
     weight: f64,
-    label_smoothing: f64,
-) -> Share {
-    let logits = replica.logits(share.images);
-    let (loss, correct) = classification_loss(logits, share.targets, share.mix, label_smoothing);
-    let loss = loss * weight;
-    let loss_value = loss.clone().into_scalar::<f64>();
+) -> Result<Share, TrainError> {
+    let out = task.loss(&replica, share, false)?;
+    let loss = out.loss * weight;
+    let value = loss.clone().into_scalar::<f64>();
     let grads = GradientsParams::from_grads(loss.backward(), &replica);
-    Share {
+    Ok(Share {
         grads,
-        loss: loss_value,
-        correct,
-    }
+        totals: StepTotals {
+            loss: value,
+            right: out.right,
+            counted: out.counted,
+            sums: out.sums,
+        },
+    })
 }
 
-/// [`crate::train::train_step`] with the batch split between `replicas`: returns the updated
-/// model, the batch's mean loss and its number of correct predictions.
-pub fn parallel_train_step<M: Classify>(
+/// One optimization step of any task with `batch` split between `replicas`
+/// ([`Step::split`]): returns the updated model and the batch's figures (its mean loss).
+///
+/// # Errors
+/// When a replica's share does not fit the task.
+pub fn parallel_step<M: Module, T: Step<M>>(
+    task: &T,
     model: M,
     optim: &mut ModuleOptimizer,
-    batch: ImageBatch,
+    batch: T::Batch,
     lr: f64,
-    label_smoothing: f64,
     replicas: &Replicas,
-) -> (M, f64, usize) {
-    let n = batch.targets.dims()[0];
+) -> Result<(M, StepTotals), TrainError> {
+    let n = task.batch_len(&batch);
     let parts = replicas.len().min(n).max(1);
-    let device = batch.images.device();
+    let device = crate::model::device_of(&model);
     // Shares as even as possible, the first ones one larger.
     let mut jobs = Vec::with_capacity(parts);
     let mut start = 0;
@@ -133,24 +123,21 @@ pub fn parallel_train_step<M: Classify>(
         let replica = model.clone().fork(&device);
         jobs.push((
             replica,
-            slice_batch(&batch, start, len),
+            task.split(&batch, start, len),
             len as f64 / n as f64,
         ));
         start += len;
     }
-    let shares: Vec<Share> = std::thread::scope(|scope| {
+    drop(batch);
+    let shares: Vec<Result<Share, TrainError>> = std::thread::scope(|scope| {
         let mut jobs = jobs.into_iter().zip(&replicas.pools);
-        let (first, first_pool) = jobs.next().expect("at least one share");
+        let ((replica, share, weight), first_pool) = jobs.next().expect("at least one share");
         let handles: Vec<_> = jobs
             .map(|((replica, share, weight), pool)| {
-                scope.spawn(move || {
-                    pool.install(|| replica_pass(replica, share, weight, label_smoothing))
-                })
+                scope.spawn(move || pool.install(|| replica_pass(task, replica, share, weight)))
             })
             .collect();
-        let (replica, share, weight) = first;
-        let mut shares =
-            vec![first_pool.install(|| replica_pass(replica, share, weight, label_smoothing))];
+        let mut shares = vec![first_pool.install(|| replica_pass(task, replica, share, weight))];
         for handle in handles {
             match handle.join() {
                 Ok(share) => shares.push(share),
@@ -160,15 +147,24 @@ pub fn parallel_train_step<M: Classify>(
         shares
     });
     let mut accumulator = GradientsAccumulator::new();
-    let (mut loss, mut correct) = (0.0, 0);
+    let mut totals = StepTotals::default();
     for share in shares {
+        let share = share?;
         accumulator.accumulate(&model, share.grads);
-        loss += share.loss;
-        correct += share.correct;
+        totals.loss += share.totals.loss;
+        totals.right += share.totals.right;
+        totals.counted += share.totals.counted;
+        if totals.sums.is_empty() {
+            totals.sums = share.totals.sums;
+        } else {
+            for (s, v) in totals.sums.iter_mut().zip(share.totals.sums) {
+                *s += v;
+            }
+        }
     }
     let model = optim.step(lr, model, accumulator.grads());
     // Batch norm's running statistics: each replica's thread left its update; `valid()`
     // averages them now, on this thread, so the next step starts from settled values.
     let _ = model.valid();
-    (model, loss, correct)
+    Ok((model, totals))
 }

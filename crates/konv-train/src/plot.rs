@@ -7,7 +7,7 @@ use std::sync::Once;
 use plotters::prelude::*;
 
 use crate::TrainError;
-use crate::train::EpochMetrics;
+use crate::record::EpochMetrics;
 
 /// Bundled so that drawing text needs no system font (DejaVu Sans, free license in
 /// `assets/DejaVuSans-LICENSE.txt`).
@@ -154,7 +154,7 @@ pub fn save_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainErr
     picture
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| corrupt(e.to_string()))?;
-    crate::run::write_atomic(path, &png).map_err(|e| TrainError::io(path, e))
+    crate::record::write_atomic(path, &png).map_err(|e| TrainError::io(path, e))
 }
 
 /// Writes `text` on `img` at `(x, y)` (top-left), white on a strip of `color`, in the

@@ -100,6 +100,27 @@ pub fn shrunk_size([h, w]: [usize; 2], side: usize) -> [usize; 2] {
     [scale(h), scale(w)]
 }
 
+/// Label maps `[batch, h, w]` shrunk with the images of [`resize_batch`] to shorter side
+/// `side`, by nearest neighbour (a label is never averaged into another).
+pub fn resize_labels(
+    labels: Tensor<3, burn::tensor::Int>,
+    side: usize,
+) -> Tensor<3, burn::tensor::Int> {
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+    let [n, h, w] = labels.dims();
+    let [oh, ow] = shrunk_size([h, w], side);
+    if [oh, ow] == [h, w] {
+        return labels;
+    }
+    let options = InterpolateOptions::new(InterpolateMode::Nearest)
+        .with_align_corners(false)
+        .with_output_size([oh, ow]);
+    interpolate(labels.float().reshape([n, 1, h, w]), options)
+        .reshape([n, oh, ow])
+        .int()
+}
+
 impl std::str::FromStr for ProgressiveResize {
     type Err = String;
 

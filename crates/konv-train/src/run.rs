@@ -5,17 +5,15 @@
 //! Every file is written to a temporary name and renamed, so a crash never leaves a
 //! half-written file behind; `state.json` is written last and names only complete files.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
-use burn::prelude::*;
 use burn::store::ModuleRecord;
-use konv_models::Classifier;
 
 use crate::TrainError;
-use crate::train::{EpochMetrics, RunInfo};
+pub use crate::record::write_atomic;
+use crate::record::{EpochRecord, TrainState, metrics_csv};
 
 /// The model weights after the latest epoch.
 pub const CHECKPOINT: &str = "checkpoint.bpk";
@@ -31,19 +29,6 @@ pub const METRICS: &str = "metrics.csv";
 pub const STATE: &str = "state.json";
 /// Training curves, redrawn after each epoch.
 pub const CURVES: &str = "curves.png";
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)
-}
 
 /// A run folder.
 #[derive(Debug, Clone)]
@@ -76,14 +61,8 @@ impl RunDir {
         write_atomic(&path, bytes).map_err(|e| TrainError::io(&path, e))
     }
 
-    /// Writes `config.json`.
-    pub fn write_info(&self, info: &RunInfo) -> Result<(), TrainError> {
-        let json = serde_json::to_vec_pretty(info).expect("RunInfo serializes");
-        self.write(CONFIG, &json)
-    }
-
-    /// Reads `config.json`.
-    pub fn read_info(&self) -> Result<RunInfo, TrainError> {
+    /// Reads `config.json` as a `T` (the run description of its task).
+    pub fn read_config<T: serde::de::DeserializeOwned>(&self) -> Result<T, TrainError> {
         let path = self.path.join(CONFIG);
         let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
         serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
@@ -93,19 +72,8 @@ impl RunDir {
     }
 
     /// Rewrites `metrics.csv` with every epoch so far.
-    pub fn write_metrics(&self, history: &[EpochMetrics]) -> Result<(), TrainError> {
-        let mut csv = String::from(EpochMetrics::CSV_HEADER);
-        csv.push('\n');
-        for m in history {
-            csv.push_str(&m.csv_row());
-            csv.push('\n');
-        }
-        self.write(METRICS, csv.as_bytes())
-    }
-
-    /// Saves model weights as `name` (burnpack format).
-    pub fn save_model(&self, name: &str, model: &Classifier) -> Result<(), TrainError> {
-        self.save_module(name, model)
+    pub fn write_metrics(&self, history: &[EpochRecord]) -> Result<(), TrainError> {
+        self.write(METRICS, metrics_csv(history).as_bytes())
     }
 
     /// Saves any module's weights as `name` (burnpack format), atomically.
@@ -157,7 +125,7 @@ impl RunDir {
         model: &M,
         optim: &ModuleOptimizer,
         improved: bool,
-        mut state: crate::train::TrainState,
+        mut state: TrainState,
         keep: usize,
     ) -> Result<(), TrainError> {
         let epoch = state.epoch;
@@ -178,7 +146,8 @@ impl RunDir {
         self.link_latest(&state.optimizer, OPTIMIZER)?;
         self.write_metrics(&state.history)?;
         let curves = self.path.join(CURVES);
-        crate::plot::save_curves(&curves, &state.history)?;
+        let metrics: Vec<_> = state.history.iter().map(|e| e.metrics.clone()).collect();
+        crate::plot::save_curves(&curves, &metrics)?;
         // Prune epoch files beyond the newest `keep`.
         for old in 1..=epoch.saturating_sub(keep.max(1)) {
             for name in [
@@ -208,7 +177,7 @@ impl RunDir {
     }
 
     /// Reads `state.json`.
-    pub fn read_state(&self) -> Result<crate::train::TrainState, TrainError> {
+    pub fn read_state(&self) -> Result<TrainState, TrainError> {
         let path = self.path.join(STATE);
         let bytes = std::fs::read(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -220,7 +189,7 @@ impl RunDir {
                 TrainError::io(&path, e)
             }
         })?;
-        let state: crate::train::TrainState =
+        let state: TrainState =
             serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -252,11 +221,6 @@ impl RunDir {
     }
 }
 
-/// Loads weights from a burnpack file into `model` (which must have the same layout).
-pub fn load_weights(model: Classifier, path: &Path) -> Result<Classifier, TrainError> {
-    load_module(model, path)
-}
-
 /// The weights file `path` names: the file itself, or a run folder's `best.bpk`.
 pub fn weights_path(path: &Path) -> Result<PathBuf, TrainError> {
     if path.is_dir() {
@@ -278,7 +242,8 @@ pub fn weights_path(path: &Path) -> Result<PathBuf, TrainError> {
     Ok(path.to_path_buf())
 }
 
-/// [`load_weights`] for any module; `path` may also be a run folder (its `best.bpk`).
+/// Loads weights from a burnpack file into `model` (which must have the same layout);
+/// `path` may also be a run folder (its `best.bpk`).
 pub fn load_module<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
     let path = &weights_path(path)?;
     let record = ModuleRecord::load(path)
@@ -286,19 +251,4 @@ pub fn load_module<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
     model
         .try_load_record(record)
         .map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))
-}
-
-/// Builds the model a run trained and loads its best weights (or `weights`, when given) on
-/// `device`.
-pub fn load_run_model(
-    run: &RunDir,
-    weights: Option<&Path>,
-    device: &Device,
-) -> Result<(RunInfo, Classifier), TrainError> {
-    let info = run.read_info()?;
-    let channels = info.input[0];
-    let model =
-        konv_models::build_for(&info.config.model, info.class_names.len(), channels, device)?;
-    let path = weights.map_or_else(|| run.path.join(BEST), Path::to_path_buf);
-    Ok((info.clone(), load_weights(model, &path)?))
 }

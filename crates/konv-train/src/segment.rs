@@ -18,14 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Mask, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::fit::{BatchLoss, FitSettings, FitTask, Validation, fit_or_resume};
+use crate::engine::{Monitor, Settings, Shuffled, Step, StepLoss, Task, Validation};
 use crate::localize::{pixel_stats, split_items};
 use crate::metrics::SegmentationMetrics;
 use crate::observer::Observer;
-use crate::optim::{OptimizerName, OptimizerSettings};
+use crate::record::EpochMetrics;
 use crate::run::{BEST, RunDir};
 use crate::schedule::LrSchedule;
-use crate::train::EpochMetrics;
 
 /// How the scenes of a generated set are drawn (serializable [`SceneConfig`] without seed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,30 +81,9 @@ pub struct SegmentConfig {
     pub dataset: String,
     /// The generated scenes.
     pub scene: SceneSpec,
-    /// Passes over the training set.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Learning-rate schedule.
-    pub lr_schedule: LrSchedule,
-    /// Optimizer.
-    pub optimizer: OptimizerName,
-    /// Momentum.
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// Weight decay (not on biases and batch-norm parameters).
-    pub weight_decay: f64,
-    /// Augmentation (geometric steps move the mask with the image).
-    pub augment: Pipeline,
-    /// Seed of the scenes, shuffles and initialization.
-    pub seed: u64,
-    /// Training items held out for validation scenes.
-    pub val_size: usize,
-    /// Use only the first N training items.
-    pub limit: Option<usize>,
+    /// How to train (weight decay kept off biases and batch-norm parameters by default).
+    #[serde(flatten)]
+    pub settings: Settings,
 }
 
 impl SegmentConfig {
@@ -117,22 +95,20 @@ impl SegmentConfig {
             stem_stride: 1,
             dataset: "fashion-mnist".into(),
             scene: SceneSpec::default(),
-            epochs: 5,
-            batch_size: 32,
-            lr: 0.05,
-            lr_schedule: LrSchedule::OneCycle {
-                pct: 0.3,
-                div: 25.0,
-                final_div: 1e4,
+            settings: Settings {
+                epochs: 5,
+                batch_size: 32,
+                lr: 0.05,
+                lr_schedule: LrSchedule::OneCycle {
+                    pct: 0.3,
+                    div: 25.0,
+                    final_div: 1e4,
+                },
+                weight_decay: 1e-4,
+                no_decay_bias_norm: true,
+                val_size: 2000,
+                ..Settings::default()
             },
-            optimizer: OptimizerName::Sgd,
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 1e-4,
-            augment: Pipeline::default(),
-            seed: 42,
-            val_size: 2000,
-            limit: None,
         }
     }
 
@@ -159,11 +135,7 @@ impl SegmentConfig {
                 self.backbone
             )));
         }
-        if self.epochs == 0 || self.batch_size == 0 {
-            return Err(TrainError::Config(
-                "--epochs and --batch-size must be at least 1".into(),
-            ));
-        }
+        self.settings.validate()?;
         self.scene
             .with_seed(0)
             .validate(28)
@@ -205,10 +177,14 @@ impl SegmentData {
     /// # Errors
     /// Settings that do not fit, or no training items left.
     pub fn generate(dataset: &Dataset, config: &SegmentConfig) -> Result<Self, TrainError> {
-        let (train_items, val_items) =
-            split_items(dataset, config.limit, config.val_size, config.seed)?;
+        let (train_items, val_items) = split_items(
+            dataset,
+            config.settings.limit,
+            config.settings.val_size,
+            config.settings.seed,
+        )?;
         let make = |set: &ImageSet, offset: u64| {
-            SegmentationSet::generate(set, &config.scene.with_seed(config.seed + offset))
+            SegmentationSet::generate(set, &config.scene.with_seed(config.settings.seed + offset))
                 .map_err(TrainError::Config)
         };
         let train = make(&train_items, 0)?;
@@ -230,8 +206,11 @@ impl SegmentData {
         dataset: &Dataset,
         config: &SegmentConfig,
     ) -> Result<SegmentationSet, TrainError> {
-        SegmentationSet::generate(&dataset.test, &config.scene.with_seed(config.seed + 2))
-            .map_err(TrainError::Config)
+        SegmentationSet::generate(
+            &dataset.test,
+            &config.scene.with_seed(config.settings.seed + 2),
+        )
+        .map_err(TrainError::Config)
     }
 }
 
@@ -384,38 +363,34 @@ pub struct SegmentOutcome {
     pub test: SegmentEval,
 }
 
+/// Segmentation as an [`engine`](crate::engine) task: pixel cross-entropy, pixel accuracy,
+/// mean IoU as the score.
 struct SegmentTask<'a> {
     data: &'a SegmentData,
-    /// The run's pipeline, bound to the current epoch by `start_epoch`.
-    augment: Pipeline,
+    /// The run's pipeline.
+    augment: &'a Pipeline,
+    /// The pipeline of the current epoch.
+    epoch_augment: Pipeline,
+    epoch_seed: u64,
+    order: Shuffled,
     classes: usize,
     batch_size: usize,
     device: Device,
 }
 
-impl FitTask<Fcn> for SegmentTask<'_> {
-    fn train_len(&self) -> usize {
-        self.data.train.len()
+impl Step<Fcn> for SegmentTask<'_> {
+    type Batch = (Tensor<4>, Tensor<3, Int>);
+
+    fn batch_len(&self, batch: &Self::Batch) -> usize {
+        batch.0.dims()[0]
     }
 
-    fn start_epoch(&mut self, seed: u64, epoch: usize) {
-        self.augment = self.augment.for_epoch(seed, epoch);
-    }
-
-    fn batch_loss(
-        &mut self,
+    fn loss(
+        &self,
         model: &Fcn,
-        indices: &[usize],
-        seed: u64,
-    ) -> Result<BatchLoss, TrainError> {
-        let augment = (!self.augment.is_empty()).then_some((&self.augment, seed));
-        let (x, y) = batch(
-            &self.data.train,
-            indices,
-            self.data.normalize,
-            augment,
-            &self.device,
-        );
+        (x, y): Self::Batch,
+        _frozen: bool,
+    ) -> Result<StepLoss, TrainError> {
         let logits = model.forward(x);
         let predicted = logits.clone().argmax(1).squeeze_dim::<3>(1);
         let valid = y.clone().lower_elem(self.classes as i64);
@@ -426,14 +401,73 @@ impl FitTask<Fcn> for SegmentTask<'_> {
             .sum()
             .into_scalar::<i64>() as usize;
         let counted = valid.int().sum().into_scalar::<i64>() as usize;
-        Ok(BatchLoss {
+        Ok(StepLoss {
             loss: pixel_cross_entropy(logits, y),
             right,
             counted,
+            sums: Vec::new(),
         })
     }
 
-    fn validate(&mut self, model: &Fcn) -> Validation {
+    fn split(&self, (x, y): &Self::Batch, start: usize, len: usize) -> Self::Batch {
+        (
+            x.clone().narrow(0, start, len),
+            y.clone().narrow(0, start, len),
+        )
+    }
+}
+
+impl Task<Fcn> for SegmentTask<'_> {
+    fn train_len(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn start_epoch(
+        &mut self,
+        seed: u64,
+        epoch: usize,
+        epoch_seed: u64,
+        device: &Device,
+    ) -> Result<(), TrainError> {
+        self.epoch_augment = self.augment.for_epoch(seed, epoch);
+        self.epoch_seed = epoch_seed;
+        self.order = Shuffled::new(self.data.train.len(), self.batch_size, epoch_seed);
+        self.device = device.clone();
+        Ok(())
+    }
+
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<Self::Batch, TrainError>> + '_> {
+        let augment =
+            (!self.epoch_augment.is_empty()).then_some((&self.epoch_augment, self.epoch_seed));
+        Box::new(self.order.chunks().map(move |indices| {
+            Ok(batch(
+                &self.data.train,
+                indices,
+                self.data.normalize,
+                augment,
+                &self.device,
+            ))
+        }))
+    }
+
+    fn input_side(&self) -> usize {
+        self.data.train.size[0].min(self.data.train.size[1])
+    }
+
+    /// The scenes and their masks shrink together (the masks by nearest neighbour).
+    fn resize(&self, (x, y): Self::Batch, side: usize) -> Result<Self::Batch, String> {
+        Ok((
+            crate::progressive::resize_batch(x, side),
+            crate::progressive::resize_labels(y, side),
+        ))
+    }
+
+    fn freeze(&self, mut model: Fcn) -> Result<Fcn, String> {
+        model.backbone = model.backbone.freeze();
+        Ok(model)
+    }
+
+    fn validate(&self, model: &Fcn) -> Validation {
         let val = evaluate_segmenter(
             model,
             &self.data.val,
@@ -445,15 +479,16 @@ impl FitTask<Fcn> for SegmentTask<'_> {
             loss: val.loss,
             accuracy: val.pixel_accuracy,
             score: val.mean_iou,
+            columns: vec![("val_mean_iou", val.mean_iou)],
         }
-    }
-
-    fn score_name(&self) -> &'static str {
-        "val_mean_iou"
     }
 
     fn score_label(&self) -> &'static str {
         "mIoU"
+    }
+
+    fn default_monitor(&self) -> Monitor {
+        Monitor::Score
     }
 }
 
@@ -515,67 +550,62 @@ fn segment_from(
     observer: &mut dyn Observer,
 ) -> Result<SegmentOutcome, TrainError> {
     config.validate()?;
+    let settings = &config.settings;
     let classes = class_names.len();
-    let train_device = device.clone().autodiff();
-    train_device.seed(config.seed);
+    let train_device = crate::engine::training_device(device);
+    train_device.seed(settings.seed);
     let model = build_fcn(config, classes, &train_device)?;
     let [h, w] = data.train.size;
-    let settings = FitSettings {
-        epochs: config.epochs,
-        batch_size: config.batch_size,
-        lr: config.lr,
-        lr_schedule: config.lr_schedule.clone(),
-        optimizer: OptimizerSettings {
-            name: config.optimizer,
-            momentum: config.momentum,
-            nesterov: config.nesterov,
-            weight_decay: config.weight_decay,
-            no_decay_bias_norm: true,
-            clip_grad_norm: None,
-        },
-        seed: config.seed,
-    };
     let mut task = SegmentTask {
         data,
-        augment: config.augment.clone(),
+        augment: &settings.augment,
+        epoch_augment: Pipeline::default(),
+        epoch_seed: 0,
+        order: Shuffled::default(),
         classes,
-        batch_size: config.batch_size,
+        batch_size: settings.batch_size,
         device: train_device.clone(),
     };
-    let info = SegmentInfo {
-        task: "segment".into(),
-        config: config.clone(),
-        class_names: class_names.to_vec(),
-        normalize: data.normalize,
-        input: [1, h, w],
+    let state = match run {
+        Some(run) if resuming => Some(run.read_state()?),
+        Some(run) => {
+            run.write_config(&SegmentInfo {
+                task: "segment".into(),
+                config: config.clone(),
+                class_names: class_names.to_vec(),
+                normalize: data.normalize,
+                input: [1, h, w],
+            })?;
+            None
+        }
+        None => None,
     };
-    let fitted = fit_or_resume(
-        &settings,
+    let fitted = crate::engine::fit(
+        settings,
         model,
         &mut task,
         &train_device,
         run,
-        &info,
-        resuming,
+        state,
         observer,
     )?;
     let test = evaluate_segmenter(
-        &fitted.model,
+        &fitted.best,
         &data.test,
         data.normalize,
-        config.batch_size,
+        settings.batch_size,
         classes,
     );
     Ok(SegmentOutcome {
-        model: fitted.model,
         history: fitted
             .history
             .into_iter()
             .map(|e| SegmentEpoch {
+                val_iou: e.get("val_mean_iou").unwrap_or(f64::NAN),
                 metrics: e.metrics,
-                val_iou: e.val_score,
             })
             .collect(),
+        model: fitted.best,
         best_epoch: fitted.best_epoch,
         test,
     })
@@ -672,11 +702,11 @@ mod tests {
         config.stem_stride = 2;
         config.scene.size = 48;
         config.scene.scale_max = 1.2;
-        config.epochs = 2;
-        config.batch_size = 8;
-        config.limit = Some(200);
-        config.val_size = 24;
-        config.augment = "flip".parse().unwrap();
+        config.settings.epochs = 2;
+        config.settings.batch_size = 8;
+        config.settings.limit = Some(200);
+        config.settings.val_size = 24;
+        config.settings.augment = "flip".parse().unwrap();
         let mut data = SegmentData::generate(&dataset, &config).unwrap();
         data.test = data.test.select(&(0..12).collect::<Vec<_>>());
         let mut names = vec!["background".to_string()];

@@ -2,11 +2,10 @@
 //! metrics and checkpoints written to a run folder.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use konv_datasets::{Dataset, ImageSet};
 use konv_models::Classifier;
@@ -16,13 +15,16 @@ use crate::TrainError;
 use crate::augment::Pipeline;
 use crate::backend::BackendName;
 use crate::data::{ImageBatch, Normalize, loader};
+use crate::engine::{Settings, Step, StepLoss, Task, Validation};
 use crate::eval::{EvalReport, evaluate_with};
 use crate::model::Classify;
 use crate::observer::Observer;
-use crate::optim::{OptimizerName, OptimizerSettings};
-use crate::progressive::{ProgressiveResize, resize_batch};
-use crate::run::{BEST, RunDir};
-use crate::schedule::{LrSchedule, ScheduleDriver};
+use crate::optim::OptimizerSettings;
+use crate::progressive::resize_batch;
+use crate::run::RunDir;
+
+pub use crate::engine::Monitor;
+pub use crate::record::{EpochMetrics, TrainState, epoch_seed};
 
 /// What to train and how: everything `konv train` takes, saved as the run's `config.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,52 +33,13 @@ pub struct TrainConfig {
     pub model: String,
     /// Dataset name.
     pub dataset: String,
-    /// Passes over the training set.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// SGD momentum (0 for plain SGD).
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// Seed for weights, dropout, the validation split and the shuffling.
-    pub seed: u64,
     /// Backend.
     pub backend: BackendName,
-    /// Use only the first N training images (after the validation split).
-    pub limit: Option<usize>,
-    /// Images held out of the training set for validation.
-    pub val_size: usize,
     /// Start from these weights (a run's `best.bpk` or `checkpoint.bpk`, or a run folder for
     /// its `best.bpk`) instead of a fresh initialization: to fine-tune at a lower learning
     /// rate, for example.
     #[serde(default)]
     pub init_from: Option<std::path::PathBuf>,
-    /// Learning-rate schedule (constant when absent from an older `config.json`).
-    #[serde(default)]
-    pub lr_schedule: LrSchedule,
-    /// Augmentation of the training images (none when empty).
-    #[serde(default)]
-    pub augment: Pipeline,
-    /// L2 weight decay added to every gradient (PyTorch SGD's `weight_decay`); 0 for none.
-    #[serde(default)]
-    pub weight_decay: f64,
-    /// Clip each parameter's gradient to this L2 norm.
-    #[serde(default)]
-    pub clip_grad_norm: Option<f64>,
-    /// Stop when the [`Monitor`]ed metric has not improved for this many epochs (Keras'
-    /// `EarlyStopping(patience=…, restore_best_weights=True)`: the best epoch's weights are
-    /// the result either way).
-    #[serde(default)]
-    pub early_stop: Option<usize>,
-    /// The optimizer (SGD unless given).
-    #[serde(default)]
-    pub optimizer: OptimizerName,
-    /// Keep weight decay off biases and normalization parameters.
-    #[serde(default)]
-    pub no_decay_bias_norm: bool,
     /// Label smoothing of the cross-entropy (0 for none; 0.1 is common).
     #[serde(default)]
     pub label_smoothing: f64,
@@ -84,33 +47,13 @@ pub struct TrainConfig {
     /// test set likewise).
     #[serde(default)]
     pub classes: Option<Vec<u8>>,
-    /// Transfer learning's first phase: for this many epochs train only the head, the
-    /// backbone frozen and run in inference mode (batch norm on its running statistics, as
-    /// Keras does for a frozen base), at `head_lr`; then unfreeze everything and fine-tune
-    /// with a fresh optimizer at `lr` and `lr_schedule` over the remaining epochs.
-    #[serde(default)]
-    pub freeze_epochs: usize,
-    /// Learning rate of the first phase (`lr` when absent).
-    #[serde(default)]
-    pub head_lr: Option<f64>,
-    /// Epoch checkpoints kept besides the best (the newest ones); at least 1.
-    #[serde(default = "one")]
-    pub keep_checkpoints: usize,
-    /// What picks the best epoch (`best.bpk`, the test evaluation) and what early stopping
-    /// watches.
-    #[serde(default)]
-    pub monitor: Monitor,
-    /// Model replicas each batch is split between, one CPU thread each, gradients summed
-    /// ([`crate::parallel`]); 1 trains one model with Burn's own threading.
-    #[serde(default = "one")]
-    pub replicas: usize,
-    /// Train the first epochs on smaller images ([`crate::progressive`]); validation and
-    /// test stay at the full size.
-    #[serde(default)]
-    pub progressive_resize: Option<ProgressiveResize>,
     /// The image folder trained on, when `dataset` is `folder`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<FolderSpec>,
+    /// How to train: epochs, batch size, optimizer, schedule, augmentation, phases… (the
+    /// settings of every task, written flat into `config.json`).
+    #[serde(flatten)]
+    pub settings: Settings,
 }
 
 /// An image folder a run trains on ([`konv_datasets::folder`]), with how it was read, so
@@ -140,148 +83,56 @@ impl FolderSpec {
     }
 }
 
-/// The validation metric that decides the best epoch (Keras' `monitor`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Monitor {
-    /// Highest validation accuracy.
-    #[default]
-    ValAccuracy,
-    /// Lowest validation loss.
-    ValLoss,
-    /// The last epoch, whatever validation says: the weights a run ends with, as Keras
-    /// `fit` and torchvision's reference `train.py` keep them. With a small validation set,
-    /// picking the best epoch is noise; with a schedule that anneals to zero (one-cycle,
-    /// cosine), the last epoch is the one to test.
-    Last,
-}
-
-impl Monitor {
-    /// Higher is better: the accuracy, or minus the loss.
-    pub fn score(self, m: &EpochMetrics) -> f64 {
-        match self {
-            Monitor::ValAccuracy => m.val_accuracy,
-            Monitor::ValLoss => -m.val_loss,
-            Monitor::Last => m.epoch as f64,
-        }
-    }
-}
-
-impl std::str::FromStr for Monitor {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "val-accuracy" => Ok(Monitor::ValAccuracy),
-            "val-loss" => Ok(Monitor::ValLoss),
-            "last" => Ok(Monitor::Last),
-            _ => Err(format!(
-                "unknown monitor `{s}`; valid: val-accuracy, val-loss, last"
-            )),
-        }
-    }
-}
-
-fn one() -> usize {
-    1
-}
-
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             model: "fashion-cnn".into(),
             dataset: "fashion-mnist".into(),
-            epochs: 10,
-            batch_size: 64,
-            lr: 0.01,
-            momentum: 0.9,
-            nesterov: true,
-            seed: 42,
             backend: BackendName::Cpu,
-            limit: None,
-            val_size: 5000,
             init_from: None,
-            lr_schedule: LrSchedule::Constant,
-            augment: Pipeline::default(),
-            weight_decay: 0.0,
-            clip_grad_norm: None,
-            early_stop: None,
-            optimizer: OptimizerName::Sgd,
-            no_decay_bias_norm: false,
             label_smoothing: 0.0,
             classes: None,
-            freeze_epochs: 0,
-            head_lr: None,
-            keep_checkpoints: 1,
-            monitor: Monitor::ValAccuracy,
-            replicas: 1,
-            progressive_resize: None,
             folder: None,
+            settings: Settings::default(),
         }
     }
 }
 
 impl TrainConfig {
-    /// Settings that cannot work together, as an error naming the flags.
+    /// Settings that cannot work together ([`Settings::validate`]), and replicas on a
+    /// backend that is not the CPU's.
+    ///
+    /// # Errors
+    /// The first bad setting, as [`TrainError::Setting`].
     pub fn validate(&self) -> Result<(), TrainError> {
-        if self.batch_size == 0 || self.epochs == 0 {
-            return Err(TrainError::Config(
-                "--epochs and --batch-size must be at least 1".into(),
+        self.settings.validate()?;
+        if self.settings.replicas > 1 && !self.backend.is_cpu() {
+            return Err(TrainError::setting(
+                "replicas",
+                format!(
+                    "{} splits batches between CPU cores; the {} backend runs one model",
+                    self.settings.replicas,
+                    self.backend.as_str()
+                ),
             ));
-        }
-        if self.replicas == 0 || self.replicas > self.batch_size {
-            return Err(TrainError::Config(format!(
-                "--replicas {} must be between 1 and --batch-size {} (each replica takes a share of every batch)",
-                self.replicas, self.batch_size
-            )));
-        }
-        if self.replicas > 1
-            && !matches!(
-                self.backend,
-                BackendName::Cpu | BackendName::Flex | BackendName::Ndarray
-            )
-        {
-            return Err(TrainError::Config(format!(
-                "--replicas {} splits batches between CPU cores; drop it for --backend {}",
-                self.replicas,
-                self.backend.as_str()
-            )));
-        }
-        if self.freeze_epochs >= self.epochs {
-            return Err(TrainError::Config(format!(
-                "--freeze-epochs {} leaves no epoch to fine-tune in (--epochs {})",
-                self.freeze_epochs, self.epochs
-            )));
-        }
-        if let Some(p) = &self.progressive_resize {
-            p.validate(self.epochs).map_err(TrainError::Config)?;
-        }
-        if self.monitor == Monitor::Last
-            && let Some(patience) = self.early_stop
-        {
-            return Err(TrainError::Config(format!(
-                "--early-stop {patience} watches a validation metric; give --monitor val-accuracy or val-loss with it, not last"
-            )));
         }
         Ok(())
     }
 
     /// The optimizer settings of this configuration.
     pub fn optimizer_settings(&self) -> OptimizerSettings {
-        OptimizerSettings {
-            name: self.optimizer,
-            momentum: self.momentum,
-            nesterov: self.nesterov,
-            weight_decay: self.weight_decay,
-            no_decay_bias_norm: self.no_decay_bias_norm,
-            clip_grad_norm: self.clip_grad_norm,
-        }
+        self.settings.optimizer_settings()
     }
 
     /// The optimizer for `model` (SGD as Keras and PyTorch define it unless another is
     /// chosen).
     pub fn optimizer<M: Module>(&self, model: &M) -> ModuleOptimizer {
-        self.optimizer_settings().build(model)
+        self.settings.optimizer(model)
+    }
+
+    /// What picks the best epoch: the configured monitor, or validation accuracy.
+    pub fn monitor(&self) -> Monitor {
+        self.settings.monitor.unwrap_or_default()
     }
 }
 
@@ -307,45 +158,13 @@ pub struct RunInfo {
     pub val_size: usize,
 }
 
-/// Metrics of one epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EpochMetrics {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss (with dropout active).
-    pub train_loss: f64,
-    /// Training accuracy (with dropout active).
-    pub train_accuracy: f64,
-    /// Validation loss.
-    pub val_loss: f64,
-    /// Validation accuracy.
-    pub val_accuracy: f64,
-    /// Learning rate.
-    pub lr: f64,
-    /// Training throughput.
-    pub images_per_sec: f64,
-    /// Wall time of the epoch, validation included.
-    pub seconds: f64,
-}
-
-impl EpochMetrics {
-    /// Header of `metrics.csv`.
-    pub const CSV_HEADER: &str =
-        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,images_per_sec,seconds";
-
-    /// One `metrics.csv` row.
-    pub fn csv_row(&self) -> String {
-        format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{},{:.2},{:.2}",
-            self.epoch,
-            self.train_loss,
-            self.train_accuracy,
-            self.val_loss,
-            self.val_accuracy,
-            self.lr,
-            self.images_per_sec,
-            self.seconds
-        )
+impl RunInfo {
+    /// Reads a classification run's `config.json`.
+    ///
+    /// # Errors
+    /// A missing or corrupt file.
+    pub fn read(run: &RunDir) -> Result<Self, TrainError> {
+        run.read_config()
     }
 }
 
@@ -444,21 +263,6 @@ pub struct TrainOutcome<M = Classifier> {
     pub stopped_early: Option<usize>,
 }
 
-/// One optimization step on `batch`: returns the updated model, the batch's mean loss and
-/// its number of correct predictions. `label_smoothing` (0 for none) spreads that much of
-/// each target's probability over all classes; a mixed batch ([`ImageBatch::mix`], mixup or
-/// cutmix) is scored against both of its label sets, weighted by the mixing ratio.
-pub fn train_step<M: Classify>(
-    model: M,
-    optim: &mut ModuleOptimizer,
-    batch: ImageBatch,
-    lr: f64,
-    label_smoothing: f64,
-) -> (M, f64, usize) {
-    let logits = model.logits(batch.images.clone());
-    finish_step(model, optim, logits, batch, lr, label_smoothing)
-}
-
 /// Fails with a clear error when `model` (named `name`) cannot take `input` images (LeNet-5
 /// needs 32×32, say) or does not give `classes` logits, instead of a panic deep in a
 /// convolution.
@@ -485,10 +289,10 @@ pub fn check_training_input<M: Classify>(
     classes: usize,
 ) -> Result<(), TrainError> {
     check_input(model, &config.model, input, classes)?;
-    if let Some(p) = &config.progressive_resize {
+    if let Some(p) = &config.settings.progressive_resize {
         let [h, w] = p.smallest([input[1], input[2]]);
         check_input(model, &config.model, [input[0], h, w], classes).map_err(|e| {
-            TrainError::Config(format!("--progressive-resize min={}: {e}", p.min_size))
+            TrainError::setting("progressive_resize", format!("min={}: {e}", p.min_size))
         })?;
     }
     Ok(())
@@ -503,26 +307,6 @@ pub fn check_config_input(
 ) -> Result<(), TrainError> {
     let model = konv_models::build_for(&config.model, num_classes, input[0], &Device::flex())?;
     check_training_input(&model, config, input, num_classes)
-}
-
-/// What a run folder records after each epoch so that `--resume` continues exactly where
-/// the run was: the epochs done, their metrics, the best epoch so far and the files of the
-/// last checkpoint. Written (atomically) after the checkpoint files it names, so a run killed
-/// at any moment resumes from its last finished epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TrainState {
-    /// Epochs finished.
-    pub epoch: usize,
-    /// Metrics of every finished epoch.
-    pub history: Vec<EpochMetrics>,
-    /// The epoch of `best.bpk` (0 before any).
-    pub best_epoch: usize,
-    /// Its score under the run's [`Monitor`] (validation accuracy, or minus the loss).
-    pub best_score: f64,
-    /// Model weights after `epoch`, in the run folder.
-    pub checkpoint: String,
-    /// Optimizer state after `epoch`, in the run folder.
-    pub optimizer: String,
 }
 
 /// The weights `config.init_from` names, in a model built for `num_classes` classes and
@@ -540,7 +324,7 @@ pub fn initial_weights(
     let path = &crate::run::weights_path(path)?;
     let (from_classes, from_channels) = match path.parent().map(crate::run::RunDir::open) {
         Some(Ok(run)) => {
-            let info = run.read_info()?;
+            let info = RunInfo::read(&run)?;
             (info.class_names.len(), info.input[0])
         }
         _ => {
@@ -557,7 +341,7 @@ pub fn initial_weights(
         )));
     }
     let model = konv_models::build_for(name, from_classes, from_channels, device)?;
-    let model = crate::run::load_weights(model, path)?;
+    let model = crate::run::load_module(model, path)?;
     let model = if gray { model.to_grayscale() } else { model };
     Ok(if from_classes == num_classes {
         model
@@ -588,39 +372,87 @@ pub fn pretrained_normalize(
     Ok(Some(Normalize::per_channel(&stats)))
 }
 
-/// One step of transfer learning's first phase: the frozen backbone runs in inference mode
-/// (no autodiff, batch norm on its running statistics), only the head trains.
-pub fn head_step<M: Classify>(
-    model: M,
-    optim: &mut ModuleOptimizer,
-    batch: ImageBatch,
-    lr: f64,
-    label_smoothing: f64,
-) -> (M, f64, usize) {
-    let logits = model.head_logits(batch.images.clone());
-    finish_step(model, optim, logits, batch, lr, label_smoothing)
+/// The loss of one classification step: cross-entropy (with label smoothing, against both
+/// label sets of a mixed batch), the correct top-1 predictions counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClassifyStep {
+    /// Label smoothing (0 for none).
+    pub label_smoothing: f64,
 }
 
-/// Loss, accuracy, backward pass and update, from the logits of `batch`.
-fn finish_step<M: Classify>(
+impl<M: Classify> Step<M> for ClassifyStep {
+    type Batch = ImageBatch;
+
+    fn batch_len(&self, batch: &ImageBatch) -> usize {
+        batch.targets.dims()[0]
+    }
+
+    fn loss(&self, model: &M, batch: ImageBatch, frozen: bool) -> Result<StepLoss, TrainError> {
+        let n = batch.targets.dims()[0];
+        let logits = if frozen {
+            model.head_logits(batch.images)
+        } else {
+            model.logits(batch.images)
+        };
+        let (loss, right) =
+            classification_loss(logits, batch.targets, batch.mix, self.label_smoothing);
+        Ok(StepLoss {
+            loss,
+            right,
+            counted: n,
+            sums: Vec::new(),
+        })
+    }
+
+    fn split(&self, batch: &ImageBatch, start: usize, len: usize) -> ImageBatch {
+        let rows = |t: &Tensor<1, Int>| t.clone().narrow(0, start, len);
+        ImageBatch {
+            images: batch.images.clone().narrow(0, start, len),
+            targets: rows(&batch.targets),
+            mix: batch.mix.as_ref().map(|m| crate::data::Mix {
+                targets: rows(&m.targets),
+                lambda: m.lambda,
+            }),
+        }
+    }
+}
+
+/// One optimization step on `batch`: returns the updated model, the batch's mean loss and
+/// its number of correct predictions. `label_smoothing` (0 for none) spreads that much of
+/// each target's probability over all classes; a mixed batch ([`ImageBatch::mix`], mixup or
+/// cutmix) is scored against both of its label sets, weighted by the mixing ratio.
+pub fn train_step<M: Classify>(
     model: M,
     optim: &mut ModuleOptimizer,
-    logits: Tensor<2>,
     batch: ImageBatch,
     lr: f64,
     label_smoothing: f64,
 ) -> (M, f64, usize) {
-    let (loss, correct) = classification_loss(logits, batch.targets, batch.mix, label_smoothing);
-    let loss_value = loss.clone().into_scalar::<f64>();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(lr, model, grads);
-    (model, loss_value, correct)
+    let step = ClassifyStep { label_smoothing };
+    let (model, totals) = crate::engine::single_step(&step, model, optim, batch, lr, false)
+        .expect("the classification loss takes every batch");
+    (model, totals.loss, totals.right)
+}
+
+/// [`train_step`] with the batch split between `replicas` ([`crate::parallel`]).
+pub fn parallel_train_step<M: Classify>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    batch: ImageBatch,
+    lr: f64,
+    label_smoothing: f64,
+    replicas: &crate::parallel::Replicas,
+) -> (M, f64, usize) {
+    let step = ClassifyStep { label_smoothing };
+    let (model, totals) = crate::parallel::parallel_step(&step, model, optim, batch, lr, replicas)
+        .expect("the classification loss takes every batch");
+    (model, totals.loss, totals.right)
 }
 
 /// The cross-entropy of `logits` against `targets` (and, for a mixed batch, against `mix`'s
 /// classes, the two weighted), with label smoothing, and the number of correct top-1
 /// predictions.
-pub(crate) fn classification_loss(
+pub fn classification_loss(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,
     mix: Option<crate::data::Mix>,
@@ -648,10 +480,105 @@ pub(crate) fn classification_loss(
     (loss, correct)
 }
 
-/// The seed of epoch `epoch`'s randomness (dropout, shuffling, augmentation): a function of
-/// the run's seed and the epoch alone, so a resumed epoch draws what the original did.
-pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
-    seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)
+/// Classification as an [`engine`](crate::engine) task: batches from Burn's data loader
+/// (shuffled, augmented, standardized in its worker), validation accuracy as the score.
+struct ClassifyTask<'a> {
+    step: ClassifyStep,
+    name: &'a str,
+    data: &'a SplitData,
+    augment: &'a Pipeline,
+    batch_size: usize,
+    num_classes: usize,
+    preprocess: Option<Arc<Pipeline>>,
+    side: usize,
+    loader: Option<Arc<dyn burn::data::dataloader::DataLoader<ImageBatch>>>,
+}
+
+impl<M: Classify> Step<M> for ClassifyTask<'_> {
+    type Batch = ImageBatch;
+
+    fn batch_len(&self, batch: &ImageBatch) -> usize {
+        <ClassifyStep as Step<M>>::batch_len(&self.step, batch)
+    }
+
+    fn loss(&self, model: &M, batch: ImageBatch, frozen: bool) -> Result<StepLoss, TrainError> {
+        self.step.loss(model, batch, frozen)
+    }
+
+    fn split(&self, batch: &ImageBatch, start: usize, len: usize) -> ImageBatch {
+        <ClassifyStep as Step<M>>::split(&self.step, batch, start, len)
+    }
+}
+
+impl<M: Classify> Task<M> for ClassifyTask<'_> {
+    fn train_len(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn start_epoch(
+        &mut self,
+        seed: u64,
+        epoch: usize,
+        epoch_seed: u64,
+        device: &Device,
+    ) -> Result<(), TrainError> {
+        self.loader = Some(loader(
+            self.data.train.clone(),
+            self.data.normalize,
+            self.batch_size,
+            Some(epoch_seed),
+            Some(Arc::new(self.augment.for_epoch(seed, epoch))),
+            device,
+        ));
+        Ok(())
+    }
+
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<ImageBatch, TrainError>> + '_> {
+        match &self.loader {
+            Some(loader) => Box::new(
+                loader
+                    .iter()
+                    .map(|b| b.map_err(|e| TrainError::Config(e.to_string()))),
+            ),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+
+    fn input_side(&self) -> usize {
+        self.side
+    }
+
+    fn resize(&self, mut batch: ImageBatch, side: usize) -> Result<ImageBatch, String> {
+        batch.images = resize_batch(batch.images, side);
+        Ok(batch)
+    }
+
+    fn freeze(&self, model: M) -> Result<M, String> {
+        model
+            .freeze_backbone()
+            .map_err(|e| format!("`{}`: {e}; train without a frozen phase", self.name))
+    }
+
+    fn validate(&self, model: &M) -> Validation {
+        let val = evaluate_with(
+            model,
+            &self.data.val,
+            self.data.normalize,
+            self.batch_size,
+            self.num_classes,
+            self.preprocess.clone(),
+        );
+        Validation {
+            loss: val.loss,
+            accuracy: val.accuracy(),
+            score: val.accuracy(),
+            columns: Vec::new(),
+        }
+    }
+
+    fn default_monitor(&self) -> Monitor {
+        Monitor::ValAccuracy
+    }
 }
 
 /// Trains the zoo model `config.model` on `data`, on `device` (autodiff is added here),
@@ -691,7 +618,6 @@ pub fn train_model<M: Classify>(
     run: Option<&RunDir>,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome<M>, TrainError> {
-    let model = onto_training_device(model, device);
     train_from(
         model,
         config,
@@ -716,7 +642,6 @@ pub fn resume_model<M: Classify>(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome<M>, TrainError> {
     let state = run.read_state()?;
-    let model = onto_training_device(model, device);
     train_from(
         model,
         config,
@@ -729,24 +654,7 @@ pub fn resume_model<M: Classify>(
     )
 }
 
-/// `model` on `device` with autodiff, ready to train (as it is when already there).
-fn onto_training_device<M: Classify>(model: M, device: &Device) -> M {
-    let train_device = device.clone().autodiff();
-    let devices = model.devices();
-    // (Device equality does not tell a device from its autodiff wrapper.)
-    if !devices.is_empty()
-        && devices
-            .iter()
-            .all(|d| *d == train_device && d.is_autodiff())
-    {
-        return model;
-    }
-    // Plain tensors on `device`, then lifted to autodiff with gradients on (Burn's
-    // `valid` → `train` transition).
-    model.valid().to_device(device).train()
-}
-
-/// The zoo model of `config` for `data`'s channels, seeded with `config.seed`, from
+/// The zoo model of `config` for `data`'s channels, seeded with `config.settings.seed`, from
 /// `config.init_from` when given, on `device` with autodiff.
 fn zoo_model(
     config: &TrainConfig,
@@ -754,8 +662,8 @@ fn zoo_model(
     data: &SplitData,
     device: &Device,
 ) -> Result<Classifier, TrainError> {
-    let train_device = device.clone().autodiff();
-    train_device.seed(config.seed);
+    let train_device = crate::engine::training_device(device);
+    train_device.seed(config.settings.seed);
     // The model takes the data's channels (1 for IDX files, 1 or 3 for image folders).
     let channels = data.train.images.channels;
     Ok(match &config.init_from {
@@ -793,7 +701,7 @@ pub fn resume(
 
 #[allow(clippy::too_many_arguments)]
 fn train_from<M: Classify>(
-    mut model: M,
+    model: M,
     config: &TrainConfig,
     num_classes: usize,
     data: &SplitData,
@@ -804,213 +712,68 @@ fn train_from<M: Classify>(
 ) -> Result<TrainOutcome<M>, TrainError> {
     config.validate()?;
     if data.train.is_empty() {
-        return Err(TrainError::Config("the training set is empty".into()));
+        return Err(TrainError::setting(
+            "limit",
+            "the training set is empty".into(),
+        ));
     }
-    let train_device = device.clone().autodiff();
-    let (rows, cols) = config
+    let settings = &config.settings;
+    let (rows, cols) = settings
         .augment
         .output_size(data.train.images.rows, data.train.images.cols);
     let input = [data.train.images.channels, rows, cols];
-    let preprocess = Some(Arc::new(config.augment.eval_steps()));
     check_training_input(&model, config, input, num_classes)?;
-    let steps = data.train.len().div_ceil(config.batch_size);
-    let phase2 = |model: &M| -> Result<(ModuleOptimizer, ScheduleDriver), TrainError> {
-        let schedule = ScheduleDriver::new(
-            &config.lr_schedule,
-            config.lr,
-            steps,
-            config.epochs - config.freeze_epochs,
-        )
-        .map_err(|e| TrainError::Config(format!("--lr-schedule: {e}")))?;
-        Ok((config.optimizer(model), schedule))
+    let preprocess = Some(Arc::new(settings.augment.eval_steps()));
+    let mut task = ClassifyTask {
+        step: ClassifyStep {
+            label_smoothing: config.label_smoothing,
+        },
+        name: &config.model,
+        data,
+        augment: &settings.augment,
+        batch_size: settings.batch_size,
+        num_classes,
+        preprocess: preprocess.clone(),
+        side: rows.min(cols),
+        loader: None,
     };
-    let mut frozen = config.freeze_epochs > 0;
-    if frozen {
-        model = model.freeze_backbone().map_err(|e| {
-            TrainError::Config(format!(
-                "`{}`: {e}; train without a frozen phase",
-                config.model
-            ))
-        })?;
-    }
-    let (mut optim, mut schedule) = phase2(&model)?;
-    let mut history = Vec::new();
-    let mut best = (f64::NEG_INFINITY, model.valid(), 0);
-    let mut first_epoch = 1;
-    if let Some(state) = state {
-        let run = run.expect("resume has a run folder");
-        if state.epoch >= config.epochs {
-            return Err(TrainError::Config(format!(
-                "{}: the run already finished its {} epochs",
-                run.path.display(),
-                config.epochs
-            )));
-        }
-        model = crate::run::load_module(model, &run.path.join(&state.checkpoint))?;
-        if state.epoch >= config.freeze_epochs && frozen {
-            model = model.unfreeze();
-            frozen = false;
-        }
-        // Built on the loaded parameters: their ids (restored from the checkpoint) are what
-        // parameter groups such as the no-decay one match.
-        (optim, schedule) = phase2(&model)?;
-        // Right after the first phase the fine-tuning optimizer starts fresh.
-        if !(config.freeze_epochs > 0 && state.epoch == config.freeze_epochs) {
-            optim = run.load_optimizer(optim, &state.optimizer)?;
-        }
-        // Replay the schedule through the finished fine-tuning epochs.
-        for m in &state.history[config.freeze_epochs.min(state.epoch)..state.epoch] {
-            for _ in 0..steps {
-                schedule.next_lr();
-            }
-            schedule.epoch_end(m.val_loss);
-        }
-        if state.best_epoch > 0 {
-            let best_model = crate::run::load_module(model.valid(), &run.path.join(BEST))?;
-            best = (state.best_score, best_model, state.best_epoch);
-        }
-        history = state.history;
-        first_epoch = state.epoch + 1;
-    }
-    let mut stopped_early = None;
-    let replicas = match config.replicas {
-        0 | 1 => None,
-        n => Some(crate::parallel::Replicas::new(n)?),
-    };
-
-    for epoch in first_epoch..=config.epochs {
-        if frozen && epoch > config.freeze_epochs {
-            // Phase 2: everything trains, with a fresh optimizer (Keras recompiles).
-            model = model.unfreeze();
-            frozen = false;
-            (optim, schedule) = phase2(&model)?;
-        }
-        let start = Instant::now();
-        let seed = epoch_seed(config.seed, epoch);
-        train_device.seed(seed);
-        let batches = loader(
-            data.train.clone(),
-            data.normalize,
-            config.batch_size,
-            Some(seed),
-            Some(Arc::new(config.augment.for_epoch(config.seed, epoch))),
-            &train_device,
-        );
-        observer.epoch_start(epoch, config.epochs, steps);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        let mut lr = config.head_lr.unwrap_or(config.lr);
-        let side = config
-            .progressive_resize
-            .map(|p| p.size_at(epoch, rows.min(cols)));
-        for batch in batches.iter() {
-            let mut batch = batch.map_err(|e| TrainError::Config(e.to_string()))?;
-            if let Some(side) = side {
-                batch.images = resize_batch(batch.images, side);
-            }
-            let n = batch.targets.dims()[0];
-            let (next, loss, ok) = if frozen {
-                head_step(model, &mut optim, batch, lr, config.label_smoothing)
-            } else {
-                lr = schedule.next_lr();
-                match &replicas {
-                    Some(replicas) => crate::parallel::parallel_train_step(
-                        model,
-                        &mut optim,
-                        batch,
-                        lr,
-                        config.label_smoothing,
-                        replicas,
-                    ),
-                    None => train_step(model, &mut optim, batch, lr, config.label_smoothing),
-                }
-            };
-            model = next;
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: seen / config.batch_size + 1,
-                });
-            }
-            loss_sum += loss * n as f64;
-            correct += ok;
-            seen += n;
-            let secs = start.elapsed().as_secs_f64();
-            observer.step(
-                seen,
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-                seen as f64 / secs,
-            );
-            if observer.interrupted() {
-                return Err(TrainError::Interrupted { epoch });
-            }
-        }
-        let train_secs = start.elapsed().as_secs_f64();
-        let valid = model.valid();
-        let val = evaluate_with(
-            &valid,
-            &data.val,
-            data.normalize,
-            config.batch_size,
-            num_classes,
-            preprocess.clone(),
-        );
-        let metrics = EpochMetrics {
-            epoch,
-            train_loss: loss_sum / seen as f64,
-            train_accuracy: correct as f64 / seen as f64,
-            val_loss: val.loss,
-            val_accuracy: val.accuracy(),
-            lr,
-            images_per_sec: seen as f64 / train_secs,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        if !frozen {
-            schedule.epoch_end(val.loss);
-        }
-        let improved = config.monitor.score(&metrics) > best.0;
-        if improved {
-            best = (config.monitor.score(&metrics), valid.clone(), epoch);
-        }
-        history.push(metrics.clone());
-        if let Some(run) = run {
-            run.save_epoch(
-                &valid,
-                &optim,
-                improved,
-                TrainState {
-                    epoch,
-                    history: history.clone(),
-                    best_epoch: best.2,
-                    best_score: best.0,
-                    checkpoint: String::new(),
-                    optimizer: String::new(),
-                },
-                config.keep_checkpoints,
-            )?;
-        }
-        observer.epoch_end(&metrics, improved);
-        if let Some(patience) = config.early_stop
-            && epoch - best.2 >= patience.max(1)
-        {
-            stopped_early = Some(epoch);
-            break;
-        }
-    }
+    let fitted = crate::engine::fit(settings, model, &mut task, device, run, state, observer)?;
     let test = evaluate_with(
-        &best.1,
+        &fitted.best,
         &data.test,
         data.normalize,
-        config.batch_size,
+        settings.batch_size,
         num_classes,
         preprocess,
     );
     Ok(TrainOutcome {
-        model: model.valid(),
-        best: best.1,
-        best_epoch: best.2,
-        history,
+        model: fitted.last,
+        best: fitted.best,
+        best_epoch: fitted.best_epoch,
+        history: fitted.history.into_iter().map(|e| e.metrics).collect(),
         test,
-        stopped_early,
+        stopped_early: fitted.stopped_early,
     })
+}
+
+/// Builds the model a run trained and loads its best weights (or `weights`, when given) on
+/// `device`.
+///
+/// # Errors
+/// A run folder without a readable `config.json`, an unknown model, or weights that do not
+/// fit it.
+pub fn load_run_model(
+    run: &RunDir,
+    weights: Option<&std::path::Path>,
+    device: &Device,
+) -> Result<(RunInfo, Classifier), TrainError> {
+    let info = RunInfo::read(run)?;
+    let channels = info.input[0];
+    let model =
+        konv_models::build_for(&info.config.model, info.class_names.len(), channels, device)?;
+    let path = weights.map_or_else(
+        || run.path.join(crate::run::BEST),
+        std::path::Path::to_path_buf,
+    );
+    Ok((info.clone(), crate::run::load_module(model, &path)?))
 }

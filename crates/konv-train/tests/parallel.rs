@@ -5,8 +5,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use konv_models::Classifier;
 use konv_train::data::ImageBatch;
-use konv_train::parallel::{Replicas, parallel_train_step};
-use konv_train::train::{TrainConfig, train_step};
+use konv_train::parallel::Replicas;
+use konv_train::train::{TrainConfig, parallel_train_step, train_step};
 
 /// Burn's random generator is per process: tests that seed it must not run interleaved.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -34,7 +34,10 @@ fn replicas_take_the_same_step_as_one_model() {
     let batches: Vec<ImageBatch> = (0..3).map(|_| random_batch(7, 32, &device)).collect();
     let probe = Tensor::<4>::random([4, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let config = TrainConfig {
-        weight_decay: 1e-3,
+        settings: konv_train::engine::Settings {
+            weight_decay: 1e-3,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let build = || {
@@ -145,8 +148,11 @@ fn replicas_with_batch_norm_are_deterministic() {
 fn replicas_are_checked() {
     assert!(Replicas::new(0).is_err());
     let config = TrainConfig {
-        replicas: 65,
-        batch_size: 64,
+        settings: konv_train::engine::Settings {
+            replicas: 65,
+            batch_size: 64,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let err = config.validate().unwrap_err().to_string();

@@ -51,13 +51,16 @@ fn a_few_steps_lower_the_loss_on_a_tiny_batch() {
 
 fn tiny_config() -> TrainConfig {
     TrainConfig {
-        epochs: 2,
-        batch_size: 16,
-        limit: Some(48),
-        val_size: 32,
-        seed: 3,
-        // Augmented, so that the same-seed test covers the augmentation's reproducibility.
-        augment: "flip,crop=2,erase=0.5".parse().unwrap(),
+        settings: konv_train::engine::Settings {
+            epochs: 2,
+            batch_size: 16,
+            limit: Some(48),
+            val_size: 32,
+            seed: 3,
+            // Augmented, so that the same-seed test covers the augmentation's reproducibility.
+            augment: "flip,crop=2,erase=0.5".parse().unwrap(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -65,7 +68,12 @@ fn tiny_config() -> TrainConfig {
 /// `config` trained on the embedded subset without a run folder, tested on `test` images.
 fn train_tiny(config: &TrainConfig, test: usize) -> konv_train::train::TrainOutcome {
     let dataset = embedded_fashion_mnist();
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    let mut data = SplitData::new(
+        &dataset,
+        config.settings.val_size,
+        config.settings.limit,
+        config.settings.seed,
+    );
     data.test = Arc::new(dataset.test.take(test));
     let device = BackendName::Cpu.open().unwrap();
     train(config, 10, &data, &device, None, &mut Silent).unwrap()
@@ -76,7 +84,12 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dataset = embedded_fashion_mnist();
     let config = tiny_config();
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    let mut data = SplitData::new(
+        &dataset,
+        config.settings.val_size,
+        config.settings.limit,
+        config.settings.seed,
+    );
     data.test = Arc::new(dataset.test.take(40));
     let device = BackendName::Cpu.open().unwrap();
     let dir = std::env::temp_dir().join(format!("konv-train-test-{}", std::process::id()));
@@ -91,7 +104,10 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     // A different seed gives a different curve.
     let c = train(
         &TrainConfig {
-            seed: 4,
+            settings: konv_train::engine::Settings {
+                seed: 4,
+                ..config.settings.clone()
+            },
             ..config.clone()
         },
         10,
@@ -119,7 +135,7 @@ fn same_seed_same_curve_and_checkpoints_reload() {
 
     // The best weights reload and evaluate to the same test accuracy.
     let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
-    let model = run::load_weights(model, &dir.join(run::BEST)).unwrap();
+    let model = run::load_module(model, &dir.join(run::BEST)).unwrap();
     let report = konv_train::eval::evaluate(&model, &data.test, data.normalize, 16, 10);
     assert_eq!(report.confusion, a.test.confusion);
 
@@ -141,9 +157,12 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     // Starting from the saved weights: with a negligible learning rate, the first epoch
     // validates as the saved model does.
     let resumed = TrainConfig {
-        epochs: 1,
-        lr: 1e-12,
         init_from: Some(dir.join(run::BEST)),
+        settings: konv_train::engine::Settings {
+            epochs: 1,
+            lr: 1e-12,
+            ..config.settings.clone()
+        },
         ..config.clone()
     };
     let r = train(&resumed, 10, &data, &device, None, &mut Silent).unwrap();
@@ -163,7 +182,7 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     // A corrupt weights file is an error naming it, not a panic.
     std::fs::write(dir.join("bad.bpk"), b"not a burnpack").unwrap();
     let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
-    let err = run::load_weights(model, &dir.join("bad.bpk"))
+    let err = run::load_module(model, &dir.join("bad.bpk"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("bad.bpk"), "{err}");
@@ -211,13 +230,19 @@ fn weight_decay_and_gradient_clipping_reach_the_optimizer() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // Plain SGD, so that a step is exactly lr · gradient.
     let plain = TrainConfig {
-        momentum: 0.0,
+        settings: konv_train::engine::Settings {
+            momentum: 0.0,
+            ..Default::default()
+        },
         ..TrainConfig::default()
     };
     let (step, _) = first_step_change(&plain, 0.1);
     // Clipping each gradient to norm 1e-3: one step of lr 0.1 moves conv1 by at most 1e-4.
     let clipped = TrainConfig {
-        clip_grad_norm: Some(1e-3),
+        settings: konv_train::engine::Settings {
+            clip_grad_norm: Some(1e-3),
+            ..plain.settings.clone()
+        },
         ..plain.clone()
     };
     let (clipped_step, _) = first_step_change(&clipped, 0.1);
@@ -225,7 +250,10 @@ fn weight_decay_and_gradient_clipping_reach_the_optimizer() {
     assert!(step > 10.0 * clipped_step, "{step} vs {clipped_step}");
     // A weight decay of 10 adds 10·w to the gradient: the step grows by about lr·10·|w|.
     let decayed = TrainConfig {
-        weight_decay: 10.0,
+        settings: konv_train::engine::Settings {
+            weight_decay: 10.0,
+            ..plain.settings.clone()
+        },
         ..plain.clone()
     };
     let (decayed_step, norm) = first_step_change(&decayed, 0.1);
@@ -240,9 +268,12 @@ fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // A learning rate of 0: nothing improves after the first epoch.
     let config = TrainConfig {
-        epochs: 6,
-        lr: 0.0,
-        early_stop: Some(2),
+        settings: konv_train::engine::Settings {
+            epochs: 6,
+            lr: 0.0,
+            early_stop: Some(2),
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
     let outcome = train_tiny(&config, 16);
@@ -255,7 +286,10 @@ fn early_stopping_ends_the_run_and_keeps_the_best_epoch() {
     assert_eq!(outcome.best_epoch, 1);
     // Watching the validation loss instead: the same, since nothing changes.
     let by_loss = TrainConfig {
-        monitor: "val-loss".parse().unwrap(),
+        settings: konv_train::engine::Settings {
+            monitor: Some("val-loss".parse().unwrap()),
+            ..config.settings.clone()
+        },
         ..config
     };
     let outcome = train_tiny(&by_loss, 16);
@@ -334,17 +368,25 @@ fn an_interrupted_run_resumes_to_exactly_the_same_end() {
     // Dropout, augmentation, momentum, a plateau schedule and two parameter groups: every
     // piece of state a resume must restore.
     let config = TrainConfig {
-        epochs: 4,
-        lr_schedule: "plateau:patience=1,factor=0.5".parse().unwrap(),
-        keep_checkpoints: 2,
-        // A second parameter group (biases and norms without decay): its members are
-        // matched by parameter id, which must survive the resume.
-        weight_decay: 5e-3,
-        no_decay_bias_norm: true,
         label_smoothing: 0.1,
+        settings: konv_train::engine::Settings {
+            epochs: 4,
+            lr_schedule: "plateau:patience=1,factor=0.5".parse().unwrap(),
+            keep_checkpoints: 2,
+            // A second parameter group (biases and norms without decay): its members are
+            // matched by parameter id, which must survive the resume.
+            weight_decay: 5e-3,
+            no_decay_bias_norm: true,
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    let mut data = SplitData::new(
+        &dataset,
+        config.settings.val_size,
+        config.settings.limit,
+        config.settings.seed,
+    );
     data.test = Arc::new(dataset.test.take(32));
     let device = BackendName::Cpu.open().unwrap();
     let base = std::env::temp_dir().join(format!("konv-resume-{}", std::process::id()));
@@ -416,7 +458,12 @@ fn an_interrupted_run_resumes_to_exactly_the_same_end() {
 /// uninterrupted outcome.
 fn resumes_exactly(config: &TrainConfig, tag: &str) -> konv_train::train::TrainOutcome {
     let dataset = embedded_fashion_mnist();
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    let mut data = SplitData::new(
+        &dataset,
+        config.settings.val_size,
+        config.settings.limit,
+        config.settings.seed,
+    );
     data.test = Arc::new(dataset.test.take(32));
     let device = BackendName::Cpu.open().unwrap();
     let base = std::env::temp_dir().join(format!("konv-{tag}-{}", std::process::id()));
@@ -440,10 +487,13 @@ fn a_run_on_two_replicas_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let config = TrainConfig {
         model: "resnet20".into(),
-        epochs: 3,
-        replicas: 2,
-        lr: 0.05,
-        weight_decay: 5e-4,
+        settings: konv_train::engine::Settings {
+            epochs: 3,
+            replicas: 2,
+            lr: 0.05,
+            weight_decay: 5e-4,
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
     let whole = resumes_exactly(&config, "replicas");
@@ -458,13 +508,19 @@ fn progressive_resizing_trains_small_first_and_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let full = TrainConfig {
         model: "resnet20".into(),
-        epochs: 3,
-        lr: 0.05,
-        augment: "flip".parse().unwrap(),
+        settings: konv_train::engine::Settings {
+            epochs: 3,
+            lr: 0.05,
+            augment: "flip".parse().unwrap(),
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
     let config = TrainConfig {
-        progressive_resize: Some("min=14,start=1,end=3".parse().unwrap()),
+        settings: konv_train::engine::Settings {
+            progressive_resize: Some("min=14,start=1,end=3".parse().unwrap()),
+            ..full.settings.clone()
+        },
         ..full.clone()
     };
     let whole = resumes_exactly(&config, "progressive");
@@ -483,10 +539,13 @@ fn progressive_resizing_trains_small_first_and_resumes_exactly() {
 fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let config = TrainConfig {
-        epochs: 4,
-        lr: 0.02,
-        limit: Some(96),
-        monitor: "val-loss".parse().unwrap(),
+        settings: konv_train::engine::Settings {
+            epochs: 4,
+            lr: 0.02,
+            limit: Some(96),
+            monitor: Some("val-loss".parse().unwrap()),
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
     let outcome = train_tiny(&config, 16);
@@ -501,7 +560,10 @@ fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     assert_eq!(outcome.best_epoch, lowest, "losses {losses:?}");
     let by_accuracy = train_tiny(
         &TrainConfig {
-            monitor: "val-accuracy".parse().unwrap(),
+            settings: konv_train::engine::Settings {
+                monitor: Some("val-accuracy".parse().unwrap()),
+                ..config.settings.clone()
+            },
             ..config.clone()
         },
         16,
@@ -513,19 +575,25 @@ fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     // `last` keeps the final epoch even though validation loss rose after `lowest`.
     let last = train_tiny(
         &TrainConfig {
-            monitor: "last".parse().unwrap(),
+            settings: konv_train::engine::Settings {
+                monitor: Some("last".parse().unwrap()),
+                ..config.settings.clone()
+            },
             ..config.clone()
         },
         16,
     );
-    assert_eq!(last.best_epoch, config.epochs);
+    assert_eq!(last.best_epoch, config.settings.epochs);
     // The same run as the others up to the choice of weights.
     let last_losses: Vec<f64> = last.history.iter().map(|m| m.val_loss).collect();
     assert_eq!(last_losses, losses);
     // Early stopping needs a metric to watch.
     let err = TrainConfig {
-        monitor: "last".parse().unwrap(),
-        early_stop: Some(2),
+        settings: konv_train::engine::Settings {
+            monitor: Some("last".parse().unwrap()),
+            early_stop: Some(2),
+            ..config.settings.clone()
+        },
         ..config
     }
     .validate()
@@ -545,8 +613,11 @@ fn transfer_phases_train_the_head_then_everything() {
     let base = std::env::temp_dir().join(format!("konv-transfer-{}", std::process::id()));
     // Pretrain on classes 0–4.
     let pre_config = TrainConfig {
-        epochs: 1,
         classes: Some(vec![0, 1, 2, 3, 4]),
+        settings: konv_train::engine::Settings {
+            epochs: 1,
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
     let pre_data = SplitData::with_classes(&dataset, Some(&[0, 1, 2, 3, 4]), 32, Some(48), 3);
@@ -562,7 +633,7 @@ fn transfer_phases_train_the_head_then_everything() {
         train_size: pre_data.train.len(),
         val_size: pre_data.val.len(),
     };
-    pre_dir.write_info(&info).unwrap();
+    pre_dir.write_config(&info).unwrap();
     let pre = train(
         &pre_config,
         5,
@@ -575,23 +646,26 @@ fn transfer_phases_train_the_head_then_everything() {
 
     // Transfer to 3 other classes: one frozen epoch, then one of fine-tuning.
     let config = TrainConfig {
-        epochs: 2,
         classes: Some(vec![5, 7, 9]),
         init_from: Some(pre_dir.path.join(run::BEST)),
-        freeze_epochs: 1,
-        head_lr: Some(0.1),
-        keep_checkpoints: 2,
+        settings: konv_train::engine::Settings {
+            epochs: 2,
+            freeze_epochs: 1,
+            head_lr: Some(0.1),
+            keep_checkpoints: 2,
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
     let data = SplitData::with_classes(&dataset, Some(&[5, 7, 9]), 32, Some(48), 3);
     let dir = RunDir::create(&base.join("transfer")).unwrap();
     let out = train(&config, 3, &data, &device, Some(&dir), &mut Silent).unwrap();
     assert_eq!(out.history[0].lr, 0.1, "phase 1 at --head-lr");
-    assert_eq!(out.history[1].lr, config.lr, "phase 2 at --lr");
+    assert_eq!(out.history[1].lr, config.settings.lr, "phase 2 at --lr");
     // After phase 1 the backbone equals the pretrained one (frozen, and its batch-norm
     // statistics untouched); the head has changed.
     let after_head = konv_models::build_for("fashion-cnn", 3, 1, &device).unwrap();
-    let after_head = run::load_weights(after_head, &dir.path.join("epoch-0001.bpk")).unwrap();
+    let after_head = run::load_module(after_head, &dir.path.join("epoch-0001.bpk")).unwrap();
     let (Classifier::FashionCnn(p), Classifier::FashionCnn(h), Classifier::FashionCnn(t)) =
         (&pre.best, &after_head, &out.model)
     else {
@@ -618,12 +692,12 @@ fn an_interrupted_detection_run_resumes_to_the_same_end() {
     config.scene.size = 48;
     config.scene.scale_max = 1.2;
     config.scene.items_max = 2;
-    config.epochs = 3;
-    config.batch_size = 8;
-    config.limit = Some(100);
-    config.val_size = 16;
-    config.weight_decay = 5e-3;
-    config.augment = "flip".parse().unwrap();
+    config.settings.epochs = 3;
+    config.settings.batch_size = 8;
+    config.settings.limit = Some(100);
+    config.settings.val_size = 16;
+    config.settings.weight_decay = 5e-3;
+    config.settings.augment = "flip".parse().unwrap();
     let mut data = DetectData::generate(&dataset, &config).unwrap();
     data.test = data.test.select(&(0..6).collect::<Vec<_>>());
     let names: Vec<String> = dataset
@@ -643,7 +717,7 @@ fn an_interrupted_detection_run_resumes_to_the_same_end() {
         &mut Silent,
     )
     .unwrap();
-    let steps = data.train.len().div_ceil(config.batch_size);
+    let steps = data.train.len().div_ceil(config.settings.batch_size);
     let cut_dir = RunDir::create(&base.join("cut")).unwrap();
     let err = train_detector(
         &config,
@@ -662,9 +736,12 @@ fn an_interrupted_detection_run_resumes_to_the_same_end() {
         "{err}"
     );
     let resumed = resume_detector(&data, &device, &cut_dir, &mut Silent).unwrap();
-    let metrics = |h: &[konv_train::fit::FitEpoch]| {
+    let metrics = |h: &[konv_train::record::EpochRecord]| {
         let m: Vec<_> = h.iter().map(|e| e.metrics.clone()).collect();
-        (curve(&m), h.iter().map(|e| e.val_score).collect::<Vec<_>>())
+        (
+            curve(&m),
+            h.iter().map(|e| e.get("val_map50")).collect::<Vec<_>>(),
+        )
     };
     assert_eq!(metrics(&resumed.history), metrics(&whole.history));
     assert_eq!(resumed.best_epoch, whole.best_epoch);
@@ -702,14 +779,22 @@ fn an_exported_folder_trains_exactly_like_the_idx_files() {
     let folder = ImageFolder::open(&root, &options).unwrap();
     assert_eq!(folder.input(), [1, 28, 28], "gray PNGs read as one channel");
     let config = TrainConfig {
-        epochs: 2,
-        batch_size: 16,
-        val_size: 40,
-        seed: 5,
-        augment: "flip,crop=2".parse().unwrap(),
+        settings: konv_train::engine::Settings {
+            epochs: 2,
+            batch_size: 16,
+            val_size: 40,
+            seed: 5,
+            augment: "flip,crop=2".parse().unwrap(),
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let from_folder = SplitData::from_folder(&folder, config.val_size, None, config.seed);
+    let from_folder = SplitData::from_folder(
+        &folder,
+        config.settings.val_size,
+        None,
+        config.settings.seed,
+    );
     // The folder lists images class by class (torchvision's ImageFolder order): the same
     // IDX images in that order are the same run.
     let by_class = |set: &konv_datasets::ImageSet| {
@@ -722,7 +807,7 @@ fn an_exported_folder_trains_exactly_like_the_idx_files() {
         test: by_class(&test_set),
         ..dataset
     };
-    let mut from_idx = SplitData::new(&idx, config.val_size, None, config.seed);
+    let mut from_idx = SplitData::new(&idx, config.settings.val_size, None, config.settings.seed);
     assert_eq!(
         from_idx.train.images, from_folder.train.images,
         "PNGs are lossless"
@@ -780,11 +865,14 @@ fn rgb_images_train_through_every_channel() {
     };
     let config = TrainConfig {
         model: "resnet20".into(),
-        epochs: 4,
-        batch_size: 16,
-        lr: 0.05,
-        seed: 1,
-        augment: "flip".parse().unwrap(),
+        settings: konv_train::engine::Settings {
+            epochs: 4,
+            batch_size: 16,
+            lr: 0.05,
+            seed: 1,
+            augment: "flip".parse().unwrap(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let device = BackendName::Cpu.open().unwrap();
@@ -823,11 +911,19 @@ fn a_model_of_your_own_trains_and_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let config = TrainConfig {
         model: "own-net".into(),
-        lr: 0.05,
+        settings: konv_train::engine::Settings {
+            lr: 0.05,
+            ..tiny_config().settings
+        },
         ..tiny_config()
     };
     let dataset = embedded_fashion_mnist();
-    let mut data = SplitData::new(&dataset, config.val_size, config.limit, config.seed);
+    let mut data = SplitData::new(
+        &dataset,
+        config.settings.val_size,
+        config.settings.limit,
+        config.settings.seed,
+    );
     data.test = Arc::new(dataset.test.take(64));
     let device = BackendName::Cpu.open().unwrap();
     // Built on the plain device, as a user would; the same weights each time.
@@ -886,7 +982,10 @@ fn a_model_of_your_own_trains_and_resumes_exactly() {
     assert!(err.to_string().contains("not [1, 5]"), "{err}");
     // No backbone/head split: a frozen phase is refused.
     let frozen = TrainConfig {
-        freeze_epochs: 1,
+        settings: konv_train::engine::Settings {
+            freeze_epochs: 1,
+            ..config.settings.clone()
+        },
         ..config.clone()
     };
     let err = train_model(fresh(), &frozen, 10, &data, &device, None, &mut Silent).unwrap_err();

@@ -49,10 +49,12 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) early_stop: Option<u32>,
     /// What picks the best epoch (best.bpk, the test evaluation) and what --early-stop
-    /// watches: val-accuracy (highest), val-loss (lowest) or last (the final epoch; not with
-    /// --early-stop).
-    #[arg(long, default_value = "val-accuracy")]
-    pub(crate) monitor: konv_train::train::Monitor,
+    /// watches: val-accuracy (highest), val-loss (lowest), score (the task's: mean IoU for
+    /// localize and segment, mAP@0.5 for detect) or last (the final epoch; not with
+    /// --early-stop). Default: val-accuracy for classification, val-loss for localize, score
+    /// for segment and detect.
+    #[arg(long)]
+    pub(crate) monitor: Option<konv_train::train::Monitor>,
     /// Optimizer: sgd, adam, adamw (decoupled weight decay) or rmsprop.
     #[arg(long, default_value = "sgd")]
     pub(crate) optimizer: konv_train::optim::OptimizerName,
@@ -65,7 +67,7 @@ pub(crate) struct TrainArgs {
     /// Split each batch between this many model replicas, one CPU thread each, gradients
     /// summed (data parallelism over cores: --replicas 2 on a 2-core machine). Batch norm
     /// then normalizes each replica's share on its own; dropout masks are drawn in thread
-    /// order, so runs with dropout are no longer bit-reproducible. Classifiers, CPU backend.
+    /// order, so runs with dropout are no longer bit-reproducible. CPU backend, every task.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) replicas: u32,
     /// Train the first epochs on smaller images: `min=20,start=4,end=8` trains on 20×20

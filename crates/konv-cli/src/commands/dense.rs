@@ -17,7 +17,7 @@ pub(crate) fn train_localize(
     mode: OutputMode,
 ) -> Result<()> {
     use konv_train::localize::{CanvasSpec, LocalizeConfig, LocalizeData, train_localizer};
-    classification_only_flags(args)?;
+    task_flags(args)?;
     let device = args.backend.open()?;
     let config = LocalizeConfig {
         model: args.model.clone(),
@@ -31,24 +31,13 @@ pub(crate) fn train_localize(
             noise: args.noise as f32,
             clutter: args.clutter,
         },
-        epochs: args.epochs as usize,
-        batch_size: args.batch_size as usize,
-        lr: args.lr,
-        lr_schedule: args.lr_schedule.clone(),
-        optimizer: args.optimizer,
-        momentum: args.momentum,
-        nesterov: args.nesterov,
-        weight_decay: args.weight_decay,
         loss_weights: args.loss_weights.clone(),
         box_loss: if args.box_loss == "smooth-l1" {
             konv_train::loss::BoxLoss::SmoothL1
         } else {
             konv_train::loss::BoxLoss::Mse
         },
-        augment: args.augment.clone(),
-        seed: args.seed,
-        val_size,
-        limit: args.limit,
+        settings: dense_settings(args, val_size),
     };
     konv_models::registry::info(&config.model)?;
     config.validate()?;
@@ -77,7 +66,7 @@ pub(crate) fn train_localize(
         );
     }
     let started = std::time::Instant::now();
-    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let mut observer = ConsoleObserver::new(mode, config.settings.batch_size);
     let outcome = train_localizer(
         &config,
         &names,
@@ -86,16 +75,7 @@ pub(crate) fn train_localize(
         Some(&run_dir),
         &mut observer,
     )?;
-    println!(
-        "test accuracy {:.2}%, mean IoU {:.3} ({:.1}% of boxes with IoU ≥ 0.5; best validation epoch {}, {} test images), {:.0}s in all; weights in {}",
-        100.0 * outcome.test.accuracy,
-        outcome.test.mean_iou,
-        100.0 * outcome.test.iou50,
-        outcome.best_epoch,
-        outcome.test.count,
-        started.elapsed().as_secs_f64(),
-        out.join(run::BEST).display()
-    );
+    print_localize_outcome(&outcome, "s in all", started, &out.join(run::BEST));
     Ok(())
 }
 
@@ -105,7 +85,7 @@ pub(crate) fn train_segment(
     mode: OutputMode,
 ) -> Result<()> {
     use konv_train::segment::{SceneSpec, SegmentConfig, SegmentData, train_segmenter};
-    classification_only_flags(args)?;
+    task_flags(args)?;
     // `--model fcn8s --backbone resnet20`, or the zoo's name `fcn8s-resnet20`.
     let (variant, backbone) = match args.model.split_once('-') {
         Some((v, b)) if v.starts_with("fcn") => (v.to_string(), b.to_string()),
@@ -130,20 +110,11 @@ pub(crate) fn train_segment(
             scale_min: args.scale.map_or(1.0, |s| s.0),
             scale_max: args.scale.map_or(1.5, |s| s.1),
         },
-        epochs: args.epochs as usize,
-        batch_size: args.batch_size as usize,
-        lr: args.lr,
-        lr_schedule: args.lr_schedule.clone(),
-        optimizer: args.optimizer,
-        momentum: args.momentum,
-        nesterov: args.nesterov,
-        weight_decay: args.weight_decay,
-        augment: args.augment.clone(),
-        seed: args.seed,
-        val_size: args
-            .val_size
-            .unwrap_or(if dataset.is_subset() { 500 } else { 2000 }),
-        limit: args.limit,
+        settings: dense_settings(
+            args,
+            args.val_size
+                .unwrap_or(if dataset.is_subset() { 500 } else { 2000 }),
+        ),
     };
     config.validate()?;
     let out = new_run_folder(args.out.as_deref(), |secs| {
@@ -172,7 +143,7 @@ pub(crate) fn train_segment(
         );
     }
     let started = std::time::Instant::now();
-    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let mut observer = ConsoleObserver::new(mode, config.settings.batch_size);
     let outcome = train_segmenter(
         &config,
         &names,
@@ -192,7 +163,7 @@ pub(crate) fn train_detect(
 ) -> Result<()> {
     use konv_train::detect::{DetectConfig, DetectData, train_detector};
     use konv_train::segment::SceneSpec;
-    classification_only_flags(args)?;
+    task_flags(args)?;
     if konv_models::info(&args.model)?.kind != konv_models::ModelKind::Classifier {
         bail!(
             "--model {}: --task detect slides a classifier of the zoo (resnet20, fashion-cnn, …) over the canvas",
@@ -212,20 +183,11 @@ pub(crate) fn train_detect(
             scale_max: args.scale.map_or(1.5, |s| s.1),
         },
         max_overlap: args.max_overlap as f32,
-        epochs: args.epochs as usize,
-        batch_size: args.batch_size as usize,
-        lr: args.lr,
-        lr_schedule: args.lr_schedule.clone(),
-        optimizer: args.optimizer,
-        momentum: args.momentum,
-        nesterov: args.nesterov,
-        weight_decay: args.weight_decay,
-        augment: args.augment.clone(),
-        seed: args.seed,
-        val_size: args
-            .val_size
-            .unwrap_or(if dataset.is_subset() { 500 } else { 2000 }),
-        limit: args.limit,
+        settings: dense_settings(
+            args,
+            args.val_size
+                .unwrap_or(if dataset.is_subset() { 500 } else { 2000 }),
+        ),
         init_from: args.init_from.clone(),
     };
     config.validate()?;
@@ -260,7 +222,7 @@ pub(crate) fn train_detect(
         );
     }
     let started = std::time::Instant::now();
-    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let mut observer = ConsoleObserver::new(mode, config.settings.batch_size);
     let outcome = train_detector(
         &config,
         &names,
@@ -271,6 +233,15 @@ pub(crate) fn train_detect(
     )?;
     print_detect_outcome(&outcome, "s in all", started, &out.join(run::BEST));
     Ok(())
+}
+
+/// The settings of a dense task's run from the flags: as classification's, with weight
+/// decay always kept off biases and batch-norm parameters (as these tasks always trained).
+fn dense_settings(args: &TrainArgs, val_size: usize) -> konv_train::engine::Settings {
+    konv_train::engine::Settings {
+        no_decay_bias_norm: true,
+        ..settings(args, val_size)
+    }
 }
 
 /// The task of the run in `dir` when it is one `--resume` continues through
@@ -284,16 +255,13 @@ pub(crate) fn dense_task(dir: &Path) -> Result<Option<String>> {
         return Ok(Some("detect".into()));
     }
     if konv_train::localize::read_info(&run_dir)?.is_some() {
-        bail!(
-            "--resume {}: localization runs cannot be resumed yet; train it again",
-            dir.display()
-        );
+        return Ok(Some("localize".into()));
     }
     Ok(None)
 }
 
-/// `konv train --resume RUN` for a segmentation or detection run: its own settings, the
-/// scenes generated again from them.
+/// `konv train --resume RUN` for a localization, segmentation or detection run: its own
+/// settings, the canvases or scenes generated again from them.
 pub(crate) fn resume_dense(
     dir: &Path,
     task: &str,
@@ -308,7 +276,24 @@ pub(crate) fn resume_dense(
         args.data.load(name)
     };
     let started = std::time::Instant::now();
-    if task == "segment" {
+    if task == "localize" {
+        let info = konv_train::localize::read_info(&run_dir)?.context("a localization run")?;
+        let data = konv_train::localize::LocalizeData::generate(
+            &load(&info.config.dataset)?,
+            &info.config,
+        )?;
+        if mode != OutputMode::Quiet {
+            println!(
+                "resuming {} (localization with {})",
+                dir.display(),
+                info.config.model
+            );
+        }
+        let mut observer = ConsoleObserver::new(mode, info.config.settings.batch_size);
+        let outcome =
+            konv_train::localize::resume_localizer(&data, &device, &run_dir, &mut observer)?;
+        print_localize_outcome(&outcome, "s", started, &dir.join(run::BEST));
+    } else if task == "segment" {
         let info = konv_train::segment::read_info(&run_dir)?.context("a segmentation run")?;
         let data =
             konv_train::segment::SegmentData::generate(&load(&info.config.dataset)?, &info.config)?;
@@ -320,7 +305,7 @@ pub(crate) fn resume_dense(
                 info.config.backbone
             );
         }
-        let mut observer = ConsoleObserver::new(mode, info.config.batch_size);
+        let mut observer = ConsoleObserver::new(mode, info.config.settings.batch_size);
         let outcome =
             konv_train::segment::resume_segmenter(&data, &device, &run_dir, &mut observer)?;
         print_segment_outcome(&outcome, "s", started, &dir.join(run::BEST));
@@ -335,11 +320,30 @@ pub(crate) fn resume_dense(
                 info.config.model
             );
         }
-        let mut observer = ConsoleObserver::new(mode, info.config.batch_size);
+        let mut observer = ConsoleObserver::new(mode, info.config.settings.batch_size);
         let outcome = konv_train::detect::resume_detector(&data, &device, &run_dir, &mut observer)?;
         print_detect_outcome(&outcome, "s", started, &dir.join(run::BEST));
     }
     Ok(())
+}
+
+/// The closing line of a localization run, as [`print_segment_outcome`].
+pub(crate) fn print_localize_outcome(
+    outcome: &konv_train::localize::LocalizeOutcome,
+    unit: &str,
+    started: std::time::Instant,
+    best: &Path,
+) {
+    println!(
+        "test accuracy {:.2}%, mean IoU {:.3} ({:.1}% of boxes with IoU ≥ 0.5; best validation epoch {}, {} test images), {:.0}{unit}; weights in {}",
+        100.0 * outcome.test.accuracy,
+        outcome.test.mean_iou,
+        100.0 * outcome.test.iou50,
+        outcome.best_epoch,
+        outcome.test.count,
+        started.elapsed().as_secs_f64(),
+        best.display()
+    );
 }
 
 /// The closing line of a segmentation run: test figures, time (`unit` after the seconds:

@@ -163,7 +163,7 @@ pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
     if let Some(info) = konv_train::detect::read_info(&run_dir)? {
         return eval_detect(&run_dir, &info, &args, &device);
     }
-    let (info, model) = run::load_run_model(&run_dir, weights.as_deref(), &device)?;
+    let (info, model) = konv_train::train::load_run_model(&run_dir, weights.as_deref(), &device)?;
     let (test, source) = if info.config.folder.is_some() {
         folder::eval_set(&info)?
     } else {
@@ -192,7 +192,9 @@ pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
         info.normalize,
         args.batch_size.max(1),
         info.class_names.len(),
-        Some(std::sync::Arc::new(info.config.augment.eval_steps())),
+        Some(std::sync::Arc::new(
+            info.config.settings.augment.eval_steps(),
+        )),
         args.tta_flip,
     );
     println!(

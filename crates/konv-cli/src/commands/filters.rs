@@ -54,7 +54,8 @@ pub(crate) fn cmd_filters(args: FiltersArgs) -> Result<()> {
             (model, inputs)
         } else {
             let run = args.run.as_deref().context("--run DIR or --model NAME")?;
-            let (info, model) = run::load_run_model(&RunDir::open(run)?, None, &device)?;
+            let (info, model) =
+                konv_train::train::load_run_model(&RunDir::open(run)?, None, &device)?;
             let [_, h, w] = info.input;
             let inputs = args
                 .images

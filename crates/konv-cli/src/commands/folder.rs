@@ -126,8 +126,7 @@ pub(crate) fn is_folder_run(dir: &Path) -> Result<bool> {
     let Ok(run) = RunDir::open(dir) else {
         return Ok(false);
     };
-    Ok(run
-        .read_info()
+    Ok(konv_train::train::RunInfo::read(&run)
         .map(|info| info.config.folder.is_some())
         .unwrap_or(false))
 }
@@ -148,7 +147,12 @@ fn run_data(info: &RunInfo, no_cache: bool) -> Result<(ImageFolder, SplitData)> 
             info.class_names.join(", ")
         );
     }
-    let mut data = SplitData::from_folder(&folder, config.val_size, config.limit, config.seed);
+    let mut data = SplitData::from_folder(
+        &folder,
+        config.settings.val_size,
+        config.settings.limit,
+        config.settings.seed,
+    );
     // The run's own standardization (measured, or the pretrained weights').
     data.normalize = info.normalize;
     Ok((folder, data))
@@ -157,7 +161,7 @@ fn run_data(info: &RunInfo, no_cache: bool) -> Result<(ImageFolder, SplitData)> 
 /// `konv train --resume DIR` for a folder run.
 pub(crate) fn resume(dir: &Path, args: &TrainArgs, mode: OutputMode) -> Result<()> {
     let run_dir = RunDir::open(dir)?;
-    let info = run_dir.read_info()?;
+    let info = konv_train::train::RunInfo::read(&run_dir)?;
     let (_, data) = run_data(&info, args.folder.no_cache)?;
     resume_classifier(dir, &run_dir, &info, &data, mode)
 }

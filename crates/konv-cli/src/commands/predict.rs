@@ -173,7 +173,7 @@ pub(crate) fn cmd_predict(args: PredictArgs) -> Result<()> {
     if let Some(info) = detect {
         return predict_detect(&run_dir, &info, &args, &device);
     }
-    let (info, model) = run::load_run_model(&run_dir, None, &device)?;
+    let (info, model) = konv_train::train::load_run_model(&run_dir, None, &device)?;
     let [_, h, w] = info.input;
     for path in &args.images {
         let ranked = if info.config.folder.is_some() {
@@ -207,7 +207,7 @@ pub(crate) fn load_zoo_weights(
     let is_burn = weights.extension().and_then(|e| e.to_str()) == Some("bpk");
     if is_burn {
         let model = konv_models::build(name, classes, device)?;
-        return Ok(run::load_weights(model, weights)?);
+        return Ok(run::load_module(model, weights)?);
     }
     let (model, _) = konv_models::import::load_classifier(name, classes, weights, device)?;
     Ok(model)

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use konv_train::engine::Settings;
 use konv_train::observer::{ConsoleObserver, OutputMode};
 use konv_train::run::{self, RunDir};
 use konv_train::train::{RunInfo, SplitData, TrainConfig, train};
@@ -96,32 +97,39 @@ pub(crate) fn train_config(args: &TrainArgs, val_size: usize) -> TrainConfig {
     TrainConfig {
         model: args.model.clone(),
         dataset: args.dataset.to_string(),
+        backend: args.backend,
+        init_from: args.init_from.clone(),
+        label_smoothing: args.label_smoothing,
+        classes: args.classes.clone(),
+        folder: None,
+        settings: settings(args, val_size),
+    }
+}
+
+/// The settings every task shares, from the flags: one place for all four tasks.
+pub(crate) fn settings(args: &TrainArgs, val_size: usize) -> Settings {
+    Settings {
         epochs: args.epochs as usize,
         batch_size: args.batch_size as usize,
         lr: args.lr,
+        lr_schedule: args.lr_schedule.clone(),
+        optimizer: args.optimizer,
         momentum: args.momentum,
         nesterov: args.nesterov,
+        weight_decay: args.weight_decay,
+        no_decay_bias_norm: args.no_decay_bias_norm,
+        clip_grad_norm: args.clip_grad_norm,
+        augment: args.augment.clone(),
         seed: args.seed,
-        backend: args.backend,
         limit: args.limit,
         val_size,
-        init_from: args.init_from.clone(),
-        lr_schedule: args.lr_schedule.clone(),
-        augment: args.augment.clone(),
-        weight_decay: args.weight_decay,
-        clip_grad_norm: args.clip_grad_norm,
-        early_stop: args.early_stop.map(|p| p as usize),
-        optimizer: args.optimizer,
-        no_decay_bias_norm: args.no_decay_bias_norm,
-        label_smoothing: args.label_smoothing,
-        classes: args.classes.clone(),
         freeze_epochs: args.freeze_epochs,
         head_lr: args.head_lr,
-        keep_checkpoints: args.keep_checkpoints as usize,
         monitor: args.monitor,
+        early_stop: args.early_stop.map(|p| p as usize),
+        keep_checkpoints: args.keep_checkpoints as usize,
         replicas: args.replicas as usize,
         progressive_resize: args.progressive_resize,
-        folder: None,
     }
 }
 
@@ -160,7 +168,10 @@ pub(crate) fn train_classifier(
     })?;
     // What the model is trained on: the data's images, resized if asked.
     let images = &data.train.images;
-    let (rows, cols) = config.augment.output_size(images.rows, images.cols);
+    let (rows, cols) = config
+        .settings
+        .augment
+        .output_size(images.rows, images.cols);
     let input = [images.channels, rows, cols];
     konv_train::train::check_config_input(&config, class_names.len(), input)?;
     let run_dir = RunDir::create(&out)?;
@@ -174,7 +185,7 @@ pub(crate) fn train_classifier(
         train_size: data.train.len(),
         val_size: data.val.len(),
     };
-    run_dir.write_info(&info)?;
+    run_dir.write_config(&info)?;
     say(format!(
         "training {} on {} ({}): {} train / {} validation / {} test images, backend {}, run folder {}",
         config.model,
@@ -186,9 +197,9 @@ pub(crate) fn train_classifier(
         config.backend,
         out.display()
     ));
-    if let Some(p) = &config.progressive_resize {
+    if let Some(p) = &config.settings.progressive_resize {
         let sides: Vec<String> = p
-            .plan(config.epochs, rows.min(cols))
+            .plan(config.settings.epochs, rows.min(cols))
             .iter()
             .map(usize::to_string)
             .collect();
@@ -197,7 +208,7 @@ pub(crate) fn train_classifier(
             sides.join(" ")
         ));
     }
-    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let mut observer = ConsoleObserver::new(mode, config.settings.batch_size);
     let started = std::time::Instant::now();
     let outcome = train(
         &config,
@@ -207,34 +218,37 @@ pub(crate) fn train_classifier(
         Some(&run_dir),
         &mut observer,
     )?;
-    report_outcome(&outcome, config.monitor, started, &out);
+    report_outcome(&outcome, config.monitor(), started, &out);
     Ok(())
 }
 
-/// Fails when a classification-only flag is given to another task.
-pub(crate) fn classification_only_flags(args: &TrainArgs) -> Result<()> {
-    for (given, flag) in [
-        (args.resume.is_some(), "--resume"),
-        (
-            args.init_from.is_some() && args.task != "detect",
-            "--init-from",
-        ),
-        (args.classes.is_some(), "--classes"),
-        (args.freeze_epochs > 0, "--freeze-epochs"),
-        (args.replicas > 1, "--replicas"),
-        (args.progressive_resize.is_some(), "--progressive-resize"),
-        (args.early_stop.is_some(), "--early-stop"),
-        (
-            args.monitor != konv_train::train::Monitor::default(),
-            "--monitor",
-        ),
-    ] {
-        if given {
-            bail!(
-                "{flag} is not available with --task {} yet; drop it",
-                args.task
-            );
-        }
+/// Fails when a flag of one task is given to another, or the shared settings cannot work
+/// on the chosen backend; everything else of the training loop works for every task.
+pub(crate) fn task_flags(args: &TrainArgs) -> Result<()> {
+    if args.classes.is_some() {
+        bail!(
+            "--classes picks classes of a classification dataset; --task {} draws its scenes from every class, drop it",
+            args.task
+        );
+    }
+    if args.init_from.is_some() && args.task != "detect" {
+        bail!(
+            "--init-from starts a classifier or a detector's backbone; --task {} builds its own network, drop it",
+            args.task
+        );
+    }
+    if args.label_smoothing > 0.0 {
+        bail!(
+            "--label-smoothing smooths a classifier's cross-entropy; --task {} has its own losses, drop it",
+            args.task
+        );
+    }
+    if args.replicas > 1 && !args.backend.is_cpu() {
+        bail!(
+            "--replicas {} splits batches between CPU cores; the {} backend runs one model, drop it",
+            args.replicas,
+            args.backend.as_str()
+        );
     }
     Ok(())
 }
@@ -315,7 +329,7 @@ pub(crate) fn resume_run(
     mode: OutputMode,
 ) -> Result<()> {
     let run_dir = RunDir::open(dir)?;
-    let info = run_dir.read_info()?;
+    let info = konv_train::train::RunInfo::read(&run_dir)?;
     let config = info.config.clone();
     if config.dataset != args.dataset.to_string() || dataset.is_subset() != info.subset {
         bail!(
@@ -328,9 +342,9 @@ pub(crate) fn resume_run(
     let data = SplitData::with_classes(
         dataset,
         config.classes.as_deref(),
-        config.val_size,
-        config.limit,
-        config.seed,
+        config.settings.val_size,
+        config.settings.limit,
+        config.settings.seed,
     );
     resume_classifier(dir, &run_dir, &info, &data, mode)
 }
@@ -363,10 +377,10 @@ pub(crate) fn resume_classifier(
             config.model,
             dir.display(),
             state.epoch,
-            config.epochs
+            config.settings.epochs
         );
     }
-    let mut observer = ConsoleObserver::new(mode, config.batch_size);
+    let mut observer = ConsoleObserver::new(mode, config.settings.batch_size);
     let started = std::time::Instant::now();
     let outcome = konv_train::train::resume(
         config,
@@ -376,6 +390,6 @@ pub(crate) fn resume_classifier(
         run_dir,
         &mut observer,
     )?;
-    report_outcome(&outcome, config.monitor, started, dir);
+    report_outcome(&outcome, config.monitor(), started, dir);
     Ok(())
 }
