@@ -75,8 +75,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The one line an error prints: the library names settings by their field names
+/// (`batch_size`); here they become the flags that set them (`--batch-size`), and advice
+/// names the flag to change.
+fn describe(e: &anyhow::Error) -> String {
+    use konv_train::TrainError;
+    match e.downcast_ref::<TrainError>() {
+        Some(TrainError::Setting { name, reason }) => {
+            format!("--{}: {reason}", name.replace('_', "-"))
+        }
+        Some(diverged @ TrainError::Diverged { .. }) => {
+            format!("{diverged}: give a smaller --lr (or --clip-grad-norm)")
+        }
+        _ => format!("{e:#}"),
     }
 }

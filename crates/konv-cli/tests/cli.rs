@@ -242,7 +242,7 @@ fn bad_flag_values_are_clear_errors() {
             ],
             &dir,
         ),
-        "--replicas 9 must be between 1 and --batch-size 8",
+        "--replicas: 9 must be between 1 and the batch size 8",
     );
     assert_clear_error(
         &konv(&["train", "--progressive-resize", "20:4:8"], &dir),
@@ -260,7 +260,7 @@ fn bad_flag_values_are_clear_errors() {
             ],
             &dir,
         ),
-        "--progressive-resize end=8: the full size must be reached by the last epoch (--epochs 6)",
+        "--progressive-resize: end=8: the full size must be reached by the last epoch (6 epochs)",
     );
     // The fashion CNN's dense layer is sized for 28×28 inputs: it cannot shrink them.
     assert_clear_error(
@@ -277,26 +277,57 @@ fn bad_flag_values_are_clear_errors() {
             ],
             &dir,
         ),
-        "--progressive-resize min=14: model `fashion-cnn` cannot take the dataset's 14×14 images",
+        "--progressive-resize: min=14: model `fashion-cnn` cannot take the dataset's 14×14 images",
     );
     assert!(
         !dir.join("shrunk").exists(),
         "nothing written before the error"
     );
-    for flag in [
-        ["--replicas", "2"],
-        ["--progressive-resize", "min=20,start=1,end=2"],
-        ["--early-stop", "3"],
-        ["--monitor", "last"],
+    // Flags of one task given to another are refused with the reason.
+    for (flag, why) in [
+        (
+            ["--classes", "0,1"],
+            "--classes picks classes of a classification dataset",
+        ),
+        (
+            ["--label-smoothing", "0.1"],
+            "--label-smoothing smooths a classifier's",
+        ),
+        (["--init-from", "x.bpk"], "--init-from starts a classifier"),
     ] {
         assert_clear_error(
             &konv(
                 &["train", "--task", "segment", "--embedded", flag[0], flag[1]],
                 &dir,
             ),
-            &format!("{} is not available with --task segment", flag[0]),
+            why,
         );
     }
+    // Detection's targets live on the full-size grid: progressive resizing says why not.
+    assert_clear_error(
+        &konv(
+            &[
+                "train",
+                "--task",
+                "detect",
+                "--model",
+                "resnet20",
+                "--embedded",
+                "--epochs",
+                "3",
+                "--progressive-resize",
+                "min=64,start=1,end=2",
+                "--out",
+                "det",
+            ],
+            &dir,
+        ),
+        "--progressive-resize: detection's targets are cells",
+    );
+    assert!(
+        !dir.join("det").exists(),
+        "nothing written before the error"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -107,17 +107,31 @@ impl DetectConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         konv_models::info(&self.model)?;
         if let Some(path) = self.init_from.as_deref().filter(|p| !p.is_file()) {
-            return Err(TrainError::Config(format!(
-                "--init-from {}: no such weights file (give a run's best.bpk or `konv import`ed weights)",
-                path.display()
-            )));
+            return Err(TrainError::setting(
+                "init_from",
+                format!(
+                    "{}: no such weights file (give a run's best.bpk or `konv import`ed weights)",
+                    path.display()
+                ),
+            ));
         }
         self.settings.validate()?;
-        self.scenes(0)
-            .validate(28)
-            .map_err(|e| TrainError::Config(format!("--canvas/--scale/--items/--max-overlap: {e}")))
+        if self.settings.progressive_resize.is_some() {
+            return Err(TrainError::setting(
+                "progressive_resize",
+                NO_PROGRESSIVE_RESIZE.into(),
+            ));
+        }
+        self.scenes(0).validate(28).map_err(|e| {
+            TrainError::Config(format!(
+                "the scenes (canvas, scale, items, max overlap): {e}"
+            ))
+        })
     }
 }
+
+/// Why detection trains at one size.
+const NO_PROGRESSIVE_RESIZE: &str = "detection's targets are cells of the scene's grid at its full size and the box prior is in its pixels; train detection at one size";
 
 /// The objects of one image: class and box `[x0, y0, x1, y1]` in pixels.
 pub type Objects = Vec<(u8, [f32; 4])>;
@@ -628,7 +642,7 @@ impl Task<SlidingDetector> for DetectTask<'_> {
     }
 
     fn can_resize(&self) -> Result<(), String> {
-        Err("detection's targets are cells of the scene's grid at its full size and the box prior is in its pixels; train detection at one size".into())
+        Err(NO_PROGRESSIVE_RESIZE.into())
     }
 
     fn resize(&self, batch: Self::Batch, _side: usize) -> Result<Self::Batch, String> {

@@ -133,11 +133,11 @@ impl Settings {
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
             return bad(
                 "lr",
                 format!(
-                    "{} is not a learning rate; give a positive number such as 0.01",
+                    "{} is not a learning rate; give a number such as 0.01",
                     self.lr
                 ),
             );

@@ -125,21 +125,23 @@ impl LocalizeConfig {
     /// # Errors
     /// A one-line description of the first bad setting.
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: String| Err(TrainError::Config(m));
         if self.loss_weights.0.len() != 2 {
-            return bad(format!(
-                "--loss-weights {}: a localizer has two outputs (class, box); give two weights, e.g. 0.8,0.2",
-                self.loss_weights
+            return Err(TrainError::setting(
+                "loss_weights",
+                format!(
+                    "{}: a localizer has two outputs (class, box); give two weights, e.g. 0.8,0.2",
+                    self.loss_weights
+                ),
             ));
         }
         self.settings.validate()?;
         if self.box_grid == 0 {
-            return bad("--box-grid must be at least 1".into());
+            return Err(TrainError::setting("box_grid", "must be at least 1".into()));
         }
         self.canvas
             .with_seed(0)
             .validate(28)
-            .map_err(|e| TrainError::Config(format!("--canvas/--scale: {e}")))?;
+            .map_err(|e| TrainError::Config(format!("the canvases (size, scale): {e}")))?;
         Ok(())
     }
 }
@@ -234,10 +236,13 @@ pub fn split_items(
         None => dataset.train.clone(),
     };
     if val_size >= items.len() {
-        return Err(TrainError::Config(format!(
-            "--val-size {val_size} leaves no training items (there are {})",
-            items.len()
-        )));
+        return Err(TrainError::setting(
+            "val_size",
+            format!(
+                "{val_size} leaves no training items (there are {})",
+                items.len()
+            ),
+        ));
     }
     Ok(items.split_validation(val_size, seed))
 }

@@ -54,23 +54,23 @@ impl ProgressiveResize {
         (1..=epochs).map(|e| self.size_at(e, full)).collect()
     }
 
-    /// Settings that cannot work, as a message naming the flag.
+    /// Settings that cannot work, as a one-line message.
     pub fn validate(&self, epochs: usize) -> Result<(), String> {
         if self.min_size < 4 {
             return Err(format!(
-                "--progressive-resize min={}: give a side of at least 4 pixels",
+                "min={}: give a side of at least 4 pixels",
                 self.min_size
             ));
         }
         if self.start == 0 || self.end <= self.start {
             return Err(format!(
-                "--progressive-resize start={},end={}: need 1 <= start < end (epochs, 1-based)",
+                "start={},end={}: need 1 <= start < end (epochs, 1-based)",
                 self.start, self.end
             ));
         }
         if self.end > epochs {
             return Err(format!(
-                "--progressive-resize end={}: the full size must be reached by the last epoch (--epochs {epochs})",
+                "end={}: the full size must be reached by the last epoch ({epochs} epochs)",
                 self.end
             ));
         }
@@ -209,7 +209,7 @@ mod tests {
             );
         }
         assert!(p.validate(8).is_ok());
-        assert!(p.validate(7).unwrap_err().contains("--epochs 7"));
+        assert!(p.validate(7).unwrap_err().contains("7 epochs"));
         let backwards = ProgressiveResize {
             start: 5,
             end: 5,

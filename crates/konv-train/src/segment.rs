@@ -117,9 +117,12 @@ impl SegmentConfig {
             "fcn32s" => Ok(FcnVariant::Fcn32s),
             "fcn16s" => Ok(FcnVariant::Fcn16s),
             "fcn8s" => Ok(FcnVariant::Fcn8s),
-            other => Err(TrainError::Config(format!(
-                "--model {other}: segmentation models are fcn32s, fcn16s and fcn8s (with --backbone)"
-            ))),
+            other => Err(TrainError::setting(
+                "model",
+                format!(
+                    "{other}: segmentation models are fcn32s, fcn16s and fcn8s (over a ResNet backbone)"
+                ),
+            )),
         }
     }
 
@@ -130,16 +133,19 @@ impl SegmentConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         self.fcn_variant()?;
         if konv_models::registry::resnet_config(&self.backbone, 1, 1).is_none() {
-            return Err(TrainError::Config(format!(
-                "--backbone {}: FCN here builds on the ResNets (resnet20, resnet32, …, resnet18, resnet50, …)",
-                self.backbone
-            )));
+            return Err(TrainError::setting(
+                "backbone",
+                format!(
+                    "{}: FCN here builds on the ResNets (resnet20, resnet32, …, resnet18, resnet50, …)",
+                    self.backbone
+                ),
+            ));
         }
         self.settings.validate()?;
         self.scene
             .with_seed(0)
             .validate(28)
-            .map_err(|e| TrainError::Config(format!("--canvas/--scale/--items: {e}")))
+            .map_err(|e| TrainError::Config(format!("the scenes (canvas, scale, items): {e}")))
     }
 }
 
@@ -221,7 +227,9 @@ pub fn build_fcn(
     device: &Device,
 ) -> Result<Fcn, TrainError> {
     let resnet = konv_models::registry::resnet_config(&config.backbone, 1, 1)
-        .ok_or_else(|| TrainError::Config(format!("--backbone {}: not a ResNet", config.backbone)))?
+        .ok_or_else(|| {
+            TrainError::setting("backbone", format!("{}: not a ResNet", config.backbone))
+        })?
         .with_stem_stride(config.stem_stride.max(1));
     Ok(
         FcnConfig::new(config.fcn_variant()?, BackboneConfig::ResNet(resnet))

@@ -335,10 +335,13 @@ pub fn initial_weights(
     // RGB weights (ImageNet) for grayscale data: the first filters summed over RGB.
     let gray = from_channels == 3 && channels == 1;
     if from_channels != channels && !gray {
-        return Err(TrainError::Config(format!(
-            "--init-from {}: these `{name}` weights take {from_channels}-channel images, the dataset has {channels} channel(s)",
-            path.display()
-        )));
+        return Err(TrainError::setting(
+            "init_from",
+            format!(
+                "{}: these `{name}` weights take {from_channels}-channel images, the dataset has {channels} channel(s)",
+                path.display()
+            ),
+        ));
     }
     let model = konv_models::build_for(name, from_classes, from_channels, device)?;
     let model = crate::run::load_module(model, path)?;

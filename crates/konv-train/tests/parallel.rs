@@ -157,7 +157,7 @@ fn replicas_are_checked() {
     };
     let err = config.validate().unwrap_err().to_string();
     assert!(
-        err.contains("--replicas 65") && err.contains("--batch-size 64"),
+        err.contains("replicas: 65") && err.contains("batch size 64"),
         "{err}"
     );
 }

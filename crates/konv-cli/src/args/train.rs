@@ -126,8 +126,8 @@ pub(crate) struct TrainArgs {
     /// --backbone; metrics pixel accuracy and mean IoU); or detect (several items per
     /// canvas, a box and class for each: --model slides fully convolutionally over the
     /// canvas; metric mAP@0.5).
-    #[arg(long, default_value = "classify", value_parser = ["classify", "localize", "segment", "detect"])]
-    pub(crate) task: String,
+    #[arg(long, value_enum, default_value_t = Task::Classify)]
+    pub(crate) task: Task,
     /// --task segment: the FCN's backbone, a ResNet of the zoo.
     #[arg(long, default_value = "resnet20")]
     pub(crate) backbone: String,
@@ -172,4 +172,28 @@ pub(crate) struct TrainArgs {
     pub(crate) data: DataArgs,
     #[command(flatten)]
     pub(crate) folder: FolderArgs,
+}
+
+/// What `konv train` trains (`--task`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Task {
+    /// One class per image.
+    Classify,
+    /// A class and a box per image.
+    Localize,
+    /// A class per pixel.
+    Segment,
+    /// A box and a class per object.
+    Detect,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Classify => "classify",
+            Task::Localize => "localize",
+            Task::Segment => "segment",
+            Task::Detect => "detect",
+        })
+    }
 }

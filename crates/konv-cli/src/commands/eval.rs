@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use konv_datasets::{DatasetName, Locator};
 use konv_train::eval;
-use konv_train::run::{self, RunDir};
+use konv_train::run::RunDir;
 
 use crate::args::*;
 use crate::commands::*;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use konv_train::predict;
-use konv_train::run::{self, RunDir};
+use konv_train::run::RunDir;
 
 use crate::args::*;
 use crate::commands::*;

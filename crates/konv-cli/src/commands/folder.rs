@@ -10,7 +10,7 @@ use konv_train::observer::OutputMode;
 use konv_train::run::RunDir;
 use konv_train::train::{FolderSpec, RunInfo, SplitData, pretrained_normalize};
 
-use crate::args::{ExportArgs, TrainArgs, cache_dir};
+use crate::args::{ExportArgs, Task, TrainArgs, cache_dir};
 use crate::commands::{Source, resume_classifier, train_classifier, train_config};
 
 /// A folder error with the flag that fixes it.
@@ -41,7 +41,7 @@ fn open(dir: &Path, options: &konv_datasets::FolderOptions) -> Result<ImageFolde
 
 /// `konv train --dataset folder`: classification on the user's images.
 pub(crate) fn train(args: &TrainArgs, mode: OutputMode) -> Result<()> {
-    if args.task != "classify" {
+    if args.task != Task::Classify {
         bail!(
             "--dataset folder trains classifiers; --task {} trains on generated canvases of fashion-mnist or mnist",
             args.task

@@ -51,14 +51,11 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<()> {
     {
         return resume_dense(dir, &task, &args, mode);
     }
-    if args.task == "localize" {
-        return train_localize(&args, &dataset, val_size, mode);
-    }
-    if args.task == "segment" {
-        return train_segment(&args, &dataset, mode);
-    }
-    if args.task == "detect" {
-        return train_detect(&args, &dataset, mode);
+    match args.task {
+        Task::Localize => return train_localize(&args, &dataset, val_size, mode),
+        Task::Segment => return train_segment(&args, &dataset, mode),
+        Task::Detect => return train_detect(&args, &dataset, mode),
+        Task::Classify => {}
     }
     if let Some(dir) = &args.resume {
         return resume_run(dir, &args, &dataset, mode);
@@ -231,7 +228,7 @@ pub(crate) fn task_flags(args: &TrainArgs) -> Result<()> {
             args.task
         );
     }
-    if args.init_from.is_some() && args.task != "detect" {
+    if args.init_from.is_some() && args.task != Task::Detect {
         bail!(
             "--init-from starts a classifier or a detector's backbone; --task {} builds its own network, drop it",
             args.task
