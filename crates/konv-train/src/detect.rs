@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::engine::{Monitor, Settings, Shuffled, Step, StepLoss, Task, Validation};
+use crate::engine::{EpochPlan, Monitor, Settings, Step, StepLoss, Task, Validation};
 use crate::localize::{draw_box, pixel_stats, split_items};
 use crate::loss::{sigmoid_focal_loss, smooth_l1};
 use crate::metrics::{Detection, GroundTruth, average_precision, nms};
@@ -565,12 +565,9 @@ struct DetectTask<'a> {
     data: &'a DetectData,
     /// The run's pipeline.
     augment: &'a Pipeline,
-    /// The pipeline of the current epoch.
-    epoch_augment: Pipeline,
-    epoch_seed: u64,
-    order: Shuffled,
+    /// The current epoch.
+    plan: Option<EpochPlan>,
     batch_size: usize,
-    device: Device,
 }
 
 impl Step<SlidingDetector> for DetectTask<'_> {
@@ -616,25 +613,26 @@ impl Task<SlidingDetector> for DetectTask<'_> {
         epoch_seed: u64,
         device: &Device,
     ) -> Result<(), TrainError> {
-        self.epoch_augment = self.augment.for_epoch(seed, epoch);
-        self.epoch_seed = epoch_seed;
-        self.order = Shuffled::new(self.data.train.len(), self.batch_size, epoch_seed);
-        self.device = device.clone();
+        self.plan = Some(EpochPlan::new(
+            self.augment,
+            self.data.train.len(),
+            self.batch_size,
+            (seed, epoch, epoch_seed),
+            device,
+        ));
         Ok(())
     }
 
     fn batches(&self) -> Box<dyn Iterator<Item = Result<Self::Batch, TrainError>> + '_> {
-        let augment =
-            (!self.epoch_augment.is_empty()).then_some((&self.epoch_augment, self.epoch_seed));
-        Box::new(self.order.chunks().map(move |indices| {
-            Ok(batch(
+        EpochPlan::batches(self.plan.as_ref(), move |indices, augment, device| {
+            batch(
                 &self.data.train,
                 indices,
                 self.data.normalize,
                 augment,
-                &self.device,
-            ))
-        }))
+                device,
+            )
+        })
     }
 
     fn input_side(&self) -> usize {
@@ -768,27 +766,17 @@ fn detect_from(
     let mut task = DetectTask {
         data,
         augment: &settings.augment,
-        epoch_augment: Pipeline::default(),
-        epoch_seed: 0,
-        order: Shuffled::default(),
+        plan: None,
         batch_size: settings.batch_size,
-        device: train_device.clone(),
     };
-    let state = match run {
-        Some(run) if resuming => Some(run.read_state()?),
-        Some(run) => {
-            run.write_config(&DetectInfo {
-                task: "detect".into(),
-                config: config.clone(),
-                class_names: class_names.to_vec(),
-                normalize: data.normalize,
-                input: [1, h, w],
-                prior: data.prior,
-            })?;
-            None
-        }
-        None => None,
-    };
+    let state = crate::engine::start_run(run, resuming, || DetectInfo {
+        task: "detect".into(),
+        config: config.clone(),
+        class_names: class_names.to_vec(),
+        normalize: data.normalize,
+        input: [1, h, w],
+        prior: data.prior,
+    })?;
     let fitted = crate::engine::fit(
         settings,
         model,

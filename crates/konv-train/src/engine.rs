@@ -698,29 +698,75 @@ pub fn single_step<M: Module, T: Step<M>>(
     Ok((optim.step(lr, model, grads), totals))
 }
 
-/// An epoch's order of the training examples: `0..len` shuffled by the epoch's seed, in
-/// batches of `batch_size` (what the tasks that build their own batches iterate).
-#[derive(Debug, Clone, Default)]
-pub struct Shuffled {
+/// An epoch of a task that makes its own batches (the dense tasks): the training examples'
+/// order shuffled by the epoch's seed, the run's augmentation bound to the epoch, and the
+/// device the batches go to.
+#[derive(Debug, Clone)]
+pub struct EpochPlan {
     order: Vec<usize>,
     batch_size: usize,
+    augment: Pipeline,
+    seed: u64,
+    device: Device,
 }
 
-impl Shuffled {
-    /// `0..len` shuffled with `epoch_seed`.
-    pub fn new(len: usize, batch_size: usize, epoch_seed: u64) -> Self {
+impl EpochPlan {
+    /// Epoch `epoch` of a run with seed `seed` and augmentation `augment`, over `len`
+    /// examples in batches of `batch_size`: `0..len` shuffled with `epoch_seed`.
+    pub fn new(
+        augment: &Pipeline,
+        len: usize,
+        batch_size: usize,
+        (seed, epoch, epoch_seed): (u64, usize, u64),
+        device: &Device,
+    ) -> Self {
         use rand::SeedableRng;
         use rand::seq::SliceRandom;
         let mut order: Vec<usize> = (0..len).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
-        Shuffled {
+        EpochPlan {
             order,
             batch_size: batch_size.max(1),
+            augment: augment.for_epoch(seed, epoch),
+            seed: epoch_seed,
+            device: device.clone(),
         }
     }
 
-    /// The indices of each batch, in order.
-    pub fn chunks(&self) -> std::slice::Chunks<'_, usize> {
-        self.order.chunks(self.batch_size)
+    /// The epoch's batches, each made by `make` from its examples' indices, the epoch's
+    /// augmentation (none when the pipeline is empty) and the device; none before a plan.
+    pub fn batches<'a, B: 'a>(
+        plan: Option<&'a Self>,
+        make: impl Fn(&[usize], Option<(&Pipeline, u64)>, &Device) -> B + 'a,
+    ) -> Box<dyn Iterator<Item = Result<B, TrainError>> + 'a> {
+        let Some(plan) = plan else {
+            return Box::new(std::iter::empty());
+        };
+        let augment = (!plan.augment.is_empty()).then_some((&plan.augment, plan.seed));
+        Box::new(
+            plan.order
+                .chunks(plan.batch_size)
+                .map(move |indices| Ok(make(indices, augment, &plan.device))),
+        )
+    }
+}
+
+/// Where a task's run starts: its `state.json` when `resuming`; otherwise nothing, after
+/// `describe()` is written into the run folder as `config.json`.
+///
+/// # Errors
+/// A missing or corrupt `state.json`, or a `config.json` that cannot be written.
+pub fn start_run<C: Serialize>(
+    run: Option<&RunDir>,
+    resuming: bool,
+    describe: impl FnOnce() -> C,
+) -> Result<Option<TrainState>, TrainError> {
+    match run {
+        Some(run) if resuming => Ok(Some(run.read_state()?)),
+        Some(run) => {
+            run.write_config(&describe())?;
+            Ok(None)
+        }
+        None => Ok(None),
     }
 }

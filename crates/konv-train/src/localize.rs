@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::engine::{Monitor, Settings, Shuffled, Step, StepLoss, Task, Validation};
+use crate::engine::{EpochPlan, Monitor, Settings, Step, StepLoss, Task, Validation};
 use crate::loss::{BoxLoss, LossWeights, localization_losses};
 use crate::metrics::box_iou;
 use crate::observer::Observer;
@@ -448,12 +448,9 @@ pub struct LocalizeOutcome {
 struct LocalizeTask<'a> {
     config: &'a LocalizeConfig,
     data: &'a LocalizeData,
-    /// The pipeline of the current epoch.
-    epoch_augment: Pipeline,
-    epoch_seed: u64,
-    order: Shuffled,
+    /// The current epoch.
+    plan: Option<EpochPlan>,
     classes: usize,
-    device: Device,
 }
 
 /// A localization batch: standardized images, classes, encoded boxes.
@@ -521,26 +518,26 @@ impl Task<Localizer> for LocalizeTask<'_> {
         epoch_seed: u64,
         device: &Device,
     ) -> Result<(), TrainError> {
-        self.epoch_augment = self.config.settings.augment.for_epoch(seed, epoch);
-        self.epoch_seed = epoch_seed;
-        let batch_size = self.config.settings.batch_size;
-        self.order = Shuffled::new(self.data.train.len(), batch_size, epoch_seed);
-        self.device = device.clone();
+        self.plan = Some(EpochPlan::new(
+            &self.config.settings.augment,
+            self.data.train.len(),
+            self.config.settings.batch_size,
+            (seed, epoch, epoch_seed),
+            device,
+        ));
         Ok(())
     }
 
     fn batches(&self) -> Box<dyn Iterator<Item = Result<LocalizeBatch, TrainError>> + '_> {
-        let augment =
-            (!self.epoch_augment.is_empty()).then_some((&self.epoch_augment, self.epoch_seed));
-        Box::new(self.order.chunks().map(move |indices| {
-            Ok(batch(
+        EpochPlan::batches(self.plan.as_ref(), move |indices, augment, device| {
+            batch(
                 &self.data.train,
                 indices,
                 self.data.normalize,
                 augment,
-                &self.device,
-            ))
-        }))
+                device,
+            )
+        })
     }
 
     fn input_side(&self) -> usize {
@@ -682,28 +679,18 @@ fn localize_from(
             ))
         })?;
     }
-    let state = match run {
-        Some(run) if resuming => Some(run.read_state()?),
-        Some(run) => {
-            run.write_config(&LocalizeInfo {
-                task: "localize".into(),
-                config: config.clone(),
-                class_names: class_names.to_vec(),
-                normalize: data.normalize,
-                input: [1, h, w],
-            })?;
-            None
-        }
-        None => None,
-    };
+    let state = crate::engine::start_run(run, resuming, || LocalizeInfo {
+        task: "localize".into(),
+        config: config.clone(),
+        class_names: class_names.to_vec(),
+        normalize: data.normalize,
+        input: [1, h, w],
+    })?;
     let mut task = LocalizeTask {
         config,
         data,
-        epoch_augment: Pipeline::default(),
-        epoch_seed: 0,
-        order: Shuffled::default(),
+        plan: None,
         classes: num_classes,
-        device: train_device.clone(),
     };
     let fitted = crate::engine::fit(
         settings,

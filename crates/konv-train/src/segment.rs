@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Mask, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::engine::{Monitor, Settings, Shuffled, Step, StepLoss, Task, Validation};
+use crate::engine::{EpochPlan, Monitor, Settings, Step, StepLoss, Task, Validation};
 use crate::localize::{pixel_stats, split_items};
 use crate::metrics::SegmentationMetrics;
 use crate::observer::Observer;
@@ -377,13 +377,10 @@ struct SegmentTask<'a> {
     data: &'a SegmentData,
     /// The run's pipeline.
     augment: &'a Pipeline,
-    /// The pipeline of the current epoch.
-    epoch_augment: Pipeline,
-    epoch_seed: u64,
-    order: Shuffled,
+    /// The current epoch.
+    plan: Option<EpochPlan>,
     classes: usize,
     batch_size: usize,
-    device: Device,
 }
 
 impl Step<Fcn> for SegmentTask<'_> {
@@ -437,25 +434,26 @@ impl Task<Fcn> for SegmentTask<'_> {
         epoch_seed: u64,
         device: &Device,
     ) -> Result<(), TrainError> {
-        self.epoch_augment = self.augment.for_epoch(seed, epoch);
-        self.epoch_seed = epoch_seed;
-        self.order = Shuffled::new(self.data.train.len(), self.batch_size, epoch_seed);
-        self.device = device.clone();
+        self.plan = Some(EpochPlan::new(
+            self.augment,
+            self.data.train.len(),
+            self.batch_size,
+            (seed, epoch, epoch_seed),
+            device,
+        ));
         Ok(())
     }
 
     fn batches(&self) -> Box<dyn Iterator<Item = Result<Self::Batch, TrainError>> + '_> {
-        let augment =
-            (!self.epoch_augment.is_empty()).then_some((&self.epoch_augment, self.epoch_seed));
-        Box::new(self.order.chunks().map(move |indices| {
-            Ok(batch(
+        EpochPlan::batches(self.plan.as_ref(), move |indices, augment, device| {
+            batch(
                 &self.data.train,
                 indices,
                 self.data.normalize,
                 augment,
-                &self.device,
-            ))
-        }))
+                device,
+            )
+        })
     }
 
     fn input_side(&self) -> usize {
@@ -567,27 +565,17 @@ fn segment_from(
     let mut task = SegmentTask {
         data,
         augment: &settings.augment,
-        epoch_augment: Pipeline::default(),
-        epoch_seed: 0,
-        order: Shuffled::default(),
+        plan: None,
         classes,
         batch_size: settings.batch_size,
-        device: train_device.clone(),
     };
-    let state = match run {
-        Some(run) if resuming => Some(run.read_state()?),
-        Some(run) => {
-            run.write_config(&SegmentInfo {
-                task: "segment".into(),
-                config: config.clone(),
-                class_names: class_names.to_vec(),
-                normalize: data.normalize,
-                input: [1, h, w],
-            })?;
-            None
-        }
-        None => None,
-    };
+    let state = crate::engine::start_run(run, resuming, || SegmentInfo {
+        task: "segment".into(),
+        config: config.clone(),
+        class_names: class_names.to_vec(),
+        normalize: data.normalize,
+        input: [1, h, w],
+    })?;
     let fitted = crate::engine::fit(
         settings,
         model,
