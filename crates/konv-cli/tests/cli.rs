@@ -1214,3 +1214,69 @@ fn export_writes_fashion_mnist_as_a_folder() {
         .collect();
     assert!(stray.is_empty());
 }
+
+/// `--weights` takes a PyTorch state dict directly (imported on the fly): transfer learning
+/// to three classes with a fresh head, from the CLI.
+#[test]
+fn train_starts_from_pytorch_weights() {
+    use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+    let dir = temp_dir("pth");
+    let device = burn::prelude::Device::flex();
+    let pretrained = konv_models::build_for("fashion-cnn", 10, 1, &device).unwrap();
+    let mut store = SafetensorsStore::from_file(dir.join("w.safetensors"))
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true);
+    pretrained.save_into(&mut store).unwrap();
+    let out = konv(
+        &[
+            "train",
+            "--weights",
+            "w.safetensors",
+            "--classes",
+            "0,1,2",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--limit",
+            "96",
+            "--val-size",
+            "32",
+            "--batch-size",
+            "32",
+            "--out",
+            "run",
+            "--quiet",
+        ],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
+    assert!(config.contains("w.safetensors"), "{config}");
+    // Another architecture's file: one line naming the file, nothing written.
+    assert_clear_error(
+        &konv(
+            &[
+                "train",
+                "--model",
+                "resnet20",
+                "--weights",
+                "w.safetensors",
+                "--embedded",
+                "--out",
+                "bad",
+            ],
+            &dir,
+        ),
+        "w.safetensors does not fit model `resnet20`",
+    );
+    assert!(
+        !dir.join("bad").exists(),
+        "nothing written before the error"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

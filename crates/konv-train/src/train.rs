@@ -299,13 +299,18 @@ pub fn check_training_input<M: Classify>(
 }
 
 /// [`check_training_input`] before anything is written: builds `config.model` for
-/// `num_classes` classes on the CPU to try it.
+/// `num_classes` classes on the CPU to try it, from `config.init_from` when given (so
+/// weights that do not fit the model fail here, not after the run folder exists).
 pub fn check_config_input(
     config: &TrainConfig,
     num_classes: usize,
     input: [usize; 3],
 ) -> Result<(), TrainError> {
-    let model = konv_models::build_for(&config.model, num_classes, input[0], &Device::flex())?;
+    let device = Device::flex();
+    let model = match &config.init_from {
+        Some(path) => initial_weights(&config.model, path, num_classes, input[0], &device)?,
+        None => konv_models::build_for(&config.model, num_classes, input[0], &device)?,
+    };
     check_training_input(&model, config, input, num_classes)
 }
 
@@ -343,13 +348,29 @@ pub fn initial_weights(
             ),
         ));
     }
-    let model = konv_models::build_for(name, from_classes, from_channels, device)?;
-    let model = crate::run::load_module(model, path)?;
+    let model = if is_pytorch_file(path) {
+        // A PyTorch state dict (torchvision's `resnet18-f37072fd.pth`, a `.safetensors`
+        // export): imported on the fly, as `konv import` would, every tensor checked.
+        let (model, _) = konv_models::import::load_classifier(name, from_classes, path, device)
+            .map_err(|e| TrainError::setting("init_from", e.to_string()))?;
+        model
+    } else {
+        let model = konv_models::build_for(name, from_classes, from_channels, device)?;
+        crate::run::load_module(model, path)?
+    };
     let model = if gray { model.to_grayscale() } else { model };
     Ok(if from_classes == num_classes {
         model
     } else {
         model.with_num_classes(num_classes, device)
+    })
+}
+
+/// Whether `path` is a PyTorch state dict (`.pth`, `.pt`, `.bin`, `.safetensors`) rather
+/// than konv's own burnpack weights.
+pub fn is_pytorch_file(path: &std::path::Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["pth", "pt", "bin", "safetensors"].contains(&e.to_ascii_lowercase().as_str())
     })
 }
 

@@ -1194,3 +1194,44 @@ fn a_localizer_trains_with_every_feature_of_the_loop() {
     assert!(dir.join(run::CURVES).is_file() && dir.join(run::STATE).is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A PyTorch state dict (here a `.safetensors` in PyTorch's layout, as torchvision's
+/// weights are after `safetensors.torch.save_file`) starts a run directly: imported on the
+/// fly, a fresh head for the new classes, the rest the file's; another architecture's file
+/// is one clear error.
+#[test]
+fn pytorch_weights_start_a_run_with_a_fresh_head() {
+    use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("konv-pth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fashion-cnn.safetensors");
+    let pretrained = konv_models::build_for("fashion-cnn", 10, 1, &device).unwrap();
+    let mut store = SafetensorsStore::from_file(&path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true);
+    pretrained.save_into(&mut store).unwrap();
+    assert!(konv_train::train::is_pytorch_file(&path));
+
+    let model = konv_train::train::initial_weights("fashion-cnn", &path, 3, 1, &device).unwrap();
+    let logits = |m: &konv_models::Classifier| m.forward(Tensor::zeros([2, 1, 28, 28], &device));
+    assert_eq!(logits(&model).dims(), [2, 3], "a fresh 3-class head");
+    // The features are the file's: the same as the pretrained model's before the head.
+    let features = |m: &konv_models::Classifier| {
+        m.valid()
+            .forward_features(Tensor::ones([1, 1, 28, 28], &device))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(features(&model), features(&pretrained));
+
+    let err = konv_train::train::initial_weights("resnet20", &path, 3, 1, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("init_from:") && err.contains("fashion-cnn.safetensors"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -95,10 +95,12 @@ pub(crate) struct TrainArgs {
     /// 500 on the embedded subset when not given).
     #[arg(long)]
     pub(crate) val_size: Option<usize>,
-    /// Start from these weights: a run's best.bpk or checkpoint.bpk, or `konv import`ed
-    /// torchvision weights. Weights for another number of classes get a fresh head
-    /// (transfer learning). With --task detect: the classifier (same --model) to slide.
-    #[arg(long)]
+    /// Start from these weights (also --weights): a run's best.bpk or checkpoint.bpk,
+    /// `konv import`ed weights, or a PyTorch state dict of the same architecture
+    /// (torchvision's resnet18-f37072fd.pth, a .pt or .safetensors), imported on the fly.
+    /// Weights for another number of classes get a fresh head (transfer learning). With
+    /// --task detect: the classifier (same --model) to slide.
+    #[arg(long, visible_alias = "weights")]
     pub(crate) init_from: Option<PathBuf>,
     /// Train on these classes only, relabelled 0, 1, … in this order (e.g. 5,6,7,8,9).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8))]
