@@ -89,6 +89,24 @@ pub enum IdxError {
         /// Items in it.
         label_count: usize,
     },
+    /// The training and test images of one dataset differ in size.
+    #[error(
+        "{test} holds {test_rows}×{test_cols} images but {train} holds {train_rows}×{train_cols}; a model trained on one cannot be tested on the other (the files do not belong together)"
+    )]
+    ShapeMismatch {
+        /// The training images file.
+        train: PathBuf,
+        /// Its image height.
+        train_rows: usize,
+        /// Its image width.
+        train_cols: usize,
+        /// The test images file.
+        test: PathBuf,
+        /// Its image height.
+        test_rows: usize,
+        /// Its image width.
+        test_cols: usize,
+    },
 }
 
 /// A stack of 8-bit images of one size: read from an `idx3` file (grayscale), or decoded
@@ -121,23 +139,50 @@ impl IdxImages {
     }
 }
 
-/// Reads a whole file, decompressing it when it starts with the gzip magic bytes.
-pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, IdxError> {
+/// Reads an IDX file of `rank` dimensions (raw, or gzip when it starts with gzip's magic
+/// bytes) with bounded work: the header first, then at most the data it announces plus one
+/// byte (to detect trailing data). A header announcing more than konv reads (2 GiB) is
+/// refused before anything else is read or inflated, so a small gzip bomb costs nothing.
+pub fn read_bounded(path: &Path, rank: u8) -> Result<Vec<u8>, IdxError> {
     let io = |source| IdxError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let raw = std::fs::read(path).map_err(io)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(raw.as_slice())
-            .take(MAX_BYTES)
-            .read_to_end(&mut out)
-            .map_err(io)?;
-        Ok(out)
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let mut magic = Vec::with_capacity(2);
+    (&mut file).take(2).read_to_end(&mut magic).map_err(io)?;
+    let mut reader: Box<dyn Read> = if magic == [0x1f, 0x8b] {
+        Box::new(GzDecoder::new(std::io::Cursor::new(magic).chain(file)))
     } else {
-        Ok(raw)
+        Box::new(std::io::Cursor::new(magic).chain(file))
+    };
+    let header_len = 4 + 4 * rank as usize;
+    let mut bytes = Vec::with_capacity(header_len);
+    (&mut reader)
+        .take(header_len as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() == header_len && bytes[..3] == [0, 0, TYPE_U8] && bytes[3] == rank {
+        let announced = bytes[4..]
+            .chunks_exact(4)
+            .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+            .try_fold(1u64, u64::checked_mul)
+            .unwrap_or(u64::MAX);
+        if announced > MAX_BYTES {
+            return Err(IdxError::BadHeader {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it announces {announced} bytes of data, more than konv reads ({MAX_BYTES}); the file is corrupt or not a dataset"
+                ),
+            });
+        }
+        reader
+            .take(announced + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
     }
+    // (A bad magic number or a short header: `parse` says which.)
+    Ok(bytes)
 }
 
 /// Parses the header of an IDX buffer of unsigned bytes with the given rank, and checks
@@ -186,6 +231,14 @@ fn parse<'a>(
     }
     let expected_len = dims.iter().map(|&d| d as u64).product::<u64>();
     let data = &bytes[header_len..];
+    if data.len() as u64 > expected_len {
+        return Err(IdxError::BadHeader {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the data runs past the {expected_len} bytes the header announces (trailing data; corrupt or not this kind of file)"
+            ),
+        });
+    }
     if data.len() as u64 != expected_len {
         return Err(IdxError::SizeMismatch {
             path: path.to_path_buf(),
@@ -228,12 +281,12 @@ pub fn parse_labels(path: &Path, bytes: &[u8], classes: usize) -> Result<Vec<u8>
 
 /// Reads an `idx3` images file (raw or `.gz`).
 pub fn read_images(path: &Path) -> Result<IdxImages, IdxError> {
-    parse_images(path, &read_maybe_gz(path)?)
+    parse_images(path, &read_bounded(path, 3)?)
 }
 
 /// Reads an `idx1` labels file (raw or `.gz`), checking every label is below `classes`.
 pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>, IdxError> {
-    parse_labels(path, &read_maybe_gz(path)?, classes)
+    parse_labels(path, &read_bounded(path, 1)?, classes)
 }
 
 /// Checks that an images file and a labels file hold the same number of items.
@@ -325,9 +378,10 @@ mod tests {
     fn trailing_bytes_are_an_error() {
         let mut bytes = encode_labels(&[1, 2]);
         bytes.push(0);
+        // (Trailing data is read only one byte past what the header announces.)
         assert!(matches!(
             parse_labels(p(), &bytes, 10),
-            Err(IdxError::SizeMismatch { .. })
+            Err(IdxError::BadHeader { ref reason, .. }) if reason.contains("trailing data")
         ));
     }
 
@@ -396,6 +450,45 @@ mod tests {
         assert_eq!(read_labels(&path, 10).unwrap(), vec![4, 5, 6]);
         let missing = read_labels(&dir.join("nope"), 10).unwrap_err();
         assert!(matches!(missing, IdxError::Io { .. }));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_from_its_header() {
+        use flate2::{Compression, write::GzEncoder};
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("konv-idx-bomb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A header claiming 10⁹ images of 28×28, then 8 MiB of zeros that would inflate on.
+        let mut enc = GzEncoder::new(Vec::new(), Compression::best());
+        let mut header = vec![0, 0, TYPE_U8, 3];
+        for d in [1_000_000_000u32, 28, 28] {
+            header.extend_from_slice(&d.to_be_bytes());
+        }
+        enc.write_all(&header).unwrap();
+        enc.write_all(&vec![0u8; 8 << 20]).unwrap();
+        let path = dir.join("bomb-idx3-ubyte.gz");
+        std::fs::write(&path, enc.finish().unwrap()).unwrap();
+        let start = std::time::Instant::now();
+        let err = read_images(&path).unwrap_err().to_string();
+        assert!(err.contains("announces 784000000000 bytes"), "{err}");
+        assert!(
+            start.elapsed().as_secs_f64() < 1.0,
+            "refused from the header alone"
+        );
+        // The same bound for a raw file; a file with trailing data is still caught.
+        let raw = dir.join("trailing-idx3-ubyte");
+        let mut bytes = encode_images(&IdxImages {
+            count: 1,
+            channels: 1,
+            rows: 2,
+            cols: 2,
+            pixels: vec![1, 2, 3, 4],
+        });
+        bytes.extend_from_slice(&[9, 9, 9]);
+        std::fs::write(&raw, &bytes).unwrap();
+        let err = read_images(&raw).unwrap_err().to_string();
+        assert!(err.contains("runs past the 4 bytes"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -338,7 +338,19 @@ pub fn load_files(
             labels: lbls,
         })
     };
-    Ok((load(&files[0], &files[1])?, load(&files[2], &files[3])?))
+    let (train, test) = (load(&files[0], &files[1])?, load(&files[2], &files[3])?);
+    let size = |s: &ImageSet| (s.images.rows, s.images.cols);
+    if size(&train) != size(&test) {
+        return Err(IdxError::ShapeMismatch {
+            train: files[0].clone(),
+            train_rows: train.images.rows,
+            train_cols: train.images.cols,
+            test: files[2].clone(),
+            test_rows: test.images.rows,
+            test_cols: test.images.cols,
+        });
+    }
+    Ok((train, test))
 }
 
 /// Loads the embedded Fashion-MNIST subset: 600 training and 100 test images per class,
@@ -491,6 +503,35 @@ pub fn download(_name: DatasetName, _dir: &Path) -> Result<[PathBuf; 4], String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_images_of_another_size_are_refused_when_loading() {
+        let dir = std::env::temp_dir().join(format!("konv-shape-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let images = |rows, cols| {
+            idx::encode_images(&idx::IdxImages {
+                count: 2,
+                channels: 1,
+                rows,
+                cols,
+                pixels: vec![0; 2 * rows * cols],
+            })
+        };
+        // The same byte count (784 per image), another shape: 56×14 against 28×28.
+        let files = ["tr-img", "tr-lbl", "te-img", "te-lbl"].map(|f| dir.join(f));
+        std::fs::write(&files[0], images(28, 28)).unwrap();
+        std::fs::write(&files[1], idx::encode_labels(&[0, 1])).unwrap();
+        std::fs::write(&files[2], images(56, 14)).unwrap();
+        std::fs::write(&files[3], idx::encode_labels(&[1, 0])).unwrap();
+        let err = load_files(DatasetName::FashionMnist, &files)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("te-img holds 56×14 images") && err.contains("28×28"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn embedded_subset_is_balanced_real_data() {

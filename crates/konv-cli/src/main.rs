@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod args;
 mod commands;
@@ -57,7 +57,21 @@ fn main() -> ExitCode {
         // SAFETY: first thing in main, before any other thread exists.
         unsafe { std::env::set_var("BURN_DEVICE", "flex") };
     }
-    let cli = Cli::parse();
+    // `--epochs -1` reads -1 as the value, so the error names the flag and its range (clap
+    // would otherwise take it for an unknown flag `-1`).
+    let command = Cli::command().mut_subcommands(|sub| {
+        sub.mut_args(|arg| {
+            if arg.get_action().takes_values() {
+                arg.allow_negative_numbers(true)
+            } else {
+                arg
+            }
+        })
+    });
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Train(args) => commands::cmd_train(*args),
         Command::Eval(args) => commands::cmd_eval(args),
