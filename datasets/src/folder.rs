@@ -53,6 +53,10 @@ pub struct FolderOptions {
     pub cache: Option<PathBuf>,
     /// Decoding threads (0: one per core).
     pub workers: usize,
+    /// Decode files cut short (a JPEG without its end marker, a PNG without `IEND`),
+    /// their missing part filled in by the decoder, instead of refusing them; each is
+    /// listed in [`ImageFolder::truncated`].
+    pub allow_truncated: bool,
 }
 
 impl Default for FolderOptions {
@@ -63,6 +67,7 @@ impl Default for FolderOptions {
             skip_bad: false,
             cache: Some(default_cache_dir()),
             workers: 0,
+            allow_truncated: false,
         }
     }
 }
@@ -196,6 +201,9 @@ pub struct ImageFolder {
     pub test: Option<ImageSet>,
     /// Files skipped as undecodable ([`FolderOptions::skip_bad`]).
     pub skipped: Vec<PathBuf>,
+    /// Files cut short that were decoded anyway ([`FolderOptions::allow_truncated`]), found
+    /// while decoding (empty when the images came from the cache).
+    pub truncated: Vec<PathBuf>,
     /// Whether the images came from the decoded cache.
     pub from_cache: bool,
 }
@@ -342,10 +350,13 @@ impl FolderLayout {
             None => 1,
         };
         let mut skipped = Vec::new();
+        let mut truncated = Vec::new();
         let mut size = options.image_size.map(|s| (s as u32, s as u32));
         let mut decode = |list: &FileList| -> Result<ImageSet, FolderError> {
-            let (set, bad) = pool.install(|| decode_list(list, channels, &mut size, options))?;
+            let (set, bad, cut) =
+                pool.install(|| decode_list(list, channels, &mut size, options))?;
             skipped.extend(bad);
+            truncated.extend(cut);
             Ok(set)
         };
         let train = decode(&self.train)?;
@@ -361,6 +372,7 @@ impl FolderLayout {
             val,
             test,
             skipped,
+            truncated,
             from_cache: false,
         };
         if let Some(file) = &cache_file {
@@ -373,7 +385,13 @@ impl FolderLayout {
     /// What the decoded images depend on: the files (names, sizes, times) and the options.
     fn cache_key(&self, options: &FolderOptions) -> Result<u64, FolderError> {
         let mut h = DefaultHasher::new();
-        (options.channels, options.image_size, options.skip_bad).hash(&mut h);
+        (
+            options.channels,
+            options.image_size,
+            options.skip_bad,
+            options.allow_truncated,
+        )
+            .hash(&mut h);
         self.class_names.hash(&mut h);
         for (i, list) in [Some(&self.train), self.val.as_ref(), self.test.as_ref()]
             .iter()
@@ -431,6 +449,32 @@ impl fmt::Display for ImageFolder {
     }
 }
 
+/// Why `path` is cut short, when it is: a JPEG whose last bytes hold no end-of-image
+/// marker (`FF D9`), or a PNG without its `IEND` chunk. Decoders fill a missing tail with
+/// grey and say nothing; this reads only the file's last bytes. Other formats: `None`.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn truncation(path: &Path) -> std::io::Result<Option<&'static str>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut head = [0u8; 8];
+    let n = file.read(&mut head)?;
+    const TAIL: u64 = 1024;
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+    file.read_to_end(&mut tail)?;
+    let has = |needle: &[u8]| tail.windows(needle.len()).any(|w| w == needle);
+    Ok(if n >= 3 && head[..3] == [0xFF, 0xD8, 0xFF] {
+        (!has(&[0xFF, 0xD9])).then_some("truncated: the JPEG has no end-of-image marker")
+    } else if n == 8 && head == *b"\x89PNG\r\n\x1a\n" {
+        (!has(b"IEND")).then_some("truncated: the PNG has no IEND chunk")
+    } else {
+        None
+    })
+}
+
 fn open_reader(
     path: &Path,
 ) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, String> {
@@ -460,19 +504,27 @@ fn any_color<'a>(files: impl Iterator<Item = &'a PathBuf>) -> Result<bool, Folde
     Ok(found.into_inner())
 }
 
-/// A decoded image: width, height and its channel planes.
-type Decoded = (u32, u32, Vec<u8>);
+/// A decoded image: width, height, its channel planes, and whether the file was cut short
+/// (decoded anyway, as allowed).
+type Decoded = (u32, u32, Vec<u8>, bool);
 
 /// Decodes one file to `channels` planes of `size` (or its own size).
 fn decode_one(
     path: &Path,
     channels: usize,
     image_size: Option<usize>,
+    allow_truncated: bool,
 ) -> Result<Decoded, FolderError> {
     let bad = |reason: String| FolderError::BadImage {
         path: path.to_path_buf(),
         reason,
     };
+    let cut = truncation(path).map_err(|e| bad(e.to_string()))?;
+    if let Some(why) = cut.filter(|_| !allow_truncated) {
+        return Err(bad(format!(
+            "{why} (the decoder would fill in the rest): download it again, or allow truncated files"
+        )));
+    }
     // One open: the header's size is checked before the pixels are allocated.
     let decoder = open_reader(path)
         .map_err(bad)?
@@ -494,7 +546,7 @@ fn decode_one(
         _ => img,
     };
     let (w, h) = img.dimensions();
-    Ok((w, h, planes(&img, channels)))
+    Ok((w, h, planes(&img, channels), cut.is_some()))
 }
 
 /// The shorter side resized to `resize` (bilinear, antialiased), then the centre
@@ -526,24 +578,26 @@ pub fn planes(img: &DynamicImage, channels: usize) -> Vec<u8> {
     planes
 }
 
-/// Decodes `list` in parallel on the current pool: the set, and the files skipped.
+/// Decodes `list` in parallel on the current pool: the set, the files skipped and the
+/// truncated files decoded anyway.
 fn decode_list(
     list: &FileList,
     channels: usize,
     size: &mut Option<(u32, u32)>,
     options: &FolderOptions,
-) -> Result<(ImageSet, Vec<PathBuf>), FolderError> {
+) -> Result<(ImageSet, Vec<PathBuf>, Vec<PathBuf>), FolderError> {
     use rayon::prelude::*;
     let decoded: Vec<Result<Decoded, FolderError>> = list
         .0
         .par_iter()
-        .map(|(path, _)| decode_one(path, channels, options.image_size))
+        .map(|(path, _)| decode_one(path, channels, options.image_size, options.allow_truncated))
         .collect();
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     let mut skipped = Vec::new();
+    let mut truncated = Vec::new();
     for ((path, label), result) in list.0.iter().zip(decoded) {
-        let (w, h, planes) = match result {
+        let (w, h, planes, cut) = match result {
             Ok(d) => d,
             Err(FolderError::BadImage { .. }) if options.skip_bad => {
                 skipped.push(path.clone());
@@ -564,6 +618,9 @@ fn decode_list(
             }
             Some(_) => {}
         }
+        if cut {
+            truncated.push(path.clone());
+        }
         pixels.extend_from_slice(&planes);
         labels.push(*label);
     }
@@ -580,6 +637,7 @@ fn decode_list(
             labels,
         },
         skipped,
+        truncated,
     ))
 }
 
@@ -693,6 +751,7 @@ fn read_cache(file: &Path, layout: &FolderLayout) -> Option<ImageFolder> {
         val,
         test,
         skipped,
+        truncated: Vec::new(),
         from_cache: true,
     })
 }
@@ -989,5 +1048,51 @@ mod tests {
         assert_eq!(f.train.images.image(0), set.images.image(1));
         assert_eq!(f.train.images.image(1), set.images.image(0));
         assert_eq!(f.train.images.image(2), set.images.image(2));
+    }
+
+    #[test]
+    fn files_cut_short_are_refused_or_decoded_with_a_list() {
+        let root = temp("truncated");
+        for (class, v) in [("a", 10u8), ("b", 90)] {
+            for i in 0..2 {
+                gray(&root.join(format!("{class}/{i}.png")), 32, 32, v + i);
+            }
+        }
+        rgb(&root.join("b/photo.jpg"), 32, 32, [200, 10, 10]);
+        let jpg = root.join("b/photo.jpg");
+        assert_eq!(truncation(&jpg).unwrap(), None);
+        assert_eq!(truncation(&root.join("a/0.png")).unwrap(), None);
+        // Cut both files in the middle of their data.
+        for path in [jpg.clone(), root.join("a/1.png")] {
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        }
+        assert!(truncation(&jpg).unwrap().unwrap().contains("JPEG"));
+        assert!(
+            truncation(&root.join("a/1.png"))
+                .unwrap()
+                .unwrap()
+                .contains("IEND")
+        );
+        let options = FolderOptions {
+            channels: Some(1),
+            ..no_cache()
+        };
+        let err = ImageFolder::open(&root, &options).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        assert!(err.contains("1.png") || err.contains("photo.jpg"), "{err}");
+        let allowed = ImageFolder::open(
+            &root,
+            &FolderOptions {
+                allow_truncated: true,
+                ..options
+            },
+        );
+        // The cut PNG may not decode at all (its data stream ends); the JPEG does, filled in.
+        match allowed {
+            Ok(f) => assert!(f.truncated.contains(&jpg), "{:?}", f.truncated),
+            Err(e) => assert!(e.to_string().contains("1.png"), "{e}"),
+        }
+        std::fs::remove_dir_all(&root).ok();
     }
 }

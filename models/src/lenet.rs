@@ -401,6 +401,11 @@ impl Summarize for LeNet5 {
         match &self.c3 {
             C3::Partial(c3) => {
                 let [_, h, w] = s.chw();
+                // (As `Summary::conv2d` reports a window that does not fit.)
+                assert!(
+                    h >= 5 && w >= 5,
+                    "layer `c3`: its 5×5 window does not fit its {h}×{w} input"
+                );
                 let (oh, ow) = (h - 4, w - 4);
                 let macs: usize = C3_TABLE
                     .iter()

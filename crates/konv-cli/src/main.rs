@@ -35,6 +35,9 @@ enum Command {
     Predict(PredictArgs),
     /// List the models of the zoo with their input, parameters and multiply-adds.
     Models,
+    /// List what each backend sees here: the CPU threads, and every wgpu adapter with its
+    /// graphics API, type and driver (OpenGL adapters are listed but not used).
+    Devices,
     /// Per-layer output shapes, parameters, multiply-adds and memory of a model.
     Summary(SummaryArgs),
     /// Load PyTorch (torchvision) weights into a zoo model and save them as Burn weights.
@@ -76,6 +79,10 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::cmd_train(*args),
         Command::Eval(args) => commands::cmd_eval(args),
         Command::Predict(args) => commands::cmd_predict(args),
+        Command::Devices => {
+            commands::cmd_devices();
+            Ok(())
+        }
         Command::Models => {
             commands::cmd_models();
             Ok(())
@@ -107,6 +114,18 @@ fn describe(e: &anyhow::Error) -> String {
         Some(diverged @ TrainError::Diverged { .. }) => {
             format!("{diverged}: give a smaller --lr (or --clip-grad-norm)")
         }
-        _ => format!("{e:#}"),
+        // The chain of causes, each once: an error that already prints its cause (`path:
+        // Permission denied (os error 13)`) is not followed by that cause again.
+        _ => {
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !line.contains(&cause) {
+                    line.push_str(": ");
+                    line.push_str(&cause);
+                }
+            }
+            line
+        }
     }
 }

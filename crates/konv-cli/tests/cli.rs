@@ -1280,3 +1280,67 @@ fn train_starts_from_pytorch_weights() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The reliability defects found by trying bad inputs, each as its own case: one clear
+/// line, a non-zero exit, and nothing left on disk.
+#[test]
+fn odd_inputs_fail_before_anything_is_written() {
+    let dir = temp_dir("odd");
+    // Negative numbers are values: the error names the flag and its range.
+    for (flag, value) in [("--epochs", "-1"), ("--lr", "-1"), ("--batch-size", "-3")] {
+        assert_clear_error(
+            &konv(&["train", "--embedded", flag, value], &dir),
+            &format!("invalid value '{value}' for '{flag}"),
+        );
+    }
+    // --limit 0 names --limit, and leaves no run folder.
+    assert_clear_error(
+        &konv(
+            &["train", "--embedded", "--limit", "0", "--out", "lim0"],
+            &dir,
+        ),
+        "--limit: 0 leaves no training examples",
+    );
+    assert!(!dir.join("lim0").exists());
+    // A missing image for `konv filters`: no output folder.
+    assert_clear_error(
+        &konv(&["filters", "--image", "nope.png", "--out", "maps"], &dir),
+        "nope.png",
+    );
+    assert!(!dir.join("maps").exists());
+    // A JPEG cut in the middle of its data is refused as truncated, not decoded in silence.
+    let jpg = dir.join("cut.jpg");
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 128]))
+        .save(&jpg)
+        .unwrap();
+    let bytes = std::fs::read(&jpg).unwrap();
+    std::fs::write(&jpg, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clear_error(
+        &konv(&["filters", "--image", "cut.jpg", "--out", "cut"], &dir),
+        "truncated: the JPEG has no end-of-image marker",
+    );
+    assert!(!dir.join("cut").exists());
+    // A shape walk that does not fit names the layer, with the shape it got.
+    assert_clear_error(
+        &konv(&["summary", "--model", "lenet5", "--input", "1x8x8"], &dir),
+        "layer `c3`: its 5×5 window does not fit its 2×2 input",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `konv devices` lists the CPU and every wgpu adapter; OpenGL ones are marked unused.
+#[test]
+fn devices_lists_the_cpu_and_the_adapters() {
+    let dir = temp_dir("devices");
+    let out = konv(&["devices"], &dir);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("cpu   ") && text.contains(" threads"),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| l.contains("(Gl,")) {
+        assert!(line.ends_with("(OpenGL: not used for compute)"), "{line}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -71,6 +71,14 @@ impl BackendName {
     /// The device, after a tiny computation on it has succeeded. GPU backends initialize
     /// lazily and panic when no adapter exists; this turns that into an error.
     pub fn open(self) -> Result<Device, BackendError> {
+        if self == BackendName::Wgpu && compute_adapters().is_empty() {
+            // wgpu would fall back to an OpenGL adapter, which passes the probe and then
+            // hangs or panics in the first real kernel.
+            return Err(BackendError::Unavailable {
+                backend: self,
+                reason: "no Vulkan, Metal or DX12 adapter; an OpenGL-only adapter cannot run konv's compute kernels".into(),
+            });
+        }
         let device = self.device();
         probe(&device).map_err(|reason| BackendError::Unavailable {
             backend: self,
@@ -114,6 +122,50 @@ pub enum BackendError {
         /// What went wrong, first line only.
         reason: String,
     },
+}
+
+/// A graphics adapter wgpu sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adapter {
+    /// The adapter's name (`NVIDIA H200`, `llvmpipe (LLVM 19.1.7, 256 bits)`).
+    pub name: String,
+    /// Graphics API: `Vulkan`, `Metal`, `Dx12`, `Gl`.
+    pub api: String,
+    /// Discrete GPU, integrated GPU, CPU (software), virtual GPU or other.
+    pub kind: String,
+    /// Driver and its version.
+    pub driver: String,
+}
+
+/// Every adapter wgpu finds, on every graphics API, OpenGL included.
+pub fn adapters() -> Vec<Adapter> {
+    list_adapters(wgpu::Backends::all())
+}
+
+/// The adapters konv can compute on: Vulkan, Metal and DX12 (OpenGL lacks the compute
+/// support konv's kernels need).
+pub fn compute_adapters() -> Vec<Adapter> {
+    list_adapters(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
+}
+
+fn list_adapters(backends: wgpu::Backends) -> Vec<Adapter> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    futures_lite::future::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .map(|a| {
+            let info = a.get_info();
+            Adapter {
+                name: info.name,
+                api: format!("{:?}", info.backend),
+                kind: format!("{:?}", info.device_type),
+                driver: format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .to_string(),
+            }
+        })
+        .collect()
 }
 
 /// Runs a one-element computation on `device`, catching the panic a missing adapter causes.
@@ -164,6 +216,18 @@ mod tests {
         }
         let err = "tpu".parse::<BackendName>().unwrap_err().to_string();
         assert!(err.contains("cpu, flex, ndarray, wgpu"), "{err}");
+    }
+
+    #[test]
+    fn compute_adapters_are_the_non_opengl_ones() {
+        let all = adapters();
+        let compute = compute_adapters();
+        assert!(compute.iter().all(|a| a.api != "Gl" && all.contains(a)));
+        assert_eq!(
+            compute.len(),
+            all.iter().filter(|a| a.api != "Gl").count(),
+            "{all:?}"
+        );
     }
 
     #[test]

@@ -133,6 +133,13 @@ impl Settings {
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
         }
+        if self.limit == Some(0) {
+            return bad(
+                "limit",
+                "0 leaves no training examples; give at least 1 (or drop it to train on all)"
+                    .into(),
+            );
+        }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return bad(
                 "lr",

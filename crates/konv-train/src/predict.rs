@@ -17,12 +17,20 @@ pub fn load_grayscale(path: &Path, height: usize, width: usize) -> Result<Vec<u8
     Ok(grayscale(&open_image(path)?, height, width))
 }
 
-/// Opens an image file (PNG or JPEG); an unreadable file is an error naming it.
+/// Opens an image file (PNG or JPEG); an unreadable file, or one cut short (a JPEG
+/// without its end marker, a PNG without `IEND`, which decoders fill in silently), is an
+/// error naming it.
 pub fn open_image(path: &Path) -> Result<image::DynamicImage, TrainError> {
-    image::open(path).map_err(|e| TrainError::Image {
+    let bad = |reason: String| TrainError::Image {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    if let Some(why) = konv_datasets::folder::truncation(path).map_err(|e| bad(e.to_string()))? {
+        return Err(bad(format!(
+            "{why}; the file is cut short, download or export it again"
+        )));
+    }
+    image::open(path).map_err(|e| bad(e.to_string()))
 }
 
 /// `img` in grayscale, resized to `height × width`: 8-bit pixels, row-major.

@@ -68,6 +68,9 @@ pub struct FolderSpec {
     pub channels: usize,
     /// Undecodable files were skipped.
     pub skip_bad: bool,
+    /// Files cut short were decoded anyway.
+    #[serde(default)]
+    pub allow_truncated: bool,
 }
 
 impl FolderSpec {
@@ -79,6 +82,7 @@ impl FolderSpec {
             skip_bad: self.skip_bad,
             cache,
             workers: 0,
+            allow_truncated: self.allow_truncated,
         }
     }
 }

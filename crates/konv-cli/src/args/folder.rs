@@ -57,6 +57,10 @@ pub(crate) struct FolderArgs {
     /// --dataset folder: skip (and count) files that cannot be decoded instead of failing.
     #[arg(long)]
     pub(crate) skip_bad: bool,
+    /// --dataset folder: decode files cut short (a JPEG without its end marker, a PNG
+    /// without IEND) with a warning, instead of refusing them.
+    #[arg(long)]
+    pub(crate) allow_truncated: bool,
     /// --dataset folder: decode every time instead of keeping decoded images in the cache
     /// ($KONV_CACHE/folders, else ~/.cache/konv/folders).
     #[arg(long)]
@@ -70,6 +74,7 @@ impl FolderArgs {
             (self.image_size.is_some(), "--image-size"),
             (self.channels.is_some(), "--channels"),
             (self.skip_bad, "--skip-bad"),
+            (self.allow_truncated, "--allow-truncated"),
         ] {
             if given {
                 bail!("{flag} reads image folders; give --dataset folder --data-dir DIR with it");

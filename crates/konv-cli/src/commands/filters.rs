@@ -22,18 +22,11 @@ pub(crate) fn cmd_filters(args: FiltersArgs) -> Result<()> {
         .iter()
         .map(|spec| Filter::parse(spec, args.size as usize).map_err(|e| anyhow::anyhow!("--{e}")))
         .collect::<Result<Vec<_>>>()?;
-    let mut written = Vec::new();
-    if !hand_made.is_empty() {
-        written.extend(filters::write_feature_maps(
-            &args.images,
-            &hand_made,
-            args.stride as usize,
-            args.padding,
-            &args.out,
-            &device,
-        )?);
+    // Every image, and the model, must load before anything is written.
+    for path in &args.images {
+        predict::open_image(path)?;
     }
-    if with_model {
+    let loaded = if with_model {
         let stem = |p: &Path| {
             p.file_stem()
                 .map_or("image".into(), |s| s.to_string_lossy().into_owned())
@@ -76,6 +69,22 @@ pub(crate) fn cmd_filters(args: FiltersArgs) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             (model, inputs)
         };
+        Some((model, inputs))
+    } else {
+        None
+    };
+    let mut written = Vec::new();
+    if !hand_made.is_empty() {
+        written.extend(filters::write_feature_maps(
+            &args.images,
+            &hand_made,
+            args.stride as usize,
+            args.padding,
+            &args.out,
+            &device,
+        )?);
+    }
+    if let Some((model, inputs)) = loaded {
         if let (true, Some((_, x))) = (args.layers.is_empty(), inputs.first()) {
             let names: Vec<String> = model
                 .feature_maps(x.clone())

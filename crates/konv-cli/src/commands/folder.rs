@@ -36,6 +36,13 @@ fn open(dir: &Path, options: &konv_datasets::FolderOptions) -> Result<ImageFolde
             folder.skipped[0].display()
         );
     }
+    if !folder.truncated.is_empty() {
+        eprintln!(
+            "warning: {} file(s) were cut short and decoded anyway (--allow-truncated; the missing part is filled in), e.g. {}",
+            folder.truncated.len(),
+            folder.truncated[0].display()
+        );
+    }
     Ok(folder)
 }
 
@@ -67,6 +74,7 @@ pub(crate) fn train(args: &TrainArgs, mode: OutputMode) -> Result<()> {
         skip_bad: f.skip_bad,
         cache: f.cache(),
         workers: 0,
+        allow_truncated: f.allow_truncated,
     };
     let device = args.backend.open()?;
     let folder = open(dir, &options)?;
@@ -89,6 +97,7 @@ pub(crate) fn train(args: &TrainArgs, mode: OutputMode) -> Result<()> {
         image_size: options.image_size,
         channels: folder.train.images.channels,
         skip_bad: options.skip_bad,
+        allow_truncated: options.allow_truncated,
     });
     let mut data = SplitData::from_folder(&folder, val_size, args.limit, args.seed);
     if data.train.is_empty() {

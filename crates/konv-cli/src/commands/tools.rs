@@ -5,6 +5,26 @@ use konv_train::run;
 
 use crate::args::*;
 
+pub(crate) fn cmd_devices() {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("cpu   {threads} threads (--backend cpu: Burn's Flex backend)");
+    let adapters = konv_train::backend::adapters();
+    if adapters.is_empty() {
+        println!("wgpu  no adapter (for wgpu without a GPU: apt-get install mesa-vulkan-drivers)");
+    }
+    for a in adapters {
+        let used = if a.api == "Gl" {
+            "  (OpenGL: not used for compute)"
+        } else {
+            ""
+        };
+        println!(
+            "wgpu  {} ({}, {}, driver {}){used}",
+            a.name, a.api, a.kind, a.driver
+        );
+    }
+}
+
 pub(crate) fn cmd_models() {
     use konv_models::summary::{giga, thousands};
     println!(
