@@ -1344,3 +1344,18 @@ fn devices_lists_the_cpu_and_the_adapters() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A machine whose only wgpu adapter is OpenGL (here: the Vulkan driver hidden) gets the
+/// one "no usable device" line and no run folder, instead of a hang in the first kernel.
+#[test]
+fn wgpu_with_only_an_opengl_adapter_is_refused() {
+    let dir = temp_dir("glonly");
+    let out = konv_with_env(
+        &["train", "--backend", "wgpu", "--embedded", "--out", "run"],
+        &dir,
+        &[("VK_ICD_FILENAMES", "/nonexistent.json")],
+    );
+    assert_clear_error(&out, "has no usable device here");
+    assert!(!dir.join("run").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

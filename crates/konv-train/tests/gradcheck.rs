@@ -1,0 +1,260 @@
+//! Finite-difference gradient checks of the layers and losses konv writes itself: for each,
+//! the gradient autodiff gives for the input is compared with central differences of the
+//! same scalar (the output weighted by fixed random numbers, so that no symmetry hides an
+//! error), coordinate by coordinate.
+//!
+//! In f32 on the CPU backend: central differences with a step of 1e-2 (the functions are
+//! smooth at the probed points: max-pool inputs are distinct by more than the step), and a
+//! relative tolerance of 2e-2 on the larger of the two values (absolute below 1e-2). A wrong
+//! backward pass is off by far more: a dropped term, a transposed kernel or a missing
+//! chain-rule factor shows as an error of order 1.
+//!
+//! `cargo test --release -p konv-train --test gradcheck -- --nocapture` prints the table.
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+/// Max relative error over up to `probes` input coordinates between autodiff and central
+/// differences of `f` at `x`.
+fn max_rel_error<const D: usize>(
+    f: &dyn Fn(Tensor<D>) -> Tensor<1>,
+    x: &[f32],
+    shape: [usize; D],
+    probes: usize,
+) -> f64 {
+    let device = Device::flex().autodiff();
+    let input = Tensor::<D>::from_data(TensorData::new(x.to_vec(), shape), &device).require_grad();
+    let grads = f(input.clone()).backward();
+    let autodiff: Vec<f32> = input
+        .grad(&grads)
+        .expect("the input takes part in the output")
+        .into_data()
+        .try_to_vec()
+        .expect("f32 gradient");
+    let value = |v: Vec<f32>| -> f64 {
+        f(Tensor::from_data(TensorData::new(v, shape), &device)).into_scalar::<f64>()
+    };
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(7));
+    let eps = 1e-2f32;
+    let mut worst = 0.0f64;
+    for &i in order.iter().take(probes) {
+        let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
+        plus[i] += eps;
+        minus[i] -= eps;
+        let numeric = (value(plus) - value(minus)) / (2.0 * f64::from(eps));
+        let analytic = f64::from(autodiff[i]);
+        let scale = numeric.abs().max(analytic.abs()).max(1e-2);
+        worst = worst.max((numeric - analytic).abs() / scale);
+    }
+    worst
+}
+
+/// `n` inputs 0.025 apart, centred on 0, shuffled: no two within the finite-difference
+/// step, so max pooling picks the same element on both sides of it.
+fn distinct(n: usize, seed: u64) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n)
+        .map(|i| 0.025 * (i as f32 - n as f32 / 2.0))
+        .collect();
+    v.shuffle(&mut StdRng::seed_from_u64(seed));
+    v
+}
+
+/// Fixed random weights for the output, so the scalar checked is `sum(w · out)`.
+fn weighted<const D: usize>(out: Tensor<D>) -> Tensor<1> {
+    let w = Tensor::<D>::random(out.dims(), Distribution::Normal(0.0, 1.0), &out.device());
+    // The same weights on every call: seeded right before they are drawn.
+    (out * w).sum()
+}
+
+fn seeded_weighted<const D: usize>(out: Tensor<D>) -> Tensor<1> {
+    let device = out.device();
+    device.seed(11);
+    weighted(out)
+}
+
+#[test]
+fn konv_layers_and_losses_pass_gradient_checks() {
+    use konv_models::layers::{ChannelMaxPool2d, GlobalMaxPool2d, SeparableConv2dConfig};
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+
+    let sep = SeparableConv2dConfig::new([3, 5], [3, 3]).init(&device);
+    rows.push((
+        "SeparableConv2d 3→5, 3×3 (Xception)",
+        max_rel_error(
+            &|x| seeded_weighted(sep.forward(x)),
+            &distinct(2 * 3 * 7 * 7, 1),
+            [2, 3, 7, 7],
+            60,
+        ),
+    ));
+    let pool = ChannelMaxPool2d::new(2);
+    rows.push((
+        "ChannelMaxPool2d k=2 (Maxout)",
+        max_rel_error(
+            &|x| seeded_weighted(pool.forward(x)),
+            &distinct(2 * 4 * 5 * 5, 2),
+            [2, 4, 5, 5],
+            60,
+        ),
+    ));
+    rows.push((
+        "GlobalMaxPool2d",
+        max_rel_error(
+            &|x| seeded_weighted(GlobalMaxPool2d.forward(x)),
+            &distinct(2 * 3 * 6 * 6, 3),
+            [2, 3, 6, 6],
+            60,
+        ),
+    ));
+    let lrn = konv_models::layers::paper_lrn();
+    rows.push((
+        "LocalResponseNorm n=5 (AlexNet, GoogLeNet)",
+        max_rel_error(
+            &|x| seeded_weighted(lrn.forward(x)),
+            &distinct(2 * 7 * 4 * 4, 4),
+            [2, 7, 4, 4],
+            60,
+        ),
+    ));
+    let lenet = konv_models::build("lenet5", 10, &device).unwrap();
+    rows.push((
+        "LeNet-5 (paper) to F6: S2/S4 subsampling, C3 table",
+        max_rel_error(
+            &|x| seeded_weighted(lenet.forward_features(x)),
+            // Scaled into the squashing function's working range.
+            &distinct(32 * 32, 5)
+                .iter()
+                .map(|v| v / 8.0)
+                .collect::<Vec<_>>(),
+            [1, 1, 32, 32],
+            60,
+        ),
+    ));
+    // The RBF output alone: its squared distances are large, and through the whole network
+    // f32 central differences of them lose the small per-pixel derivatives in rounding.
+    let rbf = konv_models::lenet::Rbf::new(12, 5, &device);
+    rows.push((
+        "LeNet-5 RBF output (12 → 5)",
+        max_rel_error(
+            &|x| seeded_weighted(rbf.forward(x)),
+            &distinct(3 * 12, 13),
+            [3, 12],
+            36,
+        ),
+    ));
+    let up = konv_models::layers::init_bilinear(
+        burn::nn::conv::ConvTranspose2dConfig::new([3, 3], [4, 4])
+            .with_stride([2, 2])
+            .with_bias(false)
+            .init(&device),
+    );
+    rows.push((
+        "FCN bilinear ConvTranspose2d ×2",
+        max_rel_error(
+            &|x| seeded_weighted(up.forward(x)),
+            &distinct(2 * 3 * 5 * 5, 6),
+            [2, 3, 5, 5],
+            60,
+        ),
+    ));
+    let targets: Vec<f32> = (0..24).map(|i| f32::from(u8::from(i % 3 == 0))).collect();
+    rows.push((
+        "sigmoid focal loss (α 0.25, γ 2)",
+        max_rel_error(
+            &|x| {
+                let t =
+                    Tensor::<2>::from_data(TensorData::new(targets.clone(), [4, 6]), &x.device());
+                konv_train::loss::sigmoid_focal_loss(x, t, 0.25, 2.0).sum()
+            },
+            &distinct(24, 7),
+            [4, 6],
+            24,
+        ),
+    ));
+    rows.push((
+        "smooth L1 (both branches)",
+        max_rel_error(
+            &|x| {
+                let t = Tensor::<2>::zeros([4, 6], &x.device());
+                konv_train::loss::smooth_l1(x, t).sum()
+            },
+            // |x| < 1 and > 1 both, away from the kink at ±1.
+            &distinct(24, 8)
+                .iter()
+                .map(|v| {
+                    if (v.abs() - 1.0).abs() < 0.05 {
+                        v * 0.5
+                    } else {
+                        *v
+                    }
+                })
+                .collect::<Vec<_>>(),
+            [4, 6],
+            24,
+        ),
+    ));
+    let classes = [1i64, 0, 3, 2];
+    let label_smoothing = |x: Tensor<2>| {
+        let y = Tensor::<1, Int>::from_data(TensorData::new(classes.to_vec(), [4]), &x.device());
+        konv_train::train::classification_loss(x, y, None, 0.1).0
+    };
+    rows.push((
+        "cross-entropy with label smoothing 0.1",
+        max_rel_error(&label_smoothing, &distinct(16, 9), [4, 4], 16),
+    ));
+    let weights = konv_train::loss::LossWeights(vec![0.8, 0.2]);
+    rows.push((
+        "weighted class + box loss (0.8, 0.2; smooth L1)",
+        max_rel_error(
+            &|x: Tensor<2>| {
+                let d = x.device();
+                let logits = x.clone().slice([0..4, 0..3]);
+                let boxes = x.slice([0..4, 3..7]);
+                let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2, 1, 0], [4]), &d);
+                let b = Tensor::<2>::zeros([4, 4], &d).add_scalar(0.3);
+                konv_train::loss::localization_losses(
+                    logits,
+                    y,
+                    boxes,
+                    b,
+                    &weights,
+                    konv_train::loss::BoxLoss::SmoothL1,
+                )
+                .expect("two outputs, two weights")
+                .total
+            },
+            &distinct(28, 10),
+            [4, 7],
+            28,
+        ),
+    ));
+
+    println!("{:<52} {:>18}", "layer / loss", "max relative error");
+    for (name, err) in &rows {
+        println!("{name:<52} {err:>18.2e}");
+    }
+    for (name, err) in rows {
+        assert!(
+            err < 2e-2,
+            "{name}: autodiff and finite differences differ by {err}"
+        );
+    }
+}
+
+/// The check fails when the gradient is wrong: a function whose backward pass is replaced by
+/// another's (the output detached from one term) is caught.
+#[test]
+fn a_wrong_gradient_is_caught() {
+    let f = |x: Tensor<1>| {
+        let detached = Tensor::from_inner(x.clone().inner()).powf_scalar(2.0);
+        (x + detached).sum()
+    };
+    let err = max_rel_error(&f, &distinct(8, 12), [8], 8);
+    assert!(err > 0.1, "a missing gradient term went unnoticed ({err})");
+}
