@@ -1202,6 +1202,9 @@ fn a_localizer_trains_with_every_feature_of_the_loop() {
 #[test]
 fn pytorch_weights_start_a_run_with_a_fresh_head() {
     use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+    // Building models draws from the backend's one random generator, which the seeded
+    // tests in this file share.
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex();
     let dir = std::env::temp_dir().join(format!("konv-pth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
