@@ -36,6 +36,11 @@ use crate::mnist::ImageSet;
 /// allocated).
 pub const MAX_SIDE: u32 = 16_384;
 
+/// The most pixels an image konv decodes may have (Pillow's decompression-bomb limit,
+/// about 9,459² or 89 megapixels): a 100-byte file can declare any size, and its pixels are
+/// allocated before the data is read, so the header's size is refused past this first.
+pub const MAX_PIXELS: u64 = 89_478_485;
+
 /// The most classes a folder may have (labels are bytes).
 pub const MAX_CLASSES: usize = 256;
 
@@ -115,16 +120,6 @@ pub enum FolderError {
         path: PathBuf,
         /// The decoder's message.
         reason: String,
-    },
-    /// An image too large to decode.
-    #[error("{path}: image is {width}×{height}, past konv's limit of {MAX_SIDE} pixels a side")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// Its width.
-        width: u32,
-        /// Its height.
-        height: u32,
     },
     /// Images of different sizes without a size to resize to.
     #[error(
@@ -451,7 +446,8 @@ impl fmt::Display for ImageFolder {
 
 /// Why `path` is cut short, when it is: a JPEG whose last bytes hold no end-of-image
 /// marker (`FF D9`), or a PNG without its `IEND` chunk. Decoders fill a missing tail with
-/// grey and say nothing; this reads only the file's last bytes. Other formats: `None`.
+/// grey and say nothing; this reads only the file's first and last bytes. Other formats:
+/// `None`.
 ///
 /// # Errors
 /// When the file cannot be read.
@@ -459,20 +455,100 @@ pub fn truncation(path: &Path) -> std::io::Result<Option<&'static str>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
-    let mut head = [0u8; 8];
-    let n = file.read(&mut head)?;
-    const TAIL: u64 = 1024;
+    let mut head = Vec::with_capacity(8);
+    (&mut file).take(8).read_to_end(&mut head)?;
     let mut tail = Vec::new();
     file.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
     file.read_to_end(&mut tail)?;
+    Ok(cut_short(&head, &tail))
+}
+
+/// How many of a file's last bytes [`truncation`] searches for the end marker.
+const TAIL: u64 = 1024;
+
+/// [`truncation`] of a file's first bytes (8 are enough) and its last [`TAIL`] bytes.
+fn cut_short(head: &[u8], tail: &[u8]) -> Option<&'static str> {
     let has = |needle: &[u8]| tail.windows(needle.len()).any(|w| w == needle);
-    Ok(if n >= 3 && head[..3] == [0xFF, 0xD8, 0xFF] {
+    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
         (!has(&[0xFF, 0xD9])).then_some("truncated: the JPEG has no end-of-image marker")
-    } else if n == 8 && head == *b"\x89PNG\r\n\x1a\n" {
+    } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
         (!has(b"IEND")).then_some("truncated: the PNG has no IEND chunk")
     } else {
         None
-    })
+    }
+}
+
+/// The largest image file konv reads (1 GiB): past it, a file is refused before it is read.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Decodes an image file's bytes (PNG or JPEG) with bounded work: the format from the
+/// bytes, the size from the header, refused past [`MAX_SIDE`] before the pixels are
+/// allocated, and a file cut short refused unless `allow_truncated` (then decoded anyway).
+/// Returns the image and why it is cut short, when it is. The error is the reason alone;
+/// callers add the file's name.
+///
+/// # Errors
+/// Not an image konv reads, too large, cut short, or corrupt.
+pub fn decode_image(
+    bytes: &[u8],
+    allow_truncated: bool,
+) -> Result<(DynamicImage, Option<&'static str>), String> {
+    let tail = &bytes[bytes.len().saturating_sub(TAIL as usize)..];
+    let cut = cut_short(bytes, tail);
+    if let Some(why) = cut.filter(|_| !allow_truncated) {
+        return Err(format!(
+            "{why} (the decoder would fill in the rest); download or export it again"
+        ));
+    }
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    // The pixels of the largest image allowed, in 16-bit RGBA, and the decoders' own buffers.
+    // (The size itself is checked below, with konv's message.)
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8 + (64 << 20));
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(format!(
+            "the image is {w}×{h}, past konv's limit of {MAX_SIDE} pixels a side"
+        ));
+    }
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(format!(
+            "the image is {w}×{h}, more than konv's limit of {MAX_PIXELS} pixels (a decompression bomb, or an image to shrink first)"
+        ));
+    }
+    if w == 0 || h == 0 {
+        return Err(format!("the image is {w}×{h} pixels"));
+    }
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    Ok((img, cut))
+}
+
+/// Reads and decodes image file `path` as [`decode_image`] does.
+///
+/// # Errors
+/// An unreadable file, or one [`decode_image`] refuses.
+pub fn open_image(
+    path: &Path,
+    allow_truncated: bool,
+) -> Result<(DynamicImage, Option<&'static str>), FolderError> {
+    let bad = |reason: String| FolderError::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| FolderError::io(path, e))?
+        .len();
+    if len > MAX_FILE_BYTES {
+        return Err(bad(format!(
+            "{len} bytes, more than the {MAX_FILE_BYTES} konv reads for one image"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| FolderError::io(path, e))?;
+    decode_image(&bytes, allow_truncated).map_err(bad)
 }
 
 fn open_reader(
@@ -515,30 +591,7 @@ fn decode_one(
     image_size: Option<usize>,
     allow_truncated: bool,
 ) -> Result<Decoded, FolderError> {
-    let bad = |reason: String| FolderError::BadImage {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let cut = truncation(path).map_err(|e| bad(e.to_string()))?;
-    if let Some(why) = cut.filter(|_| !allow_truncated) {
-        return Err(bad(format!(
-            "{why} (the decoder would fill in the rest): download it again, or allow truncated files"
-        )));
-    }
-    // One open: the header's size is checked before the pixels are allocated.
-    let decoder = open_reader(path)
-        .map_err(bad)?
-        .into_decoder()
-        .map_err(|e| bad(e.to_string()))?;
-    let (w, h) = image::ImageDecoder::dimensions(&decoder);
-    if w > MAX_SIDE || h > MAX_SIDE {
-        return Err(FolderError::TooLarge {
-            path: path.to_path_buf(),
-            width: w,
-            height: h,
-        });
-    }
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
+    let (img, cut) = open_image(path, allow_truncated)?;
     let img = match image_size {
         Some(s) if (img.width(), img.height()) != (s as u32, s as u32) => {
             resize_center_crop(&img, s, [s, s])
@@ -1048,6 +1101,54 @@ mod tests {
         assert_eq!(f.train.images.image(0), set.images.image(1));
         assert_eq!(f.train.images.image(1), set.images.image(0));
         assert_eq!(f.train.images.image(2), set.images.image(2));
+    }
+
+    /// `bytes` of an image encoded as `format`.
+    fn encoded(img: DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), format)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_header_declaring_a_huge_image_is_refused_before_its_pixels_exist() {
+        // A PNG whose IHDR (CRC fixed up) declares 20,000 × 20,000: 1.6 GB of RGBA pixels
+        // from a file of 70 bytes.
+        let mut png = encoded(
+            DynamicImage::ImageRgba8(image::RgbaImage::new(1, 1)),
+            image::ImageFormat::Png,
+        );
+        png[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+        let err = decode_image(&png, true).unwrap_err();
+        assert!(
+            err.contains("20000×20000") && err.contains("limit"),
+            "{err}"
+        );
+        // A JPEG whose frame header declares 12,000 × 12,000 (past the pixel limit, inside
+        // the side limit).
+        let mut jpg = encoded(
+            DynamicImage::ImageLuma8(image::GrayImage::new(8, 8)),
+            image::ImageFormat::Jpeg,
+        );
+        let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpg[sof + 5..sof + 7].copy_from_slice(&12_000u16.to_be_bytes());
+        jpg[sof + 7..sof + 9].copy_from_slice(&12_000u16.to_be_bytes());
+        let err = decode_image(&jpg, true).unwrap_err();
+        assert!(
+            err.contains("12000×12000") && err.contains("pixels"),
+            "{err}"
+        );
+        // The same files at their own size decode.
+        let small = encoded(
+            DynamicImage::ImageLuma8(image::GrayImage::new(8, 8)),
+            image::ImageFormat::Jpeg,
+        );
+        assert_eq!(decode_image(&small, false).unwrap().0.width(), 8);
     }
 
     #[test]

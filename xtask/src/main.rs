@@ -75,6 +75,20 @@ enum Cmd {
         #[arg(long, default_value = "flip,resized-crop=0.35")]
         augment: String,
     },
+    /// Fuzz konv's file readers (IDX, images, run folders, PyTorch weights) with mutated
+    /// files: panics, memory past each reader's bound and hangs are findings, saved under
+    /// target/fuzz/. Exits non-zero when any is found.
+    Fuzz {
+        /// Minutes on each target.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Targets, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<String>,
+        /// Random seed of the mutations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Check konv's outputs against torchvision's: makes fixtures with PyTorch (pip, in a
     /// venv under target/) and compares every model.
     Parity {
@@ -535,6 +549,68 @@ fn parity(
     Ok(())
 }
 
+/// `cargo xtask fuzz`: each target for `minutes`, one table at the end.
+fn fuzz(minutes: f64, targets: &[String], seed: u64) -> Result<()> {
+    use konv_fuzz::targets::{NAMES, target};
+    if !(minutes > 0.0 && minutes.is_finite()) {
+        bail!("--minutes must be a positive number");
+    }
+    let names: Vec<&str> = if targets.is_empty() {
+        NAMES.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
+    if let Some(bad) = names.iter().find(|n| !NAMES.contains(n)) {
+        bail!(
+            "--target {bad}: no such target; the targets: {}",
+            NAMES.join(", ")
+        );
+    }
+    let root = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let save = std::path::Path::new(&root).join("fuzz");
+    let budget = konv_fuzz::Budget::Time(std::time::Duration::from_secs_f64(minutes * 60.0));
+    let mut rows = Vec::new();
+    for name in names {
+        println!("fuzzing {name} for {minutes} min...");
+        let mut t = target(name);
+        let report = konv_fuzz::fuzz(&mut t, budget, seed, Some(&save));
+        for f in &report.findings {
+            println!(
+                "  FOUND {}: {} ({} bytes{})",
+                name,
+                f.problem,
+                f.len,
+                f.saved
+                    .as_ref()
+                    .map(|p| format!(", saved as {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+        rows.push((name, t.about, report));
+    }
+    println!(
+        "\n{:<20} {:>9} {:>9} {:>9} {:>7} {:>8}  reads",
+        "target", "inputs", "inputs/s", "accepted", "corpus", "findings"
+    );
+    let mut found = 0;
+    for (name, about, r) in &rows {
+        found += r.findings.len();
+        println!(
+            "{:<20} {:>9} {:>9.0} {:>9} {:>7} {:>8}  {about}",
+            name,
+            r.execs,
+            r.execs as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            r.accepted,
+            r.corpus,
+            r.findings.len()
+        );
+    }
+    if found > 0 {
+        bail!("{found} finding(s); the inputs are in {}", save.display());
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { no_clippy } => ci(no_clippy),
@@ -545,6 +621,11 @@ fn main() -> Result<()> {
             augment,
         } => bench_loader(images, size, batch_size, &augment),
         Cmd::Subset { from } => subset(&from),
+        Cmd::Fuzz {
+            minutes,
+            target,
+            seed,
+        } => fuzz(minutes, &target, seed),
         Cmd::Parity {
             dir,
             size,

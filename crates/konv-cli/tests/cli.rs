@@ -913,6 +913,25 @@ fn localize_and_segment_train_eval_and_predict() {
         &konv(&["predict", "--run", "loc", "missing.png"], &dir),
         "missing.png",
     );
+    // A good image then a bad one: the error names the bad one, and --out is not made.
+    for run in ["loc", "seg"] {
+        assert_clear_error(
+            &konv(
+                &[
+                    "predict",
+                    "--run",
+                    run,
+                    "item.png",
+                    "missing.png",
+                    "--out",
+                    "x4",
+                ],
+                &dir,
+            ),
+            "missing.png",
+        );
+        assert!(!dir.join("x4").exists(), "{run}: --out was created");
+    }
     assert!(!dir.join("x1").exists() && !dir.join("x2").exists() && !dir.join("x3").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -21,16 +21,16 @@ pub fn load_grayscale(path: &Path, height: usize, width: usize) -> Result<Vec<u8
 /// without its end marker, a PNG without `IEND`, which decoders fill in silently), is an
 /// error naming it.
 pub fn open_image(path: &Path) -> Result<image::DynamicImage, TrainError> {
-    let bad = |reason: String| TrainError::Image {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if let Some(why) = konv_datasets::folder::truncation(path).map_err(|e| bad(e.to_string()))? {
-        return Err(bad(format!(
-            "{why}; the file is cut short, download or export it again"
-        )));
+    use konv_datasets::folder::FolderError;
+    match konv_datasets::folder::open_image(path, false) {
+        Ok((img, _)) => Ok(img),
+        Err(FolderError::BadImage { path, reason }) => Err(TrainError::Image { path, reason }),
+        Err(FolderError::Io { path, source }) => Err(TrainError::io(&path, source)),
+        Err(other) => Err(TrainError::Image {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        }),
     }
-    image::open(path).map_err(|e| bad(e.to_string()))
 }
 
 /// `img` in grayscale, resized to `height × width`: 8-bit pixels, row-major.

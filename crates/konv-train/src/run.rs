@@ -65,10 +65,14 @@ impl RunDir {
     pub fn read_config<T: serde::de::DeserializeOwned>(&self) -> Result<T, TrainError> {
         let path = self.path.join(CONFIG);
         let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
-            path,
-            reason: e.to_string(),
-        })
+        let corrupt = |reason: String| TrainError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        check_run_config(&value).map_err(corrupt)?;
+        serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Rewrites `metrics.csv` with every epoch so far.
@@ -108,6 +112,10 @@ impl RunDir {
         if value.get("task").and_then(|t| t.as_str()) != Some(task) {
             return Ok(None);
         }
+        check_run_config(&value).map_err(|reason| TrainError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
         serde_json::from_value(value).map(Some).map_err(corrupt)
     }
 
@@ -194,15 +202,33 @@ impl RunDir {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+        let corrupt = |reason: String| TrainError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
         if state.history.len() != state.epoch {
-            return Err(TrainError::Corrupt {
-                path,
-                reason: format!(
-                    "{} epochs of metrics for {} epochs done",
-                    state.history.len(),
-                    state.epoch
-                ),
-            });
+            return Err(corrupt(format!(
+                "{} epochs of metrics for {} epochs done",
+                state.history.len(),
+                state.epoch
+            )));
+        }
+        if state.best_epoch > state.epoch {
+            return Err(corrupt(format!(
+                "its best epoch {} is past the {} epochs done",
+                state.best_epoch, state.epoch
+            )));
+        }
+        // The checkpoints it names are files of this folder, never a path elsewhere.
+        for name in [&state.checkpoint, &state.optimizer] {
+            let plain = Path::new(name)
+                .file_name()
+                .is_some_and(|f| f == name.as_str());
+            if !plain || name.starts_with('.') {
+                return Err(corrupt(format!(
+                    "`{name}` is not a checkpoint file of the run folder"
+                )));
+            }
         }
         Ok(state)
     }
@@ -251,4 +277,105 @@ pub fn load_module<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
     model
         .try_load_record(record)
         .map_err(|e| TrainError::Record(path.to_path_buf(), e.to_string()))
+}
+
+/// The most classes a run may have: labels are bytes.
+const MAX_RUN_CLASSES: usize = 256;
+
+/// Checks what every task's `config.json` has in common before a model is built from it:
+/// `input` `[channels, height, width]` of 1–4 channels and sides up to
+/// [`konv_datasets::folder::MAX_SIDE`], 1–256 `class_names`, and a finite, positive
+/// standardization. A file edited by hand or damaged then fails here, as a corrupt run, and
+/// never as an allocation of a model of any size or a division by zero.
+fn check_run_config(value: &serde_json::Value) -> Result<(), String> {
+    use konv_datasets::folder::MAX_SIDE;
+    if let Some(input) = value.get("input").and_then(|v| v.as_array()) {
+        let dims: Vec<u64> = input.iter().filter_map(serde_json::Value::as_u64).collect();
+        let ok = matches!(dims.as_slice(), [c, h, w]
+            if (1..=4).contains(c)
+                && (1..=u64::from(MAX_SIDE)).contains(h)
+                && (1..=u64::from(MAX_SIDE)).contains(w));
+        if !ok {
+            return Err(format!(
+                "input {input:?} is not [channels 1–4, height, width 1–{MAX_SIDE}]"
+            ));
+        }
+    }
+    if let Some(names) = value.get("class_names").and_then(|v| v.as_array())
+        && !(1..=MAX_RUN_CLASSES).contains(&names.len())
+    {
+        return Err(format!(
+            "{} class names; a run has 1 to {MAX_RUN_CLASSES}",
+            names.len()
+        ));
+    }
+    if let Some(normalize) = value.get("normalize") {
+        let mut stds: Vec<Option<f64>> = vec![normalize.get("std").and_then(|v| v.as_f64())];
+        if let Some(rgb) = normalize.get("rgb").and_then(|v| v.as_array()) {
+            stds.extend(rgb.iter().map(|pair| pair.get(1).and_then(|v| v.as_f64())));
+        }
+        if stds
+            .iter()
+            .any(|s| !s.is_some_and(|s| s.is_finite() && s > 0.0))
+        {
+            return Err("its standardization has a standard deviation that is not positive".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(name: &str, file: &str, json: &str) -> RunDir {
+        let dir = std::env::temp_dir().join(format!("konv-run-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(CONFIG), "{}").unwrap();
+        std::fs::write(dir.join(file), json).unwrap();
+        RunDir::open(&dir).unwrap()
+    }
+
+    #[test]
+    fn a_state_naming_files_outside_the_run_is_corrupt() {
+        for (checkpoint, best_epoch) in [
+            ("../../elsewhere/weights.bpk", 1),
+            ("/etc/passwd", 1),
+            (".hidden.bpk", 1),
+            ("epoch-1.bpk", 2),
+        ] {
+            let json = format!(
+                r#"{{"epoch":1,"history":[{{"epoch":1,"train_loss":1.0,"train_accuracy":0.5,"val_loss":1.0,"val_accuracy":0.5,"lr":0.1,"images_per_sec":10.0,"seconds":1.0}}],"best_epoch":{best_epoch},"best_score":0.5,"checkpoint":"{checkpoint}","optimizer":"optimizer-1.bpk"}}"#
+            );
+            let run = run_with("state", STATE, &json);
+            let err = run.read_state().unwrap_err().to_string();
+            assert!(err.contains("state.json: corrupt"), "{checkpoint}: {err}");
+            std::fs::remove_dir_all(&run.path).ok();
+        }
+    }
+
+    #[test]
+    fn a_config_that_would_build_an_impossible_model_is_corrupt() {
+        for (json, says) in [
+            (r#"{"input":[0,28,28]}"#, "channels"),
+            (r#"{"input":[1,28,4000000000]}"#, "channels"),
+            (r#"{"class_names":[]}"#, "0 class names"),
+            (
+                r#"{"normalize":{"mean":0.5,"std":0.0}}"#,
+                "standard deviation",
+            ),
+        ] {
+            let run = run_with("config", CONFIG, json);
+            let err = run
+                .read_config::<serde_json::Value>()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("corrupt") && err.contains(says),
+                "{json}: {err}"
+            );
+            std::fs::remove_dir_all(&run.path).ok();
+        }
+    }
 }

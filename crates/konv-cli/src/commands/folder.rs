@@ -16,6 +16,9 @@ use crate::commands::{Source, resume_classifier, train_classifier, train_config}
 /// A folder error with the flag that fixes it.
 fn explain(e: FolderError) -> anyhow::Error {
     let hint = match &e {
+        FolderError::BadImage { reason, .. } if reason.starts_with("truncated") => {
+            "; or pass --allow-truncated to decode it anyway, or --skip-bad"
+        }
         FolderError::BadImage { .. } => "; fix or delete the file, or pass --skip-bad",
         FolderError::MixedSizes { .. } => "; give --image-size S",
         FolderError::Channels(_) => "; give --channels 1 or 3",

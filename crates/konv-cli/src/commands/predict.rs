@@ -17,28 +17,52 @@ pub(crate) fn predict_localize(
 ) -> Result<()> {
     use konv_train::localize::{draw_box, load_localizer, locate_file};
     let model = load_localizer(run_dir, info, device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("--out {}: cannot create the folder", args.out.display()))?;
+    let (mut pictures, mut lines) = (Vec::new(), Vec::new());
     for path in &args.images {
         let (found, img) = locate_file(&model, info, path, args.invert)?;
         let name = &info.class_names[found.class];
         let mut picture = img.to_rgb8();
         let label = format!("{name} {:.0}%", 100.0 * found.probability);
         draw_box(&mut picture, found.bbox, &label, image::Rgb([230, 40, 40]));
-        let stem = path
-            .file_stem()
-            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-        let file = args.out.join(format!("{stem}-box.png"));
-        picture
-            .save(&file)
-            .with_context(|| format!("{}: cannot write", file.display()))?;
+        let file = args.out.join(format!("{}-box.png", stem(path)));
         let [x0, y0, x1, y1] = found.bbox;
-        println!(
+        lines.push(format!(
             "{}: {name} ({:.2}%), box x {x0:.0}..{x1:.0}, y {y0:.0}..{y1:.0} → {}",
             path.display(),
             100.0 * found.probability,
             file.display()
-        );
+        ));
+        pictures.push((file, picture));
+    }
+    write_pictures(&args.out, &pictures)?;
+    lines.iter().for_each(|l| println!("{l}"));
+    Ok(())
+}
+
+/// A file's name without its extension, for the pictures named after it.
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Writes `pictures` into `--out` (created if needed), each atomically, once every image
+/// has been read and answered: a bad image among them leaves nothing on disk.
+fn write_pictures(out: &Path, pictures: &[(PathBuf, image::RgbImage)]) -> Result<()> {
+    let encoded = pictures
+        .iter()
+        .map(|(file, picture)| {
+            let mut png = Vec::new();
+            picture
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .with_context(|| format!("{}: cannot encode", file.display()))?;
+            Ok((file, png))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: cannot create the folder", out.display()))?;
+    for (file, png) in encoded {
+        run::write_atomic(file, &png)
+            .with_context(|| format!("{}: cannot write", file.display()))?;
     }
     Ok(())
 }
@@ -51,22 +75,13 @@ pub(crate) fn predict_segment(
 ) -> Result<()> {
     use konv_train::segment::{load_fcn, segment_file};
     let model = load_fcn(run_dir, info, device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("--out {}: cannot create the folder", args.out.display()))?;
+    let (mut pictures, mut lines) = (Vec::new(), Vec::new());
     for path in &args.images {
         let (labels, mask, overlay) = segment_file(&model, info, path, args.invert)?;
-        let stem = path
-            .file_stem()
-            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
         let (mask_file, overlay_file) = (
-            args.out.join(format!("{stem}-mask.png")),
-            args.out.join(format!("{stem}-overlay.png")),
+            args.out.join(format!("{}-mask.png", stem(path))),
+            args.out.join(format!("{}-overlay.png", stem(path))),
         );
-        mask.save(&mask_file)
-            .with_context(|| format!("{}: cannot write", mask_file.display()))?;
-        overlay
-            .save(&overlay_file)
-            .with_context(|| format!("{}: cannot write", overlay_file.display()))?;
         let mut counts = vec![0usize; info.class_names.len()];
         for &l in &labels {
             if let Some(c) = counts.get_mut(usize::from(l)) {
@@ -86,7 +101,7 @@ pub(crate) fn predict_segment(
                 )
             })
             .collect();
-        println!(
+        lines.push(format!(
             "{}: {} → {}, {}",
             path.display(),
             if found.is_empty() {
@@ -96,8 +111,12 @@ pub(crate) fn predict_segment(
             },
             mask_file.display(),
             overlay_file.display()
-        );
+        ));
+        pictures.push((mask_file, mask));
+        pictures.push((overlay_file, overlay));
     }
+    write_pictures(&args.out, &pictures)?;
+    lines.iter().for_each(|l| println!("{l}"));
     Ok(())
 }
 
@@ -109,33 +128,29 @@ pub(crate) fn predict_detect(
 ) -> Result<()> {
     use konv_train::detect::{detect_file, load_detector};
     let model = load_detector(run_dir, info, device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("--out {}: cannot create the folder", args.out.display()))?;
+    let (mut pictures, mut lines) = (Vec::new(), Vec::new());
     for path in &args.images {
         let (found, drawn) = detect_file(&model, info, path, args.invert, args.score as f32)?;
-        let stem = path
-            .file_stem()
-            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-        let file = args.out.join(format!("{stem}-boxes.png"));
-        drawn
-            .save(&file)
-            .with_context(|| format!("{}: cannot write", file.display()))?;
-        println!(
+        let file = args.out.join(format!("{}-boxes.png", stem(path)));
+        lines.push(format!(
             "{}: {} object{} → {}",
             path.display(),
             found.len(),
             if found.len() == 1 { "" } else { "s" },
             file.display()
-        );
+        ));
         for d in &found {
             let [x0, y0, x1, y1] = d.bbox.map(|v| v.round() as i64);
-            println!(
+            lines.push(format!(
                 "  {:<12} {:5.1}%  box x {x0}..{x1}, y {y0}..{y1}",
                 info.class_names[d.class],
                 100.0 * d.score
-            );
+            ));
         }
+        pictures.push((file, drawn));
     }
+    write_pictures(&args.out, &pictures)?;
+    lines.iter().for_each(|l| println!("{l}"));
     Ok(())
 }
 
