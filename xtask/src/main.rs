@@ -7,12 +7,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
 use konv_train::backend::BackendName;
-use konv_train::data::ImageBatch;
-use konv_train::train::{TrainConfig, train_step};
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -303,32 +300,9 @@ fn bench_loader(count: usize, size: u32, batch_size: usize, augment: &str) -> Re
     Ok(())
 }
 
-/// A random batch on `device`.
-fn random_batch(
-    batch: usize,
-    channels: usize,
-    size: usize,
-    classes: usize,
-    device: &Device,
-) -> ImageBatch {
-    ImageBatch {
-        images: Tensor::random(
-            [batch, channels, size, size],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            device,
-        ),
-        targets: Tensor::<1>::random(
-            [batch],
-            burn::tensor::Distribution::Uniform(0.0, classes as f64),
-            device,
-        )
-        .int(),
-        mix: None,
-    }
-}
-
+/// One `cargo xtask bench` row through [`konv_train::bench`], the loop `konv bench` runs.
 #[allow(clippy::too_many_arguments)]
-fn bench_one(
+fn bench_row(
     backend: BackendName,
     model: &str,
     batch: usize,
@@ -337,92 +311,33 @@ fn bench_one(
     steps: usize,
     replicas: usize,
     channels: usize,
-) -> Result<f64> {
-    let device = backend.open()?.autodiff();
-    let pools = (replicas > 1)
-        .then(|| konv_train::parallel::Replicas::new(replicas))
-        .transpose()?;
-    let step = |net, optim: &mut ModuleOptimizer, batch, lr| match &pools {
-        Some(pools) => konv_train::train::parallel_train_step(net, optim, batch, lr, 0.0, pools),
-        None => train_step(net, optim, batch, lr, 0.0),
+    inference: bool,
+) -> Result<()> {
+    use konv_train::bench::{BenchConfig, Mode, bench};
+    let config = BenchConfig {
+        model: model.to_string(),
+        mode: if inference { Mode::Infer } else { Mode::Train },
+        batch_size: batch,
+        size,
+        channels: Some(channels),
+        classes: Some(10).filter(|_| !inference),
+        warmup,
+        steps,
+        replicas,
+        seed: 0,
     };
-    device.seed(0);
-    let mut net = if model == "fashion-cnn" && size != 28 {
-        konv_models::Classifier::FashionCnn(
-            konv_models::fashion_cnn::FashionCnnConfig::new()
-                .with_input_size([size, size])
-                .init(&device),
-        )
-    } else {
-        konv_models::build_for(model, 10, channels, &device)?
-    };
-    let config = TrainConfig::default();
-    let mut optim: ModuleOptimizer = config.optimizer(&net);
-    let batch_data = random_batch(batch, channels, size, 10, &device);
-    let t0 = Instant::now();
-    for _ in 0..warmup {
-        net = step(net, &mut optim, batch_data.clone(), config.settings.lr).0;
-    }
-    let warm_secs = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for _ in 0..steps {
-        net = step(net, &mut optim, batch_data.clone(), config.settings.lr).0;
-    }
-    let secs = t1.elapsed().as_secs_f64();
+    let r = bench(&config, &backend.open()?)?;
     println!(
-        "{:<8} {model} batch {batch} {size}x{size}{}: {:>8.1} images/s  ({steps} steps in {secs:.1}s; warm-up {warmup} steps {warm_secs:.1}s)",
+        "{:<8} {model} batch {batch} {size}x{size}{}: {:>8.1} images/s, median {:.1} ms/step  ({steps} steps; warm-up {warmup} steps {:.1}s)",
         backend.as_str(),
         if replicas > 1 {
             format!(", {replicas} replicas")
         } else {
             String::new()
         },
-        (steps * batch) as f64 / secs
-    );
-    Ok((steps * batch) as f64 / secs)
-}
-
-/// Forward-pass latency of a zoo model with its default head, on `backend`: the median and
-/// the mean over `steps` timed batches.
-fn bench_inference(
-    backend: BackendName,
-    model: &str,
-    batch: usize,
-    size: usize,
-    warmup: usize,
-    steps: usize,
-) -> Result<()> {
-    let device = backend.open()?;
-    device.seed(0);
-    let info = konv_models::info(model)?;
-    let net = konv_models::build(model, info.classes, &device)?;
-    let x = Tensor::<4>::random(
-        [batch, info.input[0], size, size],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let run = || {
-        // Reading the result back waits for the backend to finish.
-        let _ = net.forward(x.clone()).into_data();
-    };
-    let t0 = Instant::now();
-    for _ in 0..warmup {
-        run();
-    }
-    let warm = t0.elapsed().as_secs_f64();
-    let mut times = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let t = Instant::now();
-        run();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
-    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    println!(
-        "{:<8} {model} batch {batch} {size}x{size}: median {median:>8.1} ms, mean {mean:>8.1} ms, {:>6.1} images/s  ({steps} runs; warm-up {warmup} runs {warm:.1}s)",
-        backend.as_str(),
-        batch as f64 * 1e3 / median
+        r.images_per_sec,
+        r.ms_median,
+        r.warmup_seconds
     );
     Ok(())
 }
@@ -650,14 +565,9 @@ fn main() -> Result<()> {
                 println!("training throughput (forward + backward + SGD step, random data)");
             }
             for backend in backends {
-                let result = if inference {
-                    bench_inference(backend, &model, batch_size, size, warmup, steps)
-                } else {
-                    bench_one(
-                        backend, &model, batch_size, size, warmup, steps, replicas, channels,
-                    )
-                    .map(|_| ())
-                };
+                let result = bench_row(
+                    backend, &model, batch_size, size, warmup, steps, replicas, channels, inference,
+                );
                 if let Err(e) = result {
                     println!("{:<8} skipped: {e}", backend.as_str());
                 }

@@ -40,6 +40,9 @@ enum Command {
     Devices,
     /// Per-layer output shapes, parameters, multiply-adds and memory of a model.
     Summary(SummaryArgs),
+    /// Images/s of a zoo model on a backend: training steps or inference, with the
+    /// milliseconds per step, the warm-up (autotuning) time and the peak memory.
+    Bench(BenchArgs),
     /// Load PyTorch (torchvision) weights into a zoo model and save them as Burn weights.
     Import(ImportArgs),
     /// Write a PNG grid of augmented training images, to look at an --augment pipeline.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Summary(args) => commands::cmd_summary(args),
+        Command::Bench(args) => commands::cmd_bench(args),
         Command::Import(args) => commands::cmd_import(args),
         Command::Augment(args) => commands::cmd_augment(args),
         Command::Filters(args) => commands::cmd_filters(args),

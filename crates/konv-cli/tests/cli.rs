@@ -1378,3 +1378,82 @@ fn wgpu_with_only_an_opengl_adapter_is_refused() {
     assert!(!dir.join("run").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `konv bench` on the CPU: text and JSON, and its settings checked. On wgpu (lavapipe here,
+/// tiny shapes), `--check-cpu` compares the logits and two training losses with the CPU's.
+#[test]
+fn bench_measures_a_model_on_a_backend() {
+    let dir = temp_dir("bench");
+    let args = [
+        "bench",
+        "--model",
+        "fashion-cnn",
+        "--size",
+        "12",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+    ];
+    let out = konv(&args, &dir);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("images/s") && log.contains("median"), "{log}");
+    let mut json_args = args.to_vec();
+    json_args.extend(["--mode", "infer", "--json"]);
+    let out = konv(&json_args, &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["config"]["mode"], "infer");
+    assert_eq!(value["backend"], "cpu");
+    assert!(value["images_per_sec"].as_f64().unwrap() > 0.0, "{value}");
+    assert!(value["peak_memory_bytes"].as_u64().unwrap() > 0, "{value}");
+    assert_clear_error(
+        &konv(&["bench", "--batch-size", "0"], &dir),
+        "--batch-size: 0: give at least 1",
+    );
+    assert_clear_error(
+        &konv(&["bench", "--model", "lenet5", "--size", "8"], &dir),
+        "--size: 8",
+    );
+    assert_clear_error(&konv(&["bench", "--model", "nope"], &dir), "nope");
+
+    let wgpu = konv(
+        &[
+            "bench",
+            "--model",
+            "resnet20",
+            "--backend",
+            "wgpu",
+            "--size",
+            "8",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--check-cpu",
+            "--json",
+        ],
+        &dir,
+    );
+    if !wgpu.status.success() && std::env::var("KONV_REQUIRE_WGPU").as_deref() != Ok("1") {
+        eprintln!("skipping wgpu: {}", text(&wgpu));
+    } else {
+        assert!(wgpu.status.success(), "{}", text(&wgpu));
+        let value: serde_json::Value = serde_json::from_slice(&wgpu.stdout).unwrap();
+        let agreement = &value["agreement"];
+        assert!(
+            agreement["logits_relative"].as_f64().unwrap() < 1e-3,
+            "{value}"
+        );
+        assert!(
+            agreement["losses_relative"].as_f64().unwrap() < 1e-3,
+            "{value}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

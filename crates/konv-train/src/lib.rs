@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub mod augment;
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod detect;
 pub mod engine;

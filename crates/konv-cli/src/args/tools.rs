@@ -121,3 +121,56 @@ pub(crate) struct ImportArgs {
     #[arg(long)]
     pub(crate) out: PathBuf,
 }
+
+/// `konv bench`'s mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchModeArg {
+    /// Full training steps: forward, backward, SGD update.
+    Train,
+    /// The forward pass alone, in inference mode.
+    Infer,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// A zoo model (see `konv models`).
+    #[arg(long, default_value = "fashion-cnn")]
+    pub(crate) model: String,
+    /// cpu (Flex), flex, ndarray, wgpu.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) backend: BackendName,
+    /// Training steps or inference.
+    #[arg(long, value_enum, default_value = "train")]
+    pub(crate) mode: BenchModeArg,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Input height and width (default: the model's own).
+    #[arg(long)]
+    pub(crate) size: Option<usize>,
+    /// Input channels (default: the model's own).
+    #[arg(long)]
+    pub(crate) channels: Option<usize>,
+    /// Classes of the head (default: the model's own).
+    #[arg(long)]
+    pub(crate) classes: Option<usize>,
+    /// Untimed steps first (allocation; on wgpu, kernel autotuning).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) steps: usize,
+    /// Model replicas a training batch is split between (data parallelism over CPU cores).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) replicas: usize,
+    /// Seed of the weights and the batch (drawn on the CPU, the same on every backend).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// First compare the backend with the CPU on the same weights and batch: the logits, and
+    /// the losses of two training steps.
+    #[arg(long)]
+    pub(crate) check_cpu: bool,
+    /// Print one JSON object instead of the text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

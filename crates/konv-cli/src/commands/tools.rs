@@ -150,3 +150,97 @@ pub(crate) fn cmd_import(args: ImportArgs) -> Result<()> {
     );
     Ok(())
 }
+
+pub(crate) fn cmd_bench(args: BenchArgs) -> Result<()> {
+    use konv_train::bench::{BenchConfig, Mode, agreement, bench};
+    let info = konv_models::info(&args.model)?;
+    let config = BenchConfig {
+        model: args.model.clone(),
+        mode: match args.mode {
+            BenchModeArg::Train => Mode::Train,
+            BenchModeArg::Infer => Mode::Infer,
+        },
+        batch_size: args.batch_size,
+        size: args.size.unwrap_or(info.input[1]),
+        channels: args.channels,
+        classes: args.classes,
+        warmup: args.warmup,
+        steps: args.steps,
+        replicas: args.replicas,
+        seed: args.seed,
+    };
+    let device = args.backend.open()?;
+    let agreed = if args.check_cpu {
+        Some(agreement(&config, &device, 2)?)
+    } else {
+        None
+    };
+    let result = bench(&config, &device)?;
+    if args.json {
+        let mut value = serde_json::to_value(&result)?;
+        value["backend"] = args.backend.as_str().into();
+        if let Some(a) = &agreed {
+            value["agreement"] = serde_json::to_value(a)?;
+        }
+        println!("{value}");
+        return Ok(());
+    }
+    let channels = args.channels.unwrap_or(info.input[0]);
+    println!(
+        "{} {} on {} ({}), batch {}, {}×{}×{}{}",
+        config.model,
+        match config.mode {
+            Mode::Train => "training steps",
+            Mode::Infer => "inference",
+        },
+        args.backend.as_str(),
+        result.device,
+        config.batch_size,
+        channels,
+        config.size,
+        config.size,
+        if config.replicas > 1 {
+            format!(", {} replicas", config.replicas)
+        } else {
+            String::new()
+        }
+    );
+    println!("  images/s     {:.1}", result.images_per_sec);
+    println!(
+        "  ms/step      median {:.2}, min {:.2}, max {:.2} ({} steps)",
+        result.ms_median, result.ms_min, result.ms_max, config.steps
+    );
+    println!(
+        "  warm-up      {:.2} s ({} steps{}); model built in {:.2} s",
+        result.warmup_seconds,
+        config.warmup,
+        if args.backend == konv_train::backend::BackendName::Wgpu {
+            ", autotuning included"
+        } else {
+            ""
+        },
+        result.build_seconds
+    );
+    if let (Some(bytes), Some(kind)) = (result.peak_memory_bytes, &result.peak_memory_kind) {
+        println!(
+            "  peak memory  {:.1} MiB ({kind})",
+            bytes as f64 / 1048576.0
+        );
+    }
+    if let Some(a) = agreed {
+        println!(
+            "  vs cpu       logits max |Δ| {:.2e} of max |y| {:.3}; losses {} vs cpu {} (max rel. Δ {:.2e})",
+            a.logits_relative,
+            a.logits_max,
+            losses(&a.device_losses),
+            losses(&a.cpu_losses),
+            a.losses_relative
+        );
+    }
+    Ok(())
+}
+
+fn losses(values: &[f64]) -> String {
+    let v: Vec<String> = values.iter().map(|l| format!("{l:.6}")).collect();
+    v.join(", ")
+}

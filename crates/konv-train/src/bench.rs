@@ -1,0 +1,499 @@
+//! Throughput of a zoo model on one backend, measured as timm's `benchmark.py` does: full
+//! training steps (forward, backward, optimizer) or inference forwards on a fixed random
+//! batch, each step timed to completion, after untimed warm-up steps (on wgpu, Burn's
+//! autotuning happens there). [`bench`] is what `konv bench` and `cargo xtask bench` call.
+//!
+//! The weights are drawn on the CPU from the seed and copied to the device, so every backend
+//! measures the same network; [`agreement`] uses that to check a device against the CPU.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use konv_models::Classifier;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::data::ImageBatch;
+use crate::train::{TrainConfig, parallel_train_step, train_step};
+
+/// What a benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Full training steps: forward, backward and an SGD update.
+    Train,
+    /// The forward pass alone, in inference mode.
+    Infer,
+}
+
+/// One benchmark: a zoo model, its input, and how many steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchConfig {
+    /// Zoo model name (`konv models`).
+    pub model: String,
+    /// Training steps or inference.
+    pub mode: Mode,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Input height and width.
+    pub size: usize,
+    /// Input channels (`None`: the model's own).
+    pub channels: Option<usize>,
+    /// Classes of the head (`None`: the model's own).
+    pub classes: Option<usize>,
+    /// Untimed steps first (allocation, autotuning).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Model replicas a training batch is split between (CPU data parallelism).
+    pub replicas: usize,
+    /// Seed of the weights and the batch.
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            model: "fashion-cnn".into(),
+            mode: Mode::Train,
+            batch_size: 64,
+            size: 28,
+            channels: None,
+            classes: None,
+            warmup: 2,
+            steps: 10,
+            replicas: 1,
+            seed: 0,
+        }
+    }
+}
+
+/// What a benchmark measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// The benchmark.
+    pub config: BenchConfig,
+    /// The device, as Burn names it.
+    pub device: String,
+    /// Images per second over the timed steps.
+    pub images_per_sec: f64,
+    /// Median milliseconds per step.
+    pub ms_median: f64,
+    /// Fastest step, milliseconds.
+    pub ms_min: f64,
+    /// Slowest step, milliseconds.
+    pub ms_max: f64,
+    /// Seconds of the warm-up steps (autotuning included), model building excluded.
+    pub warmup_seconds: f64,
+    /// Seconds to build the model and copy it to the device.
+    pub build_seconds: f64,
+    /// Peak memory in bytes where the backend reports it: the process's peak resident set on
+    /// the CPU, the bytes the device's allocator reserved on wgpu.
+    pub peak_memory_bytes: Option<u64>,
+    /// What [`BenchResult::peak_memory_bytes`] counts.
+    pub peak_memory_kind: Option<String>,
+    /// The loss of the first training step (training only).
+    pub first_loss: Option<f64>,
+}
+
+static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The benchmark's network, drawn on the CPU from `seed` and copied to `device`, checked to
+/// accept the input.
+///
+/// # Errors
+/// An unknown model, or an input it cannot take.
+pub fn network(config: &BenchConfig, device: &Device) -> Result<Classifier, TrainError> {
+    let info = konv_models::info(&config.model)?;
+    let channels = config.channels.unwrap_or(info.input[0]);
+    let classes = config.classes.unwrap_or(info.classes);
+    let cpu = Device::flex();
+    // Burn's CPU generator is one per process: seeding and drawing under one lock keeps a
+    // benchmark's weights its seed's, whatever else runs beside it.
+    let _rng = DRAW.lock().unwrap_or_else(|e| e.into_inner());
+    cpu.seed(config.seed);
+    let build = |device: &Device| -> Result<Classifier, TrainError> {
+        if config.model == "fashion-cnn" {
+            // Its dense layer is sized by the input.
+            return Ok(Classifier::FashionCnn(
+                konv_models::fashion_cnn::FashionCnnConfig::new()
+                    .with_input_size([config.size, config.size])
+                    .with_num_classes(classes)
+                    .init(device),
+            ));
+        }
+        Ok(konv_models::build_for(
+            &config.model,
+            classes,
+            channels,
+            device,
+        )?)
+    };
+    let on_cpu = build(&cpu)?;
+    konv_models::summary::checked(&on_cpu, &[channels, config.size, config.size])
+        .map_err(|e| TrainError::setting("size", format!("{}: {e}", config.size)))?;
+    let record = on_cpu.into_record();
+    Ok(build(device)?.load_record(record))
+}
+
+/// The benchmark's batch: pixels and labels from `seed` (the same on every backend).
+pub fn batch(config: &BenchConfig, channels: usize, classes: usize, device: &Device) -> ImageBatch {
+    let n = config.batch_size * channels * config.size * config.size;
+    let mut state = config
+        .seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as u32
+    };
+    let pixels: Vec<f32> = (0..n)
+        .map(|_| next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0)
+        .collect();
+    let labels: Vec<i64> = (0..config.batch_size)
+        .map(|_| i64::from(next()) % classes as i64)
+        .collect();
+    ImageBatch {
+        images: Tensor::from_data(
+            TensorData::new(
+                pixels,
+                [config.batch_size, channels, config.size, config.size],
+            ),
+            device,
+        ),
+        targets: Tensor::from_data(TensorData::new(labels, [config.batch_size]), device),
+        mix: None,
+    }
+}
+
+fn check(config: &BenchConfig) -> Result<(), TrainError> {
+    for (name, value) in [
+        ("batch_size", config.batch_size),
+        ("size", config.size),
+        ("steps", config.steps),
+        ("replicas", config.replicas),
+    ] {
+        if value == 0 {
+            return Err(TrainError::setting(name, "0: give at least 1".into()));
+        }
+    }
+    if config.replicas > config.batch_size {
+        return Err(TrainError::setting(
+            "replicas",
+            format!(
+                "{} must be between 1 and the batch size {}",
+                config.replicas, config.batch_size
+            ),
+        ));
+    }
+    if config.replicas > 1 && config.mode == Mode::Infer {
+        return Err(TrainError::setting(
+            "replicas",
+            "replicas split training batches; inference runs one model".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `config` on `device` and measures it.
+///
+/// # Errors
+/// Bad settings, an unknown model, or an input the model cannot take.
+pub fn bench(config: &BenchConfig, device: &Device) -> Result<BenchResult, TrainError> {
+    check(config)?;
+    let info = konv_models::info(&config.model)?;
+    let channels = config.channels.unwrap_or(info.input[0]);
+    let classes = config.classes.unwrap_or(info.classes);
+    let t0 = Instant::now();
+    let plain = device.clone().without_autodiff();
+    let net = network(config, &plain)?;
+    let data = batch(config, channels, classes, &plain);
+    let mut memory = PeakMemory::new(&plain);
+    let build_seconds = t0.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(config.steps);
+    let mut first_loss = None;
+    let warmup_seconds = match config.mode {
+        Mode::Infer => {
+            let net = net.valid();
+            let step = || {
+                // Reading the result back waits for the device to finish.
+                let _ = net.forward(data.images.clone()).into_data();
+            };
+            let t = Instant::now();
+            for _ in 0..config.warmup {
+                step();
+            }
+            let warm = t.elapsed().as_secs_f64();
+            for _ in 0..config.steps {
+                let t = Instant::now();
+                step();
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                memory.sample();
+            }
+            warm
+        }
+        Mode::Train => {
+            let train_device = crate::engine::training_device(device);
+            let mut net = crate::engine::onto_training_device(net, &train_device);
+            let data = ImageBatch {
+                images: data.images.to_device(&train_device),
+                targets: data.targets.to_device(&train_device),
+                mix: None,
+            };
+            let pools = (config.replicas > 1)
+                .then(|| crate::parallel::Replicas::new(config.replicas))
+                .transpose()?;
+            let lr = TrainConfig::default().settings.lr;
+            let mut optim: ModuleOptimizer = TrainConfig::default().optimizer(&net);
+            // The loss is read back each step, so a step's time is its whole work.
+            let step = |net: Classifier, optim: &mut ModuleOptimizer| match &pools {
+                Some(pools) => parallel_train_step(net, optim, data.clone(), lr, 0.0, pools),
+                None => train_step(net, optim, data.clone(), lr, 0.0),
+            };
+            let t = Instant::now();
+            for _ in 0..config.warmup {
+                let (next, loss, _) = step(net, &mut optim);
+                first_loss.get_or_insert(loss);
+                net = next;
+            }
+            let warm = t.elapsed().as_secs_f64();
+            for _ in 0..config.steps {
+                let t = Instant::now();
+                let (next, loss, _) = step(net, &mut optim);
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                first_loss.get_or_insert(loss);
+                net = next;
+                memory.sample();
+            }
+            warm
+        }
+    };
+    let total_ms: f64 = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    let (peak_memory_bytes, peak_memory_kind) = memory.peak();
+    Ok(BenchResult {
+        config: config.clone(),
+        device: format!("{device:?}"),
+        images_per_sec: (config.steps * config.batch_size) as f64 * 1e3 / total_ms,
+        ms_median: times[times.len() / 2],
+        ms_min: times[0],
+        ms_max: times[times.len() - 1],
+        warmup_seconds,
+        build_seconds,
+        peak_memory_bytes,
+        peak_memory_kind,
+        first_loss,
+    })
+}
+
+/// Peak memory as the backend reports it.
+struct PeakMemory {
+    device: Device,
+    reserved: Option<u64>,
+}
+
+impl PeakMemory {
+    fn new(device: &Device) -> Self {
+        PeakMemory {
+            device: device.clone(),
+            reserved: None,
+        }
+    }
+
+    fn sample(&mut self) {
+        if let Some(usage) = self.device.memory_pool_usage() {
+            self.reserved = Some(self.reserved.unwrap_or(0).max(usage.bytes_reserved));
+        }
+    }
+
+    fn peak(&self) -> (Option<u64>, Option<String>) {
+        if let Some(bytes) = self.reserved {
+            return (Some(bytes), Some("device memory reserved".into()));
+        }
+        match peak_rss() {
+            Some(bytes) => (Some(bytes), Some("process peak RSS".into())),
+            None => (None, None),
+        }
+    }
+}
+
+/// The process's peak resident set (`VmHWM` on Linux), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// How a device's answers compare with the CPU's for the same network and batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Agreement {
+    /// The device compared.
+    pub device: String,
+    /// The largest difference of a logit, over the largest |logit| on the CPU (inference).
+    pub logits_relative: f64,
+    /// The largest |logit| on the CPU.
+    pub logits_max: f64,
+    /// The losses of the first training steps on the CPU.
+    pub cpu_losses: Vec<f64>,
+    /// The same steps' losses on the device.
+    pub device_losses: Vec<f64>,
+    /// The largest difference of those losses, relative to the CPU's loss.
+    pub losses_relative: f64,
+}
+
+/// Runs `config`'s network and batch on the CPU and on `device`: the inference logits, then
+/// `steps` training steps' losses (the second step's loss checks the gradients and the
+/// update). Models with dropout draw it from each backend's own generator, so compare those
+/// by their logits only.
+///
+/// # Errors
+/// As [`bench`].
+pub fn agreement(
+    config: &BenchConfig,
+    device: &Device,
+    steps: usize,
+) -> Result<Agreement, TrainError> {
+    check(config)?;
+    let info = konv_models::info(&config.model)?;
+    let channels = config.channels.unwrap_or(info.input[0]);
+    let classes = config.classes.unwrap_or(info.classes);
+    let run = |device: &Device| -> Result<(Vec<f32>, Vec<f64>), TrainError> {
+        let plain = device.clone().without_autodiff();
+        let net = network(config, &plain)?;
+        let data = batch(config, channels, classes, &plain);
+        let logits = net
+            .valid()
+            .forward(data.images.clone())
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        let train_device = crate::engine::training_device(device);
+        let mut net = crate::engine::onto_training_device(net, &train_device);
+        let data = ImageBatch {
+            images: data.images.to_device(&train_device),
+            targets: data.targets.to_device(&train_device),
+            mix: None,
+        };
+        let mut optim: ModuleOptimizer = TrainConfig::default().optimizer(&net);
+        let lr = TrainConfig::default().settings.lr;
+        let mut losses = Vec::new();
+        for _ in 0..steps {
+            let (next, loss, _) = train_step(net, &mut optim, data.clone(), lr, 0.0);
+            losses.push(loss);
+            net = next;
+        }
+        Ok((logits, losses))
+    };
+    let (cpu_logits, cpu_losses) = run(&Device::flex())?;
+    let (dev_logits, device_losses) = run(device)?;
+    let logits_max = cpu_logits
+        .iter()
+        .fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let diff = cpu_logits
+        .iter()
+        .zip(&dev_logits)
+        .fold(0f64, |m, (&a, &b)| m.max(f64::from(a - b).abs()));
+    let losses_relative = cpu_losses
+        .iter()
+        .zip(&device_losses)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() / a.abs().max(1e-12)));
+    Ok(Agreement {
+        device: format!("{device:?}"),
+        logits_relative: if cpu_logits.len() == dev_logits.len() {
+            diff / logits_max.max(1e-12)
+        } else {
+            f64::INFINITY
+        },
+        logits_max,
+        cpu_losses,
+        device_losses,
+        losses_relative,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(mode: Mode) -> BenchConfig {
+        BenchConfig {
+            model: "fashion-cnn".into(),
+            mode,
+            batch_size: 4,
+            size: 12,
+            warmup: 1,
+            steps: 3,
+            ..BenchConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_benchmark_times_every_step_and_reports_memory() {
+        for mode in [Mode::Train, Mode::Infer] {
+            let r = bench(&tiny(mode), &Device::flex()).unwrap();
+            assert!(r.images_per_sec > 0.0 && r.ms_min <= r.ms_median && r.ms_median <= r.ms_max);
+            assert_eq!(r.first_loss.is_some(), mode == Mode::Train);
+            assert!(r.peak_memory_bytes.unwrap() > 1 << 20);
+            // Its JSON reads back.
+            let json = serde_json::to_string(&r).unwrap();
+            let back: BenchResult = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.config.batch_size, 4);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_network_and_batch() {
+        let config = tiny(Mode::Train);
+        let a = bench(&config, &Device::flex()).unwrap();
+        let b = bench(&config, &Device::flex()).unwrap();
+        assert_eq!(a.first_loss, b.first_loss);
+        let other = bench(
+            &BenchConfig {
+                seed: 9,
+                ..config.clone()
+            },
+            &Device::flex(),
+        )
+        .unwrap();
+        assert_ne!(a.first_loss, other.first_loss);
+    }
+
+    #[test]
+    fn the_cpu_agrees_with_itself_and_bad_settings_are_refused() {
+        let config = BenchConfig {
+            model: "resnet20".into(),
+            ..tiny(Mode::Train)
+        };
+        let a = agreement(&config, &Device::flex(), 2).unwrap();
+        assert!(a.logits_relative < 1e-4, "{a:?}");
+        assert!(a.losses_relative < 1e-4, "{a:?}");
+        assert!(a.cpu_losses[1] != a.cpu_losses[0]);
+        let err = bench(
+            &BenchConfig {
+                size: 8,
+                model: "lenet5".into(),
+                ..tiny(Mode::Infer)
+            },
+            &Device::flex(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("size: 8"), "{err}");
+        let err = bench(
+            &BenchConfig {
+                replicas: 5,
+                ..tiny(Mode::Train)
+            },
+            &Device::flex(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("replicas:"), "{err}");
+    }
+}
