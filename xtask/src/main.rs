@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// What CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test` (release profile).
+    /// What CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test` (release
+    /// profile), the `own_model` example, and the GPU check bundle with `gpu-check.sh --tiny`.
     Ci {
         /// Skip clippy (and the check build it needs).
         #[arg(long)]
@@ -85,6 +86,20 @@ enum Cmd {
         /// Random seed of the mutations.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Write the GPU check bundle: a stripped, gzipped release `konv`, `gpu-check.sh`, the
+    /// PyTorch side and Debian's Vulkan loader .debs, in one folder to carry to a GPU machine
+    /// (where nothing can be built or fetched). Run it there with `gpu-check.sh --out DIR`.
+    GpuBundle {
+        /// The bundle folder (replaced).
+        #[arg(long, default_value = "target/gpu-bundle")]
+        out: std::path::PathBuf,
+        /// Refuse a bundle larger than this many MiB.
+        #[arg(long, default_value_t = 60)]
+        max_mib: u64,
+        /// Then run `gpu-check.sh --tiny` from the bundle, into this folder (CI: lavapipe).
+        #[arg(long)]
+        check_tiny: Option<std::path::PathBuf>,
     },
     /// Check konv's outputs against torchvision's: makes fixtures with PyTorch (pip, in a
     /// venv under target/) and compares every model.
@@ -184,7 +199,12 @@ fn ci(no_clippy: bool) -> Result<()> {
         ])?;
     }
     cargo(&["test", "--workspace", "--release"])?;
-    own_model_example()
+    own_model_example()?;
+    // The GPU check bundle, built and run with tiny shapes on lavapipe: ready for a GPU.
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let bundle = std::path::Path::new(&target).join("gpu-bundle");
+    gpu_bundle(&bundle, 60)?;
+    gpu_check_tiny(&bundle, &std::path::Path::new(&target).join("gpu-check-tiny"))
 }
 
 /// The `own_model` example end to end on tiny real data: 300 embedded Fashion-MNIST images
@@ -464,6 +484,110 @@ fn parity(
     Ok(())
 }
 
+/// The bundle's scripts, kept beside this file.
+const BUNDLE_FILES: [(&str, &str); 3] = [
+    ("gpu-check.sh", include_str!("../gpu-bundle/gpu-check.sh")),
+    ("torch_bench.py", include_str!("../gpu-bundle/torch_bench.py")),
+    ("report.py", include_str!("../gpu-bundle/report.py")),
+];
+
+/// `cargo xtask gpu-bundle`: see [`Cmd::GpuBundle`].
+fn gpu_bundle(out: &std::path::Path, max_mib: u64) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    cargo(&["build", "--release", "-p", "konv-cli"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let binary = std::path::Path::new(&target).join("release/konv");
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
+    }
+    std::fs::create_dir_all(out.join("debs"))?;
+    // Stripped (125 MB rather than 164), then gzipped: gzip is on every machine.
+    let stripped = out.join("konv.stripped");
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary)
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        println!("warning: `strip` failed or is missing; the bundle carries the unstripped binary");
+        std::fs::copy(&binary, &stripped)?;
+    }
+    let bytes = std::fs::read(&stripped)?;
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(out.join("konv.gz"))?,
+        flate2::Compression::best(),
+    );
+    gz.write_all(&bytes)?;
+    gz.finish()?;
+    std::fs::remove_file(&stripped)?;
+    for (name, text) in BUNDLE_FILES {
+        let path = out.join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    // The Vulkan loader (and EGL, which wgpu opens too) for a machine without them.
+    let debs = Command::new("apt-get")
+        .args(["download", "libvulkan1", "libegl1", "libglvnd0"])
+        .current_dir(out.join("debs"))
+        .status();
+    if !debs.is_ok_and(|s| s.success()) {
+        println!(
+            "warning: `apt-get download libvulkan1 libegl1 libglvnd0` failed: the bundle relies on the GPU machine's own Vulkan loader"
+        );
+    }
+    let mut total = 0u64;
+    let mut listing = Vec::new();
+    for entry in walk(out)? {
+        let len = std::fs::metadata(&entry)?.len();
+        total += len;
+        listing.push(format!(
+            "{:>10}  {}",
+            len,
+            entry.strip_prefix(out).unwrap_or(&entry).display()
+        ));
+    }
+    listing.sort();
+    for line in &listing {
+        println!("{line}");
+    }
+    let mib = total as f64 / 1048576.0;
+    println!("{}: {mib:.1} MiB in all", out.display());
+    if total > max_mib << 20 {
+        bail!("the bundle is {mib:.1} MiB, past --max-mib {max_mib}");
+    }
+    Ok(())
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// `gpu-check.sh --tiny` from the bundle in `bundle`, into `out`.
+fn gpu_check_tiny(bundle: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    std::fs::remove_dir_all(out).ok();
+    let status = Command::new("bash")
+        .arg(bundle.join("gpu-check.sh"))
+        .args(["--tiny", "--out"])
+        .arg(out)
+        .status()
+        .context("bash, to run gpu-check.sh")?;
+    if !status.success() {
+        bail!("gpu-check.sh --tiny failed; see {}", out.join("log.txt").display());
+    }
+    Ok(())
+}
+
 /// `cargo xtask fuzz`: each target for `minutes`, one table at the end.
 fn fuzz(minutes: f64, targets: &[String], seed: u64) -> Result<()> {
     use konv_fuzz::targets::{NAMES, target};
@@ -536,6 +660,17 @@ fn main() -> Result<()> {
             augment,
         } => bench_loader(images, size, batch_size, &augment),
         Cmd::Subset { from } => subset(&from),
+        Cmd::GpuBundle {
+            out,
+            max_mib,
+            check_tiny,
+        } => {
+            gpu_bundle(&out, max_mib)?;
+            match check_tiny {
+                Some(dir) => gpu_check_tiny(&out, &dir),
+                None => Ok(()),
+            }
+        }
         Cmd::Fuzz {
             minutes,
             target,
