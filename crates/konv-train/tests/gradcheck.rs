@@ -3,10 +3,11 @@
 //! same scalar (the output weighted by fixed random numbers, so that no symmetry hides an
 //! error), coordinate by coordinate.
 //!
-//! In f32 on the CPU backend: central differences with a step of 1e-2 (the functions are
-//! smooth at the probed points: max-pool inputs are distinct by more than the step), and a
-//! relative tolerance of 2e-2 on the larger of the two values (absolute below 1e-2). A wrong
-//! backward pass is off by far more: a dropped term, a transposed kernel or a missing
+//! In f64 on the CPU backend (the device configured so that every float tensor, the layers'
+//! parameters included, is f64): central differences with a step of 1e-5 (the functions are
+//! smooth at the probed points: max-pool inputs are distinct by far more than the step), and
+//! a relative tolerance of 1e-5 on the larger of the two values (absolute below 1e-6). A
+//! wrong backward pass is off by far more: a dropped term, a transposed kernel or a missing
 //! chain-rule factor shows as an error of order 1.
 //!
 //! `cargo test --release -p konv-train --test gradcheck -- --nocapture` prints the table.
@@ -21,43 +22,55 @@ use rand::seq::SliceRandom;
 /// differences of `f` at `x`.
 fn max_rel_error<const D: usize>(
     f: &dyn Fn(Tensor<D>) -> Tensor<1>,
-    x: &[f32],
+    x: &[f64],
     shape: [usize; D],
     probes: usize,
 ) -> f64 {
-    let device = Device::flex().autodiff();
+    let device = f64_device();
     let input = Tensor::<D>::from_data(TensorData::new(x.to_vec(), shape), &device).require_grad();
     let grads = f(input.clone()).backward();
-    let autodiff: Vec<f32> = input
+    let autodiff: Vec<f64> = input
         .grad(&grads)
         .expect("the input takes part in the output")
         .into_data()
         .try_to_vec()
-        .expect("f32 gradient");
-    let value = |v: Vec<f32>| -> f64 {
+        .expect("an f64 gradient");
+    let value = |v: Vec<f64>| -> f64 {
         f(Tensor::from_data(TensorData::new(v, shape), &device)).into_scalar::<f64>()
     };
     let mut order: Vec<usize> = (0..x.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(7));
-    let eps = 1e-2f32;
+    let eps = 1e-5f64;
     let mut worst = 0.0f64;
     for &i in order.iter().take(probes) {
         let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
         plus[i] += eps;
         minus[i] -= eps;
-        let numeric = (value(plus) - value(minus)) / (2.0 * f64::from(eps));
-        let analytic = f64::from(autodiff[i]);
-        let scale = numeric.abs().max(analytic.abs()).max(1e-2);
+        let numeric = (value(plus) - value(minus)) / (2.0 * eps);
+        let analytic = autodiff[i];
+        let scale = numeric.abs().max(analytic.abs()).max(1e-6);
         worst = worst.max((numeric - analytic).abs() / scale);
     }
     worst
 }
 
+/// The CPU device computing in f64, with autodiff.
+fn f64_device() -> Device {
+    // Once per process, before the device is first used.
+    static CONFIGURED: std::sync::Once = std::sync::Once::new();
+    CONFIGURED.call_once(|| {
+        Device::flex()
+            .configure(burn::tensor::FloatDType::F64)
+            .expect("the CPU backend computes in f64");
+    });
+    Device::flex().autodiff()
+}
+
 /// `n` inputs 0.025 apart, centred on 0, shuffled: no two within the finite-difference
 /// step, so max pooling picks the same element on both sides of it.
-fn distinct(n: usize, seed: u64) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..n)
-        .map(|i| 0.025 * (i as f32 - n as f32 / 2.0))
+fn distinct(n: usize, seed: u64) -> Vec<f64> {
+    let mut v: Vec<f64> = (0..n)
+        .map(|i| 0.025 * (i as f64 - n as f64 / 2.0))
         .collect();
     v.shuffle(&mut StdRng::seed_from_u64(seed));
     v
@@ -79,7 +92,7 @@ fn seeded_weighted<const D: usize>(out: Tensor<D>) -> Tensor<1> {
 #[test]
 fn konv_layers_and_losses_pass_gradient_checks() {
     use konv_models::layers::{ChannelMaxPool2d, GlobalMaxPool2d, SeparableConv2dConfig};
-    let device = Device::flex().autodiff();
+    let device = f64_device();
     device.seed(3);
     let mut rows: Vec<(&str, f64)> = Vec::new();
 
@@ -136,8 +149,8 @@ fn konv_layers_and_losses_pass_gradient_checks() {
             60,
         ),
     ));
-    // The RBF output alone: its squared distances are large, and through the whole network
-    // f32 central differences of them lose the small per-pixel derivatives in rounding.
+    // The RBF output alone too (its squared distances are large next to the per-pixel
+    // derivatives through the whole network).
     let rbf = konv_models::lenet::Rbf::new(12, 5, &device);
     rows.push((
         "LeNet-5 RBF output (12 → 5)",
@@ -163,7 +176,7 @@ fn konv_layers_and_losses_pass_gradient_checks() {
             60,
         ),
     ));
-    let targets: Vec<f32> = (0..24).map(|i| f32::from(u8::from(i % 3 == 0))).collect();
+    let targets: Vec<f64> = (0..24).map(|i| f64::from(u8::from(i % 3 == 0))).collect();
     rows.push((
         "sigmoid focal loss (α 0.25, γ 2)",
         max_rel_error(
@@ -241,7 +254,7 @@ fn konv_layers_and_losses_pass_gradient_checks() {
     }
     for (name, err) in rows {
         assert!(
-            err < 2e-2,
+            err < 1e-5,
             "{name}: autodiff and finite differences differ by {err}"
         );
     }
