@@ -204,7 +204,10 @@ fn ci(no_clippy: bool) -> Result<()> {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let bundle = std::path::Path::new(&target).join("gpu-bundle");
     gpu_bundle(&bundle, 60)?;
-    gpu_check_tiny(&bundle, &std::path::Path::new(&target).join("gpu-check-tiny"))
+    gpu_check_tiny(
+        &bundle,
+        &std::path::Path::new(&target).join("gpu-check-tiny"),
+    )
 }
 
 /// The `own_model` example end to end on tiny real data: 300 embedded Fashion-MNIST images
@@ -487,7 +490,10 @@ fn parity(
 /// The bundle's scripts, kept beside this file.
 const BUNDLE_FILES: [(&str, &str); 3] = [
     ("gpu-check.sh", include_str!("../gpu-bundle/gpu-check.sh")),
-    ("torch_bench.py", include_str!("../gpu-bundle/torch_bench.py")),
+    (
+        "torch_bench.py",
+        include_str!("../gpu-bundle/torch_bench.py"),
+    ),
     ("report.py", include_str!("../gpu-bundle/report.py")),
 ];
 
@@ -499,7 +505,8 @@ fn gpu_bundle(out: &std::path::Path, max_mib: u64) -> Result<()> {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let binary = std::path::Path::new(&target).join("release/konv");
     if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
+        std::fs::remove_dir_all(out)
+            .with_context(|| format!("{}: cannot replace", out.display()))?;
     }
     std::fs::create_dir_all(out.join("debs"))?;
     // Stripped (125 MB rather than 164), then gzipped: gzip is on every machine.
@@ -583,7 +590,10 @@ fn gpu_check_tiny(bundle: &std::path::Path, out: &std::path::Path) -> Result<()>
         .status()
         .context("bash, to run gpu-check.sh")?;
     if !status.success() {
-        bail!("gpu-check.sh --tiny failed; see {}", out.join("log.txt").display());
+        bail!(
+            "gpu-check.sh --tiny failed; see {}",
+            out.join("log.txt").display()
+        );
     }
     Ok(())
 }

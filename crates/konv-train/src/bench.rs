@@ -237,13 +237,7 @@ pub fn bench(config: &BenchConfig, device: &Device) -> Result<BenchResult, Train
             warm
         }
         Mode::Train => {
-            let train_device = crate::engine::training_device(device);
-            let mut net = crate::engine::onto_training_device(net, &train_device);
-            let data = ImageBatch {
-                images: data.images.to_device(&train_device),
-                targets: data.targets.to_device(&train_device),
-                mix: None,
-            };
+            let (mut net, data) = for_training(net, &data, device);
             let pools = (config.replicas > 1)
                 .then(|| crate::parallel::Replicas::new(config.replicas))
                 .transpose()?;
@@ -288,6 +282,18 @@ pub fn bench(config: &BenchConfig, device: &Device) -> Result<BenchResult, Train
         peak_memory_kind,
         first_loss,
     })
+}
+
+/// The network and batch on `device`'s autodiff flavour, for training steps.
+fn for_training(net: Classifier, data: &ImageBatch, device: &Device) -> (Classifier, ImageBatch) {
+    let train_device = crate::engine::training_device(device);
+    let net = crate::engine::onto_training_device(net, &train_device);
+    let data = ImageBatch {
+        images: data.images.clone().to_device(&train_device),
+        targets: data.targets.clone().to_device(&train_device),
+        mix: None,
+    };
+    (net, data)
 }
 
 /// Peak memory as the backend reports it.
@@ -373,13 +379,7 @@ pub fn agreement(
             .convert::<f32>()
             .try_into_vec::<f32>()
             .unwrap_or_default();
-        let train_device = crate::engine::training_device(device);
-        let mut net = crate::engine::onto_training_device(net, &train_device);
-        let data = ImageBatch {
-            images: data.images.to_device(&train_device),
-            targets: data.targets.to_device(&train_device),
-            mix: None,
-        };
+        let (mut net, data) = for_training(net, &data, device);
         let mut optim: ModuleOptimizer = TrainConfig::default().optimizer(&net);
         let lr = TrainConfig::default().settings.lr;
         let mut losses = Vec::new();
