@@ -1,6 +1,6 @@
 //! Finite-difference gradient checks of the layers and losses konv writes itself: for each,
-//! the gradient autodiff gives for the input is compared with central differences of the
-//! same scalar (the output weighted by fixed random numbers, so that no symmetry hides an
+//! the gradient autodiff gives for the input (and, for layers with weights, for every
+//! parameter) is compared with central differences of the same scalar (the output weighted by fixed random numbers, so that no symmetry hides an
 //! error), coordinate by coordinate.
 //!
 //! In f64 on the CPU backend (the device configured so that every float tensor, the layers'
@@ -64,6 +64,121 @@ fn f64_device() -> Device {
             .expect("the CPU backend computes in f64");
     });
     Device::flex().autodiff()
+}
+
+/// One float parameter's values and, when taken, its gradient (flattened).
+struct ParamValues {
+    values: Vec<f64>,
+    grad: Vec<f64>,
+}
+
+/// Collects every float parameter of a module, in visiting order, with its gradient.
+struct Collect<'a> {
+    grads: &'a burn::tensor::Gradients,
+    params: Vec<ParamValues>,
+}
+
+impl burn::module::ModuleVisitor for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let t = param.val();
+        let values = t.clone().into_data().convert::<f64>().try_to_vec::<f64>();
+        let grad = t.grad(self.grads).map_or_else(
+            || vec![0.0; values.as_ref().map_or(0, Vec::len)],
+            |g| {
+                g.into_data()
+                    .convert::<f64>()
+                    .try_to_vec::<f64>()
+                    .unwrap_or_default()
+            },
+        );
+        self.params.push(ParamValues {
+            values: values.unwrap_or_default(),
+            grad,
+        });
+    }
+}
+
+/// Replaces element `index` of parameter number `which` (visiting order) by `value`.
+struct Set {
+    which: usize,
+    index: usize,
+    value: f64,
+    seen: usize,
+}
+
+impl burn::module::ModuleMapper for Set {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        let hit = self.seen == self.which;
+        self.seen += 1;
+        if !hit {
+            return param;
+        }
+        let (index, value) = (self.index, self.value);
+        param.map(|t| {
+            let shape = t.shape();
+            let device = t.device();
+            let mut v = t
+                .into_data()
+                .convert::<f64>()
+                .try_to_vec::<f64>()
+                .unwrap_or_default();
+            v[index] = value;
+            Tensor::from_data(TensorData::new(v, shape), &device)
+        })
+    }
+}
+
+/// Max relative error over up to `probes` parameter coordinates (spread over every float
+/// parameter) between autodiff and central differences of `f` at `module`'s weights.
+fn max_param_error<M: burn::module::Module>(
+    module: &M,
+    f: &dyn Fn(&M) -> Tensor<1>,
+    probes: usize,
+) -> f64 {
+    // Parameters with gradients on (Burn's `valid` → `train` transition).
+    let module = &module.valid().train();
+    let grads = f(module).backward();
+    let mut collect = Collect {
+        grads: &grads,
+        params: Vec::new(),
+    };
+    module.visit(&mut collect);
+    let mut coords: Vec<(usize, usize)> = collect
+        .params
+        .iter()
+        .enumerate()
+        .flat_map(|(p, v)| (0..v.values.len()).map(move |i| (p, i)))
+        .collect();
+    coords.shuffle(&mut StdRng::seed_from_u64(17));
+    let eps = 1e-5f64;
+    let value = |which: usize, index: usize, value: f64| -> f64 {
+        let moved = module.clone().map(&mut Set {
+            which,
+            index,
+            value,
+            seen: 0,
+        });
+        f(&moved).into_scalar::<f64>()
+    };
+    let mut worst = 0.0f64;
+    let mut largest = 0.0f64;
+    for &(p, i) in coords.iter().take(probes) {
+        let x = collect.params[p].values[i];
+        let numeric = (value(p, i, x + eps) - value(p, i, x - eps)) / (2.0 * eps);
+        let analytic = collect.params[p].grad[i];
+        let scale = numeric.abs().max(analytic.abs()).max(1e-6);
+        worst = worst.max((numeric - analytic).abs() / scale);
+        largest = largest.max(analytic.abs());
+    }
+    // A check of gradients that are all zero would prove nothing.
+    assert!(
+        largest > 1e-3,
+        "the probed parameters have no gradient ({largest})"
+    );
+    worst
 }
 
 /// `n` inputs 0.025 apart, centred on 0, shuffled: no two within the finite-difference
@@ -246,6 +361,32 @@ fn konv_layers_and_losses_pass_gradient_checks() {
             [4, 7],
             28,
         ),
+    ));
+
+    // The same layers' parameters: the weights autodiff trains.
+    let x = |n: usize, shape: [usize; 4], seed: u64, scale: f64| {
+        let v: Vec<f64> = distinct(n, seed).iter().map(|v| v * scale).collect();
+        Tensor::<4>::from_data(TensorData::new(v, shape), &device)
+    };
+    let sep_x = x(2 * 3 * 7 * 7, [2, 3, 7, 7], 21, 1.0);
+    rows.push((
+        "  parameters: SeparableConv2d (depthwise, pointwise)",
+        max_param_error(&sep, &|m| seeded_weighted(m.forward(sep_x.clone())), 60),
+    ));
+    let lenet_x = x(32 * 32, [1, 1, 32, 32], 22, 1.0 / 8.0);
+    rows.push((
+        "  parameters: LeNet-5 to F6 (S2/S4 coefficients, C3)",
+        max_param_error(
+            &lenet,
+            &|m| seeded_weighted(m.forward_features(lenet_x.clone())),
+            80,
+        ),
+    ));
+    // (The RBF centres are frozen prototypes, as in the paper: no parameter to check.)
+    let up_x = x(2 * 3 * 5 * 5, [2, 3, 5, 5], 24, 1.0);
+    rows.push((
+        "  parameters: FCN ConvTranspose2d",
+        max_param_error(&up, &|m| seeded_weighted(m.forward(up_x.clone())), 60),
     ));
 
     println!("{:<52} {:>18}", "layer / loss", "max relative error");
