@@ -381,3 +381,16 @@ fn pick(rng: &mut impl Rng, hot: usize, len: usize) -> usize {
     };
     rng.random_range(0..window)
 }
+
+#[cfg(test)]
+mod tests {
+    // (Here, alone in its test binary: other tests allocating at the same time would count.)
+    #[test]
+    fn the_allocator_measures_the_peak() {
+        let ((), peak) = super::measure_peak(|| {
+            let big = vec![7u8; 8 << 20];
+            std::hint::black_box(&big);
+        });
+        assert!((8 << 20..9 << 20).contains(&peak), "{peak}");
+    }
+}
