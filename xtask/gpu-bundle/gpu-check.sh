@@ -57,7 +57,7 @@ if [ ! -x "$KONV" ]; then
 fi
 
 # 1. The Vulkan loader, and a driver.
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+if ! ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null; then  # (not grep -q: with pipefail its early exit fails the pipe)
     say "no libvulkan.so.1 on this machine: unpacking the bundle's"
     for deb in "$HERE"/debs/*.deb; do
         [ -e "$deb" ] || continue
