@@ -219,18 +219,22 @@ pub fn bench(config: &BenchConfig, device: &Device) -> Result<BenchResult, Train
     let warmup_seconds = match config.mode {
         Mode::Infer => {
             let net = net.valid();
-            let step = || {
-                // Reading the result back waits for the device to finish.
-                let _ = net.forward(data.images.clone()).into_data();
+            let step = || -> Result<(), TrainError> {
+                // Reading the result back waits for the device to finish; a device that
+                // fails (out of memory, a lost device) is an error, not a panic.
+                net.forward(data.images.clone())
+                    .try_into_data()
+                    .map(|_| ())
+                    .map_err(|e| device_failed(device, &e.to_string()))
             };
             let t = Instant::now();
             for _ in 0..config.warmup {
-                step();
+                step()?;
             }
             let warm = t.elapsed().as_secs_f64();
             for _ in 0..config.steps {
                 let t = Instant::now();
-                step();
+                step()?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
                 memory.sample();
             }
@@ -282,6 +286,14 @@ pub fn bench(config: &BenchConfig, device: &Device) -> Result<BenchResult, Train
         peak_memory_kind,
         first_loss,
     })
+}
+
+/// The device's own failure while running the model, in one line.
+fn device_failed(device: &Device, error: &str) -> TrainError {
+    let first = error.lines().next().unwrap_or(error);
+    TrainError::Config(format!(
+        "{device:?} failed while running the model ({first}); a smaller --batch-size or --size may fit"
+    ))
 }
 
 /// The network and batch on `device`'s autodiff flavour, for training steps.
