@@ -859,15 +859,7 @@ pub fn save_grid(
     variants: usize,
     seed: u64,
 ) -> Result<(), crate::TrainError> {
-    let picture = grid(set, pipeline, count, variants, seed, 2);
-    let mut png = Vec::new();
-    picture
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| crate::TrainError::Image {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    crate::record::write_atomic(path, &png).map_err(|e| crate::TrainError::io(path, e))
+    crate::plot::save_png(path, &grid(set, pipeline, count, variants, seed, 2))
 }
 
 #[cfg(test)]

@@ -98,6 +98,15 @@ pub struct BenchResult {
     pub first_loss: Option<f64>,
 }
 
+/// The input channels and head classes of `config`: its own, or the model's.
+fn channels_and_classes(config: &BenchConfig) -> Result<(usize, usize), TrainError> {
+    let info = konv_models::info(&config.model)?;
+    Ok((
+        config.channels.unwrap_or(info.input[0]),
+        config.classes.unwrap_or(info.classes),
+    ))
+}
+
 static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The benchmark's network, drawn on the CPU from `seed` and copied to `device`, checked to
@@ -106,9 +115,7 @@ static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// # Errors
 /// An unknown model, or an input it cannot take.
 pub fn network(config: &BenchConfig, device: &Device) -> Result<Classifier, TrainError> {
-    let info = konv_models::info(&config.model)?;
-    let channels = config.channels.unwrap_or(info.input[0]);
-    let classes = config.classes.unwrap_or(info.classes);
+    let (channels, classes) = channels_and_classes(config)?;
     let cpu = Device::flex();
     // Burn's CPU generator is one per process: seeding and drawing under one lock keeps
     // concurrent benchmarks apart. (Other code drawing from it at the same time, such as a
@@ -206,9 +213,7 @@ fn check(config: &BenchConfig) -> Result<(), TrainError> {
 /// Bad settings, an unknown model, or an input the model cannot take.
 pub fn bench(config: &BenchConfig, device: &Device) -> Result<BenchResult, TrainError> {
     check(config)?;
-    let info = konv_models::info(&config.model)?;
-    let channels = config.channels.unwrap_or(info.input[0]);
-    let classes = config.classes.unwrap_or(info.classes);
+    let (channels, classes) = channels_and_classes(config)?;
     let t0 = Instant::now();
     let plain = device.clone().without_autodiff();
     let net = network(config, &plain)?;
@@ -378,9 +383,7 @@ pub fn agreement(
     steps: usize,
 ) -> Result<Agreement, TrainError> {
     check(config)?;
-    let info = konv_models::info(&config.model)?;
-    let channels = config.channels.unwrap_or(info.input[0]);
-    let classes = config.classes.unwrap_or(info.classes);
+    let (channels, classes) = channels_and_classes(config)?;
     let run = |device: &Device| -> Result<(Vec<f32>, Vec<f64>), TrainError> {
         let plain = device.clone().without_autodiff();
         let net = network(config, &plain)?;

@@ -150,10 +150,37 @@ pub fn save_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainErr
     let buffer = draw_curves(history).map_err(corrupt)?;
     let picture = image::RgbImage::from_raw(SIZE.0, SIZE.1, buffer)
         .ok_or_else(|| corrupt("buffer size".into()))?;
+    save_png(path, &picture)
+}
+
+/// `img` encoded as PNG; `path` names it in the error.
+pub fn encode_png<P>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+    path: &Path,
+) -> Result<Vec<u8>, TrainError>
+where
+    P: image::Pixel + image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
     let mut png = Vec::new();
-    picture
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| corrupt(e.to_string()))?;
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| TrainError::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(png)
+}
+
+/// Writes `img` to `path` as PNG, atomically.
+pub fn save_png<P>(
+    path: &Path,
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+) -> Result<(), TrainError>
+where
+    P: image::Pixel + image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
+    let png = encode_png(img, path)?;
     crate::record::write_atomic(path, &png).map_err(|e| TrainError::io(path, e))
 }
 

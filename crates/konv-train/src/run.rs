@@ -63,14 +63,28 @@ impl RunDir {
 
     /// Reads `config.json` as a `T` (the run description of its task).
     pub fn read_config<T: serde::de::DeserializeOwned>(&self) -> Result<T, TrainError> {
+        self.decode_config(self.config_json()?)
+    }
+
+    /// `config.json` parsed as JSON.
+    fn config_json(&self) -> Result<serde_json::Value, TrainError> {
         let path = self.path.join(CONFIG);
         let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// A parsed `config.json` checked ([`check_run_config`]), then read as a `T`.
+    fn decode_config<T: serde::de::DeserializeOwned>(
+        &self,
+        value: serde_json::Value,
+    ) -> Result<T, TrainError> {
         let corrupt = |reason: String| TrainError::Corrupt {
-            path: path.clone(),
+            path: self.path.join(CONFIG),
             reason,
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         check_run_config(&value).map_err(corrupt)?;
         serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
     }
@@ -102,21 +116,11 @@ impl RunDir {
         &self,
         task: &str,
     ) -> Result<Option<T>, TrainError> {
-        let path = self.path.join(CONFIG);
-        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-        let corrupt = |e: serde_json::Error| TrainError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        let value = self.config_json()?;
         if value.get("task").and_then(|t| t.as_str()) != Some(task) {
             return Ok(None);
         }
-        check_run_config(&value).map_err(|reason| TrainError::Corrupt {
-            path: path.clone(),
-            reason,
-        })?;
-        serde_json::from_value(value).map(Some).map_err(corrupt)
+        self.decode_config(value).map(Some)
     }
 
     /// Saves optimizer state bytes as `optimizer.bpk`.

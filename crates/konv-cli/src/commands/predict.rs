@@ -50,13 +50,7 @@ fn stem(path: &Path) -> String {
 fn write_pictures(out: &Path, pictures: &[(PathBuf, image::RgbImage)]) -> Result<()> {
     let encoded = pictures
         .iter()
-        .map(|(file, picture)| {
-            let mut png = Vec::new();
-            picture
-                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-                .with_context(|| format!("{}: cannot encode", file.display()))?;
-            Ok((file, png))
-        })
+        .map(|(file, picture)| Ok((file, konv_train::plot::encode_png(picture, file)?)))
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("--out {}: cannot create the folder", out.display()))?;
