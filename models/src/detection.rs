@@ -21,6 +21,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
+use crate::conv::FastConv2d;
+
 use crate::registry::Classifier;
 use crate::summary::{Summarize, Summary};
 
@@ -93,11 +95,11 @@ impl SlidingDetector {
     /// The head on every cell of the backbone's last feature map, in one pass.
     pub fn forward(&self, x: Tensor<4>) -> DetectorOutput {
         let map = self.backbone.forward_feature_map(x);
-        let h = self.relu.forward(self.conv.forward(map));
+        let h = self.relu.forward(self.conv.fast_forward(map));
         DetectorOutput {
-            objectness: self.objectness.forward(h.clone()),
-            class_logits: self.cls_logits.forward(h.clone()),
-            boxes: self.bbox_pred.forward(h),
+            objectness: self.objectness.fast_forward(h.clone()),
+            class_logits: self.cls_logits.fast_forward(h.clone()),
+            boxes: self.bbox_pred.fast_forward(h),
         }
     }
 

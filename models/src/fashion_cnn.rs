@@ -18,6 +18,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
+use crate::conv::FastConv2d;
+
 use crate::layers::Taps;
 use crate::summary::{Summarize, Summary};
 
@@ -139,7 +141,10 @@ impl FashionCnn {
     /// `pool3`: `[batch, 256, h / 8, w / 8]`.
     pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
         let conv = |name: &str, conv: &Conv2d, x, taps: &mut Taps| {
-            taps.tap(|| name.into(), self.activation.forward(conv.forward(x)))
+            taps.tap(
+                || name.into(),
+                self.activation.forward(conv.fast_forward(x)),
+            )
         };
         let x = conv("conv1", &self.conv1, x, taps);
         let x = taps.tap(|| "pool1".into(), self.pool.forward(x));

@@ -27,6 +27,8 @@ use burn::nn::conv::{Conv2d, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, Relu};
 use burn::prelude::*;
 
+use crate::conv::FastConv2d;
+
 use crate::layers::{Layer, conv, init_bilinear};
 use crate::resnet::{Block, ResNet, ResNetConfig};
 use crate::summary::{Summarize, Summary};
@@ -328,14 +330,16 @@ impl Fcn {
         let [c3, c4, c5] = self.backbone.forward_pyramid(x);
         let mut top = c5;
         for fc in [&self.fc6, &self.fc7].into_iter().flatten() {
-            top = self.dropout.forward(self.relu.forward(fc.forward(top)));
+            top = self
+                .dropout
+                .forward(self.relu.forward(fc.fast_forward(top)));
         }
-        let mut score = self.score_fr.forward(top);
+        let mut score = self.score_fr.fast_forward(top);
         if let Some(skip) = &self.score_pool4 {
-            score = maybe(&self.upscore2, score) + skip.forward(c4);
+            score = maybe(&self.upscore2, score) + skip.fast_forward(c4);
         }
         if let Some(skip) = &self.score_pool3 {
-            score = maybe(&self.upscore_pool4, score) + skip.forward(c3);
+            score = maybe(&self.upscore_pool4, score) + skip.fast_forward(c3);
         }
         let out = maybe(&self.upscore, score);
         let classes = out.dims()[1];

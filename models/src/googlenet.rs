@@ -31,6 +31,8 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
+use crate::conv::FastConv2d;
+
 use crate::layers::{Taps, global_avg_pool, max_pool};
 use crate::summary::{Summarize, Summary};
 
@@ -163,7 +165,7 @@ impl BasicConv2d {
 
     /// `relu(bn(conv(x)))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv.forward(x);
+        let x = self.conv.fast_forward(x);
         let x = match &self.bn {
             Some(bn) => bn.forward(x),
             None => x,

@@ -18,6 +18,8 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
+use crate::conv::FastConv2d;
+
 use crate::summary::{Summarize, Summary};
 
 /// Named feature maps collected during one forward pass: `konv filters --layer NAME` and
@@ -81,7 +83,7 @@ impl Layer {
     /// On a [`Layer::Linear`], which needs flattened input ([`Layer::forward_flat`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
-            Layer::Conv2d(m) => m.forward(x),
+            Layer::Conv2d(m) => m.fast_forward(x),
             Layer::BatchNorm(m) => m.forward(x),
             Layer::Relu(m) => m.forward(x),
             Layer::MaxPool2d(m) => m.forward(x),
@@ -292,7 +294,7 @@ impl SeparableConv2dConfig {
 impl SeparableConv2d {
     /// `[batch, in, height, width]` → `[batch, out, height', width']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.pointwise.forward(self.depthwise.forward(x))
+        self.pointwise.fast_forward(self.depthwise.fast_forward(x))
     }
 }
 

@@ -29,6 +29,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
+
+use crate::conv::FastConv2d;
 use burn::tensor::Distribution;
 
 use crate::layers::{Taps, max_pool, parameter_count};
@@ -163,9 +165,9 @@ impl PartialConv {
         };
         Tensor::cat(
             vec![
-                self.three.forward(gather(&C3_TABLE[0..6])),
-                self.four.forward(gather(&C3_TABLE[6..15])),
-                self.six.forward(gather(&C3_TABLE[15..16])),
+                self.three.fast_forward(gather(&C3_TABLE[0..6])),
+                self.four.fast_forward(gather(&C3_TABLE[6..15])),
+                self.six.fast_forward(gather(&C3_TABLE[15..16])),
             ],
             1,
         )
@@ -222,7 +224,7 @@ impl C3 {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             C3::Partial(c3) => c3.forward(x),
-            C3::Full(c3) => c3.forward(x),
+            C3::Full(c3) => c3.fast_forward(x),
         }
     }
 }
@@ -333,20 +335,20 @@ impl LeNet5 {
     /// at 32×32.
     pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
         let mut tap = |name: &str, x| taps.tap(|| name.into(), x);
-        let x = self.c1.forward(x);
+        let x = self.c1.fast_forward(x);
         if let (Some(s2), Some(s4)) = (&self.s2, &self.s4) {
             let x = tap("c1", scaled_tanh(x));
             let x = tap("s2", scaled_tanh(s2.forward(x)));
             let x = tap("c3", scaled_tanh(self.c3.forward(x)));
             let x = tap("s4", scaled_tanh(s4.forward(x)));
-            tap("c5", scaled_tanh(self.c5.forward(x)))
+            tap("c5", scaled_tanh(self.c5.fast_forward(x)))
         } else {
             let pool = self.pool.as_ref().expect("the modern LeNet-5 pools");
             let x = tap("c1", self.relu.forward(x));
             let x = tap("s2", pool.forward(x));
             let x = tap("c3", self.relu.forward(self.c3.forward(x)));
             let x = tap("s4", pool.forward(x));
-            tap("c5", self.relu.forward(self.c5.forward(x)))
+            tap("c5", self.relu.forward(self.c5.fast_forward(x)))
         }
     }
 

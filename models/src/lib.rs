@@ -23,6 +23,7 @@
 //! ```
 
 pub mod alexnet;
+pub mod conv;
 pub mod detection;
 pub mod fashion_cnn;
 pub mod fcn;

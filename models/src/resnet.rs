@@ -26,6 +26,8 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear, LinearConfig, Relu};
 use burn::prelude::*;
+
+use crate::conv::FastConv2d;
 use burn::tensor::s;
 
 use crate::layers::{Taps, batch_norm, conv, global_avg_pool, max_pool};
@@ -254,7 +256,7 @@ fn shortcut(
     pad_channels: usize,
 ) -> Tensor<4> {
     if let Some((conv, bn)) = downsample {
-        return bn.forward(conv.forward(x));
+        return bn.forward(conv.fast_forward(x));
     }
     let x = if stride > 1 {
         x.slice(s![.., .., ..;stride as isize, ..;stride as isize])
@@ -309,8 +311,10 @@ impl BasicBlock {
     /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = shortcut(x.clone(), &self.downsample, self.stride, self.pad_channels);
-        let out = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = self
+            .relu
+            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
+        let out = self.bn2.forward(self.conv2.fast_forward(out));
         self.relu.forward(out + identity)
     }
 }
@@ -357,9 +361,13 @@ impl Bottleneck {
     /// `relu(bn3(conv3(…)) + shortcut(x))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = shortcut(x.clone(), &self.downsample, self.stride, self.pad_channels);
-        let out = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.relu.forward(self.bn2.forward(self.conv2.forward(out)));
-        let out = self.bn3.forward(self.conv3.forward(out));
+        let out = self
+            .relu
+            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
+        let out = self
+            .relu
+            .forward(self.bn2.forward(self.conv2.fast_forward(out)));
+        let out = self.bn3.forward(self.conv3.fast_forward(out));
         self.relu.forward(out + identity)
     }
 }
@@ -423,7 +431,9 @@ impl ResNet {
     /// [`ResNet::forward_stages`], tapping `relu` (the stem), `maxpool`, every unit
     /// (`layer1.0`, …) and every stage (`layer1`, …), torchvision's names.
     pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Vec<Tensor<4>> {
-        let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
+        let x = self
+            .relu
+            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
         let x = taps.tap(|| "relu".into(), x);
         let x = match &self.maxpool {
             Some(pool) => taps.tap(|| "maxpool".into(), pool.forward(x)),

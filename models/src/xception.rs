@@ -19,6 +19,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
+use crate::conv::FastConv2d;
+
 use crate::fashion_cnn::GLOROT_UNIFORM;
 use crate::layers::{SeparableConv2d, SeparableConv2dConfig, Taps, global_avg_pool};
 use crate::summary::{Summarize, Summary};
@@ -105,7 +107,7 @@ impl XceptionBlock {
     /// `[batch, c_in, h, w]` → `[batch, c_out, h', w']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let shortcut = match &self.residual {
-            Some((conv, bn)) => bn.forward(conv.forward(x.clone())),
+            Some((conv, bn)) => bn.forward(conv.fast_forward(x.clone())),
             None => x.clone(),
         };
         let mut x = x;
@@ -225,9 +227,13 @@ impl Xception {
     /// [`Xception::forward_feature_map`], tapping `conv1` … `conv4` (after batch norm and
     /// ReLU) and each block (`blocks.0` …).
     pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
-        let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
+        let x = self
+            .relu
+            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
         let x = taps.tap(|| "conv1".into(), x);
-        let x = self.relu.forward(self.bn2.forward(self.conv2.forward(x)));
+        let x = self
+            .relu
+            .forward(self.bn2.forward(self.conv2.fast_forward(x)));
         let x = taps.tap(|| "conv2".into(), x);
         let x = self.blocks.iter().enumerate().fold(x, |x, (i, block)| {
             taps.tap(|| format!("blocks.{i}"), block.forward(x))

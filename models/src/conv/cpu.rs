@@ -1,0 +1,487 @@
+//! The CPU kernels behind [`super::conv2d`]: 2-D convolution forward, input gradient and weight
+//! gradient on contiguous NCHW slices, for `f32` and `f64`.
+//!
+//! Every case is a matrix product on the `gemm` crate's micro-kernels (the ones Burn's Flex
+//! backend uses for its matmul), grouped the way Caffe and PyTorch's CPU path group them:
+//!
+//! ```text
+//! forward        Y[n]  (c_out × OH·OW)  = W (c_out × c_in·KH·KW) · cols(X[n])  (+ bias)
+//! input grad     dX[n]                   = col2im( Wᵀ · dY[n] )
+//! weight grad    dW    (c_out × c_in·KH·KW) = Σ_n dY[n] · cols(X[n])ᵀ
+//! ```
+//!
+//! per group. `cols` is im2col; a 1×1 convolution with stride 1 and no padding needs none (the
+//! image *is* its column matrix), so it is a plain GEMM. The batch is split over the rayon
+//! threads in contiguous chunks, each with one column buffer for all its images (no per-image
+//! allocation, memory independent of the batch size); when there are fewer images than threads
+//! (inference at batch 1), the images run one after the other and the GEMM itself is threaded.
+//! The weight gradient accumulates into one buffer per chunk, summed at the end.
+
+use burn::backend::ops::ConvOptions;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// The element types the kernels run in.
+pub trait Element:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Element for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// The shapes of one 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Images.
+    pub batch: usize,
+    /// Input channels (all groups).
+    pub c_in: usize,
+    /// Input height and width.
+    pub input: [usize; 2],
+    /// Output channels (all groups).
+    pub c_out: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Output height and width.
+    pub output: [usize; 2],
+    /// Stride.
+    pub stride: [usize; 2],
+    /// Padding before the first row and column (the padding after only shortens the output).
+    pub pad: [usize; 2],
+    /// Dilation.
+    pub dilation: [usize; 2],
+    /// Groups.
+    pub groups: usize,
+}
+
+impl Geometry {
+    /// The geometry of `x` `[n, c_in, h, w]` convolved with `weight`
+    /// `[c_out, c_in / groups, kh, kw]`. Panics on shapes that do not fit, as Burn's own
+    /// convolution does (the layers check their configuration before this).
+    pub fn new(x: [usize; 4], weight: [usize; 4], options: &ConvOptions<2>) -> Self {
+        let [batch, c_in, h, w] = x;
+        let [c_out, c_in_group, kh, kw] = weight;
+        let groups = options.groups;
+        assert!(
+            c_in_group * groups == c_in && c_out.is_multiple_of(groups),
+            "conv2d: {c_in} input channels and {c_out} output channels do not split into {groups} groups of weight {weight:?}"
+        );
+        let out = |i: usize, size: usize, k: usize| {
+            let (before, after) = options.padding[i];
+            let span = options.dilation[i] * (k - 1) + 1;
+            let padded = size + before + after;
+            assert!(
+                padded >= span,
+                "conv2d: kernel {k} (dilation {}) is larger than the padded input {padded}",
+                options.dilation[i]
+            );
+            (padded - span) / options.stride[i] + 1
+        };
+        Self {
+            batch,
+            c_in,
+            input: [h, w],
+            c_out,
+            kernel: [kh, kw],
+            output: [out(0, h, kh), out(1, w, kw)],
+            stride: options.stride,
+            pad: [options.padding[0].0, options.padding[1].0],
+            dilation: options.dilation,
+            groups,
+        }
+    }
+
+    fn c_in_group(&self) -> usize {
+        self.c_in / self.groups
+    }
+
+    fn c_out_group(&self) -> usize {
+        self.c_out / self.groups
+    }
+
+    /// Rows of a group's column matrix: `c_in / groups · kh · kw`.
+    fn depth(&self) -> usize {
+        self.c_in_group() * self.kernel[0] * self.kernel[1]
+    }
+
+    fn in_plane(&self) -> usize {
+        self.input[0] * self.input[1]
+    }
+
+    fn out_plane(&self) -> usize {
+        self.output[0] * self.output[1]
+    }
+
+    /// A 1×1 convolution that reads every pixel once: the image is its own column matrix.
+    fn pointwise(&self) -> bool {
+        self.kernel == [1, 1]
+            && self.stride == [1, 1]
+            && self.pad == [0, 0]
+            && self.output == self.input
+    }
+
+    /// Elements of the output `[n, c_out, oh, ow]`.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.c_out * self.out_plane()
+    }
+
+    /// The output shape.
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.c_out, self.output[0], self.output[1]]
+    }
+
+    fn weight_len(&self) -> usize {
+        self.c_out * self.depth()
+    }
+
+    fn column_len(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.depth() * self.out_plane()
+        }
+    }
+}
+
+/// How the batch is split: contiguous chunks of images over the threads, and the threading
+/// left to each GEMM.
+fn plan(batch: usize) -> (usize, Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    if batch >= threads {
+        (batch.div_ceil(threads), Parallelism::None)
+    } else {
+        (1, Parallelism::Rayon(threads))
+    }
+}
+
+/// The valid output columns `lo..hi` for kernel column offset `offset` (= `kj·d − pad`):
+/// those whose input column `o·stride + offset` lies in `0..width`.
+fn valid_range(out: usize, stride: usize, offset: isize, width: usize) -> (usize, usize) {
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) as usize).div_ceil(stride)
+    };
+    let end = width as isize - offset;
+    let hi = if end <= 0 {
+        0
+    } else {
+        (end as usize).div_ceil(stride).min(out)
+    };
+    (lo.min(hi), hi)
+}
+
+/// im2col of one group of one image: `x` is `[c_in/groups, h, w]`, `col` is
+/// `[c_in/groups · kh · kw, oh · ow]`.
+fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T]) {
+    let [h, w] = g.input;
+    let [oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let plane = oh * ow;
+    for c in 0..g.c_in_group() {
+        let image = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let row = ((c * kh + ki) * kw + kj) * plane;
+                let dst = &mut col[row..row + plane];
+                let offset = (kj * dw) as isize - g.pad[1] as isize;
+                let (lo, hi) = valid_range(ow, sw, offset, w);
+                for y in 0..oh {
+                    let iy = (y * sh + ki * dh) as isize - g.pad[0] as isize;
+                    let d = &mut dst[y * ow..(y + 1) * ow];
+                    if iy < 0 || iy >= h as isize {
+                        d.fill(T::ZERO);
+                        continue;
+                    }
+                    let src = &image[iy as usize * w..(iy as usize + 1) * w];
+                    d[..lo].fill(T::ZERO);
+                    d[hi..].fill(T::ZERO);
+                    if sw == 1 {
+                        let start = (lo as isize + offset) as usize;
+                        d[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    } else {
+                        for (o, v) in d[lo..hi].iter_mut().enumerate() {
+                            *v = src[(((lo + o) * sw) as isize + offset) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im of one group of one image: adds each column entry back onto the pixel it was read
+/// from. `dx` is `[c_in/groups, h, w]` (accumulated into), `col` as in [`im2col`].
+fn col2im<T: Element>(g: &Geometry, col: &[T], dx: &mut [T]) {
+    let [h, w] = g.input;
+    let [oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let plane = oh * ow;
+    for c in 0..g.c_in_group() {
+        let image = &mut dx[c * h * w..(c + 1) * h * w];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let row = ((c * kh + ki) * kw + kj) * plane;
+                let src = &col[row..row + plane];
+                let offset = (kj * dw) as isize - g.pad[1] as isize;
+                let (lo, hi) = valid_range(ow, sw, offset, w);
+                for y in 0..oh {
+                    let iy = (y * sh + ki * dh) as isize - g.pad[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let s = &src[y * ow..(y + 1) * ow];
+                    let d = &mut image[iy as usize * w..(iy as usize + 1) * w];
+                    if sw == 1 {
+                        let start = (lo as isize + offset) as usize;
+                        for (dst, v) in d[start..start + (hi - lo)].iter_mut().zip(&s[lo..hi]) {
+                            *dst += *v;
+                        }
+                    } else {
+                        for o in lo..hi {
+                            d[((o * sw) as isize + offset) as usize] += s[o];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)`, each matrix given by its row and column
+/// strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: Element>(
+    [m, n, k]: [usize; 3],
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[T],
+    [rhs_rs, rhs_cs]: [usize; 2],
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    debug_assert!(dst.len() >= m * n);
+    debug_assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the strides and sizes above address only elements inside the three slices (checked
+    // in debug builds; every caller passes the shapes of a `Geometry` whose buffers it sized),
+    // and `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The forward convolution: `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in/groups, kh, kw]`,
+/// optional `bias` `[c_out]`; returns `[n, c_out, oh, ow]`.
+pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let mut out = vec![T::ZERO; g.output_len()];
+    let (chunk, parallelism) = plan(g.batch);
+    let image_in = g.c_in * g.in_plane();
+    let image_out = g.c_out * g.out_plane();
+    let (depth, plane, cog, in_group) = (
+        g.depth(),
+        g.out_plane(),
+        g.c_out_group(),
+        g.c_in_group() * g.in_plane(),
+    );
+    if image_out == 0 {
+        return out;
+    }
+    out.par_chunks_mut(chunk * image_out)
+        .enumerate()
+        .for_each(|(ci, outs)| {
+            let mut col = vec![T::ZERO; g.column_len()];
+            for (i, y) in outs.chunks_mut(image_out).enumerate() {
+                let n = ci * chunk + i;
+                let image = &x[n * image_in..(n + 1) * image_in];
+                if let Some(bias) = bias {
+                    for (row, b) in y.chunks_mut(plane).zip(bias) {
+                        row.fill(*b);
+                    }
+                }
+                for grp in 0..g.groups {
+                    let xg = &image[grp * in_group..(grp + 1) * in_group];
+                    let rhs = if g.pointwise() {
+                        xg
+                    } else {
+                        im2col(g, xg, &mut col);
+                        &col[..]
+                    };
+                    matmul(
+                        [cog, plane, depth],
+                        &mut y[grp * cog * plane..(grp + 1) * cog * plane],
+                        bias.is_some(),
+                        &weight[grp * cog * depth..(grp + 1) * cog * depth],
+                        [depth, 1],
+                        rhs,
+                        [plane, 1],
+                        parallelism,
+                    );
+                }
+            }
+        });
+    out
+}
+
+/// The gradient with respect to the input: `grad` `[n, c_out, oh, ow]`, `weight` as in
+/// [`forward`]; returns `[n, c_in, h, w]`.
+pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
+    let image_in = g.c_in * g.in_plane();
+    let mut dx = vec![T::ZERO; g.batch * image_in];
+    let (chunk, parallelism) = plan(g.batch);
+    let image_out = g.c_out * g.out_plane();
+    let (depth, plane, cog, in_group) = (
+        g.depth(),
+        g.out_plane(),
+        g.c_out_group(),
+        g.c_in_group() * g.in_plane(),
+    );
+    if image_in == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(chunk * image_in)
+        .enumerate()
+        .for_each(|(ci, dxs)| {
+            let mut col = vec![T::ZERO; g.column_len()];
+            for (i, dxi) in dxs.chunks_mut(image_in).enumerate() {
+                let n = ci * chunk + i;
+                let dy = &grad[n * image_out..(n + 1) * image_out];
+                for grp in 0..g.groups {
+                    let dxg = &mut dxi[grp * in_group..(grp + 1) * in_group];
+                    let wg = &weight[grp * cog * depth..(grp + 1) * cog * depth];
+                    let dyg = &dy[grp * cog * plane..(grp + 1) * cog * plane];
+                    // Wᵀ (depth × c_out/g): element (i, p) is w[p·depth + i].
+                    if g.pointwise() {
+                        matmul(
+                            [depth, plane, cog],
+                            dxg,
+                            false,
+                            wg,
+                            [1, depth],
+                            dyg,
+                            [plane, 1],
+                            parallelism,
+                        );
+                    } else {
+                        matmul(
+                            [depth, plane, cog],
+                            &mut col,
+                            false,
+                            wg,
+                            [1, depth],
+                            dyg,
+                            [plane, 1],
+                            parallelism,
+                        );
+                        col2im(g, &col, dxg);
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// The gradient with respect to the weight: `x` and `grad` as in [`forward`] and
+/// [`input_grad`]; returns `[c_out, c_in/groups, kh, kw]`.
+pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    let (chunk, parallelism) = plan(g.batch);
+    let image_in = g.c_in * g.in_plane();
+    let image_out = g.c_out * g.out_plane();
+    let (depth, plane, cog, in_group) = (
+        g.depth(),
+        g.out_plane(),
+        g.c_out_group(),
+        g.c_in_group() * g.in_plane(),
+    );
+    let weight_len = g.weight_len();
+    if g.batch == 0 || image_out == 0 {
+        return vec![T::ZERO; weight_len];
+    }
+    let partial = |ci: usize, images: usize| {
+        let mut dw = vec![T::ZERO; weight_len];
+        let mut col = vec![T::ZERO; g.column_len()];
+        for i in 0..images {
+            let n = ci * chunk + i;
+            let image = &x[n * image_in..(n + 1) * image_in];
+            let dy = &grad[n * image_out..(n + 1) * image_out];
+            for grp in 0..g.groups {
+                let xg = &image[grp * in_group..(grp + 1) * in_group];
+                let cols = if g.pointwise() {
+                    xg
+                } else {
+                    im2col(g, xg, &mut col);
+                    &col[..]
+                };
+                // colsᵀ (plane × depth): element (q, j) is cols[j·plane + q].
+                matmul(
+                    [cog, depth, plane],
+                    &mut dw[grp * cog * depth..(grp + 1) * cog * depth],
+                    i > 0,
+                    &dy[grp * cog * plane..(grp + 1) * cog * plane],
+                    [plane, 1],
+                    cols,
+                    [1, plane],
+                    parallelism,
+                );
+            }
+        }
+        dw
+    };
+    let chunks = g.batch.div_ceil(chunk);
+    (0..chunks)
+        .into_par_iter()
+        .map(|ci| partial(ci, chunk.min(g.batch - ci * chunk)))
+        .reduce_with(|mut a, b| {
+            for (a, b) in a.iter_mut().zip(&b) {
+                *a += *b;
+            }
+            a
+        })
+        .unwrap_or_else(|| vec![T::ZERO; weight_len])
+}

@@ -1,0 +1,476 @@
+//! konv's own 2-D convolution on the CPU, as a Burn backend extension.
+//!
+//! Burn 0.22's CPU backend (Flex) runs every 2-D convolution as a 3-D one after copying the
+//! input to NHWC, and has no backward of its own: Burn's generic fallback computes the weight
+//! gradient as a convolution whose kernel is the whole output map, and the input gradient as a
+//! transposed convolution with a scalar scatter. Here all three are GEMMs on the `gemm` crate's
+//! micro-kernels, threaded over the batch ([`cpu`] has the layout):
+//!
+//! - [`KonvConvBackend`] is the extension trait (`#[backend_extension]`, the pattern of
+//!   `burn-signal`): Flex runs [`cpu`]'s kernels in `f32` and `f64` (other float types fall back
+//!   to Burn's convolution), and `Autodiff<B>` records a backward that calls them.
+//! - [`conv2d`] is the function: on a Flex tensor (tracked or not) it takes the extension, on
+//!   any other device (wgpu, CUDA, NdArray) Burn's own `conv2d`. A model runs unchanged on
+//!   either.
+//! - [`FastConv2d`] gives `burn::nn::conv::Conv2d` a `fast_forward`, the same computation as
+//!   its `forward` (same padding rules, same parameters, so the same record keys). Every zoo
+//!   model calls it; a user's own model can too:
+//!
+//! ```
+//! use burn::nn::conv::Conv2dConfig;
+//! use burn::prelude::*;
+//! use konv_models::conv::FastConv2d;
+//!
+//! let device = Device::flex();
+//! let conv = Conv2dConfig::new([3, 8], [3, 3]).init(&device);
+//! let x = Tensor::<4>::ones([2, 3, 16, 16], &device);
+//! let fast = conv.fast_forward(x.clone());
+//! let burn = conv.forward(x);
+//! assert_eq!(fast.dims(), [2, 8, 14, 14]);
+//! fast.into_data().assert_approx_eq::<f32>(&burn.into_data(), Default::default());
+//! ```
+
+pub mod cpu;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::{Flex, FlexTensor, Layout};
+use burn::backend::ops::{ConvOptions, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Backend, Bytes, DType, Dispatch, DispatchTensorKind, TensorMetadata, backend_extension,
+};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+
+/// Backends that run konv's convolution kernels: Flex directly, and `Autodiff` over it with a
+/// backward that calls them.
+#[backend_extension(Flex, Autodiff)]
+pub trait KonvConvBackend: Backend {
+    /// 2-D convolution without bias: `x` `[n, c_in, h, w]`, `weight`
+    /// `[c_out, c_in/groups, kh, kw]`.
+    fn konv_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// 2-D convolution plus `bias` `[c_out]` (one method per case: the extension macro of
+    /// Burn 0.22.1 does not route `Option` tensor arguments).
+    fn konv_conv2d_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradient of [`konv_conv2d`](Self::konv_conv2d) with respect to `x`.
+    fn konv_conv2d_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradient of [`konv_conv2d`](Self::konv_conv2d) with respect to `weight`.
+    fn konv_conv2d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+}
+
+/// A Flex tensor's values as one contiguous slice (copied only when the tensor is a strided
+/// view).
+fn contiguous<T: burn::tensor::Element + bytemuck::Pod>(tensor: FlexTensor) -> FlexTensor {
+    if tensor.as_slice::<T>().is_some() {
+        tensor
+    } else {
+        tensor.to_contiguous()
+    }
+}
+
+fn values<T: burn::tensor::Element + bytemuck::Pod>(tensor: &FlexTensor) -> &[T] {
+    tensor
+        .as_slice::<T>()
+        .expect("konv conv2d: tensor made contiguous with the dtype it was matched on")
+}
+
+fn dims4(tensor: &FlexTensor) -> [usize; 4] {
+    let shape = tensor.shape();
+    assert_eq!(
+        shape.num_dims(),
+        4,
+        "conv2d: expected a 4-D tensor, got {shape:?}"
+    );
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+fn tensor<T: burn::tensor::Element + bytemuck::Pod>(values: Vec<T>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::from(shape.to_vec())),
+        T::dtype(),
+    )
+}
+
+fn flex_forward<T: cpu::Element + burn::tensor::Element + bytemuck::Pod>(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let (x, weight) = (contiguous::<T>(x), contiguous::<T>(weight));
+    let bias = bias.map(contiguous::<T>);
+    let g = cpu::Geometry::new(dims4(&x), dims4(&weight), options);
+    let out = cpu::forward(
+        &g,
+        values::<T>(&x),
+        values::<T>(&weight),
+        bias.as_ref().map(values::<T>),
+    );
+    tensor(out, &g.output_shape())
+}
+
+fn flex_x_backward<T: cpu::Element + burn::tensor::Element + bytemuck::Pod>(
+    x: &FlexTensor,
+    weight: FlexTensor,
+    grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let (weight, grad) = (contiguous::<T>(weight), contiguous::<T>(grad));
+    let x_dims = dims4(x);
+    let g = cpu::Geometry::new(x_dims, dims4(&weight), options);
+    let dx = cpu::input_grad(&g, values::<T>(&weight), values::<T>(&grad));
+    tensor(dx, &x_dims)
+}
+
+fn flex_weight_backward<T: cpu::Element + burn::tensor::Element + bytemuck::Pod>(
+    x: FlexTensor,
+    weight: &FlexTensor,
+    grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let (x, grad) = (contiguous::<T>(x), contiguous::<T>(grad));
+    let w_dims = dims4(weight);
+    let g = cpu::Geometry::new(dims4(&x), w_dims, options);
+    let dw = cpu::weight_grad(&g, values::<T>(&x), values::<T>(&grad));
+    tensor(dw, &w_dims)
+}
+
+fn flex_conv2d(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: ConvOptions<2>,
+) -> FlexTensor {
+    match (x.dtype(), weight.dtype()) {
+        (DType::F32, DType::F32) => flex_forward::<f32>(x, weight, bias, &options),
+        (DType::F64, DType::F64) => flex_forward::<f64>(x, weight, bias, &options),
+        _ => <Flex as ModuleOps<Flex>>::conv2d(x, weight, bias, options),
+    }
+}
+
+impl KonvConvBackend for Flex {
+    fn konv_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+        flex_conv2d(x, weight, None, options)
+    }
+
+    fn konv_conv2d_bias(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        flex_conv2d(x, weight, Some(bias), options)
+    }
+
+    fn konv_conv2d_x_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        match (weight.dtype(), output_grad.dtype()) {
+            (DType::F32, DType::F32) => flex_x_backward::<f32>(&x, weight, output_grad, &options),
+            (DType::F64, DType::F64) => flex_x_backward::<f64>(&x, weight, output_grad, &options),
+            _ => <Flex as ModuleOps<Flex>>::conv2d_x_backward(x, weight, output_grad, options),
+        }
+    }
+
+    fn konv_conv2d_weight_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        match (x.dtype(), output_grad.dtype()) {
+            (DType::F32, DType::F32) => {
+                flex_weight_backward::<f32>(x, &weight, output_grad, &options)
+            }
+            (DType::F64, DType::F64) => {
+                flex_weight_backward::<f64>(x, &weight, output_grad, &options)
+            }
+            _ => <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, weight, output_grad, options),
+        }
+    }
+}
+
+/// The backward of [`KonvConvBackend::konv_conv2d`] with a bias: input and weight gradients
+/// from the inner backend's kernels, the bias gradient from Burn's (a sum).
+#[derive(Debug)]
+struct KonvConv2dWithBias;
+
+/// The backward of [`KonvConvBackend::konv_conv2d`] without a bias.
+#[derive(Debug)]
+struct KonvConv2dNoBias;
+
+/// Registers the input and weight gradients of one convolution, and returns `x` and the output
+/// gradient for the bias gradient.
+fn register_x_weight<B: Backend + KonvConvBackend>(
+    [node_x, node_weight]: [Option<NodeId>; 2],
+    grad: &FloatTensor<B>,
+    [x_state, weight_state]: [NodeId; 2],
+    options: ConvOptions<2>,
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+) -> FloatTensor<B> {
+    let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+    let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+    if let Some(id) = node_x {
+        let dx =
+            B::konv_conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+        grads.register::<B>(id, dx);
+    }
+    if let Some(id) = node_weight {
+        let dw = B::konv_conv2d_weight_backward(x.clone(), weight, grad.clone(), options);
+        grads.register::<B>(id, dw);
+    }
+    x
+}
+
+impl<B: Backend + KonvConvBackend> Backward<B, 3> for KonvConv2dWithBias {
+    /// Checkpointed `x`, `weight` and `bias`, and the options.
+    type State = (NodeId, NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, bias_state, options) = ops.state;
+        let x = register_x_weight::<B>(
+            [node_x.map(|n| n.id), node_weight.map(|n| n.id)],
+            &grad,
+            [x_state, weight_state],
+            options,
+            grads,
+            checkpointer,
+        );
+        if let Some(node) = node_bias {
+            let bias = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(bias_state);
+            grads.register::<B>(node.id, B::conv2d_bias_backward(x, bias, grad));
+        }
+    }
+}
+
+impl<B: Backend + KonvConvBackend> Backward<B, 2> for KonvConv2dNoBias {
+    /// Checkpointed `x` and `weight`, and the options.
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, options) = ops.state;
+        register_x_weight::<B>(
+            ops.parents.map(|n| n.map(|n| n.id)),
+            &grad,
+            [x_state, weight_state],
+            options,
+            grads,
+            checkpointer,
+        );
+    }
+}
+
+impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Autodiff<B, C> {
+    fn konv_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match KonvConv2dNoBias
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (
+                    prep.checkpoint(&x),
+                    prep.checkpoint(&weight),
+                    options.clone(),
+                );
+                let out = B::konv_conv2d(x.into_primitive(), weight.into_primitive(), options);
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::konv_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                options,
+            )),
+        }
+    }
+
+    fn konv_conv2d_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match KonvConv2dWithBias
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (
+                    prep.checkpoint(&x),
+                    prep.checkpoint(&weight),
+                    prep.checkpoint(&bias),
+                    options.clone(),
+                );
+                let out = B::konv_conv2d_bias(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    options,
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::konv_conv2d_bias(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                options,
+            )),
+        }
+    }
+
+    fn konv_conv2d_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        // Differentiating a gradient: Burn's composition of differentiable ops.
+        <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, output_grad, options)
+    }
+
+    fn konv_conv2d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, output_grad, options)
+    }
+}
+
+/// Whether a tensor lives on Flex (with or without autodiff): the tensors konv's kernels take.
+fn on_flex(kind: &DispatchTensorKind) -> bool {
+    match kind {
+        DispatchTensorKind::Flex(_) => true,
+        DispatchTensorKind::Autodiff(inner) => on_flex(inner),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Whether konv's kernels are switched off (`KONV_CONV=burn` in the environment, read once):
+/// every convolution then runs Burn's own, for comparing the two.
+pub fn burn_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("KONV_CONV").is_ok_and(|v| v == "burn"))
+}
+
+/// 2-D convolution (same arguments and result as `burn::tensor::module::conv2d`): konv's
+/// kernels for tensors on the CPU (Flex), Burn's convolution on every other device (and on
+/// the CPU too with `KONV_CONV=burn`).
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let x = x.into_dispatch();
+    if !on_flex(&x.kind) || burn_forced() {
+        return burn::tensor::module::conv2d(Tensor::from_dispatch(x), weight, bias, options);
+    }
+    let weight = weight.into_dispatch();
+    Tensor::from_dispatch(match bias {
+        Some(bias) => <Dispatch as KonvConvBackend>::konv_conv2d_bias(
+            x,
+            weight,
+            bias.into_dispatch(),
+            options,
+        ),
+        None => <Dispatch as KonvConvBackend>::konv_conv2d(x, weight, options),
+    })
+}
+
+/// Padding as `(before, after)` pairs per spatial dimension, by Burn's rules for
+/// `PaddingConfig2d` (TensorFlow's "same": the extra pixel after).
+pub fn padding_pairs(
+    padding: &PaddingConfig2d,
+    [h, w]: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> [(usize, usize); 2] {
+    let same = |k: usize, s: usize, size: usize| {
+        let out = size.div_ceil(s);
+        let total = if out > 0 {
+            ((out - 1) * s + k).saturating_sub(size)
+        } else {
+            0
+        };
+        (total / 2, total - total / 2)
+    };
+    match padding {
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Same => [same(kernel[0], stride[0], h), same(kernel[1], stride[1], w)],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(*top, *bottom), (*left, *right)],
+    }
+}
+
+/// `Conv2d::forward` through [`conv2d`]: konv's kernels on the CPU, Burn's elsewhere.
+pub trait FastConv2d {
+    /// The layer's output for `x` `[n, c_in, h, w]`; the same as `forward`.
+    fn fast_forward(&self, x: Tensor<4>) -> Tensor<4>;
+}
+
+impl FastConv2d for Conv2d {
+    fn fast_forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let padding = padding_pairs(&self.padding, [h, w], self.kernel_size, self.stride);
+        let options =
+            ConvOptions::new_with_padding(self.stride, padding, self.dilation, self.groups);
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            options,
+        )
+    }
+}

@@ -1,0 +1,161 @@
+//! konv's CPU convolution (`konv_models::conv`) against Burn's own, forward and all three
+//! gradients, over the shapes the zoo and users' models use: kernel sizes 1/3/5/7/11, strides 1
+//! and 2, no padding, "same" and asymmetric padding, dilation, groups and depthwise, odd sizes,
+//! batch 1 and 7. (The finite-difference checks in f64 are in konv-train's `gradcheck`.)
+
+use burn::backend::ops::ConvOptions;
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+use konv_models::conv;
+
+/// One convolution: `[c_in, c_out]`, kernel, stride, padding (before, after) per side,
+/// dilation, groups, batch, input `[h, w]`, bias.
+struct Case {
+    channels: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [(usize, usize); 2],
+    dilation: [usize; 2],
+    groups: usize,
+    batch: usize,
+    input: [usize; 2],
+    bias: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let c = |channels, k: usize, s: usize, p: usize, groups, batch, input, bias| Case {
+        channels,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [(p, p), (p, p)],
+        dilation: [1, 1],
+        groups,
+        batch,
+        input,
+        bias,
+    };
+    let mut all = vec![
+        c([3, 8], 1, 1, 0, 1, 7, [9, 11], true),  // 1×1: plain GEMM
+        c([5, 6], 1, 2, 0, 1, 1, [9, 9], false),  // 1×1 stride 2 (ResNet downsample)
+        c([3, 4], 3, 1, 1, 1, 7, [13, 10], true), // 3×3 same
+        c([4, 6], 3, 2, 1, 1, 7, [15, 15], false),
+        c([2, 5], 3, 1, 0, 1, 1, [7, 9], true),
+        c([3, 4], 5, 1, 2, 1, 7, [12, 11], true),
+        c([3, 4], 5, 2, 0, 1, 1, [17, 16], false),
+        c([1, 8], 7, 1, 3, 1, 7, [14, 14], true), // Fashion-MNIST CNN's first layer
+        c([3, 4], 7, 2, 3, 1, 1, [23, 21], false), // ResNet stem
+        c([3, 5], 11, 4, 2, 1, 1, [35, 37], true), // AlexNet stem
+        c([4, 6], 3, 1, 1, 2, 7, [9, 8], true),   // groups
+        c([6, 6], 3, 1, 1, 6, 7, [10, 9], false), // depthwise
+        c([4, 8], 3, 2, 1, 4, 1, [11, 11], true), // depthwise ×2
+        c([3, 4], 3, 1, 0, 1, 7, [3, 3], true),   // output 1×1
+        c([3, 4], 3, 3, 1, 1, 7, [10, 7], true),  // stride > padding, uneven tails
+    ];
+    // Asymmetric padding ("same" with an even kernel) and dilation.
+    all.push(Case {
+        padding: [(0, 1), (1, 0)],
+        ..c([3, 4], 2, 1, 0, 1, 7, [8, 9], true)
+    });
+    all.push(Case {
+        dilation: [2, 3],
+        ..c([3, 4], 3, 1, 2, 1, 7, [12, 13], true)
+    });
+    all
+}
+
+fn random(shape: Vec<usize>, device: &Device) -> Tensor<1> {
+    let n: usize = shape.iter().product();
+    Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), device)
+}
+
+fn close(what: &str, ours: Tensor<4>, theirs: Tensor<4>) {
+    let (ours, theirs) = (ours.into_data(), theirs.into_data());
+    assert_eq!(ours.shape(), theirs.shape(), "{what}: shape");
+    let a: Vec<f32> = ours.try_to_vec().expect("f32");
+    let b: Vec<f32> = theirs.try_to_vec().expect("f32");
+    let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-5 * scale.max(1.0) * 10.0,
+        "{what}: max |konv − burn| = {worst} (max |burn| = {scale})"
+    );
+}
+
+#[test]
+fn konv_convolution_equals_burns_forward_and_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    for (i, case) in cases().into_iter().enumerate() {
+        let [c_in, c_out] = case.channels;
+        let name = format!(
+            "case {i}: {c_in}→{c_out}, kernel {:?}, stride {:?}, padding {:?}, dilation {:?}, groups {}, batch {}, input {:?}",
+            case.kernel,
+            case.stride,
+            case.padding,
+            case.dilation,
+            case.groups,
+            case.batch,
+            case.input
+        );
+        let x_shape = [case.batch, c_in, case.input[0], case.input[1]];
+        let w_shape = [c_out, c_in / case.groups, case.kernel[0], case.kernel[1]];
+        let x = random(x_shape.to_vec(), &device).reshape(x_shape);
+        let w = random(w_shape.to_vec(), &device).reshape(w_shape);
+        let b = case.bias.then(|| random(vec![c_out], &device));
+        let options =
+            ConvOptions::new_with_padding(case.stride, case.padding, case.dilation, case.groups);
+
+        // The same scalar through both: sum(r · conv(x)).
+        let run = |ours: bool| {
+            let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
+            let b = b.clone().map(|b| b.require_grad());
+            let out = if ours {
+                conv::conv2d(x.clone(), w.clone(), b.clone(), options.clone())
+            } else {
+                burn::tensor::module::conv2d(x.clone(), w.clone(), b.clone(), options.clone())
+            };
+            device.seed(9);
+            let r = Tensor::<4>::random(out.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let grads = (out.clone() * r).sum().backward();
+            let grad = |t: &Tensor<4>| t.grad(&grads).expect("a gradient");
+            let db = b.as_ref().map(|b| {
+                let g = b.grad(&grads).expect("a bias gradient");
+                g.reshape([1, 1, 1, c_out])
+            });
+            (out.inner(), grad(&x), grad(&w), db)
+        };
+        let (y, dx, dw, db) = run(true);
+        let (y_ref, dx_ref, dw_ref, db_ref) = run(false);
+        close(&format!("{name}: output"), y, y_ref);
+        close(&format!("{name}: input gradient"), dx, dx_ref);
+        close(&format!("{name}: weight gradient"), dw, dw_ref);
+        if let (Some(db), Some(db_ref)) = (db, db_ref) {
+            close(&format!("{name}: bias gradient"), db, db_ref);
+        }
+    }
+}
+
+#[test]
+fn a_strided_view_is_convolved_as_its_values() {
+    // A transposed (non-contiguous) input gives the same result as its contiguous copy.
+    let device = Device::flex();
+    let x = Tensor::<4>::from_data(
+        TensorData::new(
+            (0..2 * 3 * 5 * 6)
+                .map(|v| v as f32 * 0.1)
+                .collect::<Vec<_>>(),
+            [2, 3, 6, 5],
+        ),
+        &device,
+    )
+    .swap_dims(2, 3);
+    let w = Tensor::<4>::ones([4, 3, 3, 3], &device);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let ours = conv::conv2d(x.clone(), w.clone(), None, options.clone());
+    let burn = burn::tensor::module::conv2d(x, w, None, options);
+    close("strided view", ours, burn);
+}
