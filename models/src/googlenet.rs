@@ -31,7 +31,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::conv::FastConv2d;
+use crate::conv::{FastBatchNorm, FastConv2d};
 
 use crate::layers::{Taps, global_avg_pool, max_pool};
 use crate::summary::{Summarize, Summary};
@@ -167,7 +167,7 @@ impl BasicConv2d {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.conv.fast_forward(x);
         let x = match &self.bn {
-            Some(bn) => bn.forward(x),
+            Some(bn) => bn.fast_forward(x),
             None => x,
         };
         self.relu.forward(x)

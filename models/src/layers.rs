@@ -18,7 +18,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::conv::FastConv2d;
+use crate::conv::{FastBatchNorm, FastConv2d};
 
 use crate::summary::{Summarize, Summary};
 
@@ -84,7 +84,7 @@ impl Layer {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Layer::Conv2d(m) => m.fast_forward(x),
-            Layer::BatchNorm(m) => m.forward(x),
+            Layer::BatchNorm(m) => m.fast_forward(x),
             Layer::Relu(m) => m.forward(x),
             Layer::MaxPool2d(m) => m.forward(x),
             Layer::Lrn(m) => m.forward(x),

@@ -27,7 +27,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear, LinearConfig, Relu};
 use burn::prelude::*;
 
-use crate::conv::FastConv2d;
+use crate::conv::{FastBatchNorm, FastConv2d};
 use burn::tensor::s;
 
 use crate::layers::{Taps, batch_norm, conv, global_avg_pool, max_pool};
@@ -256,7 +256,7 @@ fn shortcut(
     pad_channels: usize,
 ) -> Tensor<4> {
     if let Some((conv, bn)) = downsample {
-        return bn.forward(conv.fast_forward(x));
+        return bn.fast_forward(conv.fast_forward(x));
     }
     let x = if stride > 1 {
         x.slice(s![.., .., ..;stride as isize, ..;stride as isize])
@@ -313,8 +313,8 @@ impl BasicBlock {
         let identity = shortcut(x.clone(), &self.downsample, self.stride, self.pad_channels);
         let out = self
             .relu
-            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
-        let out = self.bn2.forward(self.conv2.fast_forward(out));
+            .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
+        let out = self.bn2.fast_forward(self.conv2.fast_forward(out));
         self.relu.forward(out + identity)
     }
 }
@@ -363,11 +363,11 @@ impl Bottleneck {
         let identity = shortcut(x.clone(), &self.downsample, self.stride, self.pad_channels);
         let out = self
             .relu
-            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
+            .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
         let out = self
             .relu
-            .forward(self.bn2.forward(self.conv2.fast_forward(out)));
-        let out = self.bn3.forward(self.conv3.fast_forward(out));
+            .forward(self.bn2.fast_forward(self.conv2.fast_forward(out)));
+        let out = self.bn3.fast_forward(self.conv3.fast_forward(out));
         self.relu.forward(out + identity)
     }
 }
@@ -433,7 +433,7 @@ impl ResNet {
     pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Vec<Tensor<4>> {
         let x = self
             .relu
-            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
+            .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
         let x = taps.tap(|| "relu".into(), x);
         let x = match &self.maxpool {
             Some(pool) => taps.tap(|| "maxpool".into(), pool.forward(x)),

@@ -19,7 +19,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::conv::FastConv2d;
+use crate::conv::{FastBatchNorm, FastConv2d};
 
 use crate::fashion_cnn::GLOROT_UNIFORM;
 use crate::layers::{SeparableConv2d, SeparableConv2dConfig, Taps, global_avg_pool};
@@ -107,7 +107,7 @@ impl XceptionBlock {
     /// `[batch, c_in, h, w]` → `[batch, c_out, h', w']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let shortcut = match &self.residual {
-            Some((conv, bn)) => bn.forward(conv.fast_forward(x.clone())),
+            Some((conv, bn)) => bn.fast_forward(conv.fast_forward(x.clone())),
             None => x.clone(),
         };
         let mut x = x;
@@ -115,7 +115,7 @@ impl XceptionBlock {
             if i > 0 || self.relu_first {
                 x = self.relu.forward(x);
             }
-            x = bn.forward(conv.forward(x));
+            x = bn.fast_forward(conv.forward(x));
         }
         if let Some(pool) = &self.pool {
             x = pool.forward(x);
@@ -229,18 +229,22 @@ impl Xception {
     pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<4> {
         let x = self
             .relu
-            .forward(self.bn1.forward(self.conv1.fast_forward(x)));
+            .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
         let x = taps.tap(|| "conv1".into(), x);
         let x = self
             .relu
-            .forward(self.bn2.forward(self.conv2.fast_forward(x)));
+            .forward(self.bn2.fast_forward(self.conv2.fast_forward(x)));
         let x = taps.tap(|| "conv2".into(), x);
         let x = self.blocks.iter().enumerate().fold(x, |x, (i, block)| {
             taps.tap(|| format!("blocks.{i}"), block.forward(x))
         });
-        let x = self.relu.forward(self.bn3.forward(self.conv3.forward(x)));
+        let x = self
+            .relu
+            .forward(self.bn3.fast_forward(self.conv3.forward(x)));
         let x = taps.tap(|| "conv3".into(), x);
-        let x = self.relu.forward(self.bn4.forward(self.conv4.forward(x)));
+        let x = self
+            .relu
+            .forward(self.bn4.fast_forward(self.conv4.forward(x)));
         taps.tap(|| "conv4".into(), x)
     }
 

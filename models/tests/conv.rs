@@ -159,3 +159,75 @@ fn a_strided_view_is_convolved_as_its_values() {
     let burn = burn::tensor::module::conv2d(x, w, None, options);
     close("strided view", ours, burn);
 }
+
+#[test]
+fn konv_batch_norm_equals_burns_in_training_and_inference() {
+    use burn::nn::BatchNormConfig;
+    use konv_models::conv::FastBatchNorm;
+    let device = Device::flex().autodiff();
+    device.seed(6);
+    for (shape, channels) in [
+        ([7usize, 5, 9, 11], 5usize),
+        ([1, 3, 4, 4], 3),
+        ([4, 16, 1, 1], 16),
+    ] {
+        let make = || {
+            let mut bn = BatchNormConfig::new(channels).init(&device);
+            bn.gamma = bn
+                .gamma
+                .map(|g| (g.add_scalar(0.5) * 1.5).detach().require_grad());
+            bn.beta = bn.beta.map(|b| b.add_scalar(-0.25).detach().require_grad());
+            bn
+        };
+        let (ours_bn, burn_bn) = (make(), make());
+        let x = random(shape.to_vec(), &device)
+            .reshape(shape)
+            .mul_scalar(2.0)
+            .add_scalar(0.7);
+        let run = |bn: &burn::nn::BatchNorm, ours: bool| {
+            let x = x.clone().require_grad();
+            let out = if ours {
+                bn.fast_forward(x.clone())
+            } else {
+                bn.forward(x.clone())
+            };
+            device.seed(8);
+            let r = Tensor::<4>::random(out.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let grads = (out.clone() * r).sum().backward();
+            let as4 = |t: Tensor<1>| t.reshape([1, 1, 1, channels]);
+            (
+                out.inner(),
+                x.grad(&grads).expect("dx"),
+                as4(bn.gamma.grad(&grads).expect("dgamma")),
+                as4(bn.beta.grad(&grads).expect("dbeta")),
+            )
+        };
+        let (y, dx, dg, db) = run(&ours_bn, true);
+        let (y_ref, dx_ref, dg_ref, db_ref) = run(&burn_bn, false);
+        let what = format!("batch norm {shape:?}");
+        close(&format!("{what}: output"), y, y_ref);
+        close(&format!("{what}: input gradient"), dx, dx_ref);
+        close(&format!("{what}: gamma gradient"), dg, dg_ref);
+        close(&format!("{what}: beta gradient"), db, db_ref);
+        let stat = |t: Tensor<1>| t.reshape([1, 1, 1, channels]).inner();
+        close(
+            &format!("{what}: running mean"),
+            stat(ours_bn.running_mean.value()),
+            stat(burn_bn.running_mean.value()),
+        );
+        close(
+            &format!("{what}: running variance"),
+            stat(ours_bn.running_var.value()),
+            stat(burn_bn.running_var.value()),
+        );
+        // Inference (no autodiff): the running statistics.
+        let plain = Device::flex();
+        let (ours_bn, burn_bn) = (ours_bn.valid(), burn_bn.valid());
+        let x = x.inner().to_device(&plain);
+        close(
+            &format!("{what}: inference"),
+            ours_bn.fast_forward(x.clone()),
+            burn_bn.forward(x),
+        );
+    }
+}

@@ -3,6 +3,8 @@
 //! `cargo xtask parity` (konv against torchvision, fixtures made with PyTorch in a venv) and
 //! `cargo xtask subset` (rebuilds the embedded Fashion-MNIST subset from the real files).
 
+mod compare_torch;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -56,6 +58,15 @@ enum Cmd {
         /// Input channels (3 for RGB models at ImageNet sizes, e.g. resnet18 at 224).
         #[arg(long, default_value_t = 1)]
         channels: usize,
+        /// Instead: konv (cpu) and PyTorch side by side on this machine, one after the other,
+        /// 2 threads each (issue 17's table: training and inference rows, each ResNet-18
+        /// convolution alone against the sgemm ceiling, peak RSS).
+        #[arg(long)]
+        compare_torch: bool,
+        /// With --compare-torch: a Python with torch (default: the venv of `cargo xtask
+        /// parity`, made on first use).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
     },
     /// Images/s of an image folder through konv's data path (a benchmark, not a test):
     /// decoding cold, reading the decoded cache, and the loader's augmentation per epoch.
@@ -703,7 +714,12 @@ fn main() -> Result<()> {
             inference,
             replicas,
             channels,
+            compare_torch: compare,
+            python,
         } => {
+            if compare {
+                return compare_torch::run(python.map(Ok).unwrap_or_else(|| parity_python(None))?);
+            }
             if inference {
                 println!("inference latency (forward only, inference mode, random data)");
             } else {

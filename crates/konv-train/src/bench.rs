@@ -432,3 +432,102 @@ pub fn agreement(
         losses_relative,
     })
 }
+
+/// One convolution of [`RESNET18_CONVS`]: name, input and output channels, kernel, stride,
+/// input side (padding `kernel / 2`, as ResNet's).
+pub type ConvLayer = (&'static str, usize, usize, usize, usize, usize);
+
+/// ResNet-18's distinct convolutions at 224×224 (the later units of a stage repeat them).
+pub const RESNET18_CONVS: [ConvLayer; 11] = [
+    ("conv1", 3, 64, 7, 2, 224),
+    ("layer1 3x3", 64, 64, 3, 1, 56),
+    ("layer2.0.conv1 3x3/2", 64, 128, 3, 2, 56),
+    ("layer2.0.downsample 1x1/2", 64, 128, 1, 2, 56),
+    ("layer2 3x3", 128, 128, 3, 1, 28),
+    ("layer3.0.conv1 3x3/2", 128, 256, 3, 2, 28),
+    ("layer3.0.downsample 1x1/2", 128, 256, 1, 2, 28),
+    ("layer3 3x3", 256, 256, 3, 1, 14),
+    ("layer4.0.conv1 3x3/2", 256, 512, 3, 2, 14),
+    ("layer4.0.downsample 1x1/2", 256, 512, 1, 2, 14),
+    ("layer4 3x3", 512, 512, 3, 1, 7),
+];
+
+/// One convolution layer timed alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConvLayerResult {
+    /// The layer's name in [`RESNET18_CONVS`].
+    pub layer: String,
+    /// Forward GFLOP/s (median step).
+    pub forward_gflops: f64,
+    /// Forward, input gradient and weight gradient together: three times the forward's
+    /// FLOPs over the median step.
+    pub backward_gflops: f64,
+}
+
+/// Times one convolution layer alone through `konv_models::conv::conv2d` on `device` (the
+/// way PyTorch's side of `cargo xtask bench --compare-torch` times `F.conv2d`): the forward
+/// without autodiff, then forward + input and weight gradients.
+pub fn conv_layer(
+    &(name, c_in, c_out, k, stride, side): &ConvLayer,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+) -> ConvLayerResult {
+    use burn::backend::ops::ConvOptions;
+    use burn::tensor::Distribution;
+    let options = ConvOptions::new([stride, stride], [k / 2, k / 2], [1, 1], 1);
+    let out_side = (side + 2 * (k / 2) - k) / stride + 1;
+    let flops = 2.0 * (batch * c_out * out_side * out_side * c_in * k * k) as f64;
+    let x = Tensor::<4>::random(
+        [batch, c_in, side, side],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let w = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.01), device);
+    let dy = Tensor::<4>::random(
+        [batch, c_out, out_side, out_side],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let median = |step: &dyn Fn()| {
+        for _ in 0..warmup {
+            step();
+        }
+        let mut times: Vec<f64> = (0..steps.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                step();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let forward = median(&|| {
+        let y = konv_models::conv::conv2d(x.clone(), w.clone(), None, options.clone());
+        let _ = y.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>();
+    });
+    let autodiff = device.clone().autodiff();
+    let (xa, wa, dya) = (
+        Tensor::<4>::from_data(x.to_data(), &autodiff).require_grad(),
+        Tensor::<4>::from_data(w.to_data(), &autodiff).require_grad(),
+        Tensor::<4>::from_data(dy.to_data(), &autodiff),
+    );
+    let backward = median(&|| {
+        let y = konv_models::conv::conv2d(xa.clone(), wa.clone(), None, options.clone());
+        let grads = (y * dya.clone()).sum().backward();
+        let dx = xa
+            .grad(&grads)
+            .map(|g| g.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>());
+        let dw = wa
+            .grad(&grads)
+            .map(|g| g.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>());
+        let _ = (dx, dw);
+    });
+    ConvLayerResult {
+        layer: name.to_string(),
+        forward_gflops: flops / forward / 1e9,
+        backward_gflops: 3.0 * flops / backward / 1e9,
+    }
+}

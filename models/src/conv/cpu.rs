@@ -485,3 +485,213 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
         })
         .unwrap_or_else(|| vec![T::ZERO; weight_len])
 }
+
+/// The ceiling these kernels run against: GFLOP/s of one `n × n × n` `f32` GEMM on the same
+/// micro-kernels, threaded over the rayon pool (best of `repeats`).
+pub fn sgemm_gflops(n: usize, repeats: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0.0f32; n * n];
+    let threads = rayon::current_num_threads().max(1);
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let t = std::time::Instant::now();
+        matmul(
+            [n, n, n],
+            &mut c,
+            false,
+            &a,
+            [n, 1],
+            &b,
+            [n, 1],
+            Parallelism::Rayon(threads),
+        );
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
+/// Element conversions for the batch-norm statistics, accumulated in `f64`.
+pub trait Float: Element {
+    /// To `f64`.
+    fn to_f64(self) -> f64;
+    /// From `f64`.
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Float for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Float for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// The planes of channel `c` in an `[n, channels, plane]` buffer.
+fn planes<T>(x: &[T], channels: usize, plane: usize, c: usize) -> impl Iterator<Item = &[T]> {
+    x.chunks(channels * plane)
+        .map(move |image| &image[c * plane..(c + 1) * plane])
+}
+
+/// Applies `f(channel, image's values for all channels)` to each image of an
+/// `[n, channels, plane]` output in parallel.
+fn per_image<T: Send>(out: &mut [T], image: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if image == 0 {
+        return;
+    }
+    out.par_chunks_mut(image)
+        .enumerate()
+        .for_each(|(n, y)| f(n, y));
+}
+
+/// Batch normalization with the batch's own statistics, in one pass for the mean, one for the
+/// (biased) variance and one for the output, each threaded (Burn's generic version transposes
+/// the batch twice and makes five passes). `x` is `[n, channels, plane]`; returns the output,
+/// the mean and the variance.
+pub fn batch_norm_train<T: Float>(
+    x: &[T],
+    [channels, plane]: [usize; 2],
+    gamma: &[T],
+    beta: &[T],
+    epsilon: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let count = (x.len() / (channels * plane).max(1) * plane).max(1) as f64;
+    let stats: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = planes(x, channels, plane, c)
+                .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+                .sum();
+            let mean = sum / count;
+            let var: f64 = planes(x, channels, plane, c)
+                .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+                .sum();
+            (mean, var / count)
+        })
+        .collect();
+    let affine: Vec<(T, T)> = stats
+        .iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(&(mean, var), (g, b))| {
+            let scale = g.to_f64() / (var + epsilon).sqrt();
+            (T::from_f64(scale), T::from_f64(b.to_f64() - mean * scale))
+        })
+        .collect();
+    let mut out = vec![T::ZERO; x.len()];
+    let image = channels * plane;
+    per_image(&mut out, image, |n, y| {
+        let xs = &x[n * image..(n + 1) * image];
+        for ((yc, xc), &(scale, shift)) in y.chunks_mut(plane).zip(xs.chunks(plane)).zip(&affine) {
+            for (o, v) in yc.iter_mut().zip(xc) {
+                *o = *v * scale + shift;
+            }
+        }
+    });
+    let mean = stats.iter().map(|s| T::from_f64(s.0)).collect();
+    let var = stats.iter().map(|s| T::from_f64(s.1)).collect();
+    (out, mean, var)
+}
+
+/// Gradients of [`batch_norm_train`] with respect to `x`, `gamma` and `beta`, given the
+/// statistics it returned: one threaded pass for the two sums per channel, one for `dx`.
+pub fn batch_norm_train_backward<T: Float>(
+    x: &[T],
+    [channels, plane]: [usize; 2],
+    gamma: &[T],
+    (mean, var): (&[T], &[T]),
+    epsilon: f64,
+    grad: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let count = (x.len() / (channels * plane).max(1) * plane).max(1) as f64;
+    let inv_std: Vec<f64> = var
+        .iter()
+        .map(|v| 1.0 / (v.to_f64() + epsilon).sqrt())
+        .collect();
+    // Per channel: Σ dy and Σ dy · x̂.
+    let sums: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let (m, s) = (mean[c].to_f64(), inv_std[c]);
+            planes(x, channels, plane, c)
+                .zip(planes(grad, channels, plane, c))
+                .fold((0.0, 0.0), |(a, b), (xp, gp)| {
+                    let (mut da, mut db) = (0.0, 0.0);
+                    for (v, g) in xp.iter().zip(gp) {
+                        let g = g.to_f64();
+                        da += g;
+                        db += g * (v.to_f64() - m) * s;
+                    }
+                    (a + da, b + db)
+                })
+        })
+        .collect();
+    // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂)) = a·dy + b·x + c per channel.
+    let coeffs: Vec<(T, T, T)> = (0..channels)
+        .map(|c| {
+            let k = gamma[c].to_f64() * inv_std[c];
+            let (mean_dy, mean_dy_xhat) = (sums[c].0 / count, sums[c].1 / count);
+            let b = -k * mean_dy_xhat * inv_std[c];
+            let c0 = -k * mean_dy - b * mean[c].to_f64();
+            (T::from_f64(k), T::from_f64(b), T::from_f64(c0))
+        })
+        .collect();
+    let mut dx = vec![T::ZERO; x.len()];
+    let image = channels * plane;
+    per_image(&mut dx, image, |n, d| {
+        let xs = &x[n * image..(n + 1) * image];
+        let gs = &grad[n * image..(n + 1) * image];
+        for (((dc, xc), gc), &(a, b, c0)) in d
+            .chunks_mut(plane)
+            .zip(xs.chunks(plane))
+            .zip(gs.chunks(plane))
+            .zip(&coeffs)
+        {
+            for ((o, v), g) in dc.iter_mut().zip(xc).zip(gc) {
+                *o = a * *g + b * *v + c0;
+            }
+        }
+    });
+    let dgamma = sums.iter().map(|s| T::from_f64(s.1)).collect();
+    let dbeta = sums.iter().map(|s| T::from_f64(s.0)).collect();
+    (dx, dgamma, dbeta)
+}
+
+/// Batch normalization with given statistics (inference), in one threaded pass:
+/// `y = x · γ/√(var + ε) + (β − mean · γ/√(var + ε))`.
+pub fn batch_norm<T: Float>(
+    x: &[T],
+    [channels, plane]: [usize; 2],
+    [gamma, beta, mean, var]: [&[T]; 4],
+    epsilon: f64,
+) -> Vec<T> {
+    let affine: Vec<(T, T)> = (0..channels)
+        .map(|c| {
+            let scale = gamma[c].to_f64() / (var[c].to_f64() + epsilon).sqrt();
+            (
+                T::from_f64(scale),
+                T::from_f64(beta[c].to_f64() - mean[c].to_f64() * scale),
+            )
+        })
+        .collect();
+    let mut out = vec![T::ZERO; x.len()];
+    let image = channels * plane;
+    per_image(&mut out, image, |n, y| {
+        let xs = &x[n * image..(n + 1) * image];
+        for ((yc, xc), &(scale, shift)) in y.chunks_mut(plane).zip(xs.chunks(plane)).zip(&affine) {
+            for (o, v) in yc.iter_mut().zip(xc) {
+                *o = *v * scale + shift;
+            }
+        }
+    });
+    out
+}

@@ -41,8 +41,10 @@ use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    Backend, Bytes, DType, Dispatch, DispatchTensorKind, TensorMetadata, backend_extension,
+    AutodiffBackend, Backend, Bytes, DType, Dispatch, DispatchTensorKind, TensorMetadata,
+    backend_extension,
 };
+use burn::nn::BatchNorm;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
@@ -83,6 +85,36 @@ pub trait KonvConvBackend: Backend {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
+
+    /// Batch normalization of `x` `[n, c, ...]` with given statistics (inference).
+    fn konv_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// Batch normalization of `x` `[n, c, ...]` with the batch's own statistics: returns the
+    /// output, the mean and the biased variance (Burn's `batch_norm_train`).
+    fn konv_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients of [`konv_batch_norm_train`](Self::konv_batch_norm_train) with respect to
+    /// `x`, `gamma` and `beta`.
+    fn konv_batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// A Flex tensor's values as one contiguous slice (copied only when the tensor is a strided
@@ -176,6 +208,92 @@ fn flex_conv2d(
     }
 }
 
+/// `[channels, elements per channel per image]` of an `[n, c, ...]` tensor.
+fn channels_plane(x: &FlexTensor) -> [usize; 2] {
+    let shape = x.shape();
+    assert!(
+        shape.num_dims() >= 2,
+        "batch_norm: expected [n, c, ...], got {shape:?}"
+    );
+    let channels = shape[1];
+    [channels, shape.iter().skip(2).product()]
+}
+
+fn flex_batch_norm<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, gamma, beta) = (
+        contiguous::<T>(x),
+        contiguous::<T>(gamma),
+        contiguous::<T>(beta),
+    );
+    let dims = channels_plane(&x);
+    let (out, mean, var) = cpu::batch_norm_train(
+        values::<T>(&x),
+        dims,
+        values::<T>(&gamma),
+        values::<T>(&beta),
+        epsilon,
+    );
+    let shape: Vec<usize> = x.shape().iter().copied().collect();
+    (
+        tensor(out, &shape),
+        tensor(mean, &[dims[0]]),
+        tensor(var, &[dims[0]]),
+    )
+}
+
+fn flex_batch_norm_inference<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
+    x: FlexTensor,
+    params: [FlexTensor; 4],
+    epsilon: f64,
+) -> FlexTensor {
+    let x = contiguous::<T>(x);
+    let [gamma, beta, mean, var] = params.map(contiguous::<T>);
+    let dims = channels_plane(&x);
+    let out = cpu::batch_norm(
+        values::<T>(&x),
+        dims,
+        [&gamma, &beta, &mean, &var].map(values::<T>),
+        epsilon,
+    );
+    let shape: Vec<usize> = x.shape().iter().copied().collect();
+    tensor(out, &shape)
+}
+
+fn flex_batch_norm_backward<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    [mean, variance]: [FlexTensor; 2],
+    epsilon: f64,
+    grad: FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, gamma, grad) = (
+        contiguous::<T>(x),
+        contiguous::<T>(gamma),
+        contiguous::<T>(grad),
+    );
+    let (mean, variance) = (contiguous::<T>(mean), contiguous::<T>(variance));
+    let dims = channels_plane(&x);
+    let (dx, dgamma, dbeta) = cpu::batch_norm_train_backward(
+        values::<T>(&x),
+        dims,
+        values::<T>(&gamma),
+        (values::<T>(&mean), values::<T>(&variance)),
+        epsilon,
+        values::<T>(&grad),
+    );
+    let shape: Vec<usize> = x.shape().iter().copied().collect();
+    (
+        tensor(dx, &shape),
+        tensor(dgamma, &[dims[0]]),
+        tensor(dbeta, &[dims[0]]),
+    )
+}
+
 impl KonvConvBackend for Flex {
     fn konv_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         flex_conv2d(x, weight, None, options)
@@ -217,6 +335,70 @@ impl KonvConvBackend for Flex {
                 flex_weight_backward::<f64>(x, &weight, output_grad, &options)
             }
             _ => <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, weight, output_grad, options),
+        }
+    }
+
+    fn konv_batch_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        match x.dtype() {
+            DType::F32 => {
+                flex_batch_norm_inference::<f32>(x, [gamma, beta, mean, variance], epsilon)
+            }
+            DType::F64 => {
+                flex_batch_norm_inference::<f64>(x, [gamma, beta, mean, variance], epsilon)
+            }
+            _ => <Flex as ModuleOps<Flex>>::batch_norm(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+
+    fn konv_batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        match (x.dtype(), gamma.dtype(), beta.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => flex_batch_norm::<f32>(x, gamma, beta, epsilon),
+            (DType::F64, DType::F64, DType::F64) => flex_batch_norm::<f64>(x, gamma, beta, epsilon),
+            _ => {
+                let r = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
+                (r.output, r.mean, r.variance)
+            }
+        }
+    }
+
+    fn konv_batch_norm_train_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        output_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        match (x.dtype(), output_grad.dtype()) {
+            (DType::F32, DType::F32) => {
+                flex_batch_norm_backward::<f32>(x, gamma, [mean, variance], epsilon, output_grad)
+            }
+            (DType::F64, DType::F64) => {
+                flex_batch_norm_backward::<f64>(x, gamma, [mean, variance], epsilon, output_grad)
+            }
+            _ => {
+                let r = <Flex as ModuleOps<Flex>>::batch_norm_train_backward(
+                    x,
+                    gamma,
+                    mean,
+                    variance,
+                    epsilon,
+                    output_grad,
+                );
+                (r.x_grad, r.gamma_grad, r.beta_grad)
+            }
         }
     }
 }
@@ -305,6 +487,41 @@ impl<B: Backend + KonvConvBackend> Backward<B, 2> for KonvConv2dNoBias {
     }
 }
 
+/// The backward of [`KonvConvBackend::konv_batch_norm_train`].
+#[derive(Debug)]
+struct KonvBatchNormTrain;
+
+impl<B: Backend + KonvConvBackend> Backward<B, 3> for KonvBatchNormTrain {
+    /// Checkpointed `x` and `gamma`; the batch statistics as the forward computed them.
+    type State = (
+        NodeId,
+        NodeId,
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        f64,
+    );
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, gamma_state, mean, variance, epsilon) = ops.state;
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+        let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+        let (dx, dgamma, dbeta) =
+            B::konv_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
+        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
 impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Autodiff<B, C> {
     fn konv_conv2d(
         x: FloatTensor<Self>,
@@ -386,6 +603,73 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
     ) -> FloatTensor<Self> {
         <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, output_grad, options)
     }
+
+    fn konv_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        // Frozen statistics under autodiff (fine-tuning): Burn's differentiable composition.
+        <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon)
+    }
+
+    fn konv_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let untracked = <Self as AutodiffBackend>::from_inner;
+        match KonvBatchNormTrain
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_state = prep.checkpoint(&gamma);
+                let (out, mean, var) = B::konv_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let state = (x_state, gamma_state, mean.clone(), var.clone(), epsilon);
+                (prep.finish(state, out), untracked(mean), untracked(var))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, mean, var) = B::konv_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                (prep.finish(out), untracked(mean), untracked(var))
+            }
+        }
+    }
+
+    fn konv_batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let r = <Self as ModuleOps<Self>>::batch_norm_train_backward(
+            x,
+            gamma,
+            mean,
+            variance,
+            epsilon,
+            output_grad,
+        );
+        (r.x_grad, r.gamma_grad, r.beta_grad)
+    }
 }
 
 /// Whether a tensor lives on Flex (with or without autodiff): the tensors konv's kernels take.
@@ -428,6 +712,67 @@ pub fn conv2d(
         ),
         None => <Dispatch as KonvConvBackend>::konv_conv2d(x, weight, options),
     })
+}
+
+/// `BatchNorm::forward` with konv's fused kernels on the CPU: the batch statistics, the
+/// normalization and its backward in two or three threaded passes each, instead of Burn's
+/// generic composition (two transposed copies of the batch and five passes). Same layer, same
+/// running statistics, same records; other devices (and `KONV_CONV=burn`) run `forward`.
+pub trait FastBatchNorm {
+    /// The layer's output for `x` `[n, c, ...]`; the same as `forward`.
+    fn fast_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>;
+}
+
+impl FastBatchNorm for BatchNorm {
+    fn fast_forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let training = input.device().is_autodiff() && self.training.is_enabled();
+        let x = input.into_dispatch();
+        if !on_flex(&x.kind) || burn_forced() {
+            return self.forward(Tensor::from_dispatch(x));
+        }
+        let (gamma, beta) = (
+            self.gamma.val().into_dispatch(),
+            self.beta.val().into_dispatch(),
+        );
+        if !training {
+            let device = Tensor::<D>::from_dispatch(x.clone()).device();
+            let mean = self.running_mean.value().to_device(&device).into_dispatch();
+            let var = self.running_var.value().to_device(&device).into_dispatch();
+            return Tensor::from_dispatch(<Dispatch as KonvConvBackend>::konv_batch_norm(
+                x,
+                gamma,
+                beta,
+                mean,
+                var,
+                self.epsilon,
+            ));
+        }
+        let (out, mean, var) =
+            <Dispatch as KonvConvBackend>::konv_batch_norm_train(x, gamma, beta, self.epsilon);
+        let (out, mean, var) = (
+            Tensor::<D>::from_dispatch(out),
+            Tensor::<1>::from_dispatch(mean),
+            Tensor::<1>::from_dispatch(var),
+        );
+        // The running statistics exactly as Burn's `BatchNorm::forward` updates them.
+        let device = out.device();
+        let m = self.momentum;
+        let running_mean = self.running_mean.value_sync().to_device(&device);
+        let running_var = self.running_var.value_sync().to_device(&device);
+        self.running_mean.update(
+            running_mean
+                .mul_scalar(1.0 - m)
+                .add(mean.detach().mul_scalar(m))
+                .detach(),
+        );
+        self.running_var.update(
+            running_var
+                .mul_scalar(1.0 - m)
+                .add(var.detach().mul_scalar(m))
+                .detach(),
+        );
+        out
+    }
 }
 
 /// Padding as `(before, after)` pairs per spatial dimension, by Burn's rules for
