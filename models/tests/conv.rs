@@ -50,6 +50,8 @@ fn cases() -> Vec<Case> {
         c([4, 8], 3, 2, 1, 4, 1, [11, 11], true), // depthwise ×2
         c([3, 4], 3, 1, 0, 1, 7, [3, 3], true),   // output 1×1
         c([3, 4], 3, 3, 1, 1, 7, [10, 7], true),  // stride > padding, uneven tails
+        c([2, 3], 3, 1, 9, 1, 1, [2, 3], true),   // padding past the image (FCN's pad 100)
+        c([2, 3], 3, 2, 6, 1, 7, [1, 2], false),
     ];
     // Asymmetric padding ("same" with an even kernel) and dilation.
     all.push(Case {

@@ -14,6 +14,7 @@
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use konv_models::conv::{FastBatchNorm, FastConv2d};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -389,9 +390,69 @@ fn konv_layers_and_losses_pass_gradient_checks() {
         max_param_error(&up, &|m| seeded_weighted(m.forward(up_x.clone())), 60),
     ));
 
-    println!("{:<52} {:>18}", "layer / loss", "max relative error");
+    // konv's own CPU kernels (konv_models::conv), input and parameters, over the shapes
+    // the zoo uses: [c_in, c_out], kernel, stride, padding, dilation, groups, batch, side.
+    let mut rows: Vec<(String, f64)> = rows.into_iter().map(|(n, e)| (n.to_string(), e)).collect();
+    let cases: [([usize; 2], usize, usize, usize, usize, usize, usize, usize); 8] = [
+        ([3, 4], 1, 1, 0, 1, 1, 7, 5),
+        ([4, 6], 1, 2, 0, 1, 1, 1, 7),
+        ([3, 4], 3, 1, 1, 1, 1, 7, 6),
+        ([3, 4], 3, 2, 1, 1, 1, 1, 7),
+        ([2, 3], 5, 2, 2, 2, 1, 1, 9),
+        ([1, 4], 7, 2, 3, 1, 1, 1, 9),
+        ([4, 4], 3, 1, 1, 1, 4, 7, 5),
+        ([4, 6], 3, 1, 0, 1, 2, 1, 6),
+    ];
+    for (i, ([c_in, c_out], k, s, p, d, g, n, side)) in cases.into_iter().enumerate() {
+        let conv = burn::nn::conv::Conv2dConfig::new([c_in, c_out], [k, k])
+            .with_stride([s, s])
+            .with_padding(burn::nn::PaddingConfig2d::Explicit(p, p, p, p))
+            .with_dilation([d, d])
+            .with_groups(g)
+            .init(&device);
+        let shape = [n, c_in, side, side];
+        let len = shape.iter().product();
+        let input = x(len, shape, 30 + i as u64, 1.0);
+        let name =
+            format!("konv conv2d {c_in}→{c_out} {k}×{k}/{s} pad {p} dil {d} groups {g}, batch {n}");
+        rows.push((
+            name.clone(),
+            max_rel_error(
+                &|x| seeded_weighted(conv.fast_forward(x)),
+                &distinct(len, 40 + i as u64),
+                shape,
+                40,
+            ),
+        ));
+        rows.push((
+            format!("  parameters: {name}"),
+            max_param_error(
+                &conv,
+                &|m| seeded_weighted(m.fast_forward(input.clone())),
+                40,
+            ),
+        ));
+    }
+    let bn = burn::nn::BatchNormConfig::new(3).init(&device);
+    let bn_shape = [4, 3, 3, 5];
+    rows.push((
+        "konv batch norm (batch statistics), 4×3×3×5".into(),
+        max_rel_error(
+            &|x| seeded_weighted(bn.fast_forward(x)),
+            &distinct(180, 50),
+            bn_shape,
+            60,
+        ),
+    ));
+    let bn_x = x(180, bn_shape, 51, 1.0);
+    rows.push((
+        "  parameters: konv batch norm (γ, β)".into(),
+        max_param_error(&bn, &|m| seeded_weighted(m.fast_forward(bn_x.clone())), 6),
+    ));
+
+    println!("{:<72} {:>18}", "layer / loss", "max relative error");
     for (name, err) in &rows {
-        println!("{name:<52} {err:>18.2e}");
+        println!("{name:<72} {err:>18.2e}");
     }
     for (name, err) in rows {
         assert!(

@@ -216,7 +216,9 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T]) {
                     let src = &image[iy as usize * w..(iy as usize + 1) * w];
                     d[..lo].fill(T::ZERO);
                     d[hi..].fill(T::ZERO);
-                    if sw == 1 {
+                    if hi == lo {
+                        // No kernel tap of this column lands inside the image.
+                    } else if sw == 1 {
                         let start = (lo as isize + offset) as usize;
                         d[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                     } else {
@@ -254,7 +256,9 @@ fn col2im<T: Element>(g: &Geometry, col: &[T], dx: &mut [T]) {
                     }
                     let s = &src[y * ow..(y + 1) * ow];
                     let d = &mut image[iy as usize * w..(iy as usize + 1) * w];
-                    if sw == 1 {
+                    if hi == lo {
+                        continue;
+                    } else if sw == 1 {
                         let start = (lo as isize + offset) as usize;
                         for (dst, v) in d[start..start + (hi - lo)].iter_mut().zip(&s[lo..hi]) {
                             *dst += *v;
