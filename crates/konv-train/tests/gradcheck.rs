@@ -393,7 +393,9 @@ fn konv_layers_and_losses_pass_gradient_checks() {
     // konv's own CPU kernels (konv_models::conv), input and parameters, over the shapes
     // the zoo uses: [c_in, c_out], kernel, stride, padding, dilation, groups, batch, side.
     let mut rows: Vec<(String, f64)> = rows.into_iter().map(|(n, e)| (n.to_string(), e)).collect();
-    let cases: [([usize; 2], usize, usize, usize, usize, usize, usize, usize); 8] = [
+    /// `[c_in, c_out]`, kernel, stride, padding, dilation, groups, batch, side.
+    type Case = ([usize; 2], usize, usize, usize, usize, usize, usize, usize);
+    let cases: [Case; 8] = [
         ([3, 4], 1, 1, 0, 1, 1, 7, 5),
         ([4, 6], 1, 2, 0, 1, 1, 1, 7),
         ([3, 4], 3, 1, 1, 1, 1, 7, 6),
