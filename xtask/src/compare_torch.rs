@@ -16,7 +16,7 @@ use serde_json::Value;
 struct Row {
     label: &'static str,
     torch: &'static str,
-    konv: &'static [&'static str],
+    konv: &'static str,
     warmup: usize,
     steps: usize,
     replicas: &'static [usize],
@@ -26,20 +26,7 @@ const ROWS: [Row; 6] = [
     Row {
         label: "1. Fashion-MNIST CNN, train, b64, 28²",
         torch: "fashion-cnn-train-b64",
-        konv: &[
-            "--model",
-            "fashion-cnn",
-            "--mode",
-            "train",
-            "--batch-size",
-            "64",
-            "--size",
-            "28",
-            "--channels",
-            "1",
-            "--classes",
-            "10",
-        ],
+        konv: "--model fashion-cnn --mode train --batch-size 64 --size 28 --channels 1 --classes 10",
         warmup: 3,
         steps: 15,
         replicas: &[1, 2],
@@ -47,20 +34,7 @@ const ROWS: [Row; 6] = [
     Row {
         label: "2. ResNet-20, train, b96, 28²",
         torch: "resnet20-train-b96",
-        konv: &[
-            "--model",
-            "resnet20",
-            "--mode",
-            "train",
-            "--batch-size",
-            "96",
-            "--size",
-            "28",
-            "--channels",
-            "1",
-            "--classes",
-            "10",
-        ],
+        konv: "--model resnet20 --mode train --batch-size 96 --size 28 --channels 1 --classes 10",
         warmup: 3,
         steps: 10,
         replicas: &[1, 2],
@@ -68,18 +42,7 @@ const ROWS: [Row; 6] = [
     Row {
         label: "3. ResNet-18, infer, b1, 224²",
         torch: "resnet18-infer-b1",
-        konv: &[
-            "--model",
-            "resnet18",
-            "--mode",
-            "infer",
-            "--batch-size",
-            "1",
-            "--size",
-            "224",
-            "--channels",
-            "3",
-        ],
+        konv: "--model resnet18 --mode infer --batch-size 1 --size 224 --channels 3",
         warmup: 5,
         steps: 20,
         replicas: &[1],
@@ -87,18 +50,7 @@ const ROWS: [Row; 6] = [
     Row {
         label: "3. ResNet-18, infer, b8, 224²",
         torch: "resnet18-infer-b8",
-        konv: &[
-            "--model",
-            "resnet18",
-            "--mode",
-            "infer",
-            "--batch-size",
-            "8",
-            "--size",
-            "224",
-            "--channels",
-            "3",
-        ],
+        konv: "--model resnet18 --mode infer --batch-size 8 --size 224 --channels 3",
         warmup: 2,
         steps: 8,
         replicas: &[1],
@@ -106,18 +58,7 @@ const ROWS: [Row; 6] = [
     Row {
         label: "4. ResNet-50, infer, b1, 224²",
         torch: "resnet50-infer-b1",
-        konv: &[
-            "--model",
-            "resnet50",
-            "--mode",
-            "infer",
-            "--batch-size",
-            "1",
-            "--size",
-            "224",
-            "--channels",
-            "3",
-        ],
+        konv: "--model resnet50 --mode infer --batch-size 1 --size 224 --channels 3",
         warmup: 3,
         steps: 12,
         replicas: &[1],
@@ -125,18 +66,7 @@ const ROWS: [Row; 6] = [
     Row {
         label: "4. ResNet-50, infer, b8, 224²",
         torch: "resnet50-infer-b8",
-        konv: &[
-            "--model",
-            "resnet50",
-            "--mode",
-            "infer",
-            "--batch-size",
-            "8",
-            "--size",
-            "224",
-            "--channels",
-            "3",
-        ],
+        konv: "--model resnet50 --mode infer --batch-size 8 --size 224 --channels 3",
         warmup: 2,
         steps: 6,
         replicas: &[1],
@@ -172,17 +102,11 @@ fn torch(python: &Path, script: &Path, args: &[&str]) -> Result<Vec<Value>> {
     json_line(output, &format!("PyTorch {}", args.join(" ")))
 }
 
-fn konv(
-    binary: &Path,
-    args: &[&str],
-    warmup: usize,
-    steps: usize,
-    replicas: usize,
-) -> Result<Value> {
+fn konv(binary: &Path, args: &str, warmup: usize, steps: usize, replicas: usize) -> Result<Value> {
     let output = Command::new(binary)
         .arg("bench")
         .args(["--backend", "cpu", "--json"])
-        .args(args)
+        .args(args.split_whitespace())
         .args([
             "--warmup",
             &warmup.to_string(),
@@ -193,7 +117,7 @@ fn konv(
         .env("RAYON_NUM_THREADS", "2")
         .output()
         .context("running konv bench")?;
-    json_line(output, &format!("konv bench {}", args.join(" ")))?
+    json_line(output, &format!("konv bench {args}"))?
         .pop()
         .context("konv bench printed no JSON")
 }

@@ -2,6 +2,11 @@
 //! the code before the one-engine refactor wrote (`tests/golden/<task>.csv`, timing columns
 //! dropped).
 //!
+//! Re-recorded when konv's own CPU kernels replaced Burn's convolution and batch norm
+//! (`konv_models::conv`): their sums run in another order, so the values moved in the 5th–6th
+//! digit and, through training, a few accuracies; with `KONV_CONV=burn` (Burn's kernels) the
+//! earlier files still matched bit for bit, which is what showed the change was rounding only.
+//!
 //! Re-record with `KONV_GOLDEN_BLESS=1 cargo test --release -p konv-cli --test golden`
 //! (and `KONV_BIN=path/to/konv` to record with another binary). On the machine that recorded
 //! them the numbers agree bit for bit; across CPUs the matrix kernels may round differently,

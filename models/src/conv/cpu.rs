@@ -174,6 +174,38 @@ impl Geometry {
     }
 }
 
+/// The element counts the kernels index by.
+struct Sizes {
+    /// One input image, all channels.
+    image_in: usize,
+    /// One output image, all channels.
+    image_out: usize,
+    /// Rows of a group's column matrix.
+    depth: usize,
+    /// Output pixels per channel.
+    plane: usize,
+    /// Output channels per group.
+    cog: usize,
+    /// One group of one input image.
+    in_group: usize,
+    /// Output width.
+    ow: usize,
+}
+
+impl Geometry {
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            image_in: self.c_in * self.in_plane(),
+            image_out: self.c_out * self.out_plane(),
+            depth: self.depth(),
+            plane: self.out_plane(),
+            cog: self.c_out_group(),
+            in_group: self.c_in_group() * self.in_plane(),
+            ow: self.output[1],
+        }
+    }
+}
+
 /// How the batch is split: contiguous chunks of images over the threads, and the threading
 /// left to each GEMM.
 fn plan(batch: usize) -> (usize, Parallelism) {
@@ -340,15 +372,15 @@ fn matmul<T: Element>(
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
     let mut out = vec![T::ZERO; g.output_len()];
     let (chunk, parallelism) = plan(g.batch);
-    let image_in = g.c_in * g.in_plane();
-    let image_out = g.c_out * g.out_plane();
-    let (depth, plane, cog, in_group, ow) = (
-        g.depth(),
-        g.out_plane(),
-        g.c_out_group(),
-        g.c_in_group() * g.in_plane(),
-        g.output[1],
-    );
+    let Sizes {
+        image_in,
+        image_out,
+        depth,
+        plane,
+        cog,
+        in_group,
+        ow,
+    } = g.sizes();
     if image_out == 0 {
         return out;
     }
@@ -407,17 +439,17 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
 /// The gradient with respect to the input: `grad` `[n, c_out, oh, ow]`, `weight` as in
 /// [`forward`]; returns `[n, c_in, h, w]`.
 pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
-    let image_in = g.c_in * g.in_plane();
+    let Sizes {
+        image_in,
+        image_out,
+        depth,
+        plane,
+        cog,
+        in_group,
+        ow,
+    } = g.sizes();
     let mut dx = vec![T::ZERO; g.batch * image_in];
     let (chunk, parallelism) = plan(g.batch);
-    let image_out = g.c_out * g.out_plane();
-    let (depth, plane, cog, in_group, ow) = (
-        g.depth(),
-        g.out_plane(),
-        g.c_out_group(),
-        g.c_in_group() * g.in_plane(),
-        g.output[1],
-    );
     if image_in == 0 {
         return dx;
     }
@@ -472,15 +504,15 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
 /// [`input_grad`]; returns `[c_out, c_in/groups, kh, kw]`.
 pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     let (chunk, parallelism) = plan(g.batch);
-    let image_in = g.c_in * g.in_plane();
-    let image_out = g.c_out * g.out_plane();
-    let (depth, plane, cog, in_group, ow) = (
-        g.depth(),
-        g.out_plane(),
-        g.c_out_group(),
-        g.c_in_group() * g.in_plane(),
-        g.output[1],
-    );
+    let Sizes {
+        image_in,
+        image_out,
+        depth,
+        plane,
+        cog,
+        in_group,
+        ow,
+    } = g.sizes();
     let weight_len = g.weight_len();
     if g.batch == 0 || image_out == 0 {
         return vec![T::ZERO; weight_len];
