@@ -4,12 +4,13 @@ way `konv bench` times it (untimed warm-up steps, then each step timed), printed
 object with the process's peak RSS.
 
     python3 compare_torch.py WORKLOAD [--warmup N] [--steps N]
-    python3 compare_torch.py conv-layers
+    python3 compare_torch.py conv-layers --layers JSON
 
 Workloads: fashion-cnn-train-b64, resnet20-train-b96, resnet18-infer-b1, resnet18-infer-b8,
-resnet50-infer-b1, resnet50-infer-b8, conv-layers (each distinct ResNet-18 convolution alone,
-forward and backward). Threads: torch.set_num_threads(KONV_THREADS or 2); run it with
-OMP_WAIT_POLICY=PASSIVE as the xtask does.
+resnet50-infer-b1, resnet50-infer-b8, conv-layers (each convolution of --layers alone,
+forward and backward; the xtask passes ResNet-18's distinct ones). Threads:
+torch.set_num_threads(KONV_THREADS or 2); run it with OMP_WAIT_POLICY=PASSIVE as the xtask
+does.
 """
 import argparse
 import json
@@ -91,22 +92,6 @@ WORKLOADS = {
     "resnet50-infer-b8": (resnet50, "infer", 8, 3, 224, 1000),
 }
 
-# ResNet-18's distinct convolutions: name, c_in, c_out, kernel, stride, input side.
-CONV_LAYERS = [
-    ("conv1", 3, 64, 7, 2, 224),
-    ("layer1 3x3", 64, 64, 3, 1, 56),
-    ("layer2.0.conv1 3x3/2", 64, 128, 3, 2, 56),
-    ("layer2.0.downsample 1x1/2", 64, 128, 1, 2, 56),
-    ("layer2 3x3", 128, 128, 3, 1, 28),
-    ("layer3.0.conv1 3x3/2", 128, 256, 3, 2, 28),
-    ("layer3.0.downsample 1x1/2", 128, 256, 1, 2, 28),
-    ("layer3 3x3", 256, 256, 3, 1, 14),
-    ("layer4.0.conv1 3x3/2", 256, 512, 3, 2, 14),
-    ("layer4.0.downsample 1x1/2", 256, 512, 1, 2, 14),
-    ("layer4 3x3", 512, 512, 3, 1, 7),
-]
-
-
 def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -160,9 +145,11 @@ def workload(name, warmup, steps):
     }
 
 
-def conv_layers(batch, warmup, steps):
+def conv_layers(layers, batch, warmup, steps):
+    """Each of `layers` ([name, c_in, c_out, kernel, stride, input side], padding kernel // 2:
+    konv_train::bench::RESNET18_CONVS, passed by the xtask) alone."""
     rows = []
-    for name, cin, cout, k, s, side in CONV_LAYERS:
+    for name, cin, cout, k, s, side in layers:
         torch.manual_seed(0)
         x = torch.randn(batch, cin, side, side, requires_grad=True)
         w = torch.randn(cout, cin, k, k, requires_grad=True) * 0.01
@@ -200,10 +187,11 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=8, help="batch of conv-layers")
+    p.add_argument("--layers", default="[]", help="conv-layers: JSON [[name, c_in, c_out, kernel, stride, side], ...]")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("KONV_THREADS", "2")))
     if a.workload == "conv-layers":
-        for row in conv_layers(a.batch, a.warmup, a.steps):
+        for row in conv_layers(json.loads(a.layers), a.batch, a.warmup, a.steps):
             print(json.dumps(row), flush=True)
     else:
         print(json.dumps(workload(a.workload, a.warmup, a.steps)), flush=True)

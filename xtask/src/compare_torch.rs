@@ -130,6 +130,18 @@ fn mib(bytes: f64) -> String {
 pub fn run(python: PathBuf) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("xtask/bench/compare_torch.py");
+    // PyTorch first: a wrong --python is one line, before minutes of building.
+    let version = Command::new(&python)
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .with_context(|| {
+            format!(
+                "--python {}: cannot import torch with it; give a Python with torch installed",
+                python.display()
+            )
+        })?;
     let status = Command::new("cargo")
         .args(["build", "--release", "-p", "konv-cli"])
         .status()?;
@@ -138,9 +150,6 @@ pub fn run(python: PathBuf) -> Result<()> {
     }
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let binary = root.join(target).join("release/konv");
-    let version = Command::new(&python)
-        .args(["-c", "import torch; print(torch.__version__)"])
-        .output()?;
     println!(
         "konv (cpu, {} rayon threads) against PyTorch {} (2 threads, OMP_WAIT_POLICY=PASSIVE), one after the other; images/s over all timed steps\n",
         2,
@@ -207,10 +216,20 @@ pub fn run(python: PathBuf) -> Result<()> {
         "{:<28} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7}",
         "layer", "konv fwd", "torch fwd", "ratio", "konv bwd", "torch bwd", "ratio"
     );
+    // The one list of layers (konv_train::bench), handed to PyTorch's side as JSON.
+    let layers = serde_json::to_string(&konv_train::bench::RESNET18_CONVS)?;
     let torch_layers = torch(
         &python,
         &script,
-        &["conv-layers", "--warmup", "2", "--steps", "5"],
+        &[
+            "conv-layers",
+            "--warmup",
+            "2",
+            "--steps",
+            "5",
+            "--layers",
+            &layers,
+        ],
     )?;
     let device = burn::prelude::Device::flex();
     for (layer, theirs) in konv_train::bench::RESNET18_CONVS.iter().zip(&torch_layers) {

@@ -633,7 +633,7 @@ fn planes<T>(x: &[T], channels: usize, plane: usize, c: usize) -> impl Iterator<
         .map(move |image| &image[c * plane..(c + 1) * plane])
 }
 
-/// Applies `f(channel, image's values for all channels)` to each image of an
+/// Applies `f(image index, that image's values for all channels)` to each image of an
 /// `[n, channels, plane]` output in parallel.
 fn per_image<T: Send>(out: &mut [T], image: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     if image == 0 {
@@ -644,31 +644,22 @@ fn per_image<T: Send>(out: &mut [T], image: usize, f: impl Fn(usize, &mut [T]) +
         .for_each(|(n, y)| f(n, y));
 }
 
-/// Batch normalization with the batch's own statistics, in one pass for the mean, one for the
-/// (biased) variance and one for the output, each threaded (Burn's generic version transposes
-/// the batch twice and makes five passes). `x` is `[n, channels, plane]`; returns the output,
-/// the mean and the variance.
-pub fn batch_norm_train<T: Float>(
+/// Values per channel (`n · plane`) of an `[n, channels, plane]` buffer of `len` elements, at
+/// least 1.
+fn per_channel(len: usize, [channels, plane]: [usize; 2]) -> f64 {
+    (len / (channels * plane).max(1) * plane).max(1) as f64
+}
+
+/// `y = x · γ/√(var + ε) + (β − mean · γ/√(var + ε))` per channel, in one threaded pass;
+/// `stats` are each channel's `(mean, variance)`.
+fn normalize<T: Float>(
     x: &[T],
     [channels, plane]: [usize; 2],
     gamma: &[T],
     beta: &[T],
+    stats: &[(f64, f64)],
     epsilon: f64,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let count = (x.len() / (channels * plane).max(1) * plane).max(1) as f64;
-    let stats: Vec<(f64, f64)> = (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            let sum: f64 = planes(x, channels, plane, c)
-                .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
-                .sum();
-            let mean = sum / count;
-            let var: f64 = planes(x, channels, plane, c)
-                .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
-                .sum();
-            (mean, var / count)
-        })
-        .collect();
+) -> Vec<T> {
     let affine: Vec<(T, T)> = stats
         .iter()
         .zip(gamma.iter().zip(beta))
@@ -687,6 +678,35 @@ pub fn batch_norm_train<T: Float>(
             }
         }
     });
+    out
+}
+
+/// Batch normalization with the batch's own statistics, in one pass for the mean, one for the
+/// (biased) variance and one for the output, each threaded (Burn's generic version transposes
+/// the batch twice and makes five passes). `x` is `[n, channels, plane]`; returns the output,
+/// the mean and the variance.
+pub fn batch_norm_train<T: Float>(
+    x: &[T],
+    [channels, plane]: [usize; 2],
+    gamma: &[T],
+    beta: &[T],
+    epsilon: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let count = per_channel(x.len(), [channels, plane]);
+    let stats: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = planes(x, channels, plane, c)
+                .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+                .sum();
+            let mean = sum / count;
+            let var: f64 = planes(x, channels, plane, c)
+                .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+                .sum();
+            (mean, var / count)
+        })
+        .collect();
+    let out = normalize(x, [channels, plane], gamma, beta, &stats, epsilon);
     let mean = stats.iter().map(|s| T::from_f64(s.0)).collect();
     let var = stats.iter().map(|s| T::from_f64(s.1)).collect();
     (out, mean, var)
@@ -702,7 +722,7 @@ pub fn batch_norm_train_backward<T: Float>(
     epsilon: f64,
     grad: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let count = (x.len() / (channels * plane).max(1) * plane).max(1) as f64;
+    let count = per_channel(x.len(), [channels, plane]);
     let inv_std: Vec<f64> = var
         .iter()
         .map(|v| 1.0 / (v.to_f64() + epsilon).sqrt())
@@ -764,24 +784,10 @@ pub fn batch_norm<T: Float>(
     [gamma, beta, mean, var]: [&[T]; 4],
     epsilon: f64,
 ) -> Vec<T> {
-    let affine: Vec<(T, T)> = (0..channels)
-        .map(|c| {
-            let scale = gamma[c].to_f64() / (var[c].to_f64() + epsilon).sqrt();
-            (
-                T::from_f64(scale),
-                T::from_f64(beta[c].to_f64() - mean[c].to_f64() * scale),
-            )
-        })
+    let stats: Vec<(f64, f64)> = mean
+        .iter()
+        .zip(var)
+        .map(|(m, v)| (m.to_f64(), v.to_f64()))
         .collect();
-    let mut out = vec![T::ZERO; x.len()];
-    let image = channels * plane;
-    per_image(&mut out, image, |n, y| {
-        let xs = &x[n * image..(n + 1) * image];
-        for ((yc, xc), &(scale, shift)) in y.chunks_mut(plane).zip(xs.chunks(plane)).zip(&affine) {
-            for (o, v) in yc.iter_mut().zip(xc) {
-                *o = *v * scale + shift;
-            }
-        }
-    });
-    out
+    normalize(x, [channels, plane], gamma, beta, &stats, epsilon)
 }

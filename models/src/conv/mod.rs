@@ -201,11 +201,20 @@ fn flex_conv2d(
     bias: Option<FlexTensor>,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    match (x.dtype(), weight.dtype()) {
-        (DType::F32, DType::F32) => flex_forward::<f32>(x, weight, bias, &options),
-        (DType::F64, DType::F64) => flex_forward::<f64>(x, weight, bias, &options),
+    let dtype = shared_float(&[Some(&x), Some(&weight), bias.as_ref()]);
+    match dtype {
+        Some(DType::F32) => flex_forward::<f32>(x, weight, bias, &options),
+        Some(DType::F64) => flex_forward::<f64>(x, weight, bias, &options),
         _ => <Flex as ModuleOps<Flex>>::conv2d(x, weight, bias, options),
     }
+}
+
+/// The float type konv's kernels run in when every given tensor has it (`f32` or `f64`);
+/// `None` sends the operation to Burn's own kernel (other float types, or mixed ones).
+fn shared_float(tensors: &[Option<&FlexTensor>]) -> Option<DType> {
+    let mut dtypes = tensors.iter().flatten().map(|t| t.dtype());
+    let first = dtypes.next()?;
+    (matches!(first, DType::F32 | DType::F64) && dtypes.all(|d| d == first)).then_some(first)
 }
 
 /// `[channels, elements per channel per image]` of an `[n, c, ...]` tensor.
@@ -314,9 +323,9 @@ impl KonvConvBackend for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        match (weight.dtype(), output_grad.dtype()) {
-            (DType::F32, DType::F32) => flex_x_backward::<f32>(&x, weight, output_grad, &options),
-            (DType::F64, DType::F64) => flex_x_backward::<f64>(&x, weight, output_grad, &options),
+        match shared_float(&[Some(&weight), Some(&output_grad)]) {
+            Some(DType::F32) => flex_x_backward::<f32>(&x, weight, output_grad, &options),
+            Some(DType::F64) => flex_x_backward::<f64>(&x, weight, output_grad, &options),
             _ => <Flex as ModuleOps<Flex>>::conv2d_x_backward(x, weight, output_grad, options),
         }
     }
@@ -327,13 +336,9 @@ impl KonvConvBackend for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        match (x.dtype(), output_grad.dtype()) {
-            (DType::F32, DType::F32) => {
-                flex_weight_backward::<f32>(x, &weight, output_grad, &options)
-            }
-            (DType::F64, DType::F64) => {
-                flex_weight_backward::<f64>(x, &weight, output_grad, &options)
-            }
+        match shared_float(&[Some(&x), Some(&output_grad)]) {
+            Some(DType::F32) => flex_weight_backward::<f32>(x, &weight, output_grad, &options),
+            Some(DType::F64) => flex_weight_backward::<f64>(x, &weight, output_grad, &options),
             _ => <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, weight, output_grad, options),
         }
     }
@@ -346,11 +351,12 @@ impl KonvConvBackend for Flex {
         variance: FlexTensor,
         epsilon: f64,
     ) -> FlexTensor {
-        match x.dtype() {
-            DType::F32 => {
+        let all = [&x, &gamma, &beta, &mean, &variance].map(Some);
+        match shared_float(&all) {
+            Some(DType::F32) => {
                 flex_batch_norm_inference::<f32>(x, [gamma, beta, mean, variance], epsilon)
             }
-            DType::F64 => {
+            Some(DType::F64) => {
                 flex_batch_norm_inference::<f64>(x, [gamma, beta, mean, variance], epsilon)
             }
             _ => <Flex as ModuleOps<Flex>>::batch_norm(x, gamma, beta, mean, variance, epsilon),
@@ -363,9 +369,9 @@ impl KonvConvBackend for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        match (x.dtype(), gamma.dtype(), beta.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => flex_batch_norm::<f32>(x, gamma, beta, epsilon),
-            (DType::F64, DType::F64, DType::F64) => flex_batch_norm::<f64>(x, gamma, beta, epsilon),
+        match shared_float(&[Some(&x), Some(&gamma), Some(&beta)]) {
+            Some(DType::F32) => flex_batch_norm::<f32>(x, gamma, beta, epsilon),
+            Some(DType::F64) => flex_batch_norm::<f64>(x, gamma, beta, epsilon),
             _ => {
                 let r = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
                 (r.output, r.mean, r.variance)
@@ -381,11 +387,12 @@ impl KonvConvBackend for Flex {
         epsilon: f64,
         output_grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        match (x.dtype(), output_grad.dtype()) {
-            (DType::F32, DType::F32) => {
+        let all = [&x, &gamma, &mean, &variance, &output_grad].map(Some);
+        match shared_float(&all) {
+            Some(DType::F32) => {
                 flex_batch_norm_backward::<f32>(x, gamma, [mean, variance], epsilon, output_grad)
             }
-            (DType::F64, DType::F64) => {
+            Some(DType::F64) => {
                 flex_batch_norm_backward::<f64>(x, gamma, [mean, variance], epsilon, output_grad)
             }
             _ => {
@@ -725,7 +732,15 @@ pub trait FastBatchNorm {
 
 impl FastBatchNorm for BatchNorm {
     fn fast_forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let training = input.device().is_autodiff() && self.training.is_enabled();
+        // Burn's `forward` checks the same before choosing its path.
+        let [features] = self.gamma.shape().dims();
+        let dims = input.dims();
+        assert!(
+            D >= 2 && dims[1] == features,
+            "BatchNorm: input {dims:?} does not have {features} channels on axis 1"
+        );
+        let device = input.device();
+        let training = device.is_autodiff() && self.training.is_enabled();
         let x = input.into_dispatch();
         if !on_flex(&x.kind) || burn_forced() {
             return self.forward(Tensor::from_dispatch(x));
@@ -735,7 +750,6 @@ impl FastBatchNorm for BatchNorm {
             self.beta.val().into_dispatch(),
         );
         if !training {
-            let device = Tensor::<D>::from_dispatch(x.clone()).device();
             let mean = self.running_mean.value().to_device(&device).into_dispatch();
             let var = self.running_var.value().to_device(&device).into_dispatch();
             return Tensor::from_dispatch(<Dispatch as KonvConvBackend>::konv_batch_norm(
@@ -755,7 +769,6 @@ impl FastBatchNorm for BatchNorm {
             Tensor::<1>::from_dispatch(var),
         );
         // The running statistics exactly as Burn's `BatchNorm::forward` updates them.
-        let device = out.device();
         let m = self.momentum;
         let running_mean = self.running_mean.value_sync().to_device(&device);
         let running_var = self.running_var.value_sync().to_device(&device);
