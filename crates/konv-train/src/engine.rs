@@ -691,7 +691,7 @@ pub fn single_step<M: Module, T: Step<M>>(
     frozen: bool,
 ) -> Result<(M, StepTotals), TrainError> {
     let out = task.loss(&model, batch, frozen)?;
-    let loss = out.loss.clone().into_scalar::<f64>();
+    let loss = read_loss(out.loss.clone())?;
     let totals = StepTotals {
         loss,
         right: out.right,
@@ -703,6 +703,19 @@ pub fn single_step<M: Module, T: Step<M>>(
     }
     let grads = GradientsParams::from_grads(out.loss.backward(), &model);
     Ok((optim.step(lr, model, grads), totals))
+}
+
+/// Reads a step's loss back from its device. Reading waits for the device to finish the
+/// step, so this is where a device that fails (out of memory, a lost GPU) shows: an error,
+/// not a panic.
+///
+/// # Errors
+/// [`TrainError::Device`] with the backend's first line.
+pub fn read_loss(loss: Tensor<1>) -> Result<f64, TrainError> {
+    loss.try_into_scalar::<f64>().map_err(|e| {
+        let message = e.to_string();
+        TrainError::Device(message.lines().next().unwrap_or_default().to_string())
+    })
 }
 
 /// An epoch of a task that makes its own batches (the dense tasks): the training examples'

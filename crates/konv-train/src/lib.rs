@@ -104,6 +104,12 @@ pub enum TrainError {
     /// Invalid settings.
     #[error("{0}")]
     Config(String),
+    /// The device failed while training (out of memory, a lost GPU): the message is the
+    /// backend's first line. The run folder keeps its last finished epoch.
+    #[error(
+        "the device failed during a training step ({0}); a smaller --batch-size may fit, and --resume continues from the last finished epoch"
+    )]
+    Device(String),
     /// One setting of [`engine::Settings`] (or of a task's configuration) is bad: `name` is
     /// the field's name (`batch_size`), which the CLI turns into its flag (`--batch-size`).
     #[error("{name}: {reason}")]

@@ -85,7 +85,7 @@ fn replica_pass<M: Module, T: Step<M>>(
 ) -> Result<Share, TrainError> {
     let out = task.loss(&replica, share, false)?;
     let loss = out.loss * weight;
-    let value = loss.clone().into_scalar::<f64>();
+    let value = crate::engine::read_loss(loss.clone())?;
     let grads = GradientsParams::from_grads(loss.backward(), &replica);
     Ok(Share {
         grads,

@@ -690,10 +690,33 @@ fn on_flex(kind: &DispatchTensorKind) -> bool {
 }
 
 /// Whether konv's kernels are switched off (`KONV_CONV=burn` in the environment, read once):
-/// every convolution then runs Burn's own, for comparing the two.
+/// every convolution then runs Burn's own, for comparing the two. `KONV_CONV=konv` (or unset)
+/// keeps konv's; any other value is named in a one-line warning on stderr and ignored.
 pub fn burn_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var("KONV_CONV").is_ok_and(|v| v == "burn"))
+    *FORCED.get_or_init(|| {
+        let value = std::env::var("KONV_CONV").unwrap_or_default();
+        match parse_conv_choice(&value) {
+            Ok(forced) => forced,
+            Err(message) => {
+                eprintln!("warning: {message}");
+                false
+            }
+        }
+    })
+}
+
+/// Reads a `KONV_CONV` value: `Ok(true)` for Burn's kernels, `Ok(false)` for konv's, `Err` with
+/// the message for anything else.
+fn parse_conv_choice(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "burn" => Ok(true),
+        "" | "konv" => Ok(false),
+        _ => Err(format!(
+            "KONV_CONV={value:?} is not one of konv, burn; using konv's CPU kernels \
+             (set KONV_CONV=burn for Burn's own, or unset it)"
+        )),
+    }
 }
 
 /// 2-D convolution (same arguments and result as `burn::tensor::module::conv2d`): konv's
@@ -830,5 +853,23 @@ impl FastConv2d for Conv2d {
             self.bias.as_ref().map(|b| b.val()),
             options,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_conv_choice;
+
+    #[test]
+    fn konv_conv_values() {
+        assert_eq!(parse_conv_choice("burn"), Ok(true));
+        assert_eq!(parse_conv_choice(" Burn "), Ok(true));
+        assert_eq!(parse_conv_choice(""), Ok(false));
+        assert_eq!(parse_conv_choice("konv"), Ok(false));
+        let err = parse_conv_choice("brun").unwrap_err();
+        assert!(
+            err.contains("KONV_CONV=\"brun\"") && err.contains("konv, burn"),
+            "{err}"
+        );
     }
 }
