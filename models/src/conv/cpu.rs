@@ -29,22 +29,54 @@ pub trait Element:
     + 'static
     + std::ops::AddAssign
     + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
 {
     /// 0.
     const ZERO: Self;
     /// 1.
     const ONE: Self;
+    /// ½.
+    const HALF: Self;
+    /// Runs `f` on `len` elements of this thread's scratch buffer, kept between calls so a
+    /// kernel called every step does not fault in and zero fresh pages each time (its contents
+    /// are whatever the last user left; a nested call gets a fresh buffer).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+/// [`Element::with_scratch`] for one type, on its own thread-local buffer.
+macro_rules! scratch {
+    ($t:ty) => {
+        fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+            thread_local! {
+                static SCRATCH: std::cell::RefCell<Vec<$t>> =
+                    const { std::cell::RefCell::new(Vec::new()) };
+            }
+            SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buffer) => {
+                    if buffer.len() < len {
+                        buffer.resize(len, 0.0);
+                    }
+                    f(&mut buffer[..len])
+                }
+                Err(_) => f(&mut vec![0.0; len]),
+            })
+        }
+    };
 }
 
 impl Element for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
+    scratch!(f32);
 }
 
 impl Element for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
+    scratch!(f64);
 }
 
 /// The shapes of one 2-D convolution.
@@ -323,7 +355,7 @@ fn col2im<T: Element>(g: &Geometry, col: &[T], dx: &mut [T], rows: std::ops::Ran
 /// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)`, each matrix given by its row and column
 /// strides (`dst`'s rows `dst_rs` apart, its columns adjacent).
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Element>(
+pub(super) fn matmul<T: Element>(
     [m, n, k]: [usize; 3],
     (dst, dst_rs): (&mut [T], usize),
     accumulate: bool,
@@ -370,6 +402,9 @@ fn matmul<T: Element>(
 /// The forward convolution: `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in/groups, kh, kw]`,
 /// optional `bias` `[c_out]`; returns `[n, c_out, oh, ow]`.
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
+    if super::winograd_enabled() && super::winograd::forward_applies(g) {
+        return super::winograd::forward(g, x, weight, bias);
+    }
     let mut out = vec![T::ZERO; g.output_len()];
     let (chunk, parallelism) = plan(g.batch);
     let Sizes {
@@ -439,6 +474,9 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
 /// The gradient with respect to the input: `grad` `[n, c_out, oh, ow]`, `weight` as in
 /// [`forward`]; returns `[n, c_in, h, w]`.
 pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
+    if super::winograd_enabled() && super::winograd::input_grad_applies(g) {
+        return super::winograd::input_grad(g, weight, grad);
+    }
     let Sizes {
         image_in,
         image_out,

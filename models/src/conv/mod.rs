@@ -31,6 +31,7 @@
 //! ```
 
 pub mod cpu;
+pub mod winograd;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -689,32 +690,53 @@ fn on_flex(kind: &DispatchTensorKind) -> bool {
     }
 }
 
-/// Whether konv's kernels are switched off (`KONV_CONV=burn` in the environment, read once):
-/// every convolution then runs Burn's own, for comparing the two. `KONV_CONV=konv` (or unset)
-/// keeps konv's; any other value is named in a one-line warning on stderr and ignored.
-pub fn burn_forced() -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| {
+/// Which convolution kernels run on the CPU: `KONV_CONV` in the environment, read once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvChoice {
+    /// konv's kernels, Winograd F(2×2, 3×3) for the stride-1 3×3 layers (unset, or `konv`).
+    Konv,
+    /// konv's im2col + GEMM kernels for every layer, no Winograd (`gemm`): to compare the two.
+    Gemm,
+    /// Burn's own convolution and batch norm (`burn`): to compare with Burn.
+    Burn,
+}
+
+/// The [`ConvChoice`] of this process. Any value of `KONV_CONV` other than `konv`, `gemm` and
+/// `burn` is named in a one-line warning on stderr and ignored.
+pub fn conv_choice() -> ConvChoice {
+    static CHOICE: std::sync::OnceLock<ConvChoice> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
         let value = std::env::var("KONV_CONV").unwrap_or_default();
         match parse_conv_choice(&value) {
-            Ok(forced) => forced,
+            Ok(choice) => choice,
             Err(message) => {
                 eprintln!("warning: {message}");
-                false
+                ConvChoice::Konv
             }
         }
     })
 }
 
-/// Reads a `KONV_CONV` value: `Ok(true)` for Burn's kernels, `Ok(false)` for konv's, `Err` with
-/// the message for anything else.
-fn parse_conv_choice(value: &str) -> Result<bool, String> {
+/// Whether konv's kernels are switched off (`KONV_CONV=burn`): every convolution then runs
+/// Burn's own, for comparing the two.
+pub fn burn_forced() -> bool {
+    conv_choice() == ConvChoice::Burn
+}
+
+/// Whether stride-1 3×3 layers take [`winograd`] (unless `KONV_CONV=gemm` or `burn`).
+fn winograd_enabled() -> bool {
+    conv_choice() == ConvChoice::Konv
+}
+
+/// Reads a `KONV_CONV` value, or gives the warning for one it does not know.
+fn parse_conv_choice(value: &str) -> Result<ConvChoice, String> {
     match value.trim().to_ascii_lowercase().as_str() {
-        "burn" => Ok(true),
-        "" | "konv" => Ok(false),
+        "burn" => Ok(ConvChoice::Burn),
+        "gemm" => Ok(ConvChoice::Gemm),
+        "" | "konv" => Ok(ConvChoice::Konv),
         _ => Err(format!(
-            "KONV_CONV={value:?} is not one of konv, burn; using konv's CPU kernels \
-             (set KONV_CONV=burn for Burn's own, or unset it)"
+            "KONV_CONV={value:?} is not one of konv, gemm, burn; using konv's CPU kernels \
+             (set KONV_CONV=burn for Burn's own, gemm for konv's without Winograd, or unset it)"
         )),
     }
 }
@@ -858,17 +880,18 @@ impl FastConv2d for Conv2d {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_conv_choice;
+    use super::{ConvChoice, parse_conv_choice};
 
     #[test]
     fn konv_conv_values() {
-        assert_eq!(parse_conv_choice("burn"), Ok(true));
-        assert_eq!(parse_conv_choice(" Burn "), Ok(true));
-        assert_eq!(parse_conv_choice(""), Ok(false));
-        assert_eq!(parse_conv_choice("konv"), Ok(false));
+        assert_eq!(parse_conv_choice("burn"), Ok(ConvChoice::Burn));
+        assert_eq!(parse_conv_choice(" Burn "), Ok(ConvChoice::Burn));
+        assert_eq!(parse_conv_choice("gemm"), Ok(ConvChoice::Gemm));
+        assert_eq!(parse_conv_choice(""), Ok(ConvChoice::Konv));
+        assert_eq!(parse_conv_choice("konv"), Ok(ConvChoice::Konv));
         let err = parse_conv_choice("brun").unwrap_err();
         assert!(
-            err.contains("KONV_CONV=\"brun\"") && err.contains("konv, burn"),
+            err.contains("KONV_CONV=\"brun\"") && err.contains("konv, gemm, burn"),
             "{err}"
         );
     }

@@ -1,0 +1,434 @@
+//! Winograd's minimal filtering F(2×2, 3×3) for stride-1 3×3 convolutions (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2×2 block of output comes
+//! from a 4×4 patch of input in 16 multiplies per channel pair instead of 36, 2.25× fewer.
+//!
+//! ```text
+//! U[ξ] (c_out × c_in)  = (G g Gᵀ)[ξ]        weights, once per call
+//! V[ξ] (c_in × tiles)  = (Bᵀ d B)[ξ]        4×4 input patches, one column per output tile
+//! M[ξ] (c_out × tiles) = U[ξ] · V[ξ]         16 GEMMs on the gemm crate's micro-kernels
+//! Y    (2×2 per tile)  = Aᵀ M A  (+ bias)
+//! ```
+//!
+//! The tiles of the whole batch are cut into blocks whose `V` and `M` stay within about
+//! 2 MiB each (the size `cpu`'s im2col tiles use), and the blocks run on the rayon threads,
+//! each with its own two buffers. The input gradient of a stride-1 3×3 convolution is itself
+//! one (of the output gradient, with the kernel turned 180° and its channel axes swapped), so
+//! it runs here too. F(2×2, 3×3)'s transforms only add and halve, so its rounding stays
+//! within a few ulps of the direct sum's (F(4×4, 3×3) would save more multiplies at a larger
+//! error).
+
+use super::cpu::{Element, Geometry, matmul};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Values per transformed tile: 4×4.
+const XI: usize = 16;
+
+/// Elements of one block's `V` (and its `M`): about 2 MiB of `f32`.
+const BLOCK_ELEMENTS: usize = 1 << 19;
+
+/// The fewest channels (in and out) for which the transforms pay for themselves (measured on
+/// the ResNet and Fashion-MNIST CNN layers; below it `cpu`'s im2col + GEMM is as fast).
+const MIN_CHANNELS: usize = 64;
+
+/// Whether `cpu` should run `g`'s forward here: a 3×3 kernel, stride 1, no dilation, one
+/// group, and enough channels.
+pub fn forward_applies(g: &Geometry) -> bool {
+    g.kernel == [3, 3]
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
+        && g.groups == 1
+        && g.c_in >= MIN_CHANNELS
+        && g.c_out >= MIN_CHANNELS
+        && g.output[0] >= 2
+        && g.output[1] >= 2
+}
+
+/// Whether `cpu` should run `g`'s input gradient here: as [`forward_applies`], with at most
+/// two rows and columns of padding before (the gradient's own padding is `2 − pad`).
+pub fn input_grad_applies(g: &Geometry) -> bool {
+    forward_applies(g) && g.pad[0] <= 2 && g.pad[1] <= 2 && g.input[0] >= 2 && g.input[1] >= 2
+}
+
+/// One stride-1 3×3 correlation, in the terms both uses share.
+struct Problem {
+    batch: usize,
+    c_in: usize,
+    input: [usize; 2],
+    c_out: usize,
+    output: [usize; 2],
+    /// Rows and columns of zeros before the input.
+    pad: [usize; 2],
+}
+
+impl Problem {
+    fn tiles(&self) -> [usize; 2] {
+        [self.output[0].div_ceil(2), self.output[1].div_ceil(2)]
+    }
+}
+
+/// The forward convolution, as [`super::cpu::forward`].
+pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let p = Problem {
+        batch: g.batch,
+        c_in: g.c_in,
+        input: g.input,
+        c_out: g.c_out,
+        output: g.output,
+        pad: g.pad,
+    };
+    // weight [c_out, c_in, 3, 3]
+    let u = transform_weights(g.c_out, g.c_in, |o, i, r, c| {
+        weight[((o * g.c_in + i) * 3 + r) * 3 + c]
+    });
+    run(&p, x, &u, bias)
+}
+
+/// The gradient with respect to the input, as [`super::cpu::input_grad`]: the correlation of
+/// `grad` (padded by `2 − pad`) with the kernel turned 180°, input and output channels swapped.
+pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
+    let p = Problem {
+        batch: g.batch,
+        c_in: g.c_out,
+        input: g.output,
+        c_out: g.c_in,
+        output: g.input,
+        pad: [2 - g.pad[0], 2 - g.pad[1]],
+    };
+    let u = transform_weights(g.c_in, g.c_out, |o, i, r, c| {
+        weight[((i * g.c_in + o) * 3 + (2 - r)) * 3 + (2 - c)]
+    });
+    run(&p, grad, &u, None)
+}
+
+/// `U = G g Gᵀ` for every (output, input) channel pair, laid out `[outs][16][ins]` (the GEMM
+/// left-hand side of ξ starts at `ξ · ins`, rows `16 · ins` apart), threaded over the outputs.
+/// `w(o, i, r, c)` reads the 3×3 kernel of the pair.
+#[inline(never)]
+fn transform_weights<T: Element>(
+    outs: usize,
+    ins: usize,
+    w: impl Fn(usize, usize, usize, usize) -> T + Sync,
+) -> Vec<T> {
+    let mut u = vec![T::ZERO; outs * XI * ins];
+    if ins == 0 {
+        return u;
+    }
+    let half = T::HALF;
+    u.par_chunks_mut(XI * ins).enumerate().for_each(|(o, uo)| {
+        for i in 0..ins {
+            // G g: 4×3, column by column.
+            let column = |c: usize| {
+                let (a, b, d) = (w(o, i, 0, c), w(o, i, 1, c), w(o, i, 2, c));
+                [a, (a + b + d) * half, (a - b + d) * half, d]
+            };
+            let columns = [column(0), column(1), column(2)];
+            let gg: [[T; 3]; 4] = std::array::from_fn(|r| columns.map(|col| col[r]));
+            // (G g) Gᵀ: 4×4.
+            for (r, [a, b, d]) in gg.into_iter().enumerate() {
+                let values = [a, (a + b + d) * half, (a - b + d) * half, d];
+                for (c, v) in values.into_iter().enumerate() {
+                    uo[(r * 4 + c) * ins + i] = v;
+                }
+            }
+        }
+    });
+    u
+}
+
+/// A pointer to the output that the blocks write through: each output pixel belongs to one
+/// tile row and each tile row to one block, so no two threads write the same element.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+
+// SAFETY: see the type's comment; the buffer outlives the parallel loop that uses it.
+unsafe impl<T: Send> Send for Shared<T> {}
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+/// The per-thread buffers: `V` `[16][c_in][block]`, `M` `[16][c_out][block]`, and the 4
+/// vertical combinations of one tile row's input rows.
+struct Scratch<'a, T> {
+    v: &'a mut [T],
+    m: &'a mut [T],
+    rows: &'a mut [T],
+}
+
+impl<T: Element> Scratch<'_, T> {
+    /// Runs `f` on the buffers for `c_in`/`c_out` channels, `block` tiles, `width` columns,
+    /// in this thread's scratch memory.
+    fn with<R>(
+        [c_in, c_out]: [usize; 2],
+        block: usize,
+        width: usize,
+        f: impl FnOnce(Scratch<'_, T>) -> R,
+    ) -> R {
+        T::with_scratch(XI * (c_in + c_out) * block + 8 * width, |buffer| {
+            let (v, rest) = buffer.split_at_mut(XI * c_in * block);
+            let (m, rows) = rest.split_at_mut(XI * c_out * block);
+            f(Scratch { v, m, rows })
+        })
+    }
+}
+
+fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let [oh, ow] = p.output;
+    let out_len = p.batch * p.c_out * oh * ow;
+    let mut out = vec![T::ZERO; out_len];
+    let [th, tw] = p.tiles();
+    let tile_rows = p.batch * th;
+    if tile_rows == 0 || p.c_out == 0 {
+        return out;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let widest = p.c_in.max(p.c_out).max(1);
+    // Whole tile rows per block, about BLOCK_ELEMENTS of V and of M.
+    let mut per_block = (BLOCK_ELEMENTS / (XI * widest * tw)).clamp(1, tile_rows);
+    // Enough blocks for every thread where the batch has the rows for it.
+    if tile_rows >= threads * 2 {
+        per_block = per_block.min(tile_rows.div_ceil(threads));
+    }
+    let block = per_block * tw;
+    let blocks = tile_rows.div_ceil(per_block);
+    let split = blocks >= threads;
+    let parallelism = if split {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    };
+    let shared = Shared(out.as_mut_ptr());
+    let body = |s: &mut Scratch<'_, T>, b: usize| {
+        let first = b * per_block;
+        let rows = first..(first + per_block).min(tile_rows);
+        let count = rows.len() * tw;
+        transform_input(p, x, s, block, rows.clone());
+        for xi in 0..XI {
+            matmul(
+                [p.c_out, count, p.c_in],
+                (&mut s.m[xi * p.c_out * block..], block),
+                false,
+                &u[xi * p.c_in..],
+                [XI * p.c_in, 1],
+                &s.v[xi * p.c_in * block..],
+                [block, 1],
+                parallelism,
+            );
+        }
+        // SAFETY: `Shared`'s invariant: this block writes only its own tile rows' pixels,
+        // inside `out` (`transform_output` keeps each write within the output size).
+        unsafe { transform_output(p, s.m, block, rows, bias, shared, out_len) };
+    };
+    let channels = [p.c_in, p.c_out];
+    let width = 2 * tw + 2;
+    if split {
+        // One contiguous run of blocks per thread, each on that thread's scratch.
+        let per_thread = blocks.div_ceil(threads);
+        (0..blocks.div_ceil(per_thread))
+            .into_par_iter()
+            .for_each(|t| {
+                Scratch::with(channels, block, width, |mut s| {
+                    for b in t * per_thread..((t + 1) * per_thread).min(blocks) {
+                        body(&mut s, b);
+                    }
+                })
+            });
+    } else {
+        Scratch::with(channels, block, width, |mut s| {
+            for b in 0..blocks {
+                body(&mut s, b);
+            }
+        });
+    }
+    out
+}
+
+/// `V = Bᵀ d B` of the tiles of global tile rows `rows` (image `r / th`, tile row `r % th`)
+/// into `s.v` `[16][c_in][block]`, one tile row at a time: the 4 input rows (zero outside the
+/// image) combined vertically over the whole width, then horizontally per tile.
+#[inline(never)]
+fn transform_input<T: Element>(
+    p: &Problem,
+    x: &[T],
+    s: &mut Scratch<T>,
+    block: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let [h, w] = p.input;
+    let [th, tw] = p.tiles();
+    let plane = h * w;
+    let stride = p.c_in * block;
+    let width = 2 * tw + 2;
+    let half = tw + 1;
+    // Padded columns q = 0 .. width are image columns q − pad; lo..hi of them lie inside.
+    let lo = p.pad[1].min(width);
+    let hi = (w + p.pad[1]).min(width).max(lo);
+    let (padded, combined) = s.rows.split_at_mut(4 * width);
+    // Channel by channel, so each ξ's part of V is written front to back.
+    for c in 0..p.c_in {
+        for (k, r) in rows.clone().enumerate() {
+            let (n, ty) = (r / th, r % th);
+            let y0 = (2 * ty) as isize - p.pad[0] as isize;
+            let image = &x[(n * p.c_in + c) * plane..(n * p.c_in + c + 1) * plane];
+            // The 4 input rows, zero outside the image.
+            for (i, row) in padded.chunks_exact_mut(width).enumerate() {
+                let iy = y0 + i as isize;
+                if iy < 0 || iy >= h as isize {
+                    row.fill(T::ZERO);
+                    continue;
+                }
+                let start = iy as usize * w + lo - p.pad[1];
+                row[..lo].fill(T::ZERO);
+                row[hi..].fill(T::ZERO);
+                copy(&image[start..start + (hi - lo)], &mut row[lo..hi]);
+            }
+            // Bᵀ d, its even and odd columns apart: 8 rows of tw + 1.
+            let (d01, d23) = padded.split_at(2 * width);
+            let (d0, d1) = d01.split_at(width);
+            let (d2, d3) = d23.split_at(width);
+            let [e0, e1, e2, e3, o0, o1, o2, o3] = split8(combined, half);
+            rows_bt(d0, d1, d2, d3, [e0, e1, e2, e3], [o0, o1, o2, o3]);
+            // (Bᵀ d) B per tile: columns 2·tx .. 2·tx + 4 are e[tx], o[tx], e[tx+1], o[tx+1].
+            let base = c * block + k * tw;
+            for (r4, (e, o)) in [(&*e0, &*o0), (&*e1, &*o1), (&*e2, &*o2), (&*e3, &*o3)]
+                .into_iter()
+                .enumerate()
+            {
+                let (v0, rest) = s.v[r4 * 4 * stride + base..].split_at_mut(stride);
+                let (v1, rest) = rest.split_at_mut(stride);
+                let (v2, v3) = rest.split_at_mut(stride);
+                cols_b(
+                    e,
+                    o,
+                    &mut v0[..tw],
+                    &mut v1[..tw],
+                    &mut v2[..tw],
+                    &mut v3[..tw],
+                );
+            }
+        }
+    }
+}
+
+/// Splits `buffer` into 8 rows of `len`.
+fn split8<T>(buffer: &mut [T], len: usize) -> [&mut [T]; 8] {
+    let mut rows = buffer.chunks_exact_mut(len);
+    std::array::from_fn(|_| rows.next().expect("8 rows of scratch"))
+}
+
+/// `dst = src` element by element (for rows too short for `copy_from_slice`'s call to pay).
+#[inline]
+fn copy<T: Copy>(src: &[T], dst: &mut [T]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
+    }
+}
+
+/// Bᵀ d over 4 padded input rows: d0 − d2, d1 + d2, d2 − d1, d1 − d3, the even columns into
+/// `even`, the odd into `odd`.
+#[inline(never)]
+fn rows_bt<T: Element>(
+    d0: &[T],
+    d1: &[T],
+    d2: &[T],
+    d3: &[T],
+    [e0, e1, e2, e3]: [&mut [T]; 4],
+    [o0, o1, o2, o3]: [&mut [T]; 4],
+) {
+    let n = e0.len();
+    let (d0, d1, d2, d3) = (&d0[..2 * n], &d1[..2 * n], &d2[..2 * n], &d3[..2 * n]);
+    let (e1, e2, e3) = (&mut e1[..n], &mut e2[..n], &mut e3[..n]);
+    let (o0, o1, o2, o3) = (&mut o0[..n], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
+    for j in 0..n {
+        for (q, [t0, t1, t2, t3]) in [
+            (2 * j, [&mut e0[j], &mut e1[j], &mut e2[j], &mut e3[j]]),
+            (2 * j + 1, [&mut o0[j], &mut o1[j], &mut o2[j], &mut o3[j]]),
+        ] {
+            let (a, b, e, f) = (d0[q], d1[q], d2[q], d3[q]);
+            *t0 = a - e;
+            *t1 = b + e;
+            *t2 = e - b;
+            *t3 = b - f;
+        }
+    }
+}
+
+/// (Bᵀ d) B for one row of the 4×4 tiles: tile `j`'s columns are `e[j], o[j], e[j+1],
+/// o[j+1]`, giving `e[j] − e[j+1]`, `o[j] + e[j+1]`, `e[j+1] − o[j]`, `o[j] − o[j+1]`.
+#[inline(never)]
+fn cols_b<T: Element>(e: &[T], o: &[T], v0: &mut [T], v1: &mut [T], v2: &mut [T], v3: &mut [T]) {
+    let n = v0.len();
+    let (e, o) = (&e[..n + 1], &o[..n + 1]);
+    let (v1, v2, v3) = (&mut v1[..n], &mut v2[..n], &mut v3[..n]);
+    for j in 0..n {
+        v0[j] = e[j] - e[j + 1];
+        v1[j] = o[j] + e[j + 1];
+        v2[j] = e[j + 1] - o[j];
+        v3[j] = o[j] - o[j + 1];
+    }
+}
+
+/// `Y = Aᵀ M A` (+ bias) of the tiles of global tile rows `rows`, from `m`
+/// `[16][c_out][block]`, into the output.
+///
+/// # Safety
+/// `out` points to `out_len` elements, and no other thread writes the pixels of these tile
+/// rows.
+#[inline(never)]
+unsafe fn transform_output<T: Element>(
+    p: &Problem,
+    m: &[T],
+    block: usize,
+    rows: std::ops::Range<usize>,
+    bias: Option<&[T]>,
+    out: Shared<T>,
+    out_len: usize,
+) {
+    let [oh, ow] = p.output;
+    let [th, tw] = p.tiles();
+    let stride = p.c_out * block;
+    // Aᵀ M per column col of the 4×4 tiles: row 0 is M0 + M1 + M2, row 1 is M1 − M2 − M3
+    // (over the tiles of a tile row at once); then A combines the columns.
+    let mut sums = vec![T::ZERO; 8 * tw];
+    // Channel by channel, so each ξ's part of M is read front to back.
+    for o in 0..p.c_out {
+        let b0 = bias.map_or(T::ZERO, |b| b[o]);
+        for (k, r) in rows.clone().enumerate() {
+            let (n, ty) = (r / th, r % th);
+            let base = o * block + k * tw;
+            let at = |xi: usize| &m[xi * stride + base..xi * stride + base + tw];
+            let (s0, s1) = sums.split_at_mut(4 * tw);
+            for col in 0..4 {
+                let (m0, m1, m2, m3) = (at(col), at(4 + col), at(8 + col), at(12 + col));
+                let row0 = &mut s0[col * tw..(col + 1) * tw];
+                let row1 = &mut s1[col * tw..(col + 1) * tw];
+                for (q, (x0, x1)) in row0.iter_mut().zip(row1.iter_mut()).enumerate() {
+                    *x0 = m0[q] + m1[q] + m2[q];
+                    *x1 = m1[q] - m2[q] - m3[q];
+                }
+            }
+            let plane = (n * p.c_out + o) * oh * ow;
+            for (a, sa) in [&*s0, &*s1].into_iter().enumerate() {
+                let y = 2 * ty + a;
+                if y >= oh {
+                    continue;
+                }
+                let row_start = plane + y * ow;
+                debug_assert!(row_start + ow <= out_len);
+                // SAFETY: the row lies inside the output; it belongs to this tile row alone.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(row_start), ow) };
+                let (c0, rest) = sa.split_at(tw);
+                let (c1, rest) = rest.split_at(tw);
+                let (c2, c3) = rest.split_at(tw);
+                let pairs = row.chunks_exact_mut(2);
+                let odd = ow % 2 == 1;
+                for (pair, (((c0, c1), c2), c3)) in pairs.zip(c0.iter().zip(c1).zip(c2).zip(c3)) {
+                    pair[0] = *c0 + *c1 + *c2 + b0;
+                    pair[1] = *c1 - *c2 - *c3 + b0;
+                }
+                if odd {
+                    let tx = tw - 1;
+                    row[2 * tx] = c0[tx] + c1[tx] + c2[tx] + b0;
+                }
+            }
+        }
+    }
+}
