@@ -14,6 +14,11 @@
 //! task therefore has `<task>.csv`, recorded on AVX2, and, where AVX-512 gives other
 //! numbers, `<task>.x86-64-v4.csv`, which AVX-512 machines read instead.
 //!
+//! The runs use `KONV_CONV=gemm`: konv's kernels without Winograd F(2×2, 3×3), which takes
+//! ResNet-20's 64-channel layers otherwise and sums in another order again (the same files,
+//! since Winograd came after them; its arithmetic is checked against Burn's convolution and
+//! finite differences in `models/tests/conv.rs` and `konv-train/tests/gradcheck.rs`).
+//!
 //! Re-record with `KONV_GOLDEN_BLESS=1 cargo test --release -p konv-cli --test golden`
 //! (and `KONV_BIN=path/to/konv` to record with another binary): it writes the files of the
 //! machine's level. Within one level the numbers agree bit for bit; the comparison still
@@ -89,6 +94,10 @@ fn check(name: &str, args: &[&str]) {
         .args(["--out", "run", "--quiet", "--backend", "cpu", "--embedded"])
         .current_dir(&dir)
         .env_remove("KONV_DATA")
+        // konv's im2col + GEMM kernels for every layer: the files pin the engine's behaviour,
+        // and Winograd's transforms (64 channels and more) only move the rounding again, as
+        // a CPU's vector width does; `models/tests/conv.rs` and `gradcheck.rs` check them.
+        .env("KONV_CONV", "gemm")
         .output()
         .expect("konv runs");
     assert!(

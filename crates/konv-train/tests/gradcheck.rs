@@ -395,7 +395,7 @@ fn konv_layers_and_losses_pass_gradient_checks() {
     let mut rows: Vec<(String, f64)> = rows.into_iter().map(|(n, e)| (n.to_string(), e)).collect();
     /// `[c_in, c_out]`, kernel, stride, padding, dilation, groups, batch, side.
     type Case = ([usize; 2], usize, usize, usize, usize, usize, usize, usize);
-    let cases: [Case; 8] = [
+    let cases: [Case; 9] = [
         ([3, 4], 1, 1, 0, 1, 1, 7, 5),
         ([4, 6], 1, 2, 0, 1, 1, 1, 7),
         ([3, 4], 3, 1, 1, 1, 1, 7, 6),
@@ -404,6 +404,7 @@ fn konv_layers_and_losses_pass_gradient_checks() {
         ([1, 4], 7, 2, 3, 1, 1, 1, 9),
         ([4, 4], 3, 1, 1, 1, 4, 7, 5),
         ([4, 6], 3, 1, 0, 1, 2, 1, 6),
+        ([64, 64], 3, 1, 1, 1, 1, 2, 5), // Winograd F(2×2, 3×3), odd side
     ];
     for (i, ([c_in, c_out], k, s, p, d, g, n, side)) in cases.into_iter().enumerate() {
         let conv = burn::nn::conv::Conv2dConfig::new([c_in, c_out], [k, k])
