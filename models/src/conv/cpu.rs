@@ -422,51 +422,52 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
     out.par_chunks_mut(chunk * image_out)
         .enumerate()
         .for_each(|(ci, outs)| {
-            let mut col = vec![T::ZERO; g.column_len()];
-            for (i, y) in outs.chunks_mut(image_out).enumerate() {
-                let n = ci * chunk + i;
-                let image = &x[n * image_in..(n + 1) * image_in];
-                if let Some(bias) = bias {
-                    for (row, b) in y.chunks_mut(plane).zip(bias) {
-                        row.fill(*b);
+            T::with_scratch(g.column_len(), |col| {
+                for (i, y) in outs.chunks_mut(image_out).enumerate() {
+                    let n = ci * chunk + i;
+                    let image = &x[n * image_in..(n + 1) * image_in];
+                    if let Some(bias) = bias {
+                        for (row, b) in y.chunks_mut(plane).zip(bias) {
+                            row.fill(*b);
+                        }
+                    }
+                    for grp in 0..g.groups {
+                        let xg = &image[grp * in_group..(grp + 1) * in_group];
+                        let wg = &weight[grp * cog * depth..(grp + 1) * cog * depth];
+                        let yg = &mut y[grp * cog * plane..(grp + 1) * cog * plane];
+                        if g.pointwise() {
+                            let shape = [cog, plane, depth];
+                            let lhs = [depth, 1];
+                            matmul(
+                                shape,
+                                (yg, plane),
+                                bias.is_some(),
+                                wg,
+                                lhs,
+                                xg,
+                                [plane, 1],
+                                parallelism,
+                            );
+                            continue;
+                        }
+                        for rows in g.tiles() {
+                            let cols = rows.len() * ow;
+                            let start = rows.start * ow;
+                            im2col(g, xg, col, rows);
+                            matmul(
+                                [cog, cols, depth],
+                                (&mut yg[start..], plane),
+                                bias.is_some(),
+                                wg,
+                                [depth, 1],
+                                &col,
+                                [cols, 1],
+                                parallelism,
+                            );
+                        }
                     }
                 }
-                for grp in 0..g.groups {
-                    let xg = &image[grp * in_group..(grp + 1) * in_group];
-                    let wg = &weight[grp * cog * depth..(grp + 1) * cog * depth];
-                    let yg = &mut y[grp * cog * plane..(grp + 1) * cog * plane];
-                    if g.pointwise() {
-                        let shape = [cog, plane, depth];
-                        let lhs = [depth, 1];
-                        matmul(
-                            shape,
-                            (yg, plane),
-                            bias.is_some(),
-                            wg,
-                            lhs,
-                            xg,
-                            [plane, 1],
-                            parallelism,
-                        );
-                        continue;
-                    }
-                    for rows in g.tiles() {
-                        let cols = rows.len() * ow;
-                        let start = rows.start * ow;
-                        im2col(g, xg, &mut col, rows);
-                        matmul(
-                            [cog, cols, depth],
-                            (&mut yg[start..], plane),
-                            bias.is_some(),
-                            wg,
-                            [depth, 1],
-                            &col,
-                            [cols, 1],
-                            parallelism,
-                        );
-                    }
-                }
-            }
+            });
         });
     out
 }
@@ -494,46 +495,47 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
     dx.par_chunks_mut(chunk * image_in)
         .enumerate()
         .for_each(|(ci, dxs)| {
-            let mut col = vec![T::ZERO; g.column_len()];
-            for (i, dxi) in dxs.chunks_mut(image_in).enumerate() {
-                let n = ci * chunk + i;
-                let dy = &grad[n * image_out..(n + 1) * image_out];
-                for grp in 0..g.groups {
-                    let dxg = &mut dxi[grp * in_group..(grp + 1) * in_group];
-                    let wg = &weight[grp * cog * depth..(grp + 1) * cog * depth];
-                    let dyg = &dy[grp * cog * plane..(grp + 1) * cog * plane];
-                    // Wᵀ (depth × c_out/g): element (i, p) is w[p·depth + i].
-                    if g.pointwise() {
-                        let shape = [depth, plane, cog];
-                        matmul(
-                            shape,
-                            (dxg, plane),
-                            false,
-                            wg,
-                            [1, depth],
-                            dyg,
-                            [plane, 1],
-                            parallelism,
-                        );
-                        continue;
-                    }
-                    for rows in g.tiles() {
-                        let cols = rows.len() * ow;
-                        let start = rows.start * ow;
-                        matmul(
-                            [depth, cols, cog],
-                            (&mut col, cols),
-                            false,
-                            wg,
-                            [1, depth],
-                            &dyg[start..],
-                            [plane, 1],
-                            parallelism,
-                        );
-                        col2im(g, &col, dxg, rows);
+            T::with_scratch(g.column_len(), |col| {
+                for (i, dxi) in dxs.chunks_mut(image_in).enumerate() {
+                    let n = ci * chunk + i;
+                    let dy = &grad[n * image_out..(n + 1) * image_out];
+                    for grp in 0..g.groups {
+                        let dxg = &mut dxi[grp * in_group..(grp + 1) * in_group];
+                        let wg = &weight[grp * cog * depth..(grp + 1) * cog * depth];
+                        let dyg = &dy[grp * cog * plane..(grp + 1) * cog * plane];
+                        // Wᵀ (depth × c_out/g): element (i, p) is w[p·depth + i].
+                        if g.pointwise() {
+                            let shape = [depth, plane, cog];
+                            matmul(
+                                shape,
+                                (dxg, plane),
+                                false,
+                                wg,
+                                [1, depth],
+                                dyg,
+                                [plane, 1],
+                                parallelism,
+                            );
+                            continue;
+                        }
+                        for rows in g.tiles() {
+                            let cols = rows.len() * ow;
+                            let start = rows.start * ow;
+                            matmul(
+                                [depth, cols, cog],
+                                (col, cols),
+                                false,
+                                wg,
+                                [1, depth],
+                                &dyg[start..],
+                                [plane, 1],
+                                parallelism,
+                            );
+                            col2im(g, &col, dxg, rows);
+                        }
                     }
                 }
-            }
+            });
         });
     dx
 }
@@ -557,48 +559,49 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     }
     let partial = |ci: usize, images: usize| {
         let mut dw = vec![T::ZERO; weight_len];
-        let mut col = vec![T::ZERO; g.column_len()];
-        for i in 0..images {
-            let n = ci * chunk + i;
-            let image = &x[n * image_in..(n + 1) * image_in];
-            let dy = &grad[n * image_out..(n + 1) * image_out];
-            for grp in 0..g.groups {
-                let xg = &image[grp * in_group..(grp + 1) * in_group];
-                let dyg = &dy[grp * cog * plane..(grp + 1) * cog * plane];
-                let dwg = &mut dw[grp * cog * depth..(grp + 1) * cog * depth];
-                // colsᵀ (cols × depth): element (q, j) is cols[j·cols + q].
-                if g.pointwise() {
-                    let shape = [cog, depth, plane];
-                    matmul(
-                        shape,
-                        (dwg, depth),
-                        i > 0,
-                        dyg,
-                        [plane, 1],
-                        xg,
-                        [1, plane],
-                        parallelism,
-                    );
-                    continue;
-                }
-                for rows in g.tiles() {
-                    let accumulate = i > 0 || rows.start > 0;
-                    let cols = rows.len() * ow;
-                    let start = rows.start * ow;
-                    im2col(g, xg, &mut col, rows);
-                    matmul(
-                        [cog, depth, cols],
-                        (&mut *dwg, depth),
-                        accumulate,
-                        &dyg[start..],
-                        [plane, 1],
-                        &col,
-                        [1, cols],
-                        parallelism,
-                    );
+        T::with_scratch(g.column_len(), |col| {
+            for i in 0..images {
+                let n = ci * chunk + i;
+                let image = &x[n * image_in..(n + 1) * image_in];
+                let dy = &grad[n * image_out..(n + 1) * image_out];
+                for grp in 0..g.groups {
+                    let xg = &image[grp * in_group..(grp + 1) * in_group];
+                    let dyg = &dy[grp * cog * plane..(grp + 1) * cog * plane];
+                    let dwg = &mut dw[grp * cog * depth..(grp + 1) * cog * depth];
+                    // colsᵀ (cols × depth): element (q, j) is cols[j·cols + q].
+                    if g.pointwise() {
+                        let shape = [cog, depth, plane];
+                        matmul(
+                            shape,
+                            (dwg, depth),
+                            i > 0,
+                            dyg,
+                            [plane, 1],
+                            xg,
+                            [1, plane],
+                            parallelism,
+                        );
+                        continue;
+                    }
+                    for rows in g.tiles() {
+                        let accumulate = i > 0 || rows.start > 0;
+                        let cols = rows.len() * ow;
+                        let start = rows.start * ow;
+                        im2col(g, xg, col, rows);
+                        matmul(
+                            [cog, depth, cols],
+                            (&mut *dwg, depth),
+                            accumulate,
+                            &dyg[start..],
+                            [plane, 1],
+                            &col,
+                            [1, cols],
+                            parallelism,
+                        );
+                    }
                 }
             }
-        }
+        });
         dw
     };
     let chunks = g.batch.div_ceil(chunk);
