@@ -371,16 +371,35 @@ pub(super) fn matmul<T: Element>(
     debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
     debug_assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     debug_assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // gemm's micro-kernel reads its left operand and writes `dst` in columns of adjacent rows,
+    // so it copies (packs) a left operand whose rows are not adjacent, packs a right one whose
+    // rows are not adjacent once it is tall, and writes a `dst` whose rows are not adjacent
+    // through a buffer. dst = lhs · rhs is also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one
+    // that moves fewer elements so. For a convolution that puts the column matrix (or
+    // Winograd's V) on the left, read in place, and the small weight matrix on the right.
+    let moved = |[m, n, k]: [usize; 3], dst_rs: usize, lhs_rs: usize, rhs_rs: usize| {
+        let lhs = if lhs_rs != 1 { m * k } else { 0 };
+        let rhs = if rhs_rs != 1 && m > 32 { k * n } else { 0 };
+        let dst = if dst_rs != 1 { m * n } else { 0 };
+        lhs + rhs + dst
+    };
+    let transpose = moved([n, m, k], 1, rhs_cs, lhs_cs) < moved([m, n, k], dst_rs, lhs_rs, rhs_rs);
+    let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if transpose {
+        (n, m, dst_rs, 1, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
+    } else {
+        (m, n, 1, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
+    };
     // SAFETY: the strides and sizes above address only elements inside the three slices (checked
-    // in debug builds; every caller passes the shapes of a `Geometry` whose buffers it sized),
-    // and `dst` is borrowed mutably, so it aliases neither input.
+    // in debug builds; every caller passes the shapes of a `Geometry` whose buffers it sized;
+    // the transposed product addresses the same elements), and `dst` is borrowed mutably, so
+    // it aliases neither input.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
