@@ -372,13 +372,19 @@ pub(super) fn matmul<T: Element>(
     debug_assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     debug_assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     // gemm's micro-kernel reads its left operand and writes `dst` in columns of adjacent rows,
-    // so it copies (packs) a left operand whose rows are not adjacent, packs a right one whose
+    // so it copies (packs) a left operand whose rows are not adjacent (or not a whole number
+    // of AVX2 vectors tall), packs a right one whose
     // rows are not adjacent once it is tall, and writes a `dst` whose rows are not adjacent
     // through a buffer. dst = lhs · rhs is also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one
     // that moves fewer elements so. For a convolution that puts the column matrix (or
     // Winograd's V) on the left, read in place, and the small weight matrix on the right.
+    let lanes = 32 / std::mem::size_of::<T>();
     let moved = |[m, n, k]: [usize; 3], dst_rs: usize, lhs_rs: usize, rhs_rs: usize| {
-        let lhs = if lhs_rs != 1 { m * k } else { 0 };
+        let lhs = if lhs_rs != 1 || !m.is_multiple_of(lanes) {
+            m * k
+        } else {
+            0
+        };
         let rhs = if rhs_rs != 1 && m > 32 { k * n } else { 0 };
         let dst = if dst_rs != 1 { m * n } else { 0 };
         lhs + rhs + dst
@@ -562,6 +568,9 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
 /// The gradient with respect to the weight: `x` and `grad` as in [`forward`] and
 /// [`input_grad`]; returns `[c_out, c_in/groups, kh, kw]`.
 pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    if super::winograd_enabled() && super::winograd::forward_applies(g) {
+        return super::winograd::weight_grad(g, x, grad);
+    }
     let (chunk, parallelism) = plan(g.batch);
     let Sizes {
         image_in,
