@@ -53,21 +53,21 @@ fn cases() -> Vec<Case> {
         c([2, 3], 3, 1, 9, 1, 1, [2, 3], true),   // padding past the image (FCN's pad 100)
         c([2, 3], 3, 2, 6, 1, 7, [1, 2], false),
     ];
-    // Winograd F(2×2, 3×3) (stride-1 3×3, 64 channels and more): odd and even sides, several
+    // Winograd F(2×2, 3×3) (stride-1 3×3, 64 channels and more, 64 tiles and more): odd and even sides, several
     // tile blocks over the threads and one block with a threaded GEMM, padding 0–2 (the input
     // gradient's own padding is 2 − pad) and 3 (forward only), an output of 2×2.
     all.extend([
         c([64, 72], 3, 1, 1, 1, 7, [9, 13], true),
         c([72, 64], 3, 1, 1, 1, 7, [14, 14], false),
-        c([64, 80], 3, 1, 0, 1, 1, [7, 6], true),
-        c([64, 64], 3, 1, 2, 1, 3, [5, 8], true),
-        c([64, 64], 3, 1, 3, 1, 2, [4, 5], false),
-        c([65, 64], 3, 1, 0, 1, 2, [4, 4], true),
+        c([64, 80], 3, 1, 0, 1, 7, [9, 8], true),
+        c([64, 64], 3, 1, 2, 1, 5, [9, 8], true),
+        c([64, 64], 3, 1, 3, 1, 4, [4, 5], false),
+        c([65, 64], 3, 1, 0, 1, 64, [4, 4], true),
         c([64, 64], 3, 1, 1, 1, 1, [28, 27], true),
     ]);
     all.push(Case {
         padding: [(0, 2), (2, 1)],
-        ..c([64, 64], 3, 1, 0, 1, 3, [6, 7], true)
+        ..c([64, 64], 3, 1, 0, 1, 6, [6, 7], true)
     });
     // Asymmetric padding ("same" with an even kernel) and dilation.
     all.push(Case {

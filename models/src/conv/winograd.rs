@@ -31,10 +31,17 @@ const BLOCK_ELEMENTS: usize = 1 << 19;
 /// the ResNet and Fashion-MNIST CNN layers; below it `cpu`'s im2col + GEMM is as fast).
 const MIN_CHANNELS: usize = 64;
 
-/// Whether `cpu` should run `g`'s forward here: a 3×3 kernel, stride 1, no dilation, one
-/// group, and enough channels.
+/// The fewest 2×2 output tiles (over the batch) for which the transforms pay: transforming
+/// the weights costs as much as the GEMMs save on about this many tiles (measured: at batch 1
+/// ResNet-18's 512-channel 7×7 layer, 16 tiles, runs at half im2col's speed, the 256-channel
+/// 14×14 one, 49 tiles, at the same speed, and the 128-channel 28×28 one, 196, 1.6× as fast).
+const MIN_TILES: usize = 64;
+
+/// Whether `cpu` should run `g`'s forward and weight gradient here: a 3×3 kernel, stride 1,
+/// no dilation, one group, and enough channels and output tiles.
 pub fn forward_applies(g: &Geometry) -> bool {
-    g.kernel == [3, 3]
+    g.batch * g.output[0].div_ceil(2) * g.output[1].div_ceil(2) >= MIN_TILES
+        && g.kernel == [3, 3]
         && g.stride == [1, 1]
         && g.dilation == [1, 1]
         && g.groups == 1
@@ -45,9 +52,15 @@ pub fn forward_applies(g: &Geometry) -> bool {
 }
 
 /// Whether `cpu` should run `g`'s input gradient here: as [`forward_applies`], with at most
-/// two rows and columns of padding before (the gradient's own padding is `2 − pad`).
+/// two rows and columns of padding before (the gradient's own padding is `2 − pad`), and
+/// enough tiles over the input it produces.
 pub fn input_grad_applies(g: &Geometry) -> bool {
-    forward_applies(g) && g.pad[0] <= 2 && g.pad[1] <= 2 && g.input[0] >= 2 && g.input[1] >= 2
+    forward_applies(g)
+        && g.pad[0] <= 2
+        && g.pad[1] <= 2
+        && g.input[0] >= 2
+        && g.input[1] >= 2
+        && g.batch * g.input[0].div_ceil(2) * g.input[1].div_ceil(2) >= MIN_TILES
 }
 
 /// One stride-1 3×3 correlation, in the terms both uses share.
@@ -638,5 +651,38 @@ unsafe fn transform_output<T: Element>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{forward_applies, input_grad_applies};
+    use crate::conv::cpu::Geometry;
+    use burn::backend::ops::ConvOptions;
+
+    fn geometry(
+        batch: usize,
+        [c_in, c_out]: [usize; 2],
+        side: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Geometry {
+        let options = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
+        Geometry::new([batch, c_in, side, side], [c_out, c_in, 3, 3], &options)
+    }
+
+    #[test]
+    fn winograd_takes_wide_stride_1_layers_with_enough_tiles() {
+        // ResNet-18's layer1 at batch 1 (784 tiles), and the Fashion-MNIST CNN's last layer.
+        assert!(forward_applies(&geometry(1, [64, 64], 56, 1, 1)));
+        assert!(input_grad_applies(&geometry(1, [64, 64], 56, 1, 1)));
+        assert!(forward_applies(&geometry(32, [256, 256], 7, 1, 1)));
+        // Too few tiles (ResNet-18's layer4 at batch 1: 16), too few channels, stride 2.
+        assert!(!forward_applies(&geometry(1, [512, 512], 7, 1, 1)));
+        assert!(!forward_applies(&geometry(48, [32, 32], 14, 1, 1)));
+        assert!(!forward_applies(&geometry(8, [64, 64], 56, 2, 1)));
+        // Padding 3: the forward, not the input gradient (its own padding would be −1).
+        assert!(forward_applies(&geometry(4, [64, 64], 8, 1, 3)));
+        assert!(!input_grad_applies(&geometry(4, [64, 64], 8, 1, 3)));
     }
 }
