@@ -18,7 +18,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::conv::FastConv2d;
+use crate::conv::{FastConv2d, FastMaxPool2d};
 
 use crate::layers::Taps;
 use crate::summary::{Summarize, Summary};
@@ -147,13 +147,13 @@ impl FashionCnn {
             )
         };
         let x = conv("conv1", &self.conv1, x, taps);
-        let x = taps.tap(|| "pool1".into(), self.pool.forward(x));
+        let x = taps.tap(|| "pool1".into(), self.pool.fast_forward(x));
         let x = conv("conv2", &self.conv2, x, taps);
         let x = conv("conv3", &self.conv3, x, taps);
-        let x = taps.tap(|| "pool2".into(), self.pool.forward(x));
+        let x = taps.tap(|| "pool2".into(), self.pool.fast_forward(x));
         let x = conv("conv4", &self.conv4, x, taps);
         let x = conv("conv5", &self.conv5, x, taps);
-        taps.tap(|| "pool3".into(), self.pool.forward(x))
+        taps.tap(|| "pool3".into(), self.pool.fast_forward(x))
     }
 
     /// Class logits: `[batch, channels, height, width]` → `[batch, num_classes]`.

@@ -31,7 +31,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::conv::{FastBatchNorm, FastConv2d};
+use crate::conv::{FastBatchNorm, FastConv2d, FastMaxPool2d};
 
 use crate::layers::{Taps, global_avg_pool, max_pool};
 use crate::summary::{Summarize, Summary};
@@ -225,7 +225,7 @@ impl Inception {
         let b1 = self.branch1.forward(x.clone());
         let b2 = self.branch2.1.forward(self.branch2.0.forward(x.clone()));
         let b3 = self.branch3.1.forward(self.branch3.0.forward(x.clone()));
-        let b4 = self.branch4.1.forward(self.branch4.0.forward(x));
+        let b4 = self.branch4.1.forward(self.branch4.0.fast_forward(x));
         Tensor::cat(vec![b1, b2, b3, b4], 1)
     }
 }
@@ -372,7 +372,7 @@ impl GoogLeNet {
     ) -> (Tensor<4>, Option<Tensor<2>>, Option<Tensor<2>>) {
         let mut tap = |name: &str, x| taps.tap(|| name.into(), x);
         let x = tap("conv1", self.conv1.forward(x));
-        let x = tap("maxpool1", self.maxpool1.forward(x));
+        let x = tap("maxpool1", self.maxpool1.fast_forward(x));
         let x = match &self.lrn1 {
             Some(lrn) => lrn.forward(x),
             None => x,
@@ -383,10 +383,10 @@ impl GoogLeNet {
             Some(lrn) => lrn.forward(x),
             None => x,
         };
-        let x = tap("maxpool2", self.maxpool2.forward(x));
+        let x = tap("maxpool2", self.maxpool2.fast_forward(x));
         let x = tap("inception3a", self.inception3a.forward(x));
         let x = tap("inception3b", self.inception3b.forward(x));
-        let x = tap("maxpool3", self.maxpool3.forward(x));
+        let x = tap("maxpool3", self.maxpool3.fast_forward(x));
         let x = tap("inception4a", self.inception4a.forward(x));
         let aux1 = self
             .aux1
@@ -402,7 +402,7 @@ impl GoogLeNet {
             .filter(|_| aux)
             .map(|head| head.forward(x.clone()));
         let x = tap("inception4e", self.inception4e.forward(x));
-        let x = tap("maxpool4", self.maxpool4.forward(x));
+        let x = tap("maxpool4", self.maxpool4.fast_forward(x));
         let x = tap("inception5a", self.inception5a.forward(x));
         let x = tap("inception5b", self.inception5b.forward(x));
         (x, aux1, aux2)

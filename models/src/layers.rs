@@ -18,7 +18,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::conv::{FastBatchNorm, FastConv2d};
+use crate::conv::{FastBatchNorm, FastConv2d, FastMaxPool2d};
 
 use crate::summary::{Summarize, Summary};
 
@@ -86,7 +86,7 @@ impl Layer {
             Layer::Conv2d(m) => m.fast_forward(x),
             Layer::BatchNorm(m) => m.fast_forward(x),
             Layer::Relu(m) => m.forward(x),
-            Layer::MaxPool2d(m) => m.forward(x),
+            Layer::MaxPool2d(m) => m.fast_forward(x),
             Layer::Lrn(m) => m.forward(x),
             Layer::Dropout(m) => m.forward(x),
             Layer::Linear(_) => panic!("a Linear layer needs [batch, features] input"),

@@ -30,7 +30,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::conv::FastConv2d;
+use crate::conv::{FastConv2d, FastMaxPool2d};
 use burn::tensor::Distribution;
 
 use crate::layers::{Taps, max_pool, parameter_count};
@@ -345,9 +345,9 @@ impl LeNet5 {
         } else {
             let pool = self.pool.as_ref().expect("the modern LeNet-5 pools");
             let x = tap("c1", self.relu.forward(x));
-            let x = tap("s2", pool.forward(x));
+            let x = tap("s2", pool.fast_forward(x));
             let x = tap("c3", self.relu.forward(self.c3.forward(x)));
-            let x = tap("s4", pool.forward(x));
+            let x = tap("s4", pool.fast_forward(x));
             tap("c5", self.relu.forward(self.c5.fast_forward(x)))
         }
     }

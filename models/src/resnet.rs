@@ -27,7 +27,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear, LinearConfig, Relu};
 use burn::prelude::*;
 
-use crate::conv::{FastBatchNorm, FastConv2d};
+use crate::conv::{FastBatchNorm, FastConv2d, FastMaxPool2d};
 use burn::tensor::s;
 
 use crate::layers::{Taps, batch_norm, conv, global_avg_pool, max_pool};
@@ -436,7 +436,7 @@ impl ResNet {
             .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
         let x = taps.tap(|| "relu".into(), x);
         let x = match &self.maxpool {
-            Some(pool) => taps.tap(|| "maxpool".into(), pool.forward(x)),
+            Some(pool) => taps.tap(|| "maxpool".into(), pool.fast_forward(x)),
             None => x,
         };
         let mut outputs = vec![x];

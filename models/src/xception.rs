@@ -19,7 +19,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::conv::{FastBatchNorm, FastConv2d};
+use crate::conv::{FastBatchNorm, FastConv2d, FastMaxPool2d};
 
 use crate::fashion_cnn::GLOROT_UNIFORM;
 use crate::layers::{SeparableConv2d, SeparableConv2dConfig, Taps, global_avg_pool};
@@ -118,7 +118,7 @@ impl XceptionBlock {
             x = bn.fast_forward(conv.forward(x));
         }
         if let Some(pool) = &self.pool {
-            x = pool.forward(x);
+            x = pool.fast_forward(x);
         }
         x + shortcut
     }

@@ -258,3 +258,66 @@ fn konv_batch_norm_equals_burns_in_training_and_inference() {
         );
     }
 }
+
+/// konv's max pool (`FastMaxPool2d`) against Burn's `MaxPool2d::forward`: values and input
+/// gradients bit for bit, over the pools the zoo uses (2×2/2, ResNet's 3×3/2 pad 1, GoogLeNet's
+/// 3×3/1 pad 1), dilation, "same" padding, odd sizes, ties (ReLU's zeros) and NaN.
+#[test]
+fn konv_max_pool_equals_burns_values_and_gradients() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::pool::MaxPool2dConfig;
+    use conv::FastMaxPool2d;
+    let device = Device::flex().autodiff();
+    device.seed(9);
+    let pools = [
+        MaxPool2dConfig::new([2, 2]).with_strides([2, 2]),
+        MaxPool2dConfig::new([3, 3])
+            .with_strides([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+        MaxPool2dConfig::new([3, 3])
+            .with_strides([1, 1])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+        MaxPool2dConfig::new([3, 2])
+            .with_strides([1, 2])
+            .with_dilation([2, 1]),
+        MaxPool2dConfig::new([3, 3])
+            .with_strides([1, 1])
+            .with_padding(PaddingConfig2d::Same),
+    ];
+    for (i, config) in pools.iter().enumerate() {
+        let pool = config.init();
+        for (shape, relu) in [
+            ([3, 5, 9, 11], false),
+            ([2, 4, 8, 8], true),
+            ([1, 1, 5, 4], false),
+        ] {
+            let x = random(shape.to_vec(), &device).reshape(shape);
+            let x = if relu { x.clamp_min(0.0) } else { x };
+            let run = |ours: bool| {
+                let x = x.clone().require_grad();
+                let out = if ours {
+                    pool.fast_forward(x.clone())
+                } else {
+                    pool.forward(x.clone())
+                };
+                let r = fixed_weights(out.dims(), &device);
+                let grads = (out.clone() * r).sum().backward();
+                (
+                    out.inner().into_data(),
+                    x.grad(&grads).expect("a gradient").into_data(),
+                )
+            };
+            let ((y, dx), (y_ref, dx_ref)) = (run(true), run(false));
+            assert_eq!(y, y_ref, "pool {i}, input {shape:?}: values");
+            assert_eq!(dx, dx_ref, "pool {i}, input {shape:?}: input gradient");
+        }
+    }
+    // NaN wins its window, as in Burn and PyTorch.
+    let x = Tensor::<4>::from_data(
+        TensorData::new(vec![1.0f32, f32::NAN, 3.0, 2.0], [1, 1, 2, 2]),
+        &Device::flex(),
+    );
+    let y = MaxPool2dConfig::new([2, 2]).init().fast_forward(x);
+    let v: Vec<f32> = y.into_data().try_to_vec().expect("f32");
+    assert!(v[0].is_nan(), "{v:?}");
+}

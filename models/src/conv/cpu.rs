@@ -485,7 +485,7 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
                                 bias.is_some(),
                                 wg,
                                 [depth, 1],
-                                &col,
+                                col,
                                 [cols, 1],
                                 parallelism,
                             );
@@ -556,7 +556,7 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
                                 [plane, 1],
                                 parallelism,
                             );
-                            col2im(g, &col, dxg, rows);
+                            col2im(g, col, dxg, rows);
                         }
                     }
                 }
@@ -622,7 +622,7 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
                             accumulate,
                             &dyg[start..],
                             [plane, 1],
-                            &col,
+                            col,
                             [1, cols],
                             parallelism,
                         );

@@ -31,7 +31,10 @@
 //! ```
 
 pub mod cpu;
+pub mod pool;
 pub mod winograd;
+
+pub use pool::PoolOptions;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -48,6 +51,7 @@ use burn::backend::{
 use burn::nn::BatchNorm;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
 
 /// Backends that run konv's convolution kernels: Flex directly, and `Autodiff` over it with a
@@ -116,6 +120,16 @@ pub trait KonvConvBackend: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// 2-D max pooling of `x` `[n, c, h, w]` (symmetric padding, floor rounding).
+    fn konv_max_pool2d(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self>;
+
+    /// The gradient of [`konv_max_pool2d`](Self::konv_max_pool2d) with respect to `x`.
+    fn konv_max_pool2d_backward(
+        x: FloatTensor<Self>,
+        options: PoolOptions,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// A Flex tensor's values as one contiguous slice (copied only when the tensor is a strided
@@ -304,7 +318,69 @@ fn flex_batch_norm_backward<T: cpu::Float + burn::tensor::Element + bytemuck::Po
     )
 }
 
+fn flex_max_pool<T: cpu::Element + PartialOrd + burn::tensor::Element + bytemuck::Pod>(
+    x: FlexTensor,
+    options: &PoolOptions,
+    neg_inf: T,
+) -> FlexTensor {
+    let x = contiguous::<T>(x);
+    let [n, c, h, w] = dims4(&x);
+    let out = pool::max_pool(values::<T>(&x), [n * c, h, w], options, neg_inf);
+    let [oh, ow] = options.output([h, w]).unwrap_or([0, 0]);
+    tensor(out, &[n, c, oh, ow])
+}
+
+fn flex_max_pool_backward<T: cpu::Element + PartialOrd + burn::tensor::Element + bytemuck::Pod>(
+    x: FlexTensor,
+    options: &PoolOptions,
+    grad: FlexTensor,
+) -> FlexTensor {
+    let (x, grad) = (contiguous::<T>(x), contiguous::<T>(grad));
+    let [n, c, h, w] = dims4(&x);
+    let dx = pool::max_pool_backward(values::<T>(&x), [n * c, h, w], options, values::<T>(&grad));
+    tensor(dx, &[n, c, h, w])
+}
+
 impl KonvConvBackend for Flex {
+    fn konv_max_pool2d(x: FlexTensor, o: PoolOptions) -> FlexTensor {
+        match shared_float(&[Some(&x)]) {
+            Some(DType::F32) => flex_max_pool::<f32>(x, &o, f32::NEG_INFINITY),
+            Some(DType::F64) => flex_max_pool::<f64>(x, &o, f64::NEG_INFINITY),
+            _ => <Flex as ModuleOps<Flex>>::max_pool2d(
+                x, o.kernel, o.stride, o.padding, o.dilation, false,
+            ),
+        }
+    }
+
+    fn konv_max_pool2d_backward(x: FlexTensor, o: PoolOptions, grad: FlexTensor) -> FlexTensor {
+        match shared_float(&[Some(&x), Some(&grad)]) {
+            Some(DType::F32) => flex_max_pool_backward::<f32>(x, &o, grad),
+            Some(DType::F64) => flex_max_pool_backward::<f64>(x, &o, grad),
+            _ => {
+                let with = <Flex as ModuleOps<Flex>>::max_pool2d_with_indices(
+                    x.clone(),
+                    o.kernel,
+                    o.stride,
+                    o.padding,
+                    o.dilation,
+                    false,
+                    burn::tensor::IntDType::I64,
+                );
+                <Flex as ModuleOps<Flex>>::max_pool2d_with_indices_backward(
+                    x,
+                    o.kernel,
+                    o.stride,
+                    o.padding,
+                    o.dilation,
+                    false,
+                    grad,
+                    with.indices,
+                )
+                .x_grad
+            }
+        }
+    }
+
     fn konv_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         flex_conv2d(x, weight, None, options)
     }
@@ -530,7 +606,76 @@ impl<B: Backend + KonvConvBackend> Backward<B, 3> for KonvBatchNormTrain {
     }
 }
 
+/// The backward of [`KonvConvBackend::konv_max_pool2d`].
+#[derive(Debug)]
+struct KonvMaxPool2d;
+
+impl<B: Backend + KonvConvBackend> Backward<B, 1> for KonvMaxPool2d {
+    /// Checkpointed `x`, and the options.
+    type State = (NodeId, PoolOptions);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, options) = ops.state;
+        if let Some(node) = node_x {
+            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+            grads.register::<B>(node.id, B::konv_max_pool2d_backward(x, options, grad));
+        }
+    }
+}
+
 impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Autodiff<B, C> {
+    fn konv_max_pool2d(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self> {
+        match KonvMaxPool2d
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), options);
+                prep.finish(state, B::konv_max_pool2d(x.into_primitive(), options))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::konv_max_pool2d(x.into_primitive(), options))
+            }
+        }
+    }
+
+    fn konv_max_pool2d_backward(
+        x: FloatTensor<Self>,
+        options: PoolOptions,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // A second-order use: Burn's differentiable max pool with indices.
+        let o = options;
+        let with = <Self as ModuleOps<Self>>::max_pool2d_with_indices(
+            x.clone(),
+            o.kernel,
+            o.stride,
+            o.padding,
+            o.dilation,
+            false,
+            burn::tensor::IntDType::I64,
+        );
+        <Self as ModuleOps<Self>>::max_pool2d_with_indices_backward(
+            x,
+            o.kernel,
+            o.stride,
+            o.padding,
+            o.dilation,
+            false,
+            output_grad,
+            with.indices,
+        )
+        .x_grad
+    }
+
     fn konv_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -830,6 +975,39 @@ impl FastBatchNorm for BatchNorm {
                 .detach(),
         );
         out
+    }
+}
+
+/// `MaxPool2d::forward` with konv's max-pool kernels on the CPU (window bounds worked out once
+/// per call instead of per output; the same values and gradients, bit for bit). Other devices,
+/// asymmetric padding, `ceil_mode` and `KONV_CONV=burn` run `forward`.
+pub trait FastMaxPool2d {
+    /// The layer's output for `x` `[n, c, h, w]`; the same as `forward`.
+    fn fast_forward(&self, x: Tensor<4>) -> Tensor<4>;
+}
+
+impl FastMaxPool2d for MaxPool2d {
+    fn fast_forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let [(top, bottom), (left, right)] =
+            padding_pairs(&self.padding, [h, w], self.kernel_size, self.stride);
+        let options = PoolOptions {
+            kernel: self.kernel_size,
+            stride: self.stride,
+            padding: [top, left],
+            dilation: self.dilation,
+        };
+        let x = x.into_dispatch();
+        if !on_flex(&x.kind)
+            || burn_forced()
+            || self.ceil_mode
+            || top != bottom
+            || left != right
+            || options.output([h, w]).is_none()
+        {
+            return self.forward(Tensor::from_dispatch(x));
+        }
+        Tensor::from_dispatch(<Dispatch as KonvConvBackend>::konv_max_pool2d(x, options))
     }
 }
 
