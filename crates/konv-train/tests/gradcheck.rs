@@ -27,6 +27,17 @@ fn max_rel_error<const D: usize>(
     shape: [usize; D],
     probes: usize,
 ) -> f64 {
+    max_rel_error_with(f, x, shape, probes, 1e-5)
+}
+
+/// [`max_rel_error`] with central differences of step `eps`.
+fn max_rel_error_with<const D: usize>(
+    f: &dyn Fn(Tensor<D>) -> Tensor<1>,
+    x: &[f64],
+    shape: [usize; D],
+    probes: usize,
+    eps: f64,
+) -> f64 {
     let device = f64_device();
     let input = Tensor::<D>::from_data(TensorData::new(x.to_vec(), shape), &device).require_grad();
     let grads = f(input.clone()).backward();
@@ -41,7 +52,6 @@ fn max_rel_error<const D: usize>(
     };
     let mut order: Vec<usize> = (0..x.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(7));
-    let eps = 1e-5f64;
     let mut worst = 0.0f64;
     for &i in order.iter().take(probes) {
         let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
@@ -404,7 +414,7 @@ fn konv_layers_and_losses_pass_gradient_checks() {
         ([1, 4], 7, 2, 3, 1, 1, 1, 9),
         ([4, 4], 3, 1, 1, 1, 4, 7, 5),
         ([4, 6], 3, 1, 0, 1, 2, 1, 6),
-        ([64, 64], 3, 1, 1, 1, 1, 2, 15), // Winograd F(2×2, 3×3), odd side
+        ([64, 64], 3, 1, 1, 1, 1, 4, 8), // Winograd F(2×2, 3×3): 64 tiles
     ];
     for (i, ([c_in, c_out], k, s, p, d, g, n, side)) in cases.into_iter().enumerate() {
         let conv = burn::nn::conv::Conv2dConfig::new([c_in, c_out], [k, k])
@@ -418,13 +428,18 @@ fn konv_layers_and_losses_pass_gradient_checks() {
         let input = x(len, shape, 30 + i as u64, 1.0);
         let name =
             format!("konv conv2d {c_in}→{c_out} {k}×{k}/{s} pad {p} dil {d} groups {g}, batch {n}");
+        // A convolution is affine in its input, so central differences have no truncation
+        // error at any step; the Winograd case sums 16,384 outputs, whose rounding would swamp
+        // a 1e-5 step, so its step is 1e-2.
+        let eps = if len > 4096 { 1e-2 } else { 1e-5 };
         rows.push((
             name.clone(),
-            max_rel_error(
+            max_rel_error_with(
                 &|x| seeded_weighted(conv.fast_forward(x)),
                 &distinct(len, 40 + i as u64),
                 shape,
                 40,
+                eps,
             ),
         ));
         rows.push((
