@@ -341,6 +341,35 @@ fn flex_max_pool_backward<T: cpu::Element + PartialOrd + burn::tensor::Element +
     tensor(dx, &[n, c, h, w])
 }
 
+/// Burn's own max-pool backward (through its indices), on any backend: the fallback for float
+/// types konv's kernels do not take, and the second-order use under autodiff.
+fn burn_max_pool_backward<B: Backend>(
+    x: FloatTensor<B>,
+    o: PoolOptions,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let with = <B as ModuleOps<B>>::max_pool2d_with_indices(
+        x.clone(),
+        o.kernel,
+        o.stride,
+        o.padding,
+        o.dilation,
+        false,
+        burn::tensor::IntDType::I64,
+    );
+    <B as ModuleOps<B>>::max_pool2d_with_indices_backward(
+        x,
+        o.kernel,
+        o.stride,
+        o.padding,
+        o.dilation,
+        false,
+        grad,
+        with.indices,
+    )
+    .x_grad
+}
+
 impl KonvConvBackend for Flex {
     fn konv_max_pool2d(x: FlexTensor, o: PoolOptions) -> FlexTensor {
         match shared_float(&[Some(&x)]) {
@@ -356,28 +385,7 @@ impl KonvConvBackend for Flex {
         match shared_float(&[Some(&x), Some(&grad)]) {
             Some(DType::F32) => flex_max_pool_backward::<f32>(x, &o, grad),
             Some(DType::F64) => flex_max_pool_backward::<f64>(x, &o, grad),
-            _ => {
-                let with = <Flex as ModuleOps<Flex>>::max_pool2d_with_indices(
-                    x.clone(),
-                    o.kernel,
-                    o.stride,
-                    o.padding,
-                    o.dilation,
-                    false,
-                    burn::tensor::IntDType::I64,
-                );
-                <Flex as ModuleOps<Flex>>::max_pool2d_with_indices_backward(
-                    x,
-                    o.kernel,
-                    o.stride,
-                    o.padding,
-                    o.dilation,
-                    false,
-                    grad,
-                    with.indices,
-                )
-                .x_grad
-            }
+            _ => burn_max_pool_backward::<Flex>(x, o, grad),
         }
     }
 
@@ -653,27 +661,7 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         // A second-order use: Burn's differentiable max pool with indices.
-        let o = options;
-        let with = <Self as ModuleOps<Self>>::max_pool2d_with_indices(
-            x.clone(),
-            o.kernel,
-            o.stride,
-            o.padding,
-            o.dilation,
-            false,
-            burn::tensor::IntDType::I64,
-        );
-        <Self as ModuleOps<Self>>::max_pool2d_with_indices_backward(
-            x,
-            o.kernel,
-            o.stride,
-            o.padding,
-            o.dilation,
-            false,
-            output_grad,
-            with.indices,
-        )
-        .x_grad
+        burn_max_pool_backward::<Self>(x, options, output_grad)
     }
 
     fn konv_conv2d(

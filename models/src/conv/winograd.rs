@@ -75,6 +75,18 @@ struct Problem {
 }
 
 impl Problem {
+    /// The forward correlation of `g`.
+    fn of(g: &Geometry) -> Self {
+        Self {
+            batch: g.batch,
+            c_in: g.c_in,
+            input: g.input,
+            c_out: g.c_out,
+            output: g.output,
+            pad: g.pad,
+        }
+    }
+
     fn tiles(&self) -> [usize; 2] {
         [self.output[0].div_ceil(2), self.output[1].div_ceil(2)]
     }
@@ -82,14 +94,7 @@ impl Problem {
 
 /// The forward convolution, as [`super::cpu::forward`].
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
-    let p = Problem {
-        batch: g.batch,
-        c_in: g.c_in,
-        input: g.input,
-        c_out: g.c_out,
-        output: g.output,
-        pad: g.pad,
-    };
+    let p = Problem::of(g);
     // weight [c_out, c_in, 3, 3]
     let u = transform_weights(g.c_out, g.c_in, |o, i, r, c| {
         weight[((o * g.c_in + i) * 3 + r) * 3 + c]
@@ -310,14 +315,7 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
 /// per output tile (4×4 from 2×2), `dU[ξ] = Σ_tiles dM[ξ] · V[ξ]ᵀ` (16 GEMMs over the
 /// tiles, 2.25× fewer multiplies than im2col's), then `dW = Gᵀ dU G`.
 pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
-    let p = Problem {
-        batch: g.batch,
-        c_in: g.c_in,
-        input: g.input,
-        c_out: g.c_out,
-        output: g.output,
-        pad: g.pad,
-    };
+    let p = Problem::of(g);
     let (c_in, c_out) = (p.c_in, p.c_out);
     let mut dw = vec![T::ZERO; c_out * c_in * 9];
     let blocks = Blocks::new(&p);
