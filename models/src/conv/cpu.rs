@@ -251,7 +251,12 @@ fn plan(batch: usize) -> (usize, Parallelism) {
 
 /// The valid output columns `lo..hi` for kernel column offset `offset` (= `kj·d − pad`):
 /// those whose input column `o·stride + offset` lies in `0..width`.
-fn valid_range(out: usize, stride: usize, offset: isize, width: usize) -> (usize, usize) {
+pub(super) fn valid_range(
+    out: usize,
+    stride: usize,
+    offset: isize,
+    width: usize,
+) -> (usize, usize) {
     let lo = if offset >= 0 {
         0
     } else {
@@ -373,9 +378,8 @@ pub(super) fn matmul<T: Element>(
     debug_assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     // gemm's micro-kernel reads its left operand and writes `dst` in columns of adjacent rows,
     // so it copies (packs) a left operand whose rows are not adjacent (or not a whole number
-    // of AVX2 vectors tall), packs a right one whose
-    // rows are not adjacent once it is tall, and writes a `dst` whose rows are not adjacent
-    // through a buffer. dst = lhs · rhs is also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one
+    // of AVX2 vectors tall), packs a right one whose rows are not adjacent once it is tall,
+    // and writes a `dst` whose rows are not adjacent through a buffer. dst = lhs · rhs is also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one
     // that moves fewer elements so. For a convolution that puts the column matrix (or
     // Winograd's V) on the left, read in place, and the small weight matrix on the right.
     let lanes = 32 / std::mem::size_of::<T>();

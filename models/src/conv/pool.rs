@@ -11,7 +11,7 @@
 //! window took, found again by scanning the window in order, so no indices are kept between
 //! the passes (forward and backward together take what Burn's do).
 
-use super::cpu::Element;
+use super::cpu::{Element, valid_range};
 use rayon::prelude::*;
 
 /// The shapes of one 2-D max pool (symmetric padding, floor rounding).
@@ -121,18 +121,8 @@ pub fn max_pool<T: Element + PartialOrd>(
     let spans: Vec<(usize, usize, isize)> = (0..o.kernel[1])
         .map(|kx| {
             let offset = (kx * dx) as isize - px;
-            let lo = if offset >= 0 {
-                0
-            } else {
-                ((-offset) as usize).div_ceil(sx)
-            };
-            let end = w as isize - offset;
-            let hi = if end <= 0 {
-                0
-            } else {
-                (end as usize).div_ceil(sx).min(ow)
-            };
-            (lo.min(hi), hi, offset)
+            let (lo, hi) = valid_range(ow, sx, offset, w);
+            (lo, hi, offset)
         })
         .collect();
     out.par_chunks_mut(oh * ow)

@@ -11,7 +11,7 @@
 //!
 //! The tiles of the whole batch are cut into blocks whose `V` and `M` stay within about
 //! 2 MiB each (the size `cpu`'s im2col tiles use), and the blocks run on the rayon threads,
-//! each with its own two buffers. The input gradient of a stride-1 3×3 convolution is itself
+//! one contiguous run each, in that thread's scratch memory. The input gradient of a stride-1 3×3 convolution is itself
 //! one (of the output gradient, with the kernel turned 180° and its channel axes swapped), so
 //! it runs here too. F(2×2, 3×3)'s transforms only add and halve, so its rounding stays
 //! within a few ulps of the direct sum's (F(4×4, 3×3) would save more multiplies at a larger
@@ -133,19 +133,15 @@ fn transform_weights<T: Element>(
         return u;
     }
     let half = T::HALF;
+    // G applied to three values: a, (a + b + d)/2, (a − b + d)/2, d.
+    let g = |[a, b, d]: [T; 3]| [a, (a + b + d) * half, (a - b + d) * half, d];
     u.par_chunks_mut(XI * ins).enumerate().for_each(|(o, uo)| {
         for i in 0..ins {
-            // G g: 4×3, column by column.
-            let column = |c: usize| {
-                let (a, b, d) = (w(o, i, 0, c), w(o, i, 1, c), w(o, i, 2, c));
-                [a, (a + b + d) * half, (a - b + d) * half, d]
-            };
-            let columns = [column(0), column(1), column(2)];
-            let gg: [[T; 3]; 4] = std::array::from_fn(|r| columns.map(|col| col[r]));
-            // (G g) Gᵀ: 4×4.
-            for (r, [a, b, d]) in gg.into_iter().enumerate() {
-                let values = [a, (a + b + d) * half, (a - b + d) * half, d];
-                for (c, v) in values.into_iter().enumerate() {
+            // G g: 4×3, column by column; then (G g) Gᵀ: each of its rows through G.
+            let columns: [[T; 4]; 3] =
+                std::array::from_fn(|c| g([w(o, i, 0, c), w(o, i, 1, c), w(o, i, 2, c)]));
+            for r in 0..4 {
+                for (c, v) in g(columns.map(|col| col[r])).into_iter().enumerate() {
                     uo[(r * 4 + c) * ins + i] = v;
                 }
             }
