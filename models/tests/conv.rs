@@ -52,6 +52,9 @@ fn cases() -> Vec<Case> {
         c([3, 4], 3, 3, 1, 1, 7, [10, 7], true),  // stride > padding, uneven tails
         c([2, 3], 3, 1, 9, 1, 1, [2, 3], true),   // padding past the image (FCN's pad 100)
         c([2, 3], 3, 2, 6, 1, 7, [1, 2], false),
+        // "Same" stride 1 in column tiles of 3 rows (576 × 300 per row), so im2col's
+        // contiguous copies start inside the image and end at its bottom edge.
+        c([64, 8], 3, 1, 1, 1, 1, [11, 300], true),
     ];
     // Winograd F(2×2, 3×3) (stride-1 3×3, 64 channels and more, 64 tiles and more): odd and even sides, several
     // tile blocks over the threads and one block with a threaded GEMM, padding 0–2 (the input
@@ -73,6 +76,10 @@ fn cases() -> Vec<Case> {
     all.push(Case {
         padding: [(0, 1), (1, 0)],
         ..c([3, 4], 2, 1, 0, 1, 7, [8, 9], true)
+    });
+    all.push(Case {
+        dilation: [2, 2],
+        ..c([3, 4], 3, 1, 2, 1, 7, [12, 13], true)
     });
     all.push(Case {
         dilation: [2, 3],

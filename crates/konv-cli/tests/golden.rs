@@ -21,8 +21,19 @@
 //!
 //! Re-record with `KONV_GOLDEN_BLESS=1 cargo test --release -p konv-cli --test golden`
 //! (and `KONV_BIN=path/to/konv` to record with another binary): it writes the files of the
-//! machine's level. Within one level the numbers agree bit for bit; the comparison still
-//! allows 1e-5 (relative) per value, far below what any change of behaviour moves.
+//! machine's level.
+//!
+//! Within one level the numbers are not the same on every CPU either: the `gemm` crate sizes
+//! its blocks by the CPU's cache sizes, and the block sizes set the summation order. On an
+//! Intel Xeon with AVX-512 the code that recorded the x86-64-v4 files (on an AMD EPYC) gave
+//! values within 1e-5 of them after the first epoch, and then, through training, 1e-4 to 1e-3
+//! (relative) on the second epoch's losses and two images more of 64 right. So the comparison
+//! allows rounding, tightly where it cannot have grown yet, and no change of behaviour:
+//! - the learning rate and the rows and columns: exactly;
+//! - the first epoch: 1e-4 (relative) per value;
+//! - later epochs: losses 1e-2 (relative), accuracies and IoU 0.05 (absolute, 3 of 64 images).
+//!
+//! A wrong schedule, augmentation, loss or metric moves the first epoch by far more.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -132,20 +143,36 @@ fn check(name: &str, args: &[&str]) {
         "{name}: rows differ:\n{got}\nwanted\n{want}"
     );
     assert_eq!(g[0], w[0], "{name}: columns differ");
-    for (gl, wl) in g[1..].iter().zip(&w[1..]) {
+    for (row, (gl, wl)) in g[1..].iter().zip(&w[1..]).enumerate() {
         for ((gc, wc), col) in gl.split(',').zip(wl.split(',')).zip(w[0].split(',')) {
             let (a, b): (f64, f64) = (gc.parse().unwrap(), wc.parse().unwrap());
             assert!(
-                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                (a - b).abs() <= tolerance(col, row == 0, b),
                 "{name}: {col} is {gc}, golden {wc} ({})\n{got}\nwanted\n{want}",
                 path.display()
             );
         }
     }
     eprintln!(
-        "{name}: within 1e-5 of {} but not bit for bit",
+        "{name}: within rounding of {} but not bit for bit",
         path.display()
     );
+}
+
+/// How far column `col` of one epoch may be from its golden value `golden` (see the module
+/// docs): exact for the epoch number and learning rate, 1e-4 relative in the first epoch,
+/// then 1e-2 relative for losses and 0.05 absolute for accuracies and IoU.
+fn tolerance(col: &str, first_epoch: bool, golden: f64) -> f64 {
+    let scale = golden.abs().max(1.0);
+    if col == "epoch" || col == "lr" {
+        1e-12 * scale
+    } else if first_epoch {
+        1e-4 * scale
+    } else if col.contains("loss") {
+        1e-2 * scale
+    } else {
+        0.05
+    }
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! forward        Y[n]  (c_out × OH·OW)  = W (c_out × c_in·KH·KW) · cols(X[n])  (+ bias)
-//! input grad     dX[n]                   = col2im( Wᵀ · dY[n] )
+//! input grad     dX[n]                   = col2im( Wᵀ · dY[n] )   (stride 1: the forward of
+//!                                            dY[n] with W turned 180°, channels swapped)
 //! weight grad    dW    (c_out × c_in·KH·KW) = Σ_n dY[n] · cols(X[n])ᵀ
 //! ```
 //!
@@ -197,6 +198,31 @@ impl Geometry {
         (0..oh).step_by(step).map(move |y| y..(y + step).min(oh))
     }
 
+    /// For a stride-1, undilated convolution whose padding is smaller than its kernel: the
+    /// forward convolution that computes its input gradient (the output gradient padded by
+    /// `k − 1 − pad`, convolved with the kernel turned 180° and its channel axes swapped;
+    /// [`transposed_weight`] makes that kernel). None for other convolutions and for 1×1.
+    fn transposed(&self) -> Option<Geometry> {
+        let [kh, kw] = self.kernel;
+        (self.stride == [1, 1]
+            && self.dilation == [1, 1]
+            && self.kernel != [1, 1]
+            && self.pad[0] < kh
+            && self.pad[1] < kw)
+            .then_some(Geometry {
+                batch: self.batch,
+                c_in: self.c_out,
+                input: self.output,
+                c_out: self.c_in,
+                kernel: self.kernel,
+                output: self.input,
+                stride: [1, 1],
+                pad: [kh - 1 - self.pad[0], kw - 1 - self.pad[1]],
+                dilation: [1, 1],
+                groups: self.groups,
+            })
+    }
+
     fn column_len(&self) -> usize {
         if self.pointwise() {
             0
@@ -280,6 +306,11 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T], rows: std::ops::Rang
     let [sh, sw] = g.stride;
     let [dh, dw] = g.dilation;
     let plane = rows.len() * ow;
+    // Stride 1 and an output as wide as the input ("same" padding): consecutive output rows
+    // read consecutive input rows, so one tap's rows are one contiguous copy of the input,
+    // shifted; only each row's out-of-image columns need zeros afterwards. (Row by row, the
+    // call per 28-element row cost more than the copy.)
+    let contiguous = sh == 1 && sw == 1 && ow == w;
     for c in 0..g.c_in_group() {
         let image = &x[c * h * w..(c + 1) * h * w];
         for ki in 0..kh {
@@ -288,6 +319,29 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T], rows: std::ops::Rang
                 let dst = &mut col[row..row + plane];
                 let offset = (kj * dw) as isize - g.pad[1] as isize;
                 let (lo, hi) = valid_range(ow, sw, offset, w);
+                if contiguous {
+                    // Input row of tile row r: base + r; rows r0..r1 lie inside the image.
+                    let base = (rows.start + ki * dh) as isize - g.pad[0] as isize;
+                    let n = rows.len() as isize;
+                    let r0 = (-base).clamp(0, n) as usize;
+                    let r1 = (h as isize - base).clamp(r0 as isize, n) as usize;
+                    dst[..r0 * ow].fill(T::ZERO);
+                    dst[r1 * ow..].fill(T::ZERO);
+                    if r0 == r1 || lo == hi {
+                        dst[r0 * ow..r1 * ow].fill(T::ZERO);
+                        continue;
+                    }
+                    let from = (base + r0 as isize) as usize * w + (lo as isize + offset) as usize;
+                    let to = r0 * ow + lo;
+                    let len = (r1 - 1 - r0) * ow + (hi - lo);
+                    dst[to..to + len].copy_from_slice(&image[from..from + len]);
+                    for r in r0..r1 {
+                        let d = &mut dst[r * ow..(r + 1) * ow];
+                        zero_few(&mut d[..lo]);
+                        zero_few(&mut d[hi..]);
+                    }
+                    continue;
+                }
                 for (r, y) in rows.clone().enumerate() {
                     let iy = (y * sh + ki * dh) as isize - g.pad[0] as isize;
                     let d = &mut dst[r * ow..(r + 1) * ow];
@@ -311,6 +365,19 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T], rows: std::ops::Rang
                 }
             }
         }
+    }
+}
+
+/// Zeros `d`, usually 0–2 elements (a row's columns outside the image): stored one by one up
+/// to three, where a `fill` call (memset) would cost more than the stores.
+#[inline(always)]
+fn zero_few<T: Element>(d: &mut [T]) {
+    match d {
+        [] => {}
+        [a] => *a = T::ZERO,
+        [a, b] => (*a, *b) = (T::ZERO, T::ZERO),
+        [a, b, c] => (*a, *b, *c) = (T::ZERO, T::ZERO, T::ZERO),
+        _ => d.fill(T::ZERO),
     }
 }
 
@@ -507,6 +574,12 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
     if super::winograd_enabled() && super::winograd::input_grad_applies(g) {
         return super::winograd::input_grad(g, weight, grad);
     }
+    if let Some(t) = g.transposed() {
+        // The same multiplies as Wᵀ · dY + col2im, but as im2col + a GEMM whose inner
+        // dimension is c_out·kh·kw instead of c_out (16 in ResNet-20's first stage, where
+        // that GEMM mostly wrote its output), and no scattered accumulation.
+        return forward(&t, grad, &transposed_weight(g, weight), None);
+    }
     let Sizes {
         image_in,
         image_out,
@@ -567,6 +640,26 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
             });
         });
     dx
+}
+
+/// The kernel of [`Geometry::transposed`]: `weight` `[c_out, c_in/groups, kh, kw]` turned 180°
+/// with each group's channel axes swapped, `[c_in, c_out/groups, kh, kw]`.
+fn transposed_weight<T: Element>(g: &Geometry, weight: &[T]) -> Vec<T> {
+    let [kh, kw] = g.kernel;
+    let (cig, cog, taps) = (g.c_in_group(), g.c_out_group(), kh * kw);
+    let mut out = vec![T::ZERO; weight.len()];
+    for grp in 0..g.groups {
+        for o in 0..cog {
+            for i in 0..cig {
+                let src = ((grp * cog + o) * cig + i) * taps;
+                let dst = ((grp * cig + i) * cog + o) * taps;
+                for t in 0..taps {
+                    out[dst + taps - 1 - t] = weight[src + t];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The gradient with respect to the weight: `x` and `grad` as in [`forward`] and
@@ -717,6 +810,29 @@ fn per_image<T: Send>(out: &mut [T], image: usize, f: impl Fn(usize, &mut [T]) +
         .for_each(|(n, y)| f(n, y));
 }
 
+/// `[Σ f(a, b)₀, Σ f(a, b)₁]` over the pairs of `a` and `b` (same length), in `f64`, in eight
+/// interleaved partial sums per component: one chain of dependent `f64` additions runs at one
+/// element per add latency, eight independent ones let the compiler use vector lanes.
+fn sums<T: Float>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> [f64; 2]) -> [f64; 2] {
+    const LANES: usize = 8;
+    let mut acc = [[0.0f64; LANES]; 2];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (ac, bc) in a_chunks.zip(b_chunks) {
+        for l in 0..LANES {
+            let [p, q] = f(ac[l].to_f64(), bc[l].to_f64());
+            acc[0][l] += p;
+            acc[1][l] += q;
+        }
+    }
+    for (l, (x, y)) in a_rest.iter().zip(b_rest).enumerate() {
+        let [p, q] = f(x.to_f64(), y.to_f64());
+        acc[0][l] += p;
+        acc[1][l] += q;
+    }
+    acc.map(|lanes| lanes.iter().sum())
+}
+
 /// Values per channel (`n · plane`) of an `[n, channels, plane]` buffer of `len` elements, at
 /// least 1.
 fn per_channel(len: usize, [channels, plane]: [usize; 2]) -> f64 {
@@ -770,11 +886,11 @@ pub fn batch_norm_train<T: Float>(
         .into_par_iter()
         .map(|c| {
             let sum: f64 = planes(x, channels, plane, c)
-                .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+                .map(|p| sums(p, p, |v, _| [v, 0.0])[0])
                 .sum();
             let mean = sum / count;
             let var: f64 = planes(x, channels, plane, c)
-                .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+                .map(|p| sums(p, p, |v, _| [(v - mean) * (v - mean), 0.0])[0])
                 .sum();
             (mean, var / count)
         })
@@ -808,13 +924,8 @@ pub fn batch_norm_train_backward<T: Float>(
             planes(x, channels, plane, c)
                 .zip(planes(grad, channels, plane, c))
                 .fold((0.0, 0.0), |(a, b), (xp, gp)| {
-                    let (mut da, mut db) = (0.0, 0.0);
-                    for (v, g) in xp.iter().zip(gp) {
-                        let g = g.to_f64();
-                        da += g;
-                        db += g * (v.to_f64() - m) * s;
-                    }
-                    (a + da, b + db)
+                    let [da, db] = sums(xp, gp, |v, g| [g, g * (v - m)]);
+                    (a + da, b + db * s)
                 })
         })
         .collect();
