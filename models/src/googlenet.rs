@@ -166,11 +166,10 @@ impl BasicConv2d {
     /// `relu(bn(conv(x)))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.conv.fast_forward(x);
-        let x = match &self.bn {
-            Some(bn) => bn.fast_forward(x),
-            None => x,
-        };
-        self.relu.forward(x)
+        match &self.bn {
+            Some(bn) => bn.fast_forward_relu(x),
+            None => self.relu.forward(x),
+        }
     }
 }
 

@@ -311,11 +311,10 @@ impl BasicBlock {
     /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = shortcut(x.clone(), &self.downsample, self.stride, self.pad_channels);
-        let out = self
-            .relu
-            .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
-        let out = self.bn2.fast_forward(self.conv2.fast_forward(out));
-        self.relu.forward(out + identity)
+        // ReLU (and the shortcut's sum) in batch norm's own pass: see `FastBatchNorm`.
+        let out = self.bn1.fast_forward_relu(self.conv1.fast_forward(x));
+        self.bn2
+            .fast_forward_add_relu(self.conv2.fast_forward(out), identity)
     }
 }
 
@@ -361,14 +360,10 @@ impl Bottleneck {
     /// `relu(bn3(conv3(…)) + shortcut(x))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = shortcut(x.clone(), &self.downsample, self.stride, self.pad_channels);
-        let out = self
-            .relu
-            .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
-        let out = self
-            .relu
-            .forward(self.bn2.fast_forward(self.conv2.fast_forward(out)));
-        let out = self.bn3.fast_forward(self.conv3.fast_forward(out));
-        self.relu.forward(out + identity)
+        let out = self.bn1.fast_forward_relu(self.conv1.fast_forward(x));
+        let out = self.bn2.fast_forward_relu(self.conv2.fast_forward(out));
+        self.bn3
+            .fast_forward_add_relu(self.conv3.fast_forward(out), identity)
     }
 }
 
@@ -431,9 +426,7 @@ impl ResNet {
     /// [`ResNet::forward_stages`], tapping `relu` (the stem), `maxpool`, every unit
     /// (`layer1.0`, …) and every stage (`layer1`, …), torchvision's names.
     pub fn forward_tapped(&self, x: Tensor<4>, taps: &mut Taps) -> Vec<Tensor<4>> {
-        let x = self
-            .relu
-            .forward(self.bn1.fast_forward(self.conv1.fast_forward(x)));
+        let x = self.bn1.fast_forward_relu(self.conv1.fast_forward(x));
         let x = taps.tap(|| "relu".into(), x);
         let x = match &self.maxpool {
             Some(pool) => taps.tap(|| "maxpool".into(), pool.fast_forward(x)),

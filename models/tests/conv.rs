@@ -195,9 +195,14 @@ fn a_strided_view_is_convolved_as_its_values() {
     close("strided view", ours, burn);
 }
 
+/// konv's batch norm against Burn's `BatchNorm::forward`, alone and with the ReLU (and the
+/// residual added before it) that `fast_forward_relu` and `fast_forward_add_relu` fuse into
+/// it: outputs, the gradients of the input, the residual, gamma and beta, the running
+/// statistics, and inference with them.
 #[test]
 fn konv_batch_norm_equals_burns_in_training_and_inference() {
     use burn::nn::BatchNormConfig;
+    use burn::tensor::activation::relu;
     use konv_models::conv::FastBatchNorm;
     let device = Device::flex().autodiff();
     device.seed(6);
@@ -206,63 +211,91 @@ fn konv_batch_norm_equals_burns_in_training_and_inference() {
         ([1, 3, 4, 4], 3),
         ([4, 16, 1, 1], 16),
     ] {
-        let make = || {
-            let mut bn = BatchNormConfig::new(channels).init(&device);
-            bn.gamma = bn
-                .gamma
-                .map(|g| (g.add_scalar(0.5) * 1.5).detach().require_grad());
-            bn.beta = bn.beta.map(|b| b.add_scalar(-0.25).detach().require_grad());
-            bn
-        };
-        let (ours_bn, burn_bn) = (make(), make());
-        let x = random(shape.to_vec(), &device)
-            .reshape(shape)
-            .mul_scalar(2.0)
-            .add_scalar(0.7);
-        let run = |bn: &burn::nn::BatchNorm, ours: bool| {
-            let x = x.clone().require_grad();
-            let out = if ours {
-                bn.fast_forward(x.clone())
-            } else {
-                bn.forward(x.clone())
+        // 0: batch norm alone, 1: + ReLU, 2: + residual + ReLU.
+        for fused in 0..3 {
+            let make = || {
+                let mut bn = BatchNormConfig::new(channels).init(&device);
+                bn.gamma = bn
+                    .gamma
+                    .map(|g| (g.add_scalar(0.5) * 1.5).detach().require_grad());
+                bn.beta = bn.beta.map(|b| b.add_scalar(-0.25).detach().require_grad());
+                bn
             };
-            let r = fixed_weights(out.dims(), &device);
-            let grads = (out.clone() * r).sum().backward();
-            let as4 = |t: Tensor<1>| t.reshape([1, 1, 1, channels]);
-            (
-                out.inner(),
-                x.grad(&grads).expect("dx"),
-                as4(bn.gamma.grad(&grads).expect("dgamma")),
-                as4(bn.beta.grad(&grads).expect("dbeta")),
-            )
-        };
-        let (y, dx, dg, db) = run(&ours_bn, true);
-        let (y_ref, dx_ref, dg_ref, db_ref) = run(&burn_bn, false);
-        let what = format!("batch norm {shape:?}");
-        close(&format!("{what}: output"), y, y_ref);
-        close(&format!("{what}: input gradient"), dx, dx_ref);
-        close(&format!("{what}: gamma gradient"), dg, dg_ref);
-        close(&format!("{what}: beta gradient"), db, db_ref);
-        let stat = |t: Tensor<1>| t.reshape([1, 1, 1, channels]).inner();
-        close(
-            &format!("{what}: running mean"),
-            stat(ours_bn.running_mean.value()),
-            stat(burn_bn.running_mean.value()),
-        );
-        close(
-            &format!("{what}: running variance"),
-            stat(ours_bn.running_var.value()),
-            stat(burn_bn.running_var.value()),
-        );
-        // Inference (no autodiff): the running statistics.
-        let plain = Device::flex();
-        let (ours_bn, burn_bn) = (ours_bn.valid(), burn_bn.valid());
-        let x = x.inner().to_device(&plain);
-        close(
-            &format!("{what}: inference"),
-            ours_bn.fast_forward(x.clone()),
-            burn_bn.forward(x),
-        );
+            let (ours_bn, burn_bn) = (make(), make());
+            let x = random(shape.to_vec(), &device)
+                .reshape(shape)
+                .mul_scalar(2.0)
+                .add_scalar(0.7);
+            let residual = random(shape.to_vec(), &device).reshape(shape);
+            let run = |bn: &burn::nn::BatchNorm, ours: bool| {
+                let x = x.clone().require_grad();
+                let res = residual.clone().require_grad();
+                let out = match (fused, ours) {
+                    (0, true) => bn.fast_forward(x.clone()),
+                    (0, false) => bn.forward(x.clone()),
+                    (1, true) => bn.fast_forward_relu(x.clone()),
+                    (1, false) => relu(bn.forward(x.clone())),
+                    (_, true) => bn.fast_forward_add_relu(x.clone(), res.clone()),
+                    (_, false) => relu(bn.forward(x.clone()) + res.clone()),
+                };
+                let r = fixed_weights(out.dims(), &device);
+                let grads = (out.clone() * r).sum().backward();
+                let as4 = |t: Tensor<1>| t.reshape([1, 1, 1, channels]);
+                (
+                    [
+                        out.inner(),
+                        x.grad(&grads).expect("dx"),
+                        as4(bn.gamma.grad(&grads).expect("dgamma")),
+                        as4(bn.beta.grad(&grads).expect("dbeta")),
+                    ],
+                    res.grad(&grads),
+                )
+            };
+            let (ours, ours_res) = run(&ours_bn, true);
+            let (theirs, theirs_res) = run(&burn_bn, false);
+            let what = format!("batch norm {shape:?}, fused {fused}");
+            for ((a, b), part) in ours.into_iter().zip(theirs).zip([
+                "output",
+                "input gradient",
+                "gamma gradient",
+                "beta gradient",
+            ]) {
+                close(&format!("{what}: {part}"), a, b);
+            }
+            match (ours_res, theirs_res) {
+                (Some(a), Some(b)) => close(&format!("{what}: residual gradient"), a, b),
+                (None, None) => assert!(fused < 2, "{what}: no residual gradient"),
+                _ => panic!("{what}: a residual gradient on one side only"),
+            }
+            let stat = |t: Tensor<1>| t.reshape([1, 1, 1, channels]).inner();
+            close(
+                &format!("{what}: running mean"),
+                stat(ours_bn.running_mean.value()),
+                stat(burn_bn.running_mean.value()),
+            );
+            close(
+                &format!("{what}: running variance"),
+                stat(ours_bn.running_var.value()),
+                stat(burn_bn.running_var.value()),
+            );
+            // Inference (no autodiff): the running statistics.
+            let plain = Device::flex();
+            let (ours_bn, burn_bn) = (ours_bn.valid(), burn_bn.valid());
+            let x = x.inner().to_device(&plain);
+            let res = residual.inner().to_device(&plain);
+            let (a, b) = match fused {
+                0 => (ours_bn.fast_forward(x.clone()), burn_bn.forward(x)),
+                1 => (
+                    ours_bn.fast_forward_relu(x.clone()),
+                    relu(burn_bn.forward(x)),
+                ),
+                _ => (
+                    ours_bn.fast_forward_add_relu(x.clone(), res.clone()),
+                    relu(burn_bn.forward(x) + res),
+                ),
+            };
+            close(&format!("{what}: inference"), a, b);
+        }
     }
 }
 

@@ -768,7 +768,7 @@ pub fn sgemm_gflops(n: usize, repeats: usize) -> f64 {
 }
 
 /// Element conversions for the batch-norm statistics, accumulated in `f64`.
-pub trait Float: Element {
+pub trait Float: Element + PartialOrd {
     /// To `f64`.
     fn to_f64(self) -> f64;
     /// From `f64`.
@@ -839,8 +839,47 @@ fn per_channel(len: usize, [channels, plane]: [usize; 2]) -> f64 {
     (len / (channels * plane).max(1) * plane).max(1) as f64
 }
 
-/// `y = x · γ/√(var + ε) + (β − mean · γ/√(var + ε))` per channel, in one threaded pass;
-/// `stats` are each channel's `(mean, variance)`.
+/// What batch norm's output pass applies after the affine map, in the same pass: nothing, or
+/// a ReLU, with a residual (same shape as the input) added before it, as ResNet's blocks end.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a, T> {
+    /// `y`.
+    None,
+    /// `max(y, 0)`, and `max(y + residual, 0)` with a residual.
+    Relu(Option<&'a [T]>),
+}
+
+/// ReLU as Burn's: 0 where `v ≤ 0`, `v` elsewhere (NaN stays NaN).
+#[inline(always)]
+fn relu<T: Float>(v: T) -> T {
+    if v <= T::ZERO { T::ZERO } else { v }
+}
+
+/// ReLU's backward from its output, as Burn's: `grad` where `output > 0` (or NaN), 0 where
+/// `output ≤ 0`; one threaded pass.
+pub fn relu_backward<T: Float>(output: &[T], grad: &[T]) -> Vec<T> {
+    assert_eq!(
+        output.len(),
+        grad.len(),
+        "relu_backward: output and gradient sizes"
+    );
+    let mut out = vec![T::ZERO; grad.len()];
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK)
+        .zip(output.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+        .for_each(|(d, (o, g))| {
+            for ((d, o), g) in d.iter_mut().zip(o).zip(g) {
+                // Both loaded first, so the choice is a vector select, not a branch (which
+                // mispredicts on ReLU's half-zero masks).
+                let (o, g) = (*o, *g);
+                *d = if o <= T::ZERO { T::ZERO } else { g };
+            }
+        });
+    out
+}
+
+/// `y = x · γ/√(var + ε) + (β − mean · γ/√(var + ε))` per channel, then `epilogue`, in one
+/// threaded pass; `stats` are each channel's `(mean, variance)`.
 fn normalize<T: Float>(
     x: &[T],
     [channels, plane]: [usize; 2],
@@ -848,7 +887,15 @@ fn normalize<T: Float>(
     beta: &[T],
     stats: &[(f64, f64)],
     epsilon: f64,
+    epilogue: Epilogue<'_, T>,
 ) -> Vec<T> {
+    if let Epilogue::Relu(Some(residual)) = epilogue {
+        assert_eq!(
+            residual.len(),
+            x.len(),
+            "batch_norm: residual and input sizes"
+        );
+    }
     let affine: Vec<(T, T)> = stats
         .iter()
         .zip(gamma.iter().zip(beta))
@@ -861,9 +908,30 @@ fn normalize<T: Float>(
     let image = channels * plane;
     per_image(&mut out, image, |n, y| {
         let xs = &x[n * image..(n + 1) * image];
-        for ((yc, xc), &(scale, shift)) in y.chunks_mut(plane).zip(xs.chunks(plane)).zip(&affine) {
-            for (o, v) in yc.iter_mut().zip(xc) {
-                *o = *v * scale + shift;
+        for (c, ((yc, xc), &(scale, shift))) in y
+            .chunks_mut(plane)
+            .zip(xs.chunks(plane))
+            .zip(&affine)
+            .enumerate()
+        {
+            match epilogue {
+                Epilogue::None => {
+                    for (o, v) in yc.iter_mut().zip(xc) {
+                        *o = *v * scale + shift;
+                    }
+                }
+                Epilogue::Relu(None) => {
+                    for (o, v) in yc.iter_mut().zip(xc) {
+                        *o = relu(*v * scale + shift);
+                    }
+                }
+                Epilogue::Relu(Some(residual)) => {
+                    let start = n * image + c * plane;
+                    let rc = &residual[start..start + yc.len()];
+                    for ((o, v), r) in yc.iter_mut().zip(xc).zip(rc) {
+                        *o = relu(*v * scale + shift + *r);
+                    }
+                }
             }
         }
     });
@@ -871,15 +939,16 @@ fn normalize<T: Float>(
 }
 
 /// Batch normalization with the batch's own statistics, in one pass for the mean, one for the
-/// (biased) variance and one for the output, each threaded (Burn's generic version transposes
-/// the batch twice and makes five passes). `x` is `[n, channels, plane]`; returns the output,
-/// the mean and the variance.
+/// (biased) variance and one for the output with its `epilogue`, each threaded (Burn's
+/// generic version transposes the batch twice and makes five passes). `x` is
+/// `[n, channels, plane]`; returns the output, the mean and the variance.
 pub fn batch_norm_train<T: Float>(
     x: &[T],
     [channels, plane]: [usize; 2],
     gamma: &[T],
     beta: &[T],
     epsilon: f64,
+    epilogue: Epilogue<'_, T>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let count = per_channel(x.len(), [channels, plane]);
     let stats: Vec<(f64, f64)> = (0..channels)
@@ -895,7 +964,7 @@ pub fn batch_norm_train<T: Float>(
             (mean, var / count)
         })
         .collect();
-    let out = normalize(x, [channels, plane], gamma, beta, &stats, epsilon);
+    let out = normalize(x, [channels, plane], gamma, beta, &stats, epsilon, epilogue);
     let mean = stats.iter().map(|s| T::from_f64(s.0)).collect();
     let var = stats.iter().map(|s| T::from_f64(s.1)).collect();
     (out, mean, var)
@@ -961,17 +1030,18 @@ pub fn batch_norm_train_backward<T: Float>(
 }
 
 /// Batch normalization with given statistics (inference), in one threaded pass:
-/// `y = x · γ/√(var + ε) + (β − mean · γ/√(var + ε))`.
+/// `y = x · γ/√(var + ε) + (β − mean · γ/√(var + ε))`, then `epilogue`.
 pub fn batch_norm<T: Float>(
     x: &[T],
     [channels, plane]: [usize; 2],
     [gamma, beta, mean, var]: [&[T]; 4],
     epsilon: f64,
+    epilogue: Epilogue<'_, T>,
 ) -> Vec<T> {
     let stats: Vec<(f64, f64)> = mean
         .iter()
         .zip(var)
         .map(|(m, v)| (m.to_f64(), v.to_f64()))
         .collect();
-    normalize(x, [channels, plane], gamma, beta, &stats, epsilon)
+    normalize(x, [channels, plane], gamma, beta, &stats, epsilon, epilogue)
 }

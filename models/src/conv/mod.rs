@@ -42,7 +42,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::{Flex, FlexTensor, Layout};
-use burn::backend::ops::{ConvOptions, ModuleOps};
+use burn::backend::ops::{ActivationOps, ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     AutodiffBackend, Backend, Bytes, DType, Dispatch, DispatchTensorKind, TensorMetadata,
@@ -120,6 +120,37 @@ pub trait KonvConvBackend: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `relu(batch_norm(x) + residual)` with given statistics (inference), in one pass:
+    /// ResNet's block ending. `residual` has `x`'s shape, or no elements for `relu(batch_norm(x))`
+    /// (the extension macro does not route `Option` tensors).
+    fn konv_batch_norm_relu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// [`konv_batch_norm_train`](Self::konv_batch_norm_train) with the ReLU (and the residual
+    /// added before it) in its output pass, as in
+    /// [`konv_batch_norm_relu`](Self::konv_batch_norm_relu).
+    fn konv_batch_norm_train_relu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// ReLU's backward from its `output`: `output_grad` where the output is positive, 0 where
+    /// it is not (Burn's `relu_backward`).
+    fn konv_relu_backward(
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
     /// 2-D max pooling of `x` `[n, c, h, w]` (symmetric padding, floor rounding).
     fn konv_max_pool2d(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self>;
@@ -243,17 +274,45 @@ fn channels_plane(x: &FlexTensor) -> [usize; 2] {
     [channels, shape.iter().skip(2).product()]
 }
 
+/// The ReLU epilogue's residual: `None` for an empty tensor (none), checked against `x`.
+fn residual_of<T: burn::tensor::Element + bytemuck::Pod>(
+    residual: Option<FlexTensor>,
+    x: &FlexTensor,
+) -> Option<FlexTensor> {
+    let residual = residual.filter(|r| r.shape().num_elements() > 0)?;
+    assert_eq!(
+        residual.shape(),
+        x.shape(),
+        "batch_norm: the residual's shape differs from the input's"
+    );
+    Some(contiguous::<T>(residual))
+}
+
+/// The epilogue of a fused batch norm: `relu` with the `residual` (already checked), or none.
+fn epilogue<'a, T: burn::tensor::Element + bytemuck::Pod>(
+    relu: bool,
+    residual: &'a Option<FlexTensor>,
+) -> cpu::Epilogue<'a, T> {
+    if relu {
+        cpu::Epilogue::Relu(residual.as_ref().map(values::<T>))
+    } else {
+        cpu::Epilogue::None
+    }
+}
+
 fn flex_batch_norm<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
     x: FlexTensor,
     gamma: FlexTensor,
     beta: FlexTensor,
     epsilon: f64,
+    (relu, residual): (bool, Option<FlexTensor>),
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let (x, gamma, beta) = (
         contiguous::<T>(x),
         contiguous::<T>(gamma),
         contiguous::<T>(beta),
     );
+    let residual = residual_of::<T>(residual, &x);
     let dims = channels_plane(&x);
     let (out, mean, var) = cpu::batch_norm_train(
         values::<T>(&x),
@@ -261,6 +320,7 @@ fn flex_batch_norm<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
         values::<T>(&gamma),
         values::<T>(&beta),
         epsilon,
+        epilogue(relu, &residual),
     );
     let shape: Vec<usize> = x.shape().iter().copied().collect();
     (
@@ -274,18 +334,44 @@ fn flex_batch_norm_inference<T: cpu::Float + burn::tensor::Element + bytemuck::P
     x: FlexTensor,
     params: [FlexTensor; 4],
     epsilon: f64,
+    (relu, residual): (bool, Option<FlexTensor>),
 ) -> FlexTensor {
     let x = contiguous::<T>(x);
     let [gamma, beta, mean, var] = params.map(contiguous::<T>);
+    let residual = residual_of::<T>(residual, &x);
     let dims = channels_plane(&x);
     let out = cpu::batch_norm(
         values::<T>(&x),
         dims,
         [&gamma, &beta, &mean, &var].map(values::<T>),
         epsilon,
+        epilogue(relu, &residual),
     );
     let shape: Vec<usize> = x.shape().iter().copied().collect();
     tensor(out, &shape)
+}
+
+/// `relu(y + residual)`, or `relu(y)` for an empty residual, in Burn's ops (the fallbacks of
+/// the fused batch norms).
+fn add_relu<B: Backend>(y: FloatTensor<B>, residual: FloatTensor<B>) -> FloatTensor<B> {
+    let y = if residual.shape().num_elements() == 0 {
+        y
+    } else {
+        B::float_add(y, residual)
+    };
+    B::relu(y)
+}
+
+fn flex_relu_backward<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
+    output: FlexTensor,
+    grad: FlexTensor,
+) -> FlexTensor {
+    let (output, grad) = (contiguous::<T>(output), contiguous::<T>(grad));
+    let shape: Vec<usize> = grad.shape().iter().copied().collect();
+    tensor(
+        cpu::relu_backward(values::<T>(&output), values::<T>(&grad)),
+        &shape,
+    )
 }
 
 fn flex_batch_norm_backward<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
@@ -438,13 +524,73 @@ impl KonvConvBackend for Flex {
     ) -> FlexTensor {
         let all = [&x, &gamma, &beta, &mean, &variance].map(Some);
         match shared_float(&all) {
+            Some(DType::F32) => flex_batch_norm_inference::<f32>(
+                x,
+                [gamma, beta, mean, variance],
+                epsilon,
+                (false, None),
+            ),
+            Some(DType::F64) => flex_batch_norm_inference::<f64>(
+                x,
+                [gamma, beta, mean, variance],
+                epsilon,
+                (false, None),
+            ),
+            _ => <Flex as ModuleOps<Flex>>::batch_norm(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+
+    fn konv_batch_norm_relu(
+        x: FlexTensor,
+        residual: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let dtype = shared_float(&[&x, &gamma, &beta, &mean, &variance].map(Some));
+        let params = [gamma, beta, mean, variance];
+        match dtype {
             Some(DType::F32) => {
-                flex_batch_norm_inference::<f32>(x, [gamma, beta, mean, variance], epsilon)
+                flex_batch_norm_inference::<f32>(x, params, epsilon, (true, Some(residual)))
             }
             Some(DType::F64) => {
-                flex_batch_norm_inference::<f64>(x, [gamma, beta, mean, variance], epsilon)
+                flex_batch_norm_inference::<f64>(x, params, epsilon, (true, Some(residual)))
             }
-            _ => <Flex as ModuleOps<Flex>>::batch_norm(x, gamma, beta, mean, variance, epsilon),
+            _ => {
+                let [gamma, beta, mean, variance] = params;
+                let y =
+                    <Flex as ModuleOps<Flex>>::batch_norm(x, gamma, beta, mean, variance, epsilon);
+                add_relu::<Flex>(y, residual)
+            }
+        }
+    }
+
+    fn konv_batch_norm_train_relu(
+        x: FlexTensor,
+        residual: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let fused = (true, Some(residual));
+        match shared_float(&[Some(&x), Some(&gamma), Some(&beta)]) {
+            Some(DType::F32) => flex_batch_norm::<f32>(x, gamma, beta, epsilon, fused),
+            Some(DType::F64) => flex_batch_norm::<f64>(x, gamma, beta, epsilon, fused),
+            _ => {
+                let r = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
+                let residual = fused.1.expect("the residual, or an empty tensor");
+                (add_relu::<Flex>(r.output, residual), r.mean, r.variance)
+            }
+        }
+    }
+
+    fn konv_relu_backward(output: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
+        match shared_float(&[Some(&output), Some(&output_grad)]) {
+            Some(DType::F32) => flex_relu_backward::<f32>(output, output_grad),
+            Some(DType::F64) => flex_relu_backward::<f64>(output, output_grad),
+            _ => <Flex as ActivationOps<Flex>>::relu_backward(output, output_grad),
         }
     }
 
@@ -455,8 +601,8 @@ impl KonvConvBackend for Flex {
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         match shared_float(&[Some(&x), Some(&gamma), Some(&beta)]) {
-            Some(DType::F32) => flex_batch_norm::<f32>(x, gamma, beta, epsilon),
-            Some(DType::F64) => flex_batch_norm::<f64>(x, gamma, beta, epsilon),
+            Some(DType::F32) => flex_batch_norm::<f32>(x, gamma, beta, epsilon, (false, None)),
+            Some(DType::F64) => flex_batch_norm::<f64>(x, gamma, beta, epsilon, (false, None)),
             _ => {
                 let r = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
                 (r.output, r.mean, r.variance)
@@ -602,6 +748,44 @@ impl<B: Backend + KonvConvBackend> Backward<B, 3> for KonvBatchNormTrain {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x_state, gamma_state, mean, variance, epsilon) = ops.state;
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+        let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+        let (dx, dgamma, dbeta) =
+            B::konv_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
+        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+/// The backward of [`KonvConvBackend::konv_batch_norm_train_relu`]: ReLU's mask on the
+/// gradient (which is also the residual's gradient), then batch norm's backward.
+#[derive(Debug)]
+struct KonvBatchNormTrainRelu;
+
+impl<B: Backend + KonvConvBackend> Backward<B, 4> for KonvBatchNormTrainRelu {
+    /// Checkpointed `x` and `gamma`; the batch statistics and the output as the forward
+    /// computed them.
+    type State = (NodeId, NodeId, [B::FloatTensorPrimitive; 3], f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_residual, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, gamma_state, [mean, variance, output], epsilon) = ops.state;
+        let grad = B::konv_relu_backward(output, grad);
+        if let Some(node) = node_residual {
+            grads.register::<B>(node.id, grad.clone());
+        }
+        if node_x.is_none() && node_gamma.is_none() && node_beta.is_none() {
+            return;
+        }
         let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
         let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
         let (dx, dgamma, dbeta) =
@@ -793,6 +977,67 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
         }
     }
 
+    fn konv_batch_norm_relu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        // Frozen statistics under autodiff (fine-tuning): Burn's differentiable composition.
+        let y = <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon);
+        add_relu::<Self>(y, residual)
+    }
+
+    fn konv_batch_norm_train_relu(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let untracked = <Self as AutodiffBackend>::from_inner;
+        match KonvBatchNormTrainRelu
+            .prepare::<C>([x.node(), residual.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_state = prep.checkpoint(&gamma);
+                let (out, mean, var) = B::konv_batch_norm_train_relu(
+                    x.into_primitive(),
+                    residual.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let saved = [mean.clone(), var.clone(), out.clone()];
+                let state = (x_state, gamma_state, saved, epsilon);
+                (prep.finish(state, out), untracked(mean), untracked(var))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, mean, var) = B::konv_batch_norm_train_relu(
+                    x.into_primitive(),
+                    residual.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                (prep.finish(out), untracked(mean), untracked(var))
+            }
+        }
+    }
+
+    fn konv_relu_backward(
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as ActivationOps<Self>>::relu_backward(output, output_grad)
+    }
+
     fn konv_batch_norm_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -903,67 +1148,128 @@ pub fn conv2d(
 /// normalization and its backward in two or three threaded passes each, instead of Burn's
 /// generic composition (two transposed copies of the batch and five passes). Same layer, same
 /// running statistics, same records; other devices (and `KONV_CONV=burn`) run `forward`.
+///
+/// `fast_forward_relu` and `fast_forward_add_relu` also take the ReLU that follows (and the
+/// residual added before it, as ResNet's blocks end) into batch norm's output pass, and their
+/// backward into one pass over the gradient, instead of a pass and an autodiff node each.
 pub trait FastBatchNorm {
     /// The layer's output for `x` `[n, c, ...]`; the same as `forward`.
     fn fast_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>;
+
+    /// `relu(forward(x))`.
+    fn fast_forward_relu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>;
+
+    /// `relu(forward(x) + residual)`, `residual` of `x`'s shape.
+    fn fast_forward_add_relu<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>)
+    -> Tensor<D>;
+}
+
+/// The ReLU epilogue of [`FastBatchNorm`]'s fused forms: none, alone, or after a residual.
+enum Then<const D: usize> {
+    Nothing,
+    Relu,
+    AddRelu(Box<Tensor<D>>),
 }
 
 impl FastBatchNorm for BatchNorm {
     fn fast_forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        // Burn's `forward` checks the same before choosing its path.
-        let [features] = self.gamma.shape().dims();
-        let dims = input.dims();
-        assert!(
-            D >= 2 && dims[1] == features,
-            "BatchNorm: input {dims:?} does not have {features} channels on axis 1"
-        );
-        let device = input.device();
-        let training = device.is_autodiff() && self.training.is_enabled();
-        let x = input.into_dispatch();
-        if !on_flex(&x.kind) || burn_forced() {
-            return self.forward(Tensor::from_dispatch(x));
-        }
-        let (gamma, beta) = (
-            self.gamma.val().into_dispatch(),
-            self.beta.val().into_dispatch(),
-        );
-        if !training {
-            let mean = self.running_mean.value().to_device(&device).into_dispatch();
-            let var = self.running_var.value().to_device(&device).into_dispatch();
-            return Tensor::from_dispatch(<Dispatch as KonvConvBackend>::konv_batch_norm(
-                x,
-                gamma,
-                beta,
-                mean,
-                var,
-                self.epsilon,
-            ));
-        }
-        let (out, mean, var) =
-            <Dispatch as KonvConvBackend>::konv_batch_norm_train(x, gamma, beta, self.epsilon);
-        let (out, mean, var) = (
-            Tensor::<D>::from_dispatch(out),
-            Tensor::<1>::from_dispatch(mean),
-            Tensor::<1>::from_dispatch(var),
-        );
-        // The running statistics exactly as Burn's `BatchNorm::forward` updates them.
-        let m = self.momentum;
-        let running_mean = self.running_mean.value_sync().to_device(&device);
-        let running_var = self.running_var.value_sync().to_device(&device);
-        self.running_mean.update(
-            running_mean
-                .mul_scalar(1.0 - m)
-                .add(mean.detach().mul_scalar(m))
-                .detach(),
-        );
-        self.running_var.update(
-            running_var
-                .mul_scalar(1.0 - m)
-                .add(var.detach().mul_scalar(m))
-                .detach(),
-        );
-        out
+        batch_norm_then(self, input, Then::Nothing)
     }
+
+    fn fast_forward_relu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        batch_norm_then(self, x, Then::Relu)
+    }
+
+    fn fast_forward_add_relu<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        residual: Tensor<D>,
+    ) -> Tensor<D> {
+        assert_eq!(
+            x.dims(),
+            residual.dims(),
+            "BatchNorm: the residual's shape differs from the input's"
+        );
+        batch_norm_then(self, x, Then::AddRelu(Box::new(residual)))
+    }
+}
+
+/// Burn's `forward` of `bn`, then `then`, in Burn's ops.
+fn burn_then<const D: usize>(bn: &BatchNorm, x: Tensor<D>, then: Then<D>) -> Tensor<D> {
+    let y = bn.forward(x);
+    match then {
+        Then::Nothing => y,
+        Then::Relu => burn::tensor::activation::relu(y),
+        Then::AddRelu(residual) => burn::tensor::activation::relu(y + *residual),
+    }
+}
+
+/// [`FastBatchNorm`]: konv's kernels on Flex, Burn's ops elsewhere.
+fn batch_norm_then<const D: usize>(bn: &BatchNorm, input: Tensor<D>, then: Then<D>) -> Tensor<D> {
+    // Burn's `forward` checks the same before choosing its path.
+    let [features] = bn.gamma.shape().dims();
+    let dims = input.dims();
+    assert!(
+        D >= 2 && dims[1] == features,
+        "BatchNorm: input {dims:?} does not have {features} channels on axis 1"
+    );
+    let device = input.device();
+    let training = device.is_autodiff() && bn.training.is_enabled();
+    let x = input.into_dispatch();
+    if !on_flex(&x.kind) || burn_forced() {
+        return burn_then(bn, Tensor::from_dispatch(x), then);
+    }
+    let (gamma, beta) = (
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+    );
+    // The fused forms' residual: the tensor, or an empty one for a ReLU alone.
+    let residual = match then {
+        Then::Nothing => None,
+        Then::Relu => Some(Tensor::<1>::empty([0], &device).into_dispatch()),
+        Then::AddRelu(r) => Some(r.into_dispatch()),
+    };
+    if !training {
+        let mean = bn.running_mean.value().to_device(&device).into_dispatch();
+        let var = bn.running_var.value().to_device(&device).into_dispatch();
+        let out = match residual {
+            None => <Dispatch as KonvConvBackend>::konv_batch_norm(
+                x, gamma, beta, mean, var, bn.epsilon,
+            ),
+            Some(r) => <Dispatch as KonvConvBackend>::konv_batch_norm_relu(
+                x, r, gamma, beta, mean, var, bn.epsilon,
+            ),
+        };
+        return Tensor::from_dispatch(out);
+    }
+    let (out, mean, var) = match residual {
+        None => <Dispatch as KonvConvBackend>::konv_batch_norm_train(x, gamma, beta, bn.epsilon),
+        Some(r) => {
+            <Dispatch as KonvConvBackend>::konv_batch_norm_train_relu(x, r, gamma, beta, bn.epsilon)
+        }
+    };
+    let (out, mean, var) = (
+        Tensor::<D>::from_dispatch(out),
+        Tensor::<1>::from_dispatch(mean),
+        Tensor::<1>::from_dispatch(var),
+    );
+    // The running statistics exactly as Burn's `BatchNorm::forward` updates them.
+    let m = bn.momentum;
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(
+        running_mean
+            .mul_scalar(1.0 - m)
+            .add(mean.detach().mul_scalar(m))
+            .detach(),
+    );
+    bn.running_var.update(
+        running_var
+            .mul_scalar(1.0 - m)
+            .add(var.detach().mul_scalar(m))
+            .detach(),
+    );
+    out
 }
 
 /// `MaxPool2d::forward` with konv's max-pool kernels on the CPU (window bounds worked out once
