@@ -202,7 +202,7 @@ impl Geometry {
     /// forward convolution that computes its input gradient (the output gradient padded by
     /// `k − 1 − pad`, convolved with the kernel turned 180° and its channel axes swapped;
     /// [`transposed_weight`] makes that kernel). None for other convolutions and for 1×1.
-    fn transposed(&self) -> Option<Geometry> {
+    pub(super) fn transposed(&self) -> Option<Geometry> {
         let [kh, kw] = self.kernel;
         (self.stride == [1, 1]
             && self.dilation == [1, 1]
@@ -446,8 +446,9 @@ pub(super) fn matmul<T: Element>(
     // gemm's micro-kernel reads its left operand and writes `dst` in columns of adjacent rows,
     // so it copies (packs) a left operand whose rows are not adjacent (or not a whole number
     // of AVX2 vectors tall), packs a right one whose rows are not adjacent once it is tall,
-    // and writes a `dst` whose rows are not adjacent through a buffer. dst = lhs · rhs is also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one
-    // that moves fewer elements so. For a convolution that puts the column matrix (or
+    // and writes a `dst` whose rows are not adjacent through a buffer. dst = lhs · rhs is
+    // also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one that moves fewer elements so. For a
+    // convolution that puts the column matrix (or
     // Winograd's V) on the left, read in place, and the small weight matrix on the right.
     let lanes = 32 / std::mem::size_of::<T>();
     let moved = |[m, n, k]: [usize; 3], dst_rs: usize, lhs_rs: usize, rhs_rs: usize| {
@@ -571,13 +572,15 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
 /// The gradient with respect to the input: `grad` `[n, c_out, oh, ow]`, `weight` as in
 /// [`forward`]; returns `[n, c_in, h, w]`.
 pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
-    if super::winograd_enabled() && super::winograd::input_grad_applies(g) {
-        return super::winograd::input_grad(g, weight, grad);
-    }
     if let Some(t) = g.transposed() {
-        // The same multiplies as Wᵀ · dY + col2im, but as im2col + a GEMM whose inner
-        // dimension is c_out·kh·kw instead of c_out (16 in ResNet-20's first stage, where
-        // that GEMM mostly wrote its output), and no scattered accumulation.
+        // The same multiplies as Wᵀ · dY + col2im, but as the forward convolution `t`:
+        // Winograd where `t` takes it (reading the kernel turned in place), otherwise
+        // im2col + a GEMM whose inner dimension is c_out·kh·kw instead of c_out (16 in
+        // ResNet-20's first stage, where that GEMM mostly wrote its output), and no
+        // scattered accumulation.
+        if super::winograd_enabled() && super::winograd::forward_applies(&t) {
+            return super::winograd::input_grad(&t, weight, grad);
+        }
         return forward(&t, grad, &transposed_weight(g, weight), None);
     }
     let Sizes {

@@ -51,18 +51,6 @@ pub fn forward_applies(g: &Geometry) -> bool {
         && g.output[1] >= 2
 }
 
-/// Whether `cpu` should run `g`'s input gradient here: as [`forward_applies`], with at most
-/// two rows and columns of padding before (the gradient's own padding is `2 − pad`), and
-/// enough tiles over the input it produces.
-pub fn input_grad_applies(g: &Geometry) -> bool {
-    forward_applies(g)
-        && g.pad[0] <= 2
-        && g.pad[1] <= 2
-        && g.input[0] >= 2
-        && g.input[1] >= 2
-        && g.batch * g.input[0].div_ceil(2) * g.input[1].div_ceil(2) >= MIN_TILES
-}
-
 /// One stride-1 3×3 correlation, in the terms both uses share.
 struct Problem {
     batch: usize,
@@ -102,21 +90,15 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
     run(&p, x, &u, bias)
 }
 
-/// The gradient with respect to the input, as [`super::cpu::input_grad`]: the correlation of
-/// `grad` (padded by `2 − pad`) with the kernel turned 180°, input and output channels swapped.
-pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
-    let p = Problem {
-        batch: g.batch,
-        c_in: g.c_out,
-        input: g.output,
-        c_out: g.c_in,
-        output: g.input,
-        pad: [2 - g.pad[0], 2 - g.pad[1]],
-    };
-    let u = transform_weights(g.c_in, g.c_out, |o, i, r, c| {
-        weight[((i * g.c_in + o) * 3 + (2 - r)) * 3 + (2 - c)]
+/// The gradient with respect to the input, as [`super::cpu::input_grad`], given `t`, the
+/// forward correlation that computes it ([`Geometry::transposed`]: `grad` padded by
+/// `2 − pad`, input and output channels swapped); `weight` is the layer's own
+/// `[t.c_in, t.c_out, 3, 3]`, read turned 180° in place.
+pub fn input_grad<T: Element>(t: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
+    let u = transform_weights(t.c_out, t.c_in, |o, i, r, c| {
+        weight[((i * t.c_out + o) * 3 + (2 - r)) * 3 + (2 - c)]
     });
-    run(&p, grad, &u, None)
+    run(&Problem::of(t), grad, &u, None)
 }
 
 /// `U = G g Gᵀ` for every (output, input) channel pair, laid out `[outs][16][ins]` (the GEMM
@@ -650,7 +632,7 @@ unsafe fn transform_output<T: Element>(
 
 #[cfg(test)]
 mod tests {
-    use super::{forward_applies, input_grad_applies};
+    use super::forward_applies;
     use crate::conv::cpu::Geometry;
     use burn::backend::ops::ConvOptions;
 
@@ -669,7 +651,14 @@ mod tests {
     fn winograd_takes_wide_stride_1_layers_with_enough_tiles() {
         // ResNet-18's layer1 at batch 1 (784 tiles), and the Fashion-MNIST CNN's last layer.
         assert!(forward_applies(&geometry(1, [64, 64], 56, 1, 1)));
-        assert!(input_grad_applies(&geometry(1, [64, 64], 56, 1, 1)));
+        let transposed = |g: Geometry| g.transposed().expect("stride 1, padding below 3");
+        assert!(forward_applies(&transposed(geometry(
+            1,
+            [64, 64],
+            56,
+            1,
+            1
+        ))));
         assert!(forward_applies(&geometry(32, [256, 256], 7, 1, 1)));
         // Too few tiles (ResNet-18's layer4 at batch 1: 16), too few channels, stride 2.
         assert!(!forward_applies(&geometry(1, [512, 512], 7, 1, 1)));
@@ -677,6 +666,6 @@ mod tests {
         assert!(!forward_applies(&geometry(8, [64, 64], 56, 2, 1)));
         // Padding 3: the forward, not the input gradient (its own padding would be −1).
         assert!(forward_applies(&geometry(4, [64, 64], 8, 1, 3)));
-        assert!(!input_grad_applies(&geometry(4, [64, 64], 8, 1, 3)));
+        assert!(geometry(4, [64, 64], 8, 1, 3).transposed().is_none());
     }
 }
