@@ -274,12 +274,18 @@ fn channels_plane(x: &FlexTensor) -> [usize; 2] {
     [channels, shape.iter().skip(2).product()]
 }
 
+/// A fused batch norm's residual when there is one (an empty tensor stands for none), for
+/// [`shared_float`]: a residual of another float type takes Burn's path, like the other inputs.
+fn given(residual: &FlexTensor) -> Option<&FlexTensor> {
+    (residual.shape().num_elements() > 0).then_some(residual)
+}
+
 /// The ReLU epilogue's residual: `None` for an empty tensor (none), checked against `x`.
 fn residual_of<T: burn::tensor::Element + bytemuck::Pod>(
     residual: Option<FlexTensor>,
     x: &FlexTensor,
 ) -> Option<FlexTensor> {
-    let residual = residual.filter(|r| r.shape().num_elements() > 0)?;
+    let residual = residual.filter(|r| given(r).is_some())?;
     assert_eq!(
         residual.shape(),
         x.shape(),
@@ -549,7 +555,14 @@ impl KonvConvBackend for Flex {
         variance: FlexTensor,
         epsilon: f64,
     ) -> FlexTensor {
-        let dtype = shared_float(&[&x, &gamma, &beta, &mean, &variance].map(Some));
+        let dtype = shared_float(&[
+            Some(&x),
+            Some(&gamma),
+            Some(&beta),
+            Some(&mean),
+            Some(&variance),
+            given(&residual),
+        ]);
         let params = [gamma, beta, mean, variance];
         match dtype {
             Some(DType::F32) => {
@@ -574,13 +587,15 @@ impl KonvConvBackend for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let fused = (true, Some(residual));
-        match shared_float(&[Some(&x), Some(&gamma), Some(&beta)]) {
-            Some(DType::F32) => flex_batch_norm::<f32>(x, gamma, beta, epsilon, fused),
-            Some(DType::F64) => flex_batch_norm::<f64>(x, gamma, beta, epsilon, fused),
+        match shared_float(&[Some(&x), Some(&gamma), Some(&beta), given(&residual)]) {
+            Some(DType::F32) => {
+                flex_batch_norm::<f32>(x, gamma, beta, epsilon, (true, Some(residual)))
+            }
+            Some(DType::F64) => {
+                flex_batch_norm::<f64>(x, gamma, beta, epsilon, (true, Some(residual)))
+            }
             _ => {
                 let r = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
-                let residual = fused.1.expect("the residual, or an empty tensor");
                 (add_relu::<Flex>(r.output, residual), r.mean, r.variance)
             }
         }
