@@ -350,21 +350,48 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T], rows: std::ops::Rang
                         continue;
                     }
                     let src = &image[iy as usize * w..(iy as usize + 1) * w];
-                    d[..lo].fill(T::ZERO);
-                    d[hi..].fill(T::ZERO);
+                    zero_few(&mut d[..lo]);
+                    zero_few(&mut d[hi..]);
                     if hi == lo {
                         // No kernel tap of this column lands inside the image.
                     } else if sw == 1 {
                         let start = (lo as isize + offset) as usize;
                         d[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                     } else {
-                        for (o, v) in d[lo..hi].iter_mut().enumerate() {
-                            *v = src[(((lo + o) * sw) as isize + offset) as usize];
-                        }
+                        gather(
+                            &mut d[lo..hi],
+                            &src[(lo as isize * sw as isize + offset) as usize..],
+                            sw,
+                        );
                     }
                 }
             }
         }
+    }
+}
+
+/// `d[i] = src[i · step]`: a strided row of im2col (stride 2 and up). Stride 2, the common
+/// one, takes whole pairs with `chunks_exact(2)`, which the compiler turns into vector loads
+/// and shuffles, with no index arithmetic or bounds check per value (the indexed loop it
+/// replaces ran one value at a time); the last value may lack a full group after it.
+#[inline]
+fn gather<T: Element>(d: &mut [T], src: &[T], step: usize) {
+    if step == 2 {
+        gather_by(d, src, 2);
+    } else {
+        gather_by(d, src, step);
+    }
+}
+
+#[inline(always)]
+fn gather_by<T: Element>(d: &mut [T], src: &[T], step: usize) {
+    let whole = (src.len() / step).min(d.len());
+    let (head, tail) = d.split_at_mut(whole);
+    for (v, group) in head.iter_mut().zip(src.chunks_exact(step)) {
+        *v = group[0];
+    }
+    for (i, v) in tail.iter_mut().enumerate() {
+        *v = src[(whole + i) * step];
     }
 }
 

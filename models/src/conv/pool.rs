@@ -180,14 +180,112 @@ pub fn max_pool_backward<T: Element + PartialOrd>(
     if oh * ow == 0 || h * w == 0 {
         return dx;
     }
+    let tiled =
+        o.kernel == [2, 2] && o.stride == [2, 2] && o.padding == [0, 0] && o.dilation == [1, 1];
     let (rows, cols) = (o.taps(0, oh, h), o.taps(1, ow, w));
     dx.par_chunks_mut(h * w)
         .zip(x.par_chunks(h * w))
         .zip(grad.par_chunks(oh * ow))
         .for_each(|((d, plane), g)| {
-            scan(plane, [h, w], [oh, ow], o, &rows, &cols, |i, at| {
-                d[at] += g[i]
-            })
+            if tiled {
+                backward_2x2(d, plane, g, w, [oh, ow]);
+            } else {
+                scan(plane, [h, w], [oh, ow], o, &rows, &cols, |i, at| {
+                    d[at] += g[i]
+                });
+            }
         });
     dx
+}
+
+/// [`max_pool_backward`] of one plane for 2×2 windows at stride 2 without padding (the
+/// classic pool, whose windows tile the input): each window's four values compared in
+/// [`scan`]'s order and the gradient stored into the one that won, without branches. Each
+/// input lies in one window at most, so `d` (zeros) takes a store, not an add; a last odd row
+/// or column belongs to no window and keeps its zeros. `scan`'s per-value loop with its
+/// bounds and `Option` took 7.6% of a Fashion-MNIST CNN training step.
+fn backward_2x2<T: Element + PartialOrd>(
+    d: &mut [T],
+    plane: &[T],
+    g: &[T],
+    w: usize,
+    [oh, ow]: [usize; 2],
+) {
+    for (oy, g) in g.chunks_exact(ow).enumerate().take(oh) {
+        let top = &plane[2 * oy * w..][..2 * ow];
+        let bottom = &plane[(2 * oy + 1) * w..][..2 * ow];
+        let (d_top, rest) = d[2 * oy * w..].split_at_mut(w);
+        window_rows(top, bottom, g, &mut d_top[..2 * ow], &mut rest[..2 * ow]);
+    }
+}
+
+/// One row of 2×2 windows: the columns `2·i, 2·i + 1` of `top` and `bottom` are output `i`'s
+/// window; its gradient `g[i]` goes to the winner's place in `d_top`/`d_bottom`, zero to the
+/// other three.
+#[inline(never)]
+fn window_rows<T: Element + PartialOrd>(
+    top: &[T],
+    bottom: &[T],
+    g: &[T],
+    d_top: &mut [T],
+    d_bottom: &mut [T],
+) {
+    // `scan`'s rule: a later value wins if it is larger or NaN.
+    #[allow(clippy::eq_op)]
+    let wins = |v: T, best: T| v > best || v != v;
+    let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(g);
+    let outs = d_top.chunks_exact_mut(2).zip(d_bottom.chunks_exact_mut(2));
+    for (((t, b), &g), (dt, db)) in windows.zip(outs) {
+        let take1 = wins(t[1], t[0]);
+        let best = if take1 { t[1] } else { t[0] };
+        let take2 = wins(b[0], best);
+        let best = if take2 { b[0] } else { best };
+        let take3 = wins(b[1], best);
+        let pick = |won: bool| if won { g } else { T::ZERO };
+        dt[0] = pick(!take1 && !take2 && !take3);
+        dt[1] = pick(take1 && !take2 && !take3);
+        db[0] = pick(take2 && !take3);
+        db[1] = pick(take3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2×2 fast path against `scan`: random values with ties and NaNs (several in one
+    /// window), odd and even sizes.
+    #[test]
+    fn backward_2x2_matches_the_scan() {
+        let o = PoolOptions {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+            dilation: [1, 1],
+        };
+        let mut state = 12345u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            state >> 8
+        };
+        for [h, w] in [[4, 4], [5, 7], [9, 12], [2, 33]] {
+            let [oh, ow] = o.output([h, w]).expect("fits");
+            let plane: Vec<f32> = (0..h * w)
+                .map(|_| match next() % 8 {
+                    0 => f32::NAN,
+                    1 | 2 => 1.0,
+                    _ => (next() % 1000) as f32 / 100.0,
+                })
+                .collect();
+            let g: Vec<f32> = (0..oh * ow).map(|i| i as f32 + 1.0).collect();
+            let mut fast = vec![0.0f32; h * w];
+            backward_2x2(&mut fast, &plane, &g, w, [oh, ow]);
+            let mut slow = vec![0.0f32; h * w];
+            let (rows, cols) = (o.taps(0, oh, h), o.taps(1, ow, w));
+            scan(&plane, [h, w], [oh, ow], &o, &rows, &cols, |i, at| {
+                slow[at] += g[i]
+            });
+            assert_eq!(fast, slow, "{h}×{w}");
+        }
+    }
 }
