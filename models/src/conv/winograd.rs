@@ -426,28 +426,13 @@ fn transform_grad<T: Element>(
 /// A on two rows of dY (`top`, `bottom`, `2 · n` long): `y0, y0 + y1, y0 − y1, −y1`, the even
 /// columns into `even`, the odd into `odd` (`n` each).
 #[inline(never)]
-fn rows_a<T: Element>(
-    top: &[T],
-    bottom: &[T],
-    [e0, e1, e2, e3]: [&mut [T]; 4],
-    [o0, o1, o2, o3]: [&mut [T]; 4],
-) {
-    let n = e0.len();
-    let (top, bottom) = (&top[..2 * n], &bottom[..2 * n]);
-    let (e1, e2, e3) = (&mut e1[..n], &mut e2[..n], &mut e3[..n]);
-    let (o0, o1, o2, o3) = (&mut o0[..n], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
-    for j in 0..n {
-        for (q, [t0, t1, t2, t3]) in [
-            (2 * j, [&mut e0[j], &mut e1[j], &mut e2[j], &mut e3[j]]),
-            (2 * j + 1, [&mut o0[j], &mut o1[j], &mut o2[j], &mut o3[j]]),
-        ] {
-            let (a, b) = (top[q], bottom[q]);
-            *t0 = a;
-            *t1 = a + b;
-            *t2 = a - b;
-            *t3 = T::ZERO - b;
-        }
-    }
+fn rows_a<T: Element>(top: &[T], bottom: &[T], even: [&mut [T]; 4], odd: [&mut [T]; 4]) {
+    split_columns(
+        [top, bottom],
+        |[a, b]| [a, a + b, a - b, T::ZERO - b],
+        even,
+        odd,
+    );
 }
 
 /// A on the columns of one combined row: tile `j`'s columns are `e[j], o[j]`, giving `e[j]`,
@@ -559,11 +544,29 @@ fn rows_bt<T: Element>(
     d1: &[T],
     d2: &[T],
     d3: &[T],
+    even: [&mut [T]; 4],
+    odd: [&mut [T]; 4],
+) {
+    split_columns(
+        [d0, d1, d2, d3],
+        |[a, b, e, f]| [a - e, b + e, e - b, b - f],
+        even,
+        odd,
+    );
+}
+
+/// The first pass of the input and gradient transforms: `f` combines the `R` rows (`2 · n`
+/// long) column by column into 4 values, those of the even columns go into `even`, of the odd
+/// ones into `odd` (`n` each).
+#[inline(always)]
+fn split_columns<T: Element, const R: usize>(
+    rows: [&[T]; R],
+    f: impl Fn([T; R]) -> [T; 4],
     [e0, e1, e2, e3]: [&mut [T]; 4],
     [o0, o1, o2, o3]: [&mut [T]; 4],
 ) {
     let n = e0.len();
-    let (d0, d1, d2, d3) = (&d0[..2 * n], &d1[..2 * n], &d2[..2 * n], &d3[..2 * n]);
+    let rows = rows.map(|r| &r[..2 * n]);
     let (e1, e2, e3) = (&mut e1[..n], &mut e2[..n], &mut e3[..n]);
     let (o0, o1, o2, o3) = (&mut o0[..n], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
     for j in 0..n {
@@ -571,11 +574,7 @@ fn rows_bt<T: Element>(
             (2 * j, [&mut e0[j], &mut e1[j], &mut e2[j], &mut e3[j]]),
             (2 * j + 1, [&mut o0[j], &mut o1[j], &mut o2[j], &mut o3[j]]),
         ] {
-            let (a, b, e, f) = (d0[q], d1[q], d2[q], d3[q]);
-            *t0 = a - e;
-            *t1 = b + e;
-            *t2 = e - b;
-            *t3 = b - f;
+            [*t0, *t1, *t2, *t3] = f(rows.map(|r| r[q]));
         }
     }
 }
