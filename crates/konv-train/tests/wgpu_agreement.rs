@@ -4,6 +4,12 @@
 //! Uses 8×8 inputs at batch 2 so that it runs in about a minute on lavapipe (Mesa's CPU
 //! Vulkan driver), where Burn autotunes every new kernel shape. Without a wgpu adapter the
 //! test is skipped with a message, unless `KONV_REQUIRE_WGPU=1` (as in CI), where it fails.
+//!
+//! The binary has its own `main` (`harness = false`): libtest would end the process with
+//! `exit`, which runs the Vulkan driver's and LLVM's exit handlers while Burn's device
+//! threads and lavapipe's own are still running, the race that crashed `konv bench
+//! --backend wgpu` in CI after its work was done. Like the `konv` binary, this one flushes
+//! its output and ends with `_exit`.
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -36,7 +42,40 @@ fn batch_on(device: &Device) -> ImageBatch {
     }
 }
 
-#[test]
+fn main() {
+    const NAME: &str = "wgpu_losses_match_cpu";
+    // `cargo test FILTER` passes the filter on; flags (`--nocapture`, …) are libtest's.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let code = if filters.is_empty() || filters.iter().any(|f| NAME.contains(f.as_str())) {
+        match std::panic::catch_unwind(wgpu_losses_match_cpu) {
+            Ok(()) => {
+                println!("test {NAME} ... ok");
+                0
+            }
+            Err(_) => {
+                println!("test {NAME} ... FAILED");
+                101
+            }
+        }
+    } else {
+        println!("test {NAME} ... filtered out");
+        0
+    };
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+    std::io::stderr().flush().ok();
+    #[cfg(unix)]
+    // SAFETY: `_exit` only ends the process; the output is flushed and nothing is borrowed.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
+}
+
 fn wgpu_losses_match_cpu() {
     let wgpu = match BackendName::Wgpu.open() {
         Ok(d) => d.autodiff(),
