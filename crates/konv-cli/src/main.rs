@@ -55,31 +55,9 @@ enum Command {
 
 fn main() {
     let code = run();
-    end(code)
-}
-
-/// Ends the process with `code` once stdout and stderr are flushed, without running the C
-/// exit handlers of the libraries konv loaded.
-///
-/// A wgpu run leaves threads behind that Burn keeps for the device (its server and poll
-/// threads) and the Vulkan driver's own (Mesa's lavapipe: rasterizer, queue and disk-cache
-/// threads). A normal `exit` runs the driver's exit handlers and LLVM's destructors while
-/// those threads still run, and that race crashed konv with SIGSEGV after its last line was
-/// printed, now and then, under CI's load (`konv bench --backend wgpu` exited 139 with its
-/// JSON complete). By the time this runs every file konv writes has been written and closed
-/// by its owner, so there is nothing those handlers would do for konv.
-fn end(code: i32) -> ! {
-    use std::io::Write;
-    std::io::stdout().flush().ok();
-    std::io::stderr().flush().ok();
-    #[cfg(unix)]
-    // SAFETY: `_exit` only ends the process; the streams were flushed above and no Rust
-    // value is borrowed across it (`run` has returned, dropping everything it made).
-    unsafe {
-        libc::_exit(code)
-    }
-    #[cfg(not(unix))]
-    std::process::exit(code)
+    // `run` has returned, so every file konv writes is written and closed: end without the
+    // GPU driver's exit handlers, which crashed after wgpu runs (see the function's docs).
+    konv_train::backend::exit(code)
 }
 
 /// Parses the command line and runs the subcommand; the process's exit code.

@@ -6,6 +6,30 @@ use std::str::FromStr;
 
 use burn::prelude::*;
 
+/// Ends the process with `code` once stdout and stderr are flushed, without running the C
+/// exit handlers of the libraries it loaded: the way to end a program that used the `wgpu`
+/// backend (the `konv` binary and konv's wgpu test end so).
+///
+/// A wgpu run leaves threads behind that Burn keeps for the device (its server and poll
+/// threads) and the Vulkan driver's own (Mesa's lavapipe: rasterizer, queue and disk-cache
+/// threads). A normal `exit` runs the driver's exit handlers and LLVM's destructors while
+/// those threads still run, and that race crashed `konv bench --backend wgpu` with SIGSEGV
+/// in CI, after its JSON had been printed whole. Call this only once the program's work is
+/// done and its files are written and closed (dropped): nothing else runs after it.
+pub fn exit(code: i32) -> ! {
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+    std::io::stderr().flush().ok();
+    #[cfg(unix)]
+    // SAFETY: `_exit` only ends the process; the streams were flushed above, and the caller
+    // has nothing left to run or drop.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
+}
+
 /// A compute backend, chosen by name at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -8,8 +8,8 @@
 //! The binary has its own `main` (`harness = false`): libtest would end the process with
 //! `exit`, which runs the Vulkan driver's and LLVM's exit handlers while Burn's device
 //! threads and lavapipe's own are still running, the race that crashed `konv bench
-//! --backend wgpu` in CI after its work was done. Like the `konv` binary, this one flushes
-//! its output and ends with `_exit`.
+//! --backend wgpu` in CI after its work was done. Like the `konv` binary, this one ends with
+//! [`konv_train::backend::exit`].
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -64,16 +64,7 @@ fn main() {
         println!("test {NAME} ... filtered out");
         0
     };
-    use std::io::Write;
-    std::io::stdout().flush().ok();
-    std::io::stderr().flush().ok();
-    #[cfg(unix)]
-    // SAFETY: `_exit` only ends the process; the output is flushed and nothing is borrowed.
-    unsafe {
-        libc::_exit(code)
-    }
-    #[cfg(not(unix))]
-    std::process::exit(code)
+    konv_train::backend::exit(code)
 }
 
 fn wgpu_losses_match_cpu() {
