@@ -475,8 +475,8 @@ pub(super) fn matmul<T: Element>(
     // of AVX2 vectors tall), packs a right one whose rows are not adjacent once it is tall,
     // and writes a `dst` whose rows are not adjacent through a buffer. dst = lhs · rhs is
     // also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one that moves fewer elements so. For a
-    // convolution that puts the column matrix (or
-    // Winograd's V) on the left, read in place, and the small weight matrix on the right.
+    // convolution that puts the column matrix (or Winograd's V) on the left, read in place,
+    // and the small weight matrix on the right.
     let lanes = 32 / std::mem::size_of::<T>();
     let moved = |[m, n, k]: [usize; 3], dst_rs: usize, lhs_rs: usize, rhs_rs: usize| {
         let lhs = if lhs_rs != 1 || !m.is_multiple_of(lanes) {
