@@ -68,7 +68,7 @@ fn cases() -> Vec<Case> {
         c([64, 64], 3, 1, 3, 1, 4, [4, 5], false),
         c([65, 64], 3, 1, 0, 1, 64, [4, 4], true),
         c([64, 64], 3, 1, 1, 1, 1, [28, 27], true),
-        // Rows of 16 tiles and more take the two vector passes, narrower ones one pass per tile.
+        // Rows of 19 tiles (every other case here has fewer than 16).
         c([64, 64], 3, 1, 1, 1, 2, [5, 37], false),
     ]);
     all.push(Case {

@@ -27,11 +27,6 @@ const XI: usize = 16;
 /// Elements of one block's `V` (and its `M`): about 2 MiB of `f32`.
 const BLOCK_ELEMENTS: usize = 1 << 19;
 
-/// Tiles per row from which the output transform runs as vector passes over the whole row;
-/// narrower rows (the 7×7 and 14×14 maps of ResNet-20 and the Fashion-MNIST CNN: 4 and 7
-/// tiles) take [`output_tiles`]' one pass per tile. One AVX-512 vector holds 16 `f32`.
-const WIDE_ROW: usize = 16;
-
 /// The fewest channels (in and out) for which the transforms pay for themselves (measured on
 /// the ResNet and Fashion-MNIST CNN layers; below it `cpu`'s im2col + GEMM is as fast).
 const MIN_CHANNELS: usize = 64;
@@ -616,28 +611,9 @@ unsafe fn transform_output<T: Element>(
     // Aᵀ M per column col of the 4×4 tiles: row 0 is M0 + M1 + M2, row 1 is M1 − M2 − M3
     // (over the tiles of a tile row at once); then A combines the columns.
     let mut sums = vec![T::ZERO; 8 * tw];
-    let count = rows.len() * tw;
     // Channel by channel, so each ξ's part of M is read front to back.
     for o in 0..p.c_out {
         let b0 = bias.map_or(T::ZERO, |b| b[o]);
-        if tw < WIDE_ROW {
-            let planes: [&[T]; XI] =
-                std::array::from_fn(|xi| &m[xi * stride + o * block..][..count]);
-            for (k, r) in rows.clone().enumerate() {
-                let (n, ty) = (r / th, r % th);
-                let plane = (n * p.c_out + o) * oh * ow;
-                let y = 2 * ty;
-                debug_assert!(plane + (y + 1).min(oh - 1) * ow + ow <= out_len);
-                // SAFETY: rows y and y + 1 (when inside the output) of this image and channel
-                // lie inside the output and belong to this tile row alone.
-                let row = |y: usize| unsafe {
-                    std::slice::from_raw_parts_mut(out.0.add(plane + y * ow), ow)
-                };
-                let tiles = planes.map(|m| &m[k * tw..(k + 1) * tw]);
-                output_tiles(tiles, b0, row(y), (y + 1 < oh).then(|| row(y + 1)));
-            }
-            continue;
-        }
         for (k, r) in rows.clone().enumerate() {
             let (n, ty) = (r / th, r % th);
             let base = o * block + k * tw;
@@ -675,39 +651,6 @@ unsafe fn transform_output<T: Element>(
                     let tx = tw - 1;
                     row[2 * tx] = c0[tx] + c1[tx] + c2[tx] + b0;
                 }
-            }
-        }
-    }
-}
-
-/// `Y = Aᵀ M A + b` of one row of tiles (`m[ξ][tile]`), one pass per tile, into output rows
-/// `top` and, where the output has it, `bottom` (`ow` long; the last tile of an odd width
-/// writes one column): for rows of fewer tiles than [`WIDE_ROW`], where the two-pass version's
-/// loops are too short to pay. The sums are those of the wide path, in the same order.
-#[inline(never)]
-fn output_tiles<T: Element>(m: [&[T]; XI], b: T, top: &mut [T], mut bottom: Option<&mut [T]>) {
-    let n = m[0].len();
-    let m = m.map(|p| &p[..n]);
-    let pairs = top.len() / 2;
-    // `t` indexes all 16 planes and two output columns, not one sequence.
-    #[allow(clippy::needless_range_loop)]
-    for t in 0..n {
-        let at = |xi: usize| m[xi][t];
-        // Aᵀ M: rows M0 + M1 + M2 and M1 − M2 − M3; then A on each row's columns.
-        let s0: [T; 4] = std::array::from_fn(|c| at(c) + at(4 + c) + at(8 + c));
-        let s1: [T; 4] = std::array::from_fn(|c| at(4 + c) - at(8 + c) - at(12 + c));
-        let y0 = [s0[0] + s0[1] + s0[2] + b, s0[1] - s0[2] - s0[3] + b];
-        let y1 = [s1[0] + s1[1] + s1[2] + b, s1[1] - s1[2] - s1[3] + b];
-        let x = 2 * t;
-        if t < pairs {
-            top[x..x + 2].copy_from_slice(&y0);
-            if let Some(bottom) = bottom.as_deref_mut() {
-                bottom[x..x + 2].copy_from_slice(&y1);
-            }
-        } else {
-            top[x] = y0[0];
-            if let Some(bottom) = bottom.as_deref_mut() {
-                bottom[x] = y1[0];
             }
         }
     }
