@@ -198,7 +198,7 @@ impl Blocks {
             // so they keep the memory budget's size (the Fashion-MNIST CNN's 14×14 layers
             // as 14 blocks of 32 tile rows instead of 13 of 36 were no faster).
             let count = tile_rows.div_ceil(per_block);
-            if count % threads != 0 && count < 4 * threads {
+            if !count.is_multiple_of(threads) && count < 4 * threads {
                 per_block = tile_rows.div_ceil(count.next_multiple_of(threads));
             }
         }
