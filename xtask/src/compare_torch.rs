@@ -126,8 +126,20 @@ fn mib(bytes: f64) -> String {
     format!("{:.0} MiB", bytes / (1024.0 * 1024.0))
 }
 
-/// Runs every row and prints the table.
-pub fn run(python: PathBuf) -> Result<()> {
+/// The median of `values` (the mean of the middle two for an even count); NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if !n.is_multiple_of(2) => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs every row (the whole-model ones `rounds` times, konv and PyTorch alternated) and
+/// prints the table.
+pub fn run(python: PathBuf, rounds: usize) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("xtask/bench/compare_torch.py");
     // PyTorch first: a wrong --python is one line, before minutes of building.
@@ -155,56 +167,88 @@ pub fn run(python: PathBuf) -> Result<()> {
         2,
         String::from_utf8_lossy(&version.stdout).trim()
     );
+    if rounds > 1 {
+        println!(
+            "{rounds} rounds per row, konv then PyTorch in each; medians, and the lowest and highest of the rounds' ratios\n"
+        );
+    }
     println!(
-        "{:<40} {:>12} {:>12} {:>7}  konv",
-        "workload", "konv img/s", "torch img/s", "ratio"
+        "{:<40} {:>12} {:>12} {:>7}  {}konv",
+        "workload",
+        "konv img/s",
+        "torch img/s",
+        "ratio",
+        if rounds > 1 { "rounds' ratios  " } else { "" }
     );
     let mut memory = Vec::new();
     for row in &ROWS {
-        let mut best: Option<(usize, Value)> = None;
-        for &r in row.replicas {
-            let v = konv(&binary, row.konv, row.warmup, row.steps, r)?;
-            if best
-                .as_ref()
-                .is_none_or(|(_, b)| number(&v, "images_per_sec") > number(b, "images_per_sec"))
-            {
-                best = Some((r, v));
+        let (mut ours_all, mut theirs_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut replicas_used, mut peaks) = (Vec::new(), (0f64, 0f64));
+        for _ in 0..rounds {
+            let mut best: Option<(usize, Value)> = None;
+            for &r in row.replicas {
+                let v = konv(&binary, row.konv, row.warmup, row.steps, r)?;
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, b)| number(&v, "images_per_sec") > number(b, "images_per_sec"))
+                {
+                    best = Some((r, v));
+                }
             }
+            let (replicas, ours) = best.context("no konv run")?;
+            let theirs = torch(
+                &python,
+                &script,
+                &[
+                    row.torch,
+                    "--warmup",
+                    &row.warmup.to_string(),
+                    "--steps",
+                    &row.steps.to_string(),
+                ],
+            )?
+            .pop()
+            .context("PyTorch printed no JSON")?;
+            let (a, b) = (
+                number(&ours, "images_per_sec"),
+                number(&theirs, "images_per_sec"),
+            );
+            ours_all.push(a);
+            theirs_all.push(b);
+            ratios.push(a / b);
+            replicas_used.push(replicas);
+            peaks.0 = peaks.0.max(number(&ours, "peak_memory_bytes"));
+            peaks.1 = peaks.1.max(number(&theirs, "peak_rss_bytes"));
         }
-        let (replicas, ours) = best.context("no konv run")?;
-        let theirs = torch(
-            &python,
-            &script,
-            &[
-                row.torch,
-                "--warmup",
-                &row.warmup.to_string(),
-                "--steps",
-                &row.steps.to_string(),
-            ],
-        )?
-        .pop()
-        .context("PyTorch printed no JSON")?;
-        let (a, b) = (
-            number(&ours, "images_per_sec"),
-            number(&theirs, "images_per_sec"),
-        );
+        let (a, b) = (median(&ours_all), median(&theirs_all));
+        replicas_used.sort_unstable();
+        replicas_used.dedup();
+        let spread = if rounds > 1 {
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{lo:.2}–{hi:.2}       ")
+        } else {
+            String::new()
+        };
         println!(
-            "{:<40} {a:>12.1} {b:>12.1} {:>7.2}  {}",
+            "{:<40} {a:>12.1} {b:>12.1} {:>7.2}  {spread}{}",
             row.label,
             a / b,
-            if replicas > 1 {
-                format!("--replicas {replicas}")
-            } else {
-                "one model".into()
+            match replicas_used.as_slice() {
+                [1] => "one model".to_string(),
+                [r] => format!("--replicas {r}"),
+                all => format!(
+                    "--replicas {} (best per round)",
+                    all.iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ),
             }
         );
         if row.label.starts_with("1.") || row.label.starts_with("2.") {
-            memory.push((
-                row.label,
-                number(&ours, "peak_memory_bytes"),
-                number(&theirs, "peak_rss_bytes"),
-            ));
+            // The highest peak of the rounds on each side.
+            memory.push((row.label, peaks.0, peaks.1));
         }
     }
 
@@ -256,4 +300,17 @@ pub fn run(python: PathBuf) -> Result<()> {
         println!("{label:<40} {:>12} {:>12}", mib(ours), mib(theirs));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_no_rounds() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.5]), 7.5);
+        assert!(median(&[]).is_nan());
+    }
 }

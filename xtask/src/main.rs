@@ -67,6 +67,11 @@ enum Cmd {
         /// parity`, made on first use).
         #[arg(long)]
         python: Option<std::path::PathBuf>,
+        /// With --compare-torch: rounds per whole-model row, konv and PyTorch alternated in
+        /// each; the table shows the median images/s of each side and the spread of the
+        /// rounds' ratios (this machine's speed drifts by tens of percent within minutes).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+        rounds: u32,
     },
     /// Images/s of an image folder through konv's data path (a benchmark, not a test):
     /// decoding cold, reading the decoded cache, and the loader's augmentation per epoch.
@@ -716,9 +721,11 @@ fn main() -> Result<()> {
             channels,
             compare_torch: compare,
             python,
+            rounds,
         } => {
             if compare {
-                return compare_torch::run(python.map(Ok).unwrap_or_else(|| parity_python(None))?);
+                let python = python.map(Ok).unwrap_or_else(|| parity_python(None))?;
+                return compare_torch::run(python, rounds as usize);
             }
             if inference {
                 println!("inference latency (forward only, inference mode, random data)");
