@@ -193,7 +193,7 @@ impl Blocks {
             per_block = per_block.min(tile_rows.div_ceil(threads));
             // Few blocks that do not divide among the threads leave one idle for long:
             // ResNet-20's 64-channel layers at batch 96 made 3 blocks of 128 tile rows, so
-            // one of 2 threads idled a third of the layer; 4 of 96 ran it 1.25–1.4× as fast.
+            // one of 2 threads idled a third of the layer; 4 of 96 ran it 1.1–1.4× as fast.
             // With many blocks the idle share is small (13 on 2 threads: one block in 14),
             // so they keep the memory budget's size (the Fashion-MNIST CNN's 14×14 layers
             // as 14 blocks of 32 tile rows instead of 13 of 36 were no faster).
