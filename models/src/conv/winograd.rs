@@ -407,24 +407,36 @@ fn transform_grad<T: Element>(
                 [&mut *e0, &mut *e1, &mut *e2, &mut *e3],
                 [&mut *o0, &mut *o1, &mut *o2, &mut *o3],
             );
-            let base = o * block + k * tw;
-            for (r4, (e, od)) in [(&*e0, &*o0), (&*e1, &*o1), (&*e2, &*o2), (&*e3, &*o3)]
-                .into_iter()
-                .enumerate()
-            {
-                let (v0, rest) = m[r4 * 4 * stride + base..].split_at_mut(stride);
-                let (v1, rest) = rest.split_at_mut(stride);
-                let (v2, v3) = rest.split_at_mut(stride);
-                cols_a(
-                    e,
-                    od,
-                    &mut v0[..tw],
-                    &mut v1[..tw],
-                    &mut v2[..tw],
-                    &mut v3[..tw],
-                );
-            }
+            let (even, odd) = ([&*e0, &*e1, &*e2, &*e3], [&*o0, &*o1, &*o2, &*o3]);
+            into_planes(even, odd, m, [o * block + k * tw, stride, tw], cols_a);
         }
+    }
+}
+
+/// The second pass of the input and gradient transforms: `cols` turns the even and odd
+/// columns of each of the first pass's 4 rows (`even[r]`, `odd[r]`) into the `tw` tiles'
+/// values of planes `4r … 4r + 3` of `out` (`[16][channels][block]`), at `base` of each,
+/// the planes `stride` apart.
+#[inline(always)]
+fn into_planes<T: Element>(
+    even: [&[T]; 4],
+    odd: [&[T]; 4],
+    out: &mut [T],
+    [base, stride, tw]: [usize; 3],
+    cols: impl Fn(&[T], &[T], &mut [T], &mut [T], &mut [T], &mut [T]),
+) {
+    for (r4, (e, o)) in even.into_iter().zip(odd).enumerate() {
+        let (v0, rest) = out[r4 * 4 * stride + base..].split_at_mut(stride);
+        let (v1, rest) = rest.split_at_mut(stride);
+        let (v2, v3) = rest.split_at_mut(stride);
+        cols(
+            e,
+            o,
+            &mut v0[..tw],
+            &mut v1[..tw],
+            &mut v2[..tw],
+            &mut v3[..tw],
+        );
     }
 }
 
@@ -506,23 +518,8 @@ fn transform_input<T: Element>(
             let [e0, e1, e2, e3, o0, o1, o2, o3] = split8(combined, half);
             rows_bt(d0, d1, d2, d3, [e0, e1, e2, e3], [o0, o1, o2, o3]);
             // (Bᵀ d) B per tile: columns 2·tx .. 2·tx + 4 are e[tx], o[tx], e[tx+1], o[tx+1].
-            let base = c * block + k * tw;
-            for (r4, (e, o)) in [(&*e0, &*o0), (&*e1, &*o1), (&*e2, &*o2), (&*e3, &*o3)]
-                .into_iter()
-                .enumerate()
-            {
-                let (v0, rest) = s.v[r4 * 4 * stride + base..].split_at_mut(stride);
-                let (v1, rest) = rest.split_at_mut(stride);
-                let (v2, v3) = rest.split_at_mut(stride);
-                cols_b(
-                    e,
-                    o,
-                    &mut v0[..tw],
-                    &mut v1[..tw],
-                    &mut v2[..tw],
-                    &mut v3[..tw],
-                );
-            }
+            let (even, odd) = ([&*e0, &*e1, &*e2, &*e3], [&*o0, &*o1, &*o2, &*o3]);
+            into_planes(even, odd, s.v, [c * block + k * tw, stride, tw], cols_b);
         }
     }
 }
