@@ -32,6 +32,7 @@
 
 pub mod cpu;
 pub mod pool;
+pub mod simd;
 pub mod winograd;
 
 pub use pool::PoolOptions;

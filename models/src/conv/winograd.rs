@@ -18,6 +18,7 @@
 //! error).
 
 use super::cpu::{Element, Geometry, matmul};
+use super::simd::{self, add, load, store, sub};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -101,30 +102,38 @@ pub fn input_grad<T: Element>(t: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
     run(&Problem::of(t), grad, &u, None)
 }
 
-/// `U = G g Gᵀ` for every (output, input) channel pair, laid out `[outs][16][ins]` (the GEMM
-/// left-hand side of ξ starts at `ξ · ins`, rows `16 · ins` apart), threaded over the outputs.
-/// `w(o, i, r, c)` reads the 3×3 kernel of the pair.
+/// `U = G g Gᵀ` for every (output, input) channel pair, laid out `[16][ins][outs]` (U[ξ] is
+/// the `outs × ins` GEMM left-hand side in columns, which the `gemm` crate reads in place
+/// beside `V`'s channels-innermost columns), threaded over the outputs. `w(o, i, r, c)` reads
+/// the 3×3 kernel of the pair.
 #[inline(never)]
 fn transform_weights<T: Element>(
     outs: usize,
     ins: usize,
     w: impl Fn(usize, usize, usize, usize) -> T + Sync,
 ) -> Vec<T> {
-    let mut u = vec![T::ZERO; outs * XI * ins];
-    if ins == 0 {
+    let mut u = vec![T::ZERO; XI * ins * outs];
+    if ins == 0 || outs == 0 {
         return u;
     }
     let half = T::HALF;
     // G applied to three values: a, (a + b + d)/2, (a − b + d)/2, d.
     let g = |[a, b, d]: [T; 3]| [a, (a + b + d) * half, (a - b + d) * half, d];
-    u.par_chunks_mut(XI * ins).enumerate().for_each(|(o, uo)| {
+    let plane = ins * outs;
+    let shared = Shared(u.as_mut_ptr());
+    (0..outs).into_par_iter().for_each(|o| {
+        let shared = shared;
         for i in 0..ins {
             // G g: 4×3, column by column; then (G g) Gᵀ: each of its rows through G.
             let columns: [[T; 4]; 3] =
                 std::array::from_fn(|c| g([w(o, i, 0, c), w(o, i, 1, c), w(o, i, 2, c)]));
             for r in 0..4 {
                 for (c, v) in g(columns.map(|col| col[r])).into_iter().enumerate() {
-                    uo[(r * 4 + c) * ins + i] = v;
+                    let at = (r * 4 + c) * plane + i * outs + o;
+                    debug_assert!(at < XI * plane);
+                    // SAFETY: `at` lies inside `u` (ξ < 16, i < ins, o < outs), and only the
+                    // task of output channel `o` writes the elements of column `o`.
+                    unsafe { *shared.0.add(at) = v };
                 }
             }
         }
@@ -132,8 +141,9 @@ fn transform_weights<T: Element>(
     u
 }
 
-/// A pointer to the output that the blocks write through: each output pixel belongs to one
-/// tile row and each tile row to one block, so no two threads write the same element.
+/// A pointer to a buffer that threads write disjoint parts of: the output, whose pixels each
+/// belong to one tile row and each tile row to one block, or `U`, whose values each belong to
+/// one output channel.
 #[derive(Clone, Copy)]
 struct Shared<T>(*mut T);
 
@@ -141,8 +151,9 @@ struct Shared<T>(*mut T);
 unsafe impl<T: Send> Send for Shared<T> {}
 unsafe impl<T: Send> Sync for Shared<T> {}
 
-/// The per-thread buffers: `V` `[16][c_in][block]`, `M` `[16][c_out][block]`, and the 4
-/// vertical combinations of one tile row's input rows.
+/// The per-thread buffers: `V` `[16][block][c_in]`, `M` `[16][block][c_out]` (channels
+/// innermost), and `rows`, a tile row's input (4 rows), output or output gradient (2 rows)
+/// with channels innermost.
 struct Scratch<'a, T> {
     v: &'a mut [T],
     m: &'a mut [T],
@@ -158,7 +169,8 @@ impl<T: Element> Scratch<'_, T> {
         width: usize,
         f: impl FnOnce(Scratch<'_, T>) -> R,
     ) -> R {
-        T::with_scratch(XI * (c_in + c_out) * block + 8 * width, |buffer| {
+        let rows = 4 * width * c_in.max(c_out);
+        T::with_scratch(XI * (c_in + c_out) * block + rows, |buffer| {
             let (v, rest) = buffer.split_at_mut(XI * c_in * block);
             let (m, rows) = rest.split_at_mut(XI * c_out * block);
             f(Scratch { v, m, rows })
@@ -270,6 +282,7 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
         return out;
     }
     let (block, tw) = (blocks.block, p.tiles()[1]);
+    let (c_in, c_out) = (p.c_in, p.c_out);
     let parallelism = blocks.parallelism();
     let shared = Shared(out.as_mut_ptr());
     blocks.run(
@@ -278,22 +291,24 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
         |s: &mut Scratch<'_, T>, _, b| {
             let rows = blocks.rows(b);
             let count = rows.len() * tw;
-            transform_input(p, x, s, block, rows.clone());
+            simd::widest(Input((p, x, &mut *s.v, &mut *s.rows, block, rows.clone())));
             for xi in 0..XI {
+                // Mᵀ[ξ] (count × c_out) = Vᵀ[ξ] (count × c_in) · U[ξ]ᵀ (c_in × c_out), U[ξ] read in place.
                 matmul(
-                    [p.c_out, count, p.c_in],
-                    (&mut s.m[xi * p.c_out * block..], block),
+                    [count, c_out, c_in],
+                    (&mut s.m[xi * c_out * block..], c_out),
                     false,
-                    &u[xi * p.c_in..],
-                    [XI * p.c_in, 1],
-                    &s.v[xi * p.c_in * block..],
-                    [block, 1],
+                    &s.v[xi * c_in * block..],
+                    [c_in, 1],
+                    &u[xi * c_in * c_out..],
+                    [c_out, 1],
                     parallelism,
                 );
             }
-            // SAFETY: `Shared`'s invariant: this block writes only its own tile rows' pixels,
-            // inside `out` (`transform_output` keeps each write within the output size).
-            unsafe { transform_output(p, s.m, block, rows, bias, shared, out_len) };
+            // `Shared`'s invariant: this block writes only its own tile rows' pixels, inside
+            // `out` (`transform_output` keeps each write within the output size).
+            let args = (p, &*s.m, &mut *s.rows, block, rows, bias, shared, out_len);
+            simd::widest(Output(args));
         },
     );
     out
@@ -318,18 +333,19 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
         |s: &mut Scratch<'_, T>, du: &mut Vec<T>, b| {
             let rows = blocks.rows(b);
             let count = rows.len() * tw;
-            transform_input(&p, x, s, block, rows.clone());
-            transform_grad(&p, grad, s.m, s.rows, block, rows);
+            let p = &p;
+            simd::widest(Input((p, x, &mut *s.v, &mut *s.rows, block, rows.clone())));
+            simd::widest(Grad((p, grad, &mut *s.m, &mut *s.rows, block, rows)));
             for xi in 0..XI {
-                // dU[ξ] (c_out × c_in) += dM[ξ] (c_out × count) · V[ξ]ᵀ (count × c_in).
+                // dU[ξ]ᵀ (c_in × c_out) += V[ξ] (c_in × count) · dM[ξ]ᵀ (count × c_out).
                 matmul(
-                    [c_out, c_in, count],
-                    (&mut du[xi * c_out * c_in..], c_in),
+                    [c_in, c_out, count],
+                    (&mut du[xi * c_in * c_out..], c_out),
                     true,
-                    &s.m[xi * c_out * block..],
-                    [block, 1],
                     &s.v[xi * c_in * block..],
-                    [1, block],
+                    [1, c_in],
+                    &s.m[xi * c_out * block..],
+                    [c_out, 1],
                     parallelism,
                 );
             }
@@ -352,7 +368,7 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
         .enumerate()
         .for_each(|(o, dwo)| {
             for (i, k) in dwo.chunks_exact_mut(9).enumerate() {
-                let at = |xi: usize| du[(xi * c_out + o) * c_in + i];
+                let at = |xi: usize| du[(xi * c_in + i) * c_out + o];
                 let rows: [[T; 4]; 4] =
                     std::array::from_fn(|r| std::array::from_fn(|c| at(r * 4 + c)));
                 let columns: [[T; 3]; 4] = std::array::from_fn(|c| combine(rows.map(|row| row[c])));
@@ -365,302 +381,343 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     dw
 }
 
+/// The arguments of [`transform_input`] and [`transform_grad`]: the problem, the input (or
+/// output gradient), `V` (or `M`), the rows buffer, the block's tiles and its tile rows.
+type TransformArgs<'a, T> = (
+    &'a Problem,
+    &'a [T],
+    &'a mut [T],
+    &'a mut [T],
+    usize,
+    std::ops::Range<usize>,
+);
+
+/// The arguments of [`transform_output`]: the problem, `M`, the rows buffer, the block's
+/// tiles and its tile rows, the bias, the output and its length.
+type OutputArgs<'a, T> = (
+    &'a Problem,
+    &'a [T],
+    &'a mut [T],
+    usize,
+    std::ops::Range<usize>,
+    Option<&'a [T]>,
+    Shared<T>,
+    usize,
+);
+
+/// [`transform_input`] as a [`simd::Kernel`].
+struct Input<'a, T>(TransformArgs<'a, T>);
+
+impl<T: Element> simd::Kernel for Input<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        transform_input(self.0)
+    }
+}
+
+/// [`transform_grad`] as a [`simd::Kernel`].
+struct Grad<'a, T>(TransformArgs<'a, T>);
+
+impl<T: Element> simd::Kernel for Grad<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        transform_grad(self.0)
+    }
+}
+
+/// [`transform_output`] as a [`simd::Kernel`].
+struct Output<'a, T>(OutputArgs<'a, T>);
+
+impl<T: Element> simd::Kernel for Output<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        transform_output(self.0)
+    }
+}
+
+/// Channels taken at once by the transforms: one AVX-512 vector of `f32`.
+const LANES: usize = 16;
+
+/// Runs `f::<LANES>(c)` over the whole chunks of `LANES` channels of `0..channels`, then
+/// `f::<1>(c)` for the rest, for each kernel that calls it (a macro, as closures cannot be
+/// generic over the chunk size).
+macro_rules! by_lanes {
+    ($channels:expr, |$c:ident, $n:ident| $body:expr) => {{
+        let channels = $channels;
+        let mut $c = 0;
+        while $c + LANES <= channels {
+            {
+                const $n: usize = LANES;
+                $body;
+            }
+            $c += LANES;
+        }
+        while $c < channels {
+            {
+                const $n: usize = 1;
+                $body;
+            }
+            $c += 1;
+        }
+    }};
+}
+
 /// `dM = A dY Aᵀ` of the output-gradient tiles of global tile rows `rows` (2×2 of `grad`,
-/// zero past the output's edge) into `m` `[16][c_out][block]`, in two passes over a tile
-/// row as the input transform does: [`rows_a`] combines the two rows (`y0, y0 + y1,
-/// y0 − y1, −y1`), its even and odd columns apart, and [`cols_a`] the columns of each into 4
-/// planes. `rows_buffer` holds the two padded rows of `2 · tw` and the 8 combined ones of
-/// `tw`. (One pass per tile, with 16 scattered stores each, took twice the time of the input
-/// transform.)
-fn transform_grad<T: Element>(
-    p: &Problem,
-    grad: &[T],
-    m: &mut [T],
-    rows_buffer: &mut [T],
-    block: usize,
-    rows: std::ops::Range<usize>,
-) {
+/// zero past the output's edge) into `m` `[16][block][c_out]`: each tile row's two rows of
+/// `dY` are first copied channels innermost into `buffer` (`[2][2 · tw][c_out]`), so the
+/// transform runs on `LANES` channels at a time.
+#[inline(always)]
+fn transform_grad<T: Element>((p, grad, m, buffer, block, rows): TransformArgs<'_, T>) {
     let [oh, ow] = p.output;
     let [th, tw] = p.tiles();
+    let c_out = p.c_out;
     let plane = oh * ow;
-    let stride = p.c_out * block;
-    let (top, rest) = rows_buffer.split_at_mut(2 * tw);
-    let (bottom, combined) = rest.split_at_mut(2 * tw);
-    let [e0, e1, e2, e3, o0, o1, o2, o3] = split8(combined, tw);
-    for o in 0..p.c_out {
-        for (k, r) in rows.clone().enumerate() {
-            let (n, ty) = (r / th, r % th);
-            let image = &grad[(n * p.c_out + o) * plane..(n * p.c_out + o + 1) * plane];
-            // The tile row's two rows of dY, zero past the right and bottom edges.
-            for (a, row) in [&mut *top, &mut *bottom].into_iter().enumerate() {
-                let y = 2 * ty + a;
-                if y < oh {
-                    copy(&image[y * ow..(y + 1) * ow], &mut row[..ow]);
-                    row[ow..].fill(T::ZERO);
-                } else {
-                    row.fill(T::ZERO);
-                }
+    let stride = c_out * block;
+    let row_len = 2 * tw * c_out;
+    let buffer = &mut buffer[..2 * row_len];
+    for (k, r) in rows.enumerate() {
+        let (n, ty) = (r / th, r % th);
+        let image = &grad[n * c_out * plane..(n + 1) * c_out * plane];
+        for (a, row) in buffer.chunks_exact_mut(row_len).enumerate() {
+            let y = 2 * ty + a;
+            if y < oh {
+                simd::channels_last(&image[y * ow..], plane, ow, c_out, row);
+                row[ow * c_out..].fill(T::ZERO);
+            } else {
+                row.fill(T::ZERO);
             }
-            rows_a(
-                top,
-                bottom,
-                [&mut *e0, &mut *e1, &mut *e2, &mut *e3],
-                [&mut *o0, &mut *o1, &mut *o2, &mut *o3],
-            );
-            let (even, odd) = ([&*e0, &*e1, &*e2, &*e3], [&*o0, &*o1, &*o2, &*o3]);
-            into_planes(even, odd, m, [o * block + k * tw, stride, tw], cols_a);
+        }
+        let (top, bottom) = buffer.split_at(row_len);
+        for tx in 0..tw {
+            let at = (k * tw + tx) * c_out;
+            by_lanes!(c_out, |c, N| grad_tile::<T, N>(
+                [top, bottom],
+                2 * tx * c_out + c,
+                c_out,
+                m,
+                [stride, at + c]
+            ));
         }
     }
 }
 
-/// The second pass of the input and gradient transforms: `cols` turns the even and odd
-/// columns of each of the first pass's 4 rows (`even[r]`, `odd[r]`) into the `tw` tiles'
-/// values of planes `4r … 4r + 3` of `out` (`[16][channels][block]`), at `base` of each,
-/// the planes `stride` apart.
+/// `A dY Aᵀ` of one tile for `N` channels: `dy[a]` is output row `a`, its column `b`'s
+/// channels at `first + b · c_out`; the 16 values go to `m` at `at` of planes `stride` apart.
+/// A turns two values into `y0, y0 + y1, y0 − y1, −y1`.
 #[inline(always)]
-fn into_planes<T: Element>(
-    even: [&[T]; 4],
-    odd: [&[T]; 4],
-    out: &mut [T],
-    [base, stride, tw]: [usize; 3],
-    cols: impl Fn(&[T], &[T], &mut [T], &mut [T], &mut [T], &mut [T]),
+fn grad_tile<T: Element, const N: usize>(
+    dy: [&[T]; 2],
+    first: usize,
+    c_out: usize,
+    m: &mut [T],
+    [stride, at]: [usize; 2],
 ) {
-    for (r4, (e, o)) in even.into_iter().zip(odd).enumerate() {
-        let (v0, rest) = out[r4 * 4 * stride + base..].split_at_mut(stride);
-        let (v1, rest) = rest.split_at_mut(stride);
-        let (v2, v3) = rest.split_at_mut(stride);
-        cols(
-            e,
-            o,
-            &mut v0[..tw],
-            &mut v1[..tw],
-            &mut v2[..tw],
-            &mut v3[..tw],
-        );
+    // A on the rows, column by column: t[b][i]. (No closures in the kernels: the compiler
+    // left some as calls to baseline code.)
+    let t = [
+        a::<T, N>([load(dy[0], first), load(dy[1], first)]),
+        a::<T, N>([load(dy[0], first + c_out), load(dy[1], first + c_out)]),
+    ];
+    for i in 0..4 {
+        for (j, v) in a([t[0][i], t[1][i]]).into_iter().enumerate() {
+            store(m, (i * 4 + j) * stride + at, v);
+        }
     }
 }
 
-/// A on two rows of dY (`top`, `bottom`, `2 · n` long): `y0, y0 + y1, y0 − y1, −y1`, the even
-/// columns into `even`, the odd into `odd` (`n` each).
-#[inline(never)]
-fn rows_a<T: Element>(top: &[T], bottom: &[T], even: [&mut [T]; 4], odd: [&mut [T]; 4]) {
-    split_columns(
-        [top, bottom],
-        |[a, b]| [a, a + b, a - b, T::ZERO - b],
-        even,
-        odd,
-    );
-}
-
-/// A on the columns of one combined row: tile `j`'s columns are `e[j], o[j]`, giving `e[j]`,
-/// `e[j] + o[j]`, `e[j] − o[j]`, `−o[j]` into `v0 … v3`.
-#[inline(never)]
-fn cols_a<T: Element>(e: &[T], o: &[T], v0: &mut [T], v1: &mut [T], v2: &mut [T], v3: &mut [T]) {
-    let n = v0.len();
-    let (e, o) = (&e[..n], &o[..n]);
-    let (v1, v2, v3) = (&mut v1[..n], &mut v2[..n], &mut v3[..n]);
-    let outs = v0
-        .iter_mut()
-        .zip(v1.iter_mut())
-        .zip(v2.iter_mut())
-        .zip(v3.iter_mut());
-    for ((((v0, v1), v2), v3), (&e, &o)) in outs.zip(e.iter().zip(o)) {
-        *v0 = e;
-        *v1 = e + o;
-        *v2 = e - o;
-        *v3 = T::ZERO - o;
-    }
+/// A on two values of `N` lanes: `y0, y0 + y1, y0 − y1, −y1`.
+#[inline(always)]
+fn a<T: Element, const N: usize>([y0, y1]: [[T; N]; 2]) -> [[T; N]; 4] {
+    [y0, add(y0, y1), sub(y0, y1), sub([T::ZERO; N], y1)]
 }
 
 /// `V = Bᵀ d B` of the tiles of global tile rows `rows` (image `r / th`, tile row `r % th`)
-/// into `s.v` `[16][c_in][block]`, one tile row at a time: the 4 input rows (zero outside the
-/// image) combined vertically over the whole width, then horizontally per tile.
-#[inline(never)]
-fn transform_input<T: Element>(
-    p: &Problem,
-    x: &[T],
-    s: &mut Scratch<T>,
-    block: usize,
-    rows: std::ops::Range<usize>,
-) {
+/// into `v` `[16][block][c_in]`, one tile row at a time: its 4 input rows (zero outside the
+/// image) are first copied channels innermost into `buffer` (`[4][2 · tw + 2][c_in]`), so
+/// the transform runs on `LANES` channels at a time.
+#[inline(always)]
+fn transform_input<T: Element>((p, x, v, buffer, block, rows): TransformArgs<'_, T>) {
     let [h, w] = p.input;
     let [th, tw] = p.tiles();
+    let c_in = p.c_in;
     let plane = h * w;
-    let stride = p.c_in * block;
+    let stride = c_in * block;
     let width = 2 * tw + 2;
-    let half = tw + 1;
+    let row_len = width * c_in;
     // Padded columns q = 0 .. width are image columns q − pad; lo..hi of them lie inside.
     let lo = p.pad[1].min(width);
     let hi = (w + p.pad[1]).min(width).max(lo);
-    let (padded, combined) = s.rows.split_at_mut(4 * width);
-    // Channel by channel, so each ξ's part of V is written front to back.
-    for c in 0..p.c_in {
-        for (k, r) in rows.clone().enumerate() {
-            let (n, ty) = (r / th, r % th);
-            let y0 = (2 * ty) as isize - p.pad[0] as isize;
-            let image = &x[(n * p.c_in + c) * plane..(n * p.c_in + c + 1) * plane];
-            // The 4 input rows, zero outside the image.
-            for (i, row) in padded.chunks_exact_mut(width).enumerate() {
-                let iy = y0 + i as isize;
-                if iy < 0 || iy >= h as isize {
-                    row.fill(T::ZERO);
-                    continue;
-                }
-                let start = iy as usize * w + lo - p.pad[1];
-                row[..lo].fill(T::ZERO);
-                row[hi..].fill(T::ZERO);
-                copy(&image[start..start + (hi - lo)], &mut row[lo..hi]);
+    let buffer = &mut buffer[..4 * row_len];
+    // Where in `buffer` each of the tile row's 4 input rows is: the next tile row of the same
+    // image starts 2 rows down, so it takes the last 2 as its first and reads only 2 more.
+    let mut order = [0, 1, 2, 3];
+    let mut previous = None;
+    for (k, r) in rows.enumerate() {
+        let (n, ty) = (r / th, r % th);
+        let y0 = (2 * ty) as isize - p.pad[0] as isize;
+        let image = &x[n * c_in * plane..(n + 1) * c_in * plane];
+        let fresh = if ty > 0 && previous == Some(r - 1) {
+            order = [order[2], order[3], order[0], order[1]];
+            2
+        } else {
+            0
+        };
+        previous = Some(r);
+        for (i, &slot) in order.iter().enumerate().skip(fresh) {
+            let row = &mut buffer[slot * row_len..(slot + 1) * row_len];
+            let iy = y0 + i as isize;
+            if iy < 0 || iy >= h as isize {
+                row.fill(T::ZERO);
+                continue;
             }
-            // Bᵀ d, its even and odd columns apart: 8 rows of tw + 1.
-            let (d01, d23) = padded.split_at(2 * width);
-            let (d0, d1) = d01.split_at(width);
-            let (d2, d3) = d23.split_at(width);
-            let [e0, e1, e2, e3, o0, o1, o2, o3] = split8(combined, half);
-            rows_bt(d0, d1, d2, d3, [e0, e1, e2, e3], [o0, o1, o2, o3]);
-            // (Bᵀ d) B per tile: columns 2·tx .. 2·tx + 4 are e[tx], o[tx], e[tx+1], o[tx+1].
-            let (even, odd) = ([&*e0, &*e1, &*e2, &*e3], [&*o0, &*o1, &*o2, &*o3]);
-            into_planes(even, odd, s.v, [c * block + k * tw, stride, tw], cols_b);
+            let start = iy as usize * w + lo - p.pad[1];
+            row[..lo * c_in].fill(T::ZERO);
+            row[hi * c_in..].fill(T::ZERO);
+            simd::channels_last(&image[start..], plane, hi - lo, c_in, &mut row[lo * c_in..]);
+        }
+        let buffer = &*buffer;
+        let row = |i: usize| &buffer[order[i] * row_len..(order[i] + 1) * row_len];
+        let d = [row(0), row(1), row(2), row(3)];
+        for tx in 0..tw {
+            let at = (k * tw + tx) * c_in;
+            by_lanes!(c_in, |c, N| input_tile::<T, N>(
+                d,
+                2 * tx * c_in + c,
+                c_in,
+                v,
+                [stride, at + c]
+            ));
         }
     }
 }
 
-/// Splits `buffer` into 8 rows of `len`.
-fn split8<T>(buffer: &mut [T], len: usize) -> [&mut [T]; 8] {
-    let mut rows = buffer.chunks_exact_mut(len);
-    std::array::from_fn(|_| rows.next().expect("8 rows of scratch"))
-}
-
-/// `dst = src` element by element (for rows too short for `copy_from_slice`'s call to pay).
-#[inline]
-fn copy<T: Copy>(src: &[T], dst: &mut [T]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = *s;
-    }
-}
-
-/// Bᵀ d over 4 padded input rows: d0 − d2, d1 + d2, d2 − d1, d1 − d3, the even columns into
-/// `even`, the odd into `odd`.
-#[inline(never)]
-fn rows_bt<T: Element>(
-    d0: &[T],
-    d1: &[T],
-    d2: &[T],
-    d3: &[T],
-    even: [&mut [T]; 4],
-    odd: [&mut [T]; 4],
-) {
-    split_columns(
-        [d0, d1, d2, d3],
-        |[a, b, e, f]| [a - e, b + e, e - b, b - f],
-        even,
-        odd,
-    );
-}
-
-/// The first pass of the input and gradient transforms: `f` combines the `R` rows (`2 · n`
-/// long) column by column into 4 values, those of the even columns go into `even`, of the odd
-/// ones into `odd` (`n` each).
+/// `Bᵀ d B` of one 4×4 tile for `N` channels: `d[r]` is input row `r`, its column `q`'s
+/// channels at `first + q · c_in`; the 16 values go to `v` at `at` of planes `stride` apart.
+/// Bᵀ turns four values into `d0 − d2, d1 + d2, d2 − d1, d1 − d3`.
 #[inline(always)]
-fn split_columns<T: Element, const R: usize>(
-    rows: [&[T]; R],
-    f: impl Fn([T; R]) -> [T; 4],
-    [e0, e1, e2, e3]: [&mut [T]; 4],
-    [o0, o1, o2, o3]: [&mut [T]; 4],
+fn input_tile<T: Element, const N: usize>(
+    d: [&[T]; 4],
+    first: usize,
+    c_in: usize,
+    v: &mut [T],
+    [stride, at]: [usize; 2],
 ) {
-    let n = e0.len();
-    let rows = rows.map(|r| &r[..2 * n]);
-    let (e1, e2, e3) = (&mut e1[..n], &mut e2[..n], &mut e3[..n]);
-    let (o0, o1, o2, o3) = (&mut o0[..n], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
-    for j in 0..n {
-        for (q, [t0, t1, t2, t3]) in [
-            (2 * j, [&mut e0[j], &mut e1[j], &mut e2[j], &mut e3[j]]),
-            (2 * j + 1, [&mut o0[j], &mut o1[j], &mut o2[j], &mut o3[j]]),
-        ] {
-            [*t0, *t1, *t2, *t3] = f(rows.map(|r| r[q]));
+    // Bᵀ on the rows, column by column: t[q][r]. (Arrays built element by element, and no
+    // closures: the compiler left `[_; 4].map` and some closures as calls to baseline code.)
+    let mut t = [[[T::ZERO; N]; 4]; 4];
+    for (q, t) in t.iter_mut().enumerate() {
+        let at = first + q * c_in;
+        *t = bt([
+            load(d[0], at),
+            load(d[1], at),
+            load(d[2], at),
+            load(d[3], at),
+        ]);
+    }
+    for r in 0..4 {
+        for (j, value) in bt([t[0][r], t[1][r], t[2][r], t[3][r]])
+            .into_iter()
+            .enumerate()
+        {
+            store(v, (r * 4 + j) * stride + at, value);
         }
     }
 }
 
-/// (Bᵀ d) B for one row of the 4×4 tiles: tile `j`'s columns are `e[j], o[j], e[j+1],
-/// o[j+1]`, giving `e[j] − e[j+1]`, `o[j] + e[j+1]`, `e[j+1] − o[j]`, `o[j] − o[j+1]`.
-#[inline(never)]
-fn cols_b<T: Element>(e: &[T], o: &[T], v0: &mut [T], v1: &mut [T], v2: &mut [T], v3: &mut [T]) {
-    let n = v0.len();
-    let (e, o) = (&e[..n + 1], &o[..n + 1]);
-    let (v1, v2, v3) = (&mut v1[..n], &mut v2[..n], &mut v3[..n]);
-    for j in 0..n {
-        v0[j] = e[j] - e[j + 1];
-        v1[j] = o[j] + e[j + 1];
-        v2[j] = e[j + 1] - o[j];
-        v3[j] = o[j] - o[j + 1];
-    }
+/// Bᵀ on four values of `N` lanes: `d0 − d2, d1 + d2, d2 − d1, d1 − d3`.
+#[inline(always)]
+fn bt<T: Element, const N: usize>([a, b, e, f]: [[T; N]; 4]) -> [[T; N]; 4] {
+    [sub(a, e), add(b, e), sub(e, b), sub(b, f)]
 }
 
 /// `Y = Aᵀ M A` (+ bias) of the tiles of global tile rows `rows`, from `m`
-/// `[16][c_out][block]`, into the output.
+/// `[16][block][c_out]`, into the output: each tile row's two output rows are made channels
+/// innermost in `buffer` (`[2][2 · tw][c_out]`), `LANES` channels at a time, then copied to
+/// the output's planes.
 ///
-/// # Safety
-/// `out` points to `out_len` elements, and no other thread writes the pixels of these tile
-/// rows.
-#[inline(never)]
-unsafe fn transform_output<T: Element>(
-    p: &Problem,
-    m: &[T],
-    block: usize,
-    rows: std::ops::Range<usize>,
-    bias: Option<&[T]>,
-    out: Shared<T>,
-    out_len: usize,
+/// Not an `unsafe fn` only so that [`Output`] can call it from safe code: its callers keep the contract
+/// of one, that `out` points to `out_len` elements and no other thread writes the pixels of
+/// these tile rows (as `run`'s blocks do, see [`Shared`]).
+#[inline(always)]
+fn transform_output<T: Element>(
+    (p, m, buffer, block, rows, bias, out, out_len): OutputArgs<'_, T>,
 ) {
     let [oh, ow] = p.output;
     let [th, tw] = p.tiles();
-    let stride = p.c_out * block;
-    // Aᵀ M per column col of the 4×4 tiles: row 0 is M0 + M1 + M2, row 1 is M1 − M2 − M3
-    // (over the tiles of a tile row at once); then A combines the columns.
-    let mut sums = vec![T::ZERO; 8 * tw];
-    // Channel by channel, so each ξ's part of M is read front to back.
-    for o in 0..p.c_out {
-        let b0 = bias.map_or(T::ZERO, |b| b[o]);
-        for (k, r) in rows.clone().enumerate() {
-            let (n, ty) = (r / th, r % th);
-            let base = o * block + k * tw;
-            let at = |xi: usize| &m[xi * stride + base..xi * stride + base + tw];
-            let (s0, s1) = sums.split_at_mut(4 * tw);
-            for col in 0..4 {
-                let (m0, m1, m2, m3) = (at(col), at(4 + col), at(8 + col), at(12 + col));
-                let row0 = &mut s0[col * tw..(col + 1) * tw];
-                let row1 = &mut s1[col * tw..(col + 1) * tw];
-                for (q, (x0, x1)) in row0.iter_mut().zip(row1.iter_mut()).enumerate() {
-                    *x0 = m0[q] + m1[q] + m2[q];
-                    *x1 = m1[q] - m2[q] - m3[q];
-                }
+    let c_out = p.c_out;
+    let stride = c_out * block;
+    let row_len = 2 * tw * c_out;
+    let buffer = &mut buffer[..2 * row_len];
+    for (k, r) in rows.enumerate() {
+        let (n, ty) = (r / th, r % th);
+        for tx in 0..tw {
+            let at = (k * tw + tx) * c_out;
+            by_lanes!(c_out, |c, N| output_tile::<T, N>(
+                m,
+                [stride, at + c],
+                match bias {
+                    Some(b) => load(b, c),
+                    None => [T::ZERO; N],
+                },
+                buffer,
+                [row_len, 2 * tx * c_out + c, c_out]
+            ));
+        }
+        for (a, row) in buffer.chunks_exact(row_len).enumerate() {
+            let y = 2 * ty + a;
+            if y >= oh {
+                continue;
             }
-            let plane = (n * p.c_out + o) * oh * ow;
-            for (a, sa) in [&*s0, &*s1].into_iter().enumerate() {
-                let y = 2 * ty + a;
-                if y >= oh {
-                    continue;
-                }
-                let row_start = plane + y * ow;
-                debug_assert!(row_start + ow <= out_len);
-                // SAFETY: the row lies inside the output; it belongs to this tile row alone.
-                let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(row_start), ow) };
-                let (c0, rest) = sa.split_at(tw);
-                let (c1, rest) = rest.split_at(tw);
-                let (c2, c3) = rest.split_at(tw);
-                let pairs = row.chunks_exact_mut(2);
-                let odd = ow % 2 == 1;
-                for (pair, (((c0, c1), c2), c3)) in pairs.zip(c0.iter().zip(c1).zip(c2).zip(c3)) {
-                    pair[0] = *c0 + *c1 + *c2 + b0;
-                    pair[1] = *c1 - *c2 - *c3 + b0;
-                }
-                if odd {
-                    let tx = tw - 1;
-                    row[2 * tx] = c0[tx] + c1[tx] + c2[tx] + b0;
-                }
-            }
+            // Row y of every output channel of image n, from the row's ow × c_out values.
+            let first = (n * c_out * oh + y) * ow;
+            debug_assert!(first + (c_out - 1) * oh * ow + ow <= out_len);
+            // SAFETY: the rows lie inside the output (row y < oh of channels < c_out of
+            // image n < batch), belong to this tile row alone, and do not overlap `buffer`.
+            unsafe { simd::transpose(row.as_ptr(), c_out, [ow, c_out], out.0.add(first), oh * ow) };
         }
     }
+}
+
+/// `Aᵀ M A + bias` of one tile for `N` channels: the 16 values from `m` at `at` of planes
+/// `stride` apart; the 2×2 result into `y`, row `a` at `a · row_len`, column `b` at
+/// `first + b · c_out`. Aᵀ turns four values into `m0 + m1 + m2, m1 − m2 − m3`.
+#[inline(always)]
+fn output_tile<T: Element, const N: usize>(
+    m: &[T],
+    [stride, at]: [usize; 2],
+    bias: [T; N],
+    y: &mut [T],
+    [row_len, first, c_out]: [usize; 3],
+) {
+    // Aᵀ on the rows, column by column: s[col][a].
+    let mut s = [[[T::ZERO; N]; 2]; 4];
+    for (col, s) in s.iter_mut().enumerate() {
+        let at = col * stride + at;
+        let plane = 4 * stride;
+        *s = a_t([
+            load(m, at),
+            load(m, at + plane),
+            load(m, at + 2 * plane),
+            load(m, at + 3 * plane),
+        ]);
+    }
+    for a in 0..2 {
+        for (b, value) in a_t([s[0][a], s[1][a], s[2][a], s[3][a]])
+            .into_iter()
+            .enumerate()
+        {
+            store(y, a * row_len + first + b * c_out, add(value, bias));
+        }
+    }
+}
+
+/// Aᵀ on four values of `N` lanes: `m0 + m1 + m2, m1 − m2 − m3`.
+#[inline(always)]
+fn a_t<T: Element, const N: usize>([a, b, e, f]: [[T; N]; 4]) -> [[T; N]; 2] {
+    [add(add(a, b), e), sub(sub(b, e), f)]
 }
 
 #[cfg(test)]
