@@ -153,37 +153,34 @@ pub unsafe fn transpose<T: Copy + 'static>(
     dst: *mut T,
     dst_rs: usize,
 ) {
-    let (mut r0, mut c0) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && std::arch::is_x86_feature_detected!("avx")
     {
         let (src, dst) = (src.cast::<f32>(), dst.cast::<f32>());
-        // The whole 8×8 blocks; the rest below.
-        (r0, c0) = (rows - rows % 8, cols - cols % 8);
-        for r in (0..r0).step_by(8) {
-            for c in (0..c0).step_by(8) {
-                // SAFETY: T is f32; the block lies inside the matrices (the caller's promise).
+        // 8×8 blocks; those at the right and bottom edges (the Winograd rows are 7 or 14
+        // long) load and store only their valid part, under masks.
+        for r in (0..rows).step_by(8) {
+            for c in (0..cols).step_by(8) {
+                let valid = [(rows - r).min(8), (cols - c).min(8)];
+                let from = src.wrapping_add(r * src_rs + c);
+                let to = dst.wrapping_add(c * dst_rs + r);
+                // SAFETY: T is f32; the block's valid part lies inside the matrices (the
+                // caller's promise), and only it is read or written.
                 unsafe {
-                    x86::transpose8(
-                        src.add(r * src_rs + c),
-                        src_rs,
-                        dst.add(c * dst_rs + r),
-                        dst_rs,
-                    )
+                    if valid == [8, 8] {
+                        x86::transpose8(from, src_rs, to, dst_rs)
+                    } else {
+                        x86::transpose8_part(from, src_rs, to, dst_rs, valid)
+                    }
                 };
             }
         }
+        return;
     }
     // SAFETY: the caller's promise, element by element.
     unsafe {
-        // The columns right of the blocks, for the blocks' rows; then the rows below them.
-        for r in 0..r0 {
-            for c in c0..cols {
-                *dst.add(c * dst_rs + r) = *src.add(r * src_rs + c);
-            }
-        }
-        for r in r0..rows {
+        for r in 0..rows {
             for c in 0..cols {
                 *dst.add(c * dst_rs + r) = *src.add(r * src_rs + c);
             }
@@ -194,20 +191,71 @@ pub unsafe fn transpose<T: Copy + 'static>(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
-        _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+        __m256, __m256i, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_maskload_ps,
+        _mm256_maskstore_ps, _mm256_permute2f128_ps, _mm256_setzero_ps, _mm256_shuffle_ps,
+        _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
     };
 
     /// Transposes the 8×8 block at `src` (rows `src_rs` apart) into `dst` (rows `dst_rs`
-    /// apart): pairs of rows interleaved, then pairs of pairs, then the 128-bit halves.
+    /// apart).
     ///
     /// # Safety
     /// The CPU has AVX; the 8 rows of 8 at `src` and at `dst` are valid and do not overlap.
+    #[inline]
     #[target_feature(enable = "avx")]
     pub unsafe fn transpose8(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
-        // SAFETY: the caller's promise.
-        let r: [__m256; 8] =
-            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * src_rs)) });
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (i, r) in r.iter_mut().enumerate() {
+            // SAFETY: the caller's promise.
+            *r = unsafe { _mm256_loadu_ps(src.add(i * src_rs)) };
+        }
+        for (i, v) in in_registers(r).into_iter().enumerate() {
+            // SAFETY: the caller's promise.
+            unsafe { _mm256_storeu_ps(dst.add(i * dst_rs), v) };
+        }
+    }
+
+    /// [`transpose8`] of the top-left `rows × cols` of the block (each 1 to 8): only those
+    /// elements are read (the other lanes masked off, the other rows not loaded), and only
+    /// their transposed places written.
+    ///
+    /// # Safety
+    /// The CPU has AVX; the `rows` rows of `cols` at `src` and the `cols` rows of `rows` at
+    /// `dst` are valid and do not overlap.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    pub unsafe fn transpose8_part(
+        src: *const f32,
+        src_rs: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        [rows, cols]: [usize; 2],
+    ) {
+        let (load_mask, store_mask) = (first_lanes(cols), first_lanes(rows));
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (i, r) in r.iter_mut().enumerate().take(rows) {
+            // SAFETY: the caller's promise; masked-off lanes are not read.
+            *r = unsafe { _mm256_maskload_ps(src.add(i * src_rs), load_mask) };
+        }
+        for (i, v) in in_registers(r).into_iter().enumerate().take(cols) {
+            // SAFETY: the caller's promise; masked-off lanes are not written.
+            unsafe { _mm256_maskstore_ps(dst.add(i * dst_rs), store_mask, v) };
+        }
+    }
+
+    /// The mask of the first `n` (at most 8) of 8 lanes.
+    #[target_feature(enable = "avx")]
+    fn first_lanes(n: usize) -> __m256i {
+        const ONES_THEN_ZEROS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+        let from = &ONES_THEN_ZEROS[8 - n.min(8)..][..8];
+        // SAFETY: `from` is 8 readable i32s (32 bytes); the load is unaligned.
+        unsafe { _mm256_loadu_si256(from.as_ptr().cast()) }
+    }
+
+    /// The transpose of 8 rows of 8: pairs of rows interleaved, then pairs of pairs, then the
+    /// 128-bit halves exchanged.
+    #[target_feature(enable = "avx")]
+    fn in_registers(r: [__m256; 8]) -> [__m256; 8] {
         let t = [
             _mm256_unpacklo_ps(r[0], r[1]),
             _mm256_unpackhi_ps(r[0], r[1]),
@@ -228,7 +276,7 @@ mod x86 {
             _mm256_shuffle_ps::<0x44>(t[5], t[7]),
             _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
         ];
-        let out = [
+        [
             _mm256_permute2f128_ps::<0x20>(s[0], s[4]),
             _mm256_permute2f128_ps::<0x20>(s[1], s[5]),
             _mm256_permute2f128_ps::<0x20>(s[2], s[6]),
@@ -237,11 +285,7 @@ mod x86 {
             _mm256_permute2f128_ps::<0x31>(s[1], s[5]),
             _mm256_permute2f128_ps::<0x31>(s[2], s[6]),
             _mm256_permute2f128_ps::<0x31>(s[3], s[7]),
-        ];
-        for (i, v) in out.into_iter().enumerate() {
-            // SAFETY: the caller's promise.
-            unsafe { _mm256_storeu_ps(dst.add(i * dst_rs), v) };
-        }
+        ]
     }
 }
 
