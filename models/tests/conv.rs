@@ -56,7 +56,7 @@ fn cases() -> Vec<Case> {
         // contiguous copies start inside the image and end at its bottom edge.
         c([64, 8], 3, 1, 1, 1, 1, [11, 300], true),
     ];
-    // Winograd F(2×2, 3×3) (stride-1 3×3, 64 channels and more, 64 tiles and more): odd and
+    // Winograd F(2×2, 3×3) (stride-1 3×3, 32 channels and more, 64 tiles and more): odd and
     // even sides, narrow and wide rows of tiles, several tile blocks over the threads and one
     // block with a threaded GEMM, padding 0–2 (the input gradient's own padding is 2 − pad)
     // and 3 (forward only), an output of 2×2.
@@ -68,6 +68,8 @@ fn cases() -> Vec<Case> {
         c([64, 64], 3, 1, 3, 1, 4, [4, 5], false),
         c([65, 64], 3, 1, 0, 1, 64, [4, 4], true),
         c([64, 64], 3, 1, 1, 1, 1, [28, 27], true),
+        // 32 channels in (two chunks of 16) and 33 out (one channel past the chunks).
+        c([32, 33], 3, 1, 1, 1, 6, [10, 11], true),
         // Rows of 19 tiles (every other case here has fewer than 16).
         c([64, 64], 3, 1, 1, 1, 2, [5, 37], false),
     ]);

@@ -28,9 +28,12 @@ const XI: usize = 16;
 /// Elements of one block's `V` (and its `M`): about 2 MiB of `f32`.
 const BLOCK_ELEMENTS: usize = 1 << 19;
 
-/// The fewest channels (in and out) for which the transforms pay for themselves (measured on
-/// the ResNet and Fashion-MNIST CNN layers; below it `cpu`'s im2col + GEMM is as fast).
-const MIN_CHANNELS: usize = 64;
+/// The fewest channels (in and out) for which the transforms pay for themselves (measured
+/// on ResNet-20's layers with `konv_train::bench::conv_layer`, batch
+/// 96, GFLOP/s forward / forward + gradients: at 32 channels 14×14, 145–204 / 130–132 here
+/// against 99 / 88–90 with im2col; at 16 channels 28×28, 77–79 / 62–73 against 100–104 /
+/// 71. Before the transforms ran on 16 channels at a time it was 64).
+const MIN_CHANNELS: usize = 32;
 
 /// The fewest 2×2 output tiles (over the batch) for which the transforms pay: transforming
 /// the weights costs as much as the GEMMs save on about this many tiles (measured: at batch 1
@@ -798,7 +801,8 @@ mod tests {
         assert!(forward_applies(&geometry(32, [256, 256], 7, 1, 1)));
         // Too few tiles (ResNet-18's layer4 at batch 1: 16), too few channels, stride 2.
         assert!(!forward_applies(&geometry(1, [512, 512], 7, 1, 1)));
-        assert!(!forward_applies(&geometry(48, [32, 32], 14, 1, 1)));
+        assert!(forward_applies(&geometry(48, [32, 32], 14, 1, 1)));
+        assert!(!forward_applies(&geometry(48, [16, 16], 28, 1, 1)));
         assert!(!forward_applies(&geometry(8, [64, 64], 56, 2, 1)));
         // Padding 3: the forward, not the input gradient (its own padding would be −1).
         assert!(forward_applies(&geometry(4, [64, 64], 8, 1, 3)));
