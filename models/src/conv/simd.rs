@@ -107,6 +107,16 @@ pub fn sub<T: Copy + std::ops::Sub<Output = T>, const N: usize>(a: [T; N], b: [T
     difference
 }
 
+/// Lane by lane `a · s`.
+#[inline(always)]
+pub fn scale<T: Copy + std::ops::Mul<Output = T>, const N: usize>(a: [T; N], s: T) -> [T; N] {
+    let mut product = a;
+    for p in product.iter_mut() {
+        *p = *p * s;
+    }
+    product
+}
+
 /// `dst[q · channels + c] = src[c · channel_stride + q]` for `q < len`, `c < channels`: `len`
 /// values of each of `channels` rows `channel_stride` apart, channels innermost.
 #[inline(always)]

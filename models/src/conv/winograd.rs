@@ -18,9 +18,36 @@
 //! error).
 
 use super::cpu::{Element, Geometry, matmul};
-use super::simd::{self, add, load, store, sub};
+use super::simd::{self, add, load, scale, store, sub};
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+/// Channels taken at once by the transforms: one AVX-512 vector of `f32`.
+const LANES: usize = 16;
+
+/// Runs `f::<LANES>(c)` over the whole chunks of `LANES` channels of `0..channels`, then
+/// `f::<1>(c)` for the rest, for each kernel that calls it (a macro, as closures cannot be
+/// generic over the chunk size).
+macro_rules! by_lanes {
+    ($channels:expr, |$c:ident, $n:ident| $body:expr) => {{
+        let channels = $channels;
+        let mut $c = 0;
+        while $c + LANES <= channels {
+            {
+                const $n: usize = LANES;
+                $body;
+            }
+            $c += LANES;
+        }
+        while $c < channels {
+            {
+                const $n: usize = 1;
+                $body;
+            }
+            $c += 1;
+        }
+    }};
+}
 
 /// Values per transformed tile: 4×4.
 const XI: usize = 16;
@@ -87,9 +114,32 @@ impl Problem {
 /// The forward convolution, as [`super::cpu::forward`].
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
     let p = Problem::of(g);
-    // weight [c_out, c_in, 3, 3]
-    let u = transform_weights(g.c_out, g.c_in, |o, i, r, c| {
-        weight[((o * g.c_in + i) * 3 + r) * 3 + c]
+    let (c_in, c_out) = (g.c_in, g.c_out);
+    let u = T::with_scratch(9 * c_in * c_out, |taps| {
+        // weight [c_out][c_in · 9] → taps [c_in · 9][c_out], threaded over runs of columns.
+        let columns = (c_in * 9)
+            .div_ceil(rayon::current_num_threads().max(1) * 4)
+            .max(1);
+        taps.par_chunks_mut(columns * c_out)
+            .enumerate()
+            .for_each(|(k, chunk)| {
+                let first = k * columns;
+                let count = chunk.len() / c_out;
+                debug_assert!(first + count <= c_in * 9 && weight.len() >= c_out * c_in * 9);
+                // SAFETY: rows o < c_out of weight's columns first..first + count lie in
+                // `weight` (asserted above in debug builds: it is [c_out, c_in, 3, 3]), the
+                // transposed rows fill `chunk`; distinct buffers.
+                unsafe {
+                    simd::transpose(
+                        weight[first..].as_ptr(),
+                        c_in * 9,
+                        [c_out, count],
+                        chunk.as_mut_ptr(),
+                        c_out,
+                    )
+                };
+            });
+        transform_weights(c_out, c_in, taps, false)
     });
     run(&p, x, &u, bias)
 }
@@ -99,66 +149,95 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
 /// `2 − pad`, input and output channels swapped); `weight` is the layer's own
 /// `[t.c_in, t.c_out, 3, 3]`, read turned 180° in place.
 pub fn input_grad<T: Element>(t: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
-    let u = transform_weights(t.c_out, t.c_in, |o, i, r, c| {
-        weight[((i * t.c_out + o) * 3 + (2 - r)) * 3 + (2 - c)]
-    });
-    run(&Problem::of(t), grad, &u, None)
-}
-
-/// `U = G g Gᵀ` for every (output, input) channel pair, laid out `[16][ins][outs]` (U[ξ] is
-/// the `outs × ins` GEMM left-hand side in columns, which the `gemm` crate reads in place
-/// beside `V`'s channels-innermost columns). `w(o, i, r, c)` reads the 3×3 kernel of the
-/// pair. Computed `[outs][16][ins]`, threaded over the outputs (each writes one contiguous
-/// run), then each ξ's matrix transposed in 8×8 blocks, threaded over ξ (written in place
-/// from the output loop, the scattered stores took 3% of a Fashion-MNIST CNN step).
-#[inline(never)]
-fn transform_weights<T: Element>(
-    outs: usize,
-    ins: usize,
-    w: impl Fn(usize, usize, usize, usize) -> T + Sync,
-) -> Vec<T> {
-    let mut u = vec![T::ZERO; XI * ins * outs];
-    if ins == 0 || outs == 0 {
-        return u;
-    }
-    let half = T::HALF;
-    // G applied to three values: a, (a + b + d)/2, (a − b + d)/2, d.
-    let g = |[a, b, d]: [T; 3]| [a, (a + b + d) * half, (a - b + d) * half, d];
-    T::with_scratch(outs * XI * ins, |by_output| {
-        by_output
-            .par_chunks_mut(XI * ins)
+    let (ins, outs) = (t.c_in, t.c_out);
+    let u = T::with_scratch(9 * ins * outs, |taps| {
+        // weight [ins][outs][9] → taps [ins][9][outs], one input channel's block at a time.
+        assert!(weight.len() >= ins * outs * 9, "weight [c_out, c_in, 3, 3]");
+        taps.par_chunks_mut(9 * outs)
             .enumerate()
-            .for_each(|(o, uo)| {
-                for i in 0..ins {
-                    // G g: 4×3, column by column; then (G g) Gᵀ: each of its rows through G.
-                    let columns: [[T; 4]; 3] =
-                        std::array::from_fn(|c| g([w(o, i, 0, c), w(o, i, 1, c), w(o, i, 2, c)]));
-                    for r in 0..4 {
-                        for (c, v) in g(columns.map(|col| col[r])).into_iter().enumerate() {
-                            uo[(r * 4 + c) * ins + i] = v;
-                        }
-                    }
-                }
-            });
-        let by_output = &*by_output;
-        u.par_chunks_mut(ins * outs)
-            .enumerate()
-            .for_each(|(xi, plane)| {
-                // SAFETY: the source rows (o < outs, XI · ins apart, from xi · ins) lie in
-                // `by_output`, the destination (i < ins rows of outs) is `plane`; distinct
-                // buffers.
+            .for_each(|(i, chunk)| {
+                // SAFETY: rows o < outs of 9 taps from i · outs · 9 lie in `weight` (asserted
+                // above), the transposed rows fill `chunk`; distinct buffers.
                 unsafe {
                     simd::transpose(
-                        by_output[xi * ins..].as_ptr(),
-                        XI * ins,
-                        [outs, ins],
-                        plane.as_mut_ptr(),
+                        weight[i * outs * 9..].as_ptr(),
+                        9,
+                        [outs, 9],
+                        chunk.as_mut_ptr(),
                         outs,
                     )
                 };
             });
+        transform_weights(outs, ins, taps, true)
     });
+    run(&Problem::of(t), grad, &u, None)
+}
+
+/// `U = G g Gᵀ` for every (output, input) channel pair, laid out `[ins][16][outs]` (U[ξ] is
+/// the `outs × ins` GEMM left-hand side in columns `16 · outs` apart, which the `gemm` crate
+/// reads in place beside `V`'s channels-innermost columns), threaded over the inputs, each
+/// on 16 outputs at a time. `taps` holds the kernels `[ins][9][outs]` (tap `3r + c` of each
+/// input channel, over the outputs), read turned 180° when `flip`.
+fn transform_weights<T: Element>(outs: usize, ins: usize, taps: &[T], flip: bool) -> Vec<T> {
+    let mut u = vec![T::ZERO; ins * XI * outs];
+    if ins == 0 || outs == 0 {
+        return u;
+    }
+    u.par_chunks_mut(XI * outs)
+        .zip(taps.par_chunks(9 * outs))
+        .for_each(|(ui, taps)| simd::widest(Weights((taps, ui, outs, flip))));
     u
+}
+
+/// [`weight_tile`] over all the outputs, as a [`simd::Kernel`].
+struct Weights<'a, T>((&'a [T], &'a mut [T], usize, bool));
+
+impl<T: Element> simd::Kernel for Weights<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (taps, u, outs, flip) = self.0;
+        by_lanes!(outs, |o, N| weight_tile::<T, N>(taps, u, outs, o, flip));
+    }
+}
+
+/// `G g Gᵀ` of one input channel's kernels for `N` outputs from `o`: tap `3r + c` at
+/// `taps[(3r + c) · outs + o ..]` (or tap `8 − (3r + c)`, when `flip`), the 16 values into
+/// `u` at `ξ · outs + o`. G turns three values into `a, (a + b + d)/2, (a − b + d)/2, d`.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn weight_tile<T: Element, const N: usize>(
+    taps: &[T],
+    u: &mut [T],
+    outs: usize,
+    o: usize,
+    flip: bool,
+) {
+    // G g: 4×3, column by column (gg[r][c]); then (G g) Gᵀ: each of its rows through G.
+    let mut gg = [[[T::ZERO; N]; 3]; 4];
+    for c in 0..3 {
+        let mut column = [[T::ZERO; N]; 3];
+        for (r, value) in column.iter_mut().enumerate() {
+            let tap = if flip { 8 - (3 * r + c) } else { 3 * r + c };
+            *value = load(taps, tap * outs + o);
+        }
+        for (r, value) in g(column).into_iter().enumerate() {
+            gg[r][c] = value;
+        }
+    }
+    for (r, row) in gg.into_iter().enumerate() {
+        for (c, value) in g(row).into_iter().enumerate() {
+            store(u, (r * 4 + c) * outs + o, value);
+        }
+    }
+}
+
+/// G on three values of `N` lanes: `a, (a + b + d)/2, (a − b + d)/2, d`.
+#[inline(always)]
+fn g<T: Element, const N: usize>([a, b, d]: [[T; N]; 3]) -> [[T; N]; 4] {
+    let ad = add(a, d);
+    [a, scale(add(ad, b), T::HALF), scale(sub(ad, b), T::HALF), d]
 }
 
 /// A pointer to the output that the blocks write through: each output pixel belongs to one
@@ -319,8 +398,8 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
                     false,
                     &s.v[xi * c_in * block..],
                     [c_in, 1],
-                    &u[xi * c_in * c_out..],
-                    [c_out, 1],
+                    &u[xi * c_out..],
+                    [XI * c_out, 1],
                     parallelism,
                 );
             }
@@ -457,33 +536,6 @@ impl<T: Element> simd::Kernel for Output<'_, T> {
     }
 }
 
-/// Channels taken at once by the transforms: one AVX-512 vector of `f32`.
-const LANES: usize = 16;
-
-/// Runs `f::<LANES>(c)` over the whole chunks of `LANES` channels of `0..channels`, then
-/// `f::<1>(c)` for the rest, for each kernel that calls it (a macro, as closures cannot be
-/// generic over the chunk size).
-macro_rules! by_lanes {
-    ($channels:expr, |$c:ident, $n:ident| $body:expr) => {{
-        let channels = $channels;
-        let mut $c = 0;
-        while $c + LANES <= channels {
-            {
-                const $n: usize = LANES;
-                $body;
-            }
-            $c += LANES;
-        }
-        while $c < channels {
-            {
-                const $n: usize = 1;
-                $body;
-            }
-            $c += 1;
-        }
-    }};
-}
-
 /// `dM = A dY Aᵀ` of the output-gradient tiles of global tile rows `rows` (2×2 of `grad`,
 /// zero past the output's edge) into `m` `[16][block][c_out]`: each tile row's two rows of
 /// `dY` are first copied channels innermost into `buffer` (`[2][2 · tw][c_out]`), so the
@@ -526,6 +578,8 @@ fn transform_grad<T: Element>((p, grad, m, buffer, block, rows): TransformArgs<'
 /// `A dY Aᵀ` of one tile for `N` channels: `dy[a]` is output row `a`, its column `b`'s
 /// channels at `first + b · c_out`; the 16 values go to `m` at `at` of planes `stride` apart.
 /// A turns two values into `y0, y0 + y1, y0 − y1, −y1`.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn grad_tile<T: Element, const N: usize>(
     dy: [&[T]; 2],
@@ -616,6 +670,8 @@ fn transform_input<T: Element>((p, x, v, buffer, block, rows): TransformArgs<'_,
 /// `Bᵀ d B` of one 4×4 tile for `N` channels: `d[r]` is input row `r`, its column `q`'s
 /// channels at `first + q · c_in`; the 16 values go to `v` at `at` of planes `stride` apart.
 /// Bᵀ turns four values into `d0 − d2, d1 + d2, d2 − d1, d1 − d3`.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn input_tile<T: Element, const N: usize>(
     d: [&[T]; 4],
@@ -703,6 +759,8 @@ fn transform_output<T: Element>(
 /// `Aᵀ M A + bias` of one tile for `N` channels: the 16 values from `m` at `at` of planes
 /// `stride` apart; the 2×2 result into `y`, row `a` at `a · row_len`, column `b` at
 /// `first + b · c_out`. Aᵀ turns four values into `m0 + m1 + m2, m1 − m2 − m3`.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn output_tile<T: Element, const N: usize>(
     m: &[T],
