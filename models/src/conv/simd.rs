@@ -12,8 +12,11 @@
 //! through its `FnOnce` shim, which the compiler does not inline there: the body then stays
 //! baseline code, as measured on the Winograd transforms.)
 //!
-//! ```ignore
+//! ```
+//! use konv_models::conv::simd::{self, Kernel};
+//!
 //! struct Double<'a>(&'a [f32], &'a mut [f32]);
+//!
 //! impl Kernel for Double<'_> {
 //!     type Output = ();
 //!     #[inline(always)]
@@ -23,7 +26,11 @@
 //!         }
 //!     }
 //! }
+//!
+//! let x = [1.0, 2.0, 3.0];
+//! let mut y = [0.0; 3];
 //! simd::widest(Double(&x, &mut y));
+//! assert_eq!(y, [2.0, 4.0, 6.0]);
 //! ```
 
 /// A computation for [`widest`] to compile per instruction set; `run` must be
@@ -40,12 +47,13 @@ pub trait Kernel {
 pub fn widest<K: Kernel>(kernel: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature `avx512` enables beyond AVX2/FMA's.
+        let has_avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if has_avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the three features `avx512` enables.
             return unsafe { avx512(kernel) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if has_avx2 {
             // SAFETY: the CPU has both features `avx2` enables.
             return unsafe { avx2(kernel) };
         }
@@ -56,7 +64,7 @@ pub fn widest<K: Kernel>(kernel: K) -> K::Output {
 /// `kernel` with AVX-512F (and AVX2, FMA) enabled.
 ///
 /// # Safety
-/// The CPU must support AVX-512F.
+/// The CPU must support AVX-512F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn avx512<K: Kernel>(kernel: K) -> K::Output {

@@ -115,6 +115,7 @@ impl Problem {
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
     let p = Problem::of(g);
     let (c_in, c_out) = (g.c_in, g.c_out);
+    assert!(weight.len() >= c_out * c_in * 9, "weight [c_out, c_in, 3, 3]");
     let u = T::with_scratch(9 * c_in * c_out, |taps| {
         // weight [c_out][c_in · 9] → taps [c_in · 9][c_out], threaded over runs of columns.
         let columns = (c_in * 9)
@@ -125,10 +126,10 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
             .for_each(|(k, chunk)| {
                 let first = k * columns;
                 let count = chunk.len() / c_out;
-                debug_assert!(first + count <= c_in * 9 && weight.len() >= c_out * c_in * 9);
+                debug_assert!(first + count <= c_in * 9);
                 // SAFETY: rows o < c_out of weight's columns first..first + count lie in
-                // `weight` (asserted above in debug builds: it is [c_out, c_in, 3, 3]), the
-                // transposed rows fill `chunk`; distinct buffers.
+                // `weight` (asserted above), the transposed rows fill `chunk`; distinct
+                // buffers.
                 unsafe {
                     simd::transpose(
                         weight[first..].as_ptr(),
@@ -403,10 +404,10 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
                     parallelism,
                 );
             }
-            // `Shared`'s invariant: this block writes only its own tile rows' pixels, inside
-            // `out` (`transform_output` keeps each write within the output size).
             let args = (p, &*s.m, &mut *s.rows, block, rows, bias, shared, out_len);
-            simd::widest(Output(args));
+            // SAFETY: `Shared`'s invariant: this block writes only its own tile rows' pixels,
+            // inside `out` (`out_len` long).
+            simd::widest(unsafe { Output::new(args) });
         },
     );
     out
@@ -525,14 +526,23 @@ impl<T: Element> simd::Kernel for Grad<'_, T> {
     }
 }
 
-/// [`transform_output`] as a [`simd::Kernel`].
+/// [`transform_output`] as a [`simd::Kernel`], made by [`Output::new`] only.
 struct Output<'a, T>(OutputArgs<'a, T>);
+
+impl<'a, T: Element> Output<'a, T> {
+    /// # Safety
+    /// As [`transform_output`]'s, for `args`.
+    unsafe fn new(args: OutputArgs<'a, T>) -> Self {
+        Self(args)
+    }
+}
 
 impl<T: Element> simd::Kernel for Output<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        transform_output(self.0)
+        // SAFETY: whoever called `Output::new` keeps `transform_output`'s contract.
+        unsafe { transform_output(self.0) }
     }
 }
 
@@ -713,11 +723,11 @@ fn bt<T: Element, const N: usize>([a, b, e, f]: [[T; N]; 4]) -> [[T; N]; 4] {
 /// innermost in `buffer` (`[2][2 · tw][c_out]`), `LANES` channels at a time, then copied to
 /// the output's planes.
 ///
-/// Not an `unsafe fn` only so that [`Output`] can call it from safe code: its callers keep the contract
-/// of one, that `out` points to `out_len` elements and no other thread writes the pixels of
-/// these tile rows (as `run`'s blocks do, see [`Shared`]).
+/// # Safety
+/// `out` points to `out_len` elements, and no other thread writes the pixels of these tile
+/// rows (as `run`'s blocks do, see [`Shared`]).
 #[inline(always)]
-fn transform_output<T: Element>(
+unsafe fn transform_output<T: Element>(
     (p, m, buffer, block, rows, bias, out, out_len): OutputArgs<'_, T>,
 ) {
     let [oh, ow] = p.output;
