@@ -115,7 +115,10 @@ impl Problem {
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
     let p = Problem::of(g);
     let (c_in, c_out) = (g.c_in, g.c_out);
-    assert!(weight.len() >= c_out * c_in * 9, "weight [c_out, c_in, 3, 3]");
+    assert!(
+        weight.len() >= c_out * c_in * 9,
+        "weight [c_out, c_in, 3, 3]"
+    );
     let u = T::with_scratch(9 * c_in * c_out, |taps| {
         // weight [c_out][c_in · 9] → taps [c_in · 9][c_out], threaded over runs of columns.
         let columns = (c_in * 9)
