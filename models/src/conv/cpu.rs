@@ -470,41 +470,21 @@ pub(super) fn matmul<T: Element>(
     debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
     debug_assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     debug_assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // gemm's micro-kernel reads its left operand and writes `dst` in columns of adjacent rows,
-    // so it copies (packs) a left operand whose rows are not adjacent (or not a whole number
-    // of AVX2 vectors tall), packs a right one whose rows are not adjacent once it is tall,
-    // and writes a `dst` whose rows are not adjacent through a buffer. dst = lhs · rhs is
-    // also dstᵀ = rhsᵀ · lhsᵀ: of the two, take the one that moves fewer elements so. For a
-    // convolution that puts the column matrix (or Winograd's V) on the left, read in place,
-    // and the small weight matrix on the right.
-    let lanes = 32 / std::mem::size_of::<T>();
-    let moved = |[m, n, k]: [usize; 3], dst_rs: usize, lhs_rs: usize, rhs_rs: usize| {
-        let lhs = if lhs_rs != 1 || !m.is_multiple_of(lanes) {
-            m * k
-        } else {
-            0
-        };
-        let rhs = if rhs_rs != 1 && m > 32 { k * n } else { 0 };
-        let dst = if dst_rs != 1 { m * n } else { 0 };
-        lhs + rhs + dst
-    };
-    let transpose = moved([n, m, k], 1, rhs_cs, lhs_cs) < moved([m, n, k], dst_rs, lhs_rs, rhs_rs);
-    let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if transpose {
-        (n, m, dst_rs, 1, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
-    } else {
-        (m, n, 1, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
-    };
+    // gemm turns every product so that `dst`'s adjacent elements run down its columns: here
+    // it computes dstᵀ = rhsᵀ · lhsᵀ, with `rhs`'s columns as its left operand. Its
+    // micro-kernel reads that operand a vector of adjacent elements at a time, so gemm first
+    // copies (packs) it, one element at a time, unless `rhs`'s columns are adjacent
+    // (`rhs_cs == 1`); a convolution's caller lays its operands out so that they are.
     // SAFETY: the strides and sizes above address only elements inside the three slices (checked
-    // in debug builds; every caller passes the shapes of a `Geometry` whose buffers it sized;
-    // the transposed product addresses the same elements), and `dst` is borrowed mutably, so
-    // it aliases neither input.
+    // in debug builds; every caller passes the shapes of a `Geometry` whose buffers it sized),
+    // and `dst` is borrowed mutably, so it aliases neither input.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            dst_cs as isize,
+            1,
             dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
@@ -712,8 +692,14 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     if g.batch == 0 || image_out == 0 {
         return vec![T::ZERO; weight_len];
     }
+    // Each group's dWᵀ (depth × c_out/g) = Σ over images of cols (depth × pixels) · dYᵀ
+    // (pixels × c_out/g). Both cols and dY keep pixels adjacent; gemm wants its right
+    // operand's columns adjacent (see `matmul`), so each image's dY is first transposed,
+    // in 8×8 register blocks, and dW is turned back once at the end. (Given dY as it is,
+    // gemm packed it one element at a time: 18% of a ResNet-20 training step.)
     let partial = |ci: usize, images: usize| {
-        let mut dw = vec![T::ZERO; weight_len];
+        let mut dwt = vec![T::ZERO; weight_len];
+        let mut dyt = vec![T::ZERO; cog * plane];
         T::with_scratch(g.column_len(), |col| {
             for i in 0..images {
                 let n = ci * chunk + i;
@@ -722,18 +708,17 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
                 for grp in 0..g.groups {
                     let xg = &image[grp * in_group..(grp + 1) * in_group];
                     let dyg = &dy[grp * cog * plane..(grp + 1) * cog * plane];
-                    let dwg = &mut dw[grp * cog * depth..(grp + 1) * cog * depth];
-                    // colsᵀ (cols × depth): element (q, j) is cols[j·cols + q].
+                    let dwg = &mut dwt[grp * cog * depth..(grp + 1) * cog * depth];
+                    super::simd::channels_last(dyg, plane, plane, cog, &mut dyt);
                     if g.pointwise() {
-                        let shape = [cog, depth, plane];
                         matmul(
-                            shape,
-                            (dwg, depth),
+                            [depth, cog, plane],
+                            (dwg, cog),
                             i > 0,
-                            dyg,
-                            [plane, 1],
                             xg,
-                            [1, plane],
+                            [plane, 1],
+                            &dyt,
+                            [cog, 1],
                             parallelism,
                         );
                         continue;
@@ -744,23 +729,23 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
                         let start = rows.start * ow;
                         im2col(g, xg, col, rows);
                         matmul(
-                            [cog, depth, cols],
-                            (&mut *dwg, depth),
+                            [depth, cog, cols],
+                            (&mut *dwg, cog),
                             accumulate,
-                            &dyg[start..],
-                            [plane, 1],
                             col,
-                            [1, cols],
+                            [cols, 1],
+                            &dyt[start * cog..],
+                            [cog, 1],
                             parallelism,
                         );
                     }
                 }
             }
         });
-        dw
+        dwt
     };
     let chunks = g.batch.div_ceil(chunk);
-    (0..chunks)
+    let dwt = (0..chunks)
         .into_par_iter()
         .map(|ci| partial(ci, chunk.min(g.batch - ci * chunk)))
         .reduce_with(|mut a, b| {
@@ -769,7 +754,12 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
             }
             a
         })
-        .unwrap_or_else(|| vec![T::ZERO; weight_len])
+        .unwrap_or_else(|| vec![T::ZERO; weight_len]);
+    let mut dw = vec![T::ZERO; weight_len];
+    for (from, to) in dwt.chunks(cog * depth).zip(dw.chunks_mut(cog * depth)) {
+        super::simd::channels_last(from, cog, cog, depth, to);
+    }
+    dw
 }
 
 /// The ceiling these kernels run against: GFLOP/s of one `n × n × n` `f32` GEMM on the same
@@ -840,27 +830,110 @@ fn per_image<T: Send>(out: &mut [T], image: usize, f: impl Fn(usize, &mut [T]) +
         .for_each(|(n, y)| f(n, y));
 }
 
-/// `[Σ f(a, b)₀, Σ f(a, b)₁]` over the pairs of `a` and `b` (same length), in `f64`, in eight
-/// interleaved partial sums per component: one chain of dependent `f64` additions runs at one
-/// element per add latency, eight independent ones let the compiler use vector lanes.
-fn sums<T: Float>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> [f64; 2]) -> [f64; 2] {
-    const LANES: usize = 8;
-    let mut acc = [[0.0f64; LANES]; 2];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
-    for (ac, bc) in a_chunks.zip(b_chunks) {
-        for l in 0..LANES {
-            let [p, q] = f(ac[l].to_f64(), bc[l].to_f64());
-            acc[0][l] += p;
-            acc[1][l] += q;
+/// What [`PlaneSums`] adds up.
+#[derive(Clone, Copy, PartialEq)]
+enum Sum {
+    /// `[Σ a, 0]`.
+    Values,
+    /// `[Σ (a − shift)², 0]`.
+    Squares,
+    /// `[Σ b, Σ b · (a − shift)]`: batch norm's backward, `a` the input, `b` its gradient.
+    Gradients,
+}
+
+/// Two sums over one plane (`a`, and `b` of the same length), in `T` across 16 lanes within
+/// blocks of 1,024 values and in `f64` across blocks, so that the compiler vectorizes them in
+/// the widest registers while a long plane keeps `f64`'s accuracy. (Summed in `f64` in the
+/// x86-64 baseline, two lanes wide, batch norm's sums had been a tenth of a ResNet-20
+/// training step.)
+struct PlaneSums<'a, T> {
+    a: &'a [T],
+    b: &'a [T],
+    shift: T,
+    sum: Sum,
+}
+
+impl<T: Float> super::simd::Kernel for PlaneSums<'_, T> {
+    type Output = [f64; 2];
+
+    #[inline(always)]
+    fn run(self) -> [f64; 2] {
+        const LANES: usize = 16;
+        const BLOCK: usize = 64 * LANES;
+        let Self { a, b, shift, sum } = self;
+        let mut total = [0.0f64; 2];
+        for (ab, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+            let mut acc = [[T::ZERO; LANES]; 2];
+            let (ac, bc) = (ab.chunks_exact(LANES), bb.chunks_exact(LANES));
+            let (a_rest, b_rest) = (ac.remainder(), bc.remainder());
+            // One loop per sum, on whole arrays (a `match` inside the loop, or indexing the
+            // chunks, left it scalar).
+            match sum {
+                Sum::Values => {
+                    for av in ac {
+                        let av: [T; LANES] = super::simd::load(av, 0);
+                        for l in 0..LANES {
+                            acc[0][l] += av[l];
+                        }
+                    }
+                }
+                Sum::Squares => {
+                    for av in ac {
+                        let av: [T; LANES] = super::simd::load(av, 0);
+                        for l in 0..LANES {
+                            let d = av[l] - shift;
+                            acc[0][l] += d * d;
+                        }
+                    }
+                }
+                Sum::Gradients => {
+                    for (av, bv) in ac.zip(bc) {
+                        let av: [T; LANES] = super::simd::load(av, 0);
+                        let bv: [T; LANES] = super::simd::load(bv, 0);
+                        for l in 0..LANES {
+                            acc[0][l] += bv[l];
+                            acc[1][l] += bv[l] * (av[l] - shift);
+                        }
+                    }
+                }
+            }
+            for (l, (&x, &y)) in a_rest.iter().zip(b_rest).enumerate() {
+                match sum {
+                    Sum::Values => acc[0][l] += x,
+                    Sum::Squares => acc[0][l] += (x - shift) * (x - shift),
+                    Sum::Gradients => {
+                        acc[0][l] += y;
+                        acc[1][l] += y * (x - shift);
+                    }
+                }
+            }
+            for (t, lanes) in total.iter_mut().zip(&acc) {
+                for v in lanes {
+                    *t += v.to_f64();
+                }
+            }
         }
+        total
     }
-    for (l, (x, y)) in a_rest.iter().zip(b_rest).enumerate() {
-        let [p, q] = f(x.to_f64(), y.to_f64());
-        acc[0][l] += p;
-        acc[1][l] += q;
+}
+
+/// [`PlaneSums`] of channel `c` over the images of the `[n, channels, plane]` buffers `a` and
+/// `b`, in the widest vectors the CPU has.
+fn channel_sums<T: Float>(
+    (a, b): (&[T], &[T]),
+    [channels, plane]: [usize; 2],
+    c: usize,
+    shift: f64,
+    sum: Sum,
+) -> [f64; 2] {
+    let shift = T::from_f64(shift);
+    let mut total = [0.0; 2];
+    for (a, b) in planes(a, channels, plane, c).zip(planes(b, channels, plane, c)) {
+        let [p, q] = super::simd::widest(PlaneSums { a, b, shift, sum });
+        total[0] += p;
+        total[1] += q;
     }
-    acc.map(|lanes| lanes.iter().sum())
+    total
 }
 
 /// Values per channel (`n · plane`) of an `[n, channels, plane]` buffer of `len` elements, at
@@ -984,14 +1057,9 @@ pub fn batch_norm_train<T: Float>(
     let stats: Vec<(f64, f64)> = (0..channels)
         .into_par_iter()
         .map(|c| {
-            let sum: f64 = planes(x, channels, plane, c)
-                .map(|p| sums(p, p, |v, _| [v, 0.0])[0])
-                .sum();
-            let mean = sum / count;
-            let var: f64 = planes(x, channels, plane, c)
-                .map(|p| sums(p, p, |v, _| [(v - mean) * (v - mean), 0.0])[0])
-                .sum();
-            (mean, var / count)
+            let sums = |shift, sum| channel_sums((x, x), [channels, plane], c, shift, sum)[0];
+            let mean = sums(0.0, Sum::Values) / count;
+            (mean, sums(mean, Sum::Squares) / count)
         })
         .collect();
     let out = normalize(x, [channels, plane], gamma, beta, &stats, epsilon, epilogue);
@@ -1020,12 +1088,8 @@ pub fn batch_norm_train_backward<T: Float>(
         .into_par_iter()
         .map(|c| {
             let (m, s) = (mean[c].to_f64(), inv_std[c]);
-            planes(x, channels, plane, c)
-                .zip(planes(grad, channels, plane, c))
-                .fold((0.0, 0.0), |(a, b), (xp, gp)| {
-                    let [da, db] = sums(xp, gp, |v, g| [g, g * (v - m)]);
-                    (a + da, b + db * s)
-                })
+            let [dy, dy_x] = channel_sums((x, grad), [channels, plane], c, m, Sum::Gradients);
+            (dy, dy_x * s)
         })
         .collect();
     // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂)) = a·dy + b·x + c per channel.
