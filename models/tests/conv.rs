@@ -73,6 +73,21 @@ fn cases() -> Vec<Case> {
         // Rows of 19 tiles (every other case here has fewer than 16).
         c([64, 64], 3, 1, 1, 1, 2, [5, 37], false),
     ]);
+    // Direct kernels (stride 1, at most 16 channels in, f32 with AVX-512): ResNet-20's first
+    // stage (two blocks of 8 outputs) and the Fashion-MNIST CNN's first layer at their sizes;
+    // batch 1 (the output blocks over the threads) with 10 outputs (a part block); 5×5 with 3
+    // outputs (weight-gradient blocks of 9, 9 and 7 taps, one output left after the pair);
+    // padding that crops (the last input rows and columns unread).
+    all.extend([
+        c([16, 16], 3, 1, 1, 1, 7, [28, 28], true),
+        c([1, 64], 7, 1, 3, 1, 2, [28, 28], true),
+        c([16, 10], 3, 1, 1, 1, 1, [9, 13], false),
+        c([5, 3], 5, 1, 2, 1, 3, [6, 50], true),
+    ]);
+    all.push(Case {
+        padding: [(2, 0), (1, 0)],
+        ..c([4, 8], 3, 1, 0, 1, 2, [7, 6], true)
+    });
     all.push(Case {
         padding: [(0, 2), (2, 1)],
         ..c([64, 64], 3, 1, 0, 1, 6, [6, 7], true)

@@ -509,6 +509,9 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
     if super::winograd_enabled() && super::winograd::forward_applies(g) {
         return super::winograd::forward(g, x, weight, bias);
     }
+    if super::winograd_enabled() && super::direct::applies::<T>(g) {
+        return super::direct::forward(g, x, weight, bias);
+    }
     let mut out = vec![T::ZERO; g.output_len()];
     let (chunk, parallelism) = plan(g.batch);
     let Sizes {
@@ -677,6 +680,9 @@ fn transposed_weight<T: Element>(g: &Geometry, weight: &[T]) -> Vec<T> {
 pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     if super::winograd_enabled() && super::winograd::forward_applies(g) {
         return super::winograd::weight_grad(g, x, grad);
+    }
+    if super::winograd_enabled() && super::direct::applies::<T>(g) {
+        return super::direct::weight_grad(g, x, grad);
     }
     let (chunk, parallelism) = plan(g.batch);
     let Sizes {

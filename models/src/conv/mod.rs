@@ -31,6 +31,7 @@
 //! ```
 
 pub mod cpu;
+pub mod direct;
 pub mod pool;
 pub mod simd;
 pub mod winograd;
@@ -1087,9 +1088,11 @@ fn on_flex(kind: &DispatchTensorKind) -> bool {
 /// Which convolution kernels run on the CPU: `KONV_CONV` in the environment, read once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvChoice {
-    /// konv's kernels, Winograd F(2×2, 3×3) for the stride-1 3×3 layers (unset, or `konv`).
+    /// konv's kernels, Winograd F(2×2, 3×3) for the stride-1 3×3 layers with 32 channels and
+    /// more, direct kernels for stride-1 layers with few input channels (unset, or `konv`).
     Konv,
-    /// konv's im2col + GEMM kernels for every layer, no Winograd (`gemm`): to compare the two.
+    /// konv's im2col + GEMM kernels for every layer, no Winograd and no direct kernels
+    /// (`gemm`): to compare them.
     Gemm,
     /// Burn's own convolution and batch norm (`burn`): to compare with Burn.
     Burn,
@@ -1117,7 +1120,8 @@ pub fn burn_forced() -> bool {
     conv_choice() == ConvChoice::Burn
 }
 
-/// Whether stride-1 3×3 layers take [`winograd`] (unless `KONV_CONV=gemm` or `burn`).
+/// Whether the layers that fit them take [`winograd`] and [`direct`] (unless `KONV_CONV=gemm`
+/// or `burn`).
 fn winograd_enabled() -> bool {
     conv_choice() == ConvChoice::Konv
 }
@@ -1130,7 +1134,7 @@ fn parse_conv_choice(value: &str) -> Result<ConvChoice, String> {
         "" | "konv" => Ok(ConvChoice::Konv),
         _ => Err(format!(
             "KONV_CONV={value:?} is not one of konv, gemm, burn; using konv's CPU kernels \
-             (set KONV_CONV=burn for Burn's own, gemm for konv's without Winograd, or unset it)"
+             (set KONV_CONV=burn for Burn's own, gemm for konv's GEMM kernels alone, or unset it)"
         )),
     }
 }

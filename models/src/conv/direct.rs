@@ -1,0 +1,620 @@
+//! Direct convolution for stride-1 layers with few input channels, in `f32` with AVX-512.
+//!
+//! im2col + GEMM is a poor fit for a layer like ResNet-20's first stage (16 → 16, 3×3, at
+//! 28×28) or the Fashion-MNIST CNN's first layer (1 → 64, 7×7): the column matrix is 9 or 49
+//! times the image, written once and read once for a product with an inner dimension of 144
+//! or 49 and only 16 or 64 rows, which leaves the GEMM's micro-kernels mostly loading and
+//! storing. Here the products read the image itself, once it is padded (per image, into a
+//! thread's scratch buffer) so that every tap of every output pixel is one fixed offset:
+//!
+//! ```text
+//! padded width  pw = ow + kw − 1;  output pixel (oy, ox) at position q = oy·pw + ox
+//! input of tap (ky, kx) for position q:   xp[c][q + ky·pw + kx]
+//! ```
+//!
+//! The `kw − 1` positions past each output row are computed and thrown away (7% at 28×28 for
+//! 3×3), which lets 16 consecutive positions share one vector load per tap.
+//!
+//! - **Forward**: a block of 8 output channels × 48 positions is 24 vector accumulators; per
+//!   input channel and tap, 3 vector loads of the padded input and 8 broadcasts of the weights
+//!   (laid out `[c_out/8][c_in][taps][8]` so the 8 are adjacent) feed 24 FMAs. The bias is
+//!   the accumulators' start value.
+//! - **Input gradient**: for stride 1 it is the forward of the output gradient with the
+//!   kernel turned 180° ([`super::cpu::input_grad`] sends it here through the forward).
+//! - **Weight gradient**: `dW[o][c][ky][kx] = Σ_q dYp[o][q] · xp[c][q + ky·pw + kx]`, with
+//!   `dYp` the output gradient in the same padded layout (zeros past each row). Blocks of 2
+//!   outputs × 9 taps keep 18 vector accumulators; per 16 positions, 2 + 9 loads feed 18
+//!   FMAs. The accumulators are added into 16-lane partial sums per weight, summed across
+//!   lanes and across the threads' image chunks once at the end.
+//!
+//! On a CPU without AVX-512F, or for `f64`, [`applies`] is false and the layer takes the GEMM
+//! path.
+
+use super::cpu::Geometry;
+use rayon::prelude::*;
+use std::any::TypeId;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Output channels per forward block.
+const OB: usize = 8;
+/// `f32` lanes per vector.
+const LANES: usize = 16;
+/// Positions per forward block: three vectors.
+const QB: usize = 3 * LANES;
+/// Taps per weight-gradient block.
+const TB: usize = 9;
+/// The largest `c_in · kh · kw` sent here: past it, the GEMM's inner dimension is long
+/// enough for its micro-kernels to run near their peak.
+const MAX_DEPTH: usize = 256;
+/// The most input channels sent here.
+const MAX_C_IN: usize = 16;
+
+/// Whether the layer `g` in element type `T` takes the direct kernels: `f32`, stride 1,
+/// undilated, one group, at most 16 input channels and `c_in · kh · kw ≤ 256`, on a CPU with
+/// AVX-512F.
+pub fn applies<T: 'static>(g: &Geometry) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
+        && g.groups == 1
+        && g.c_in <= MAX_C_IN
+        && g.c_in * g.kernel[0] * g.kernel[1] <= MAX_DEPTH
+        && g.batch > 0
+        && g.c_in > 0
+        && g.c_out > 0
+        && g.output[0] > 0
+        && g.output[1] > 0
+        && has_avx512()
+}
+
+/// Whether the CPU runs the kernels here.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `s` as `f32`s; `T` must be `f32`.
+fn as_f32<T: 'static>(s: &[T]) -> &[f32] {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>(), "direct: f32 only");
+    // SAFETY: T is f32 (checked above).
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// `v` as a `Vec<T>`; `T` must be `f32`.
+fn from_f32<T: 'static>(v: Vec<f32>) -> Vec<T> {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>(), "direct: f32 only");
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: T is f32 (checked above): same layout, and the allocation is handed over whole.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
+}
+
+/// The padded layout of one channel (see the module docs).
+struct Layout {
+    /// Padded width: `ow + kw − 1`.
+    pw: usize,
+    /// Positions computed per channel: `oh · pw`, rounded up to a whole forward block.
+    positions: usize,
+    /// Elements of one padded input channel: every tap of every position reads inside it.
+    channel: usize,
+    /// `ky · pw + kx` per tap, row by row.
+    offsets: Vec<usize>,
+}
+
+impl Layout {
+    fn of(g: &Geometry) -> Self {
+        let [oh, ow] = g.output;
+        let [kh, kw] = g.kernel;
+        let pw = ow + kw - 1;
+        let positions = (oh * pw).next_multiple_of(QB);
+        let channel = (positions + (kh - 1) * pw + kw - 1).next_multiple_of(LANES);
+        let offsets = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| ky * pw + kx))
+            .collect();
+        Self {
+            pw,
+            positions,
+            channel,
+            offsets,
+        }
+    }
+
+    /// Writes the `c_in` channels of `image` `[c_in, h, w]` padded into `xp`
+    /// (`c_in · channel` elements): row `iy` of the input at padded row `iy + pad_top`, column
+    /// `ix` at `ix + pad_left`, zeros around; rows and columns past the `oh + kh − 1` rows and
+    /// `pw` columns the output reads (padding after the image smaller than `k − 1`) are left
+    /// out.
+    fn pad_input(&self, g: &Geometry, image: &[f32], xp: &mut [f32]) {
+        let [h, w] = g.input;
+        let [top, left] = g.pad;
+        let rows = g.output[0] + g.kernel[0] - 1;
+        let width = w.min(self.pw.saturating_sub(left));
+        xp.fill(0.0);
+        for (src, dst) in image
+            .chunks_exact(h * w)
+            .zip(xp.chunks_exact_mut(self.channel))
+        {
+            for (iy, row) in src.chunks_exact(w).enumerate() {
+                let py = iy + top;
+                if py >= rows {
+                    break;
+                }
+                let at = py * self.pw + left;
+                dst[at..at + width].copy_from_slice(&row[..width]);
+            }
+        }
+    }
+
+    /// Writes the `c_out` planes of `dy` `[c_out, oh, ow]` into `dyp` (`c_out · positions`
+    /// elements), output pixel (oy, ox) at `oy · pw + ox`, zeros elsewhere.
+    fn pad_output(&self, g: &Geometry, dy: &[f32], dyp: &mut [f32]) {
+        let [oh, ow] = g.output;
+        dyp.fill(0.0);
+        for (src, dst) in dy
+            .chunks_exact(oh * ow)
+            .zip(dyp.chunks_exact_mut(self.positions))
+        {
+            for (oy, row) in src.chunks_exact(ow).enumerate() {
+                dst[oy * self.pw..oy * self.pw + ow].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// The forward convolution (see [`super::cpu::forward`]) when [`applies`] holds.
+pub fn forward<T: 'static>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
+    assert!(applies::<T>(g), "direct::forward: a layer it does not take");
+    let (x, weight) = (as_f32(x), as_f32(weight));
+    let bias = bias.map(as_f32);
+    let lay = Layout::of(g);
+    let (c_in, c_out) = (g.c_in, g.c_out);
+    let taps = g.kernel[0] * g.kernel[1];
+    let [oh, ow] = g.output;
+    let (plane, image_in) = (oh * ow, c_in * g.input[0] * g.input[1]);
+    let image_out = c_out * plane;
+    assert_eq!(weight.len(), c_out * c_in * taps, "direct: weight length");
+    assert_eq!(x.len(), g.batch * image_in, "direct: input length");
+    // [c_out/8][c_in][taps][8], zeros for the outputs past c_out in the last block.
+    let blocks = c_out.div_ceil(OB);
+    let mut wt = vec![0.0f32; blocks * c_in * taps * OB];
+    for (o, w) in weight.chunks_exact(c_in * taps).enumerate() {
+        for (ct, v) in w.iter().enumerate() {
+            wt[((o / OB) * c_in * taps + ct) * OB + o % OB] = *v;
+        }
+    }
+    let mut biases = vec![0.0f32; blocks * OB];
+    if let Some(bias) = bias {
+        biases[..c_out].copy_from_slice(bias);
+    }
+    let mut out = vec![0.0f32; g.output_len()];
+    // One output-channel block of one padded image into `y` (its `≤ 8` output planes).
+    let block = |xp: &[f32], b: usize, y: &mut [f32], scratch: &mut [f32]| {
+        let w = &wt[b * c_in * taps * OB..(b + 1) * c_in * taps * OB];
+        let bias: &[f32; OB] = biases[b * OB..(b + 1) * OB].try_into().expect("8 biases");
+        for q0 in (0..lay.positions).step_by(QB) {
+            // SAFETY: `applies` checked AVX-512F; the kernel reads `xp` at
+            // c·channel + q0 + 47 + offset < c_in·channel (the layout's `channel` covers the
+            // last block's last tap), `w` at c_in·taps·8, and writes `scratch` at
+            // o·positions + q0 + 47 for o < 8.
+            unsafe {
+                forward_block(
+                    xp.as_ptr().add(q0),
+                    lay.channel,
+                    c_in,
+                    &lay.offsets,
+                    w.as_ptr(),
+                    bias,
+                    scratch.as_mut_ptr().add(q0),
+                    lay.positions,
+                )
+            };
+        }
+        for (plane_out, from) in y.chunks_exact_mut(plane).zip(scratch.chunks(lay.positions)) {
+            for (oy, row) in plane_out.chunks_exact_mut(ow).enumerate() {
+                row.copy_from_slice(&from[oy * lay.pw..oy * lay.pw + ow]);
+            }
+        }
+    };
+    let padded = c_in * lay.channel;
+    let scratch_len = OB * lay.positions;
+    let threads = rayon::current_num_threads().max(1);
+    if g.batch >= threads {
+        let chunk = g.batch.div_ceil(threads);
+        out.par_chunks_mut(chunk * image_out)
+            .enumerate()
+            .for_each(|(ci, outs)| {
+                <f32 as super::cpu::Element>::with_scratch(padded + scratch_len, |buffer| {
+                    let (xp, scratch) = buffer.split_at_mut(padded);
+                    for (i, y) in outs.chunks_mut(image_out).enumerate() {
+                        let n = ci * chunk + i;
+                        lay.pad_input(g, &x[n * image_in..(n + 1) * image_in], xp);
+                        for (b, yb) in y.chunks_mut(OB * plane).enumerate() {
+                            block(xp, b, yb, scratch);
+                        }
+                    }
+                });
+            });
+    } else {
+        // Fewer images than threads (inference): the output-channel blocks over the threads.
+        let mut xp = vec![0.0f32; padded];
+        for (n, y) in out.chunks_mut(image_out).enumerate() {
+            lay.pad_input(g, &x[n * image_in..(n + 1) * image_in], &mut xp);
+            y.par_chunks_mut(OB * plane)
+                .enumerate()
+                .for_each(|(b, yb)| {
+                    <f32 as super::cpu::Element>::with_scratch(scratch_len, |scratch| {
+                        block(&xp, b, yb, scratch)
+                    })
+                });
+        }
+    }
+    from_f32(out)
+}
+
+/// The weight gradient (see [`super::cpu::weight_grad`]) when [`applies`] holds.
+pub fn weight_grad<T: 'static>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    assert!(
+        applies::<T>(g),
+        "direct::weight_grad: a layer it does not take"
+    );
+    let (x, grad) = (as_f32(x), as_f32(grad));
+    let lay = Layout::of(g);
+    let (c_in, c_out) = (g.c_in, g.c_out);
+    let taps = g.kernel[0] * g.kernel[1];
+    let [oh, ow] = g.output;
+    let (image_in, image_out) = (c_in * g.input[0] * g.input[1], c_out * oh * ow);
+    assert_eq!(x.len(), g.batch * image_in, "direct: input length");
+    assert_eq!(grad.len(), g.batch * image_out, "direct: gradient length");
+    let weights = c_out * c_in * taps;
+    let (padded_x, padded_dy) = (c_in * lay.channel, c_out * lay.positions);
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = g.batch.div_ceil(threads);
+    // 16 partial sums per weight over the images `chunk · ci ..`, `[c_out][c_in][taps][16]`.
+    let partial = |ci: usize| {
+        let mut sums = vec![0.0f32; weights * LANES];
+        let images = ci * chunk..((ci + 1) * chunk).min(g.batch);
+        <f32 as super::cpu::Element>::with_scratch(padded_x + padded_dy, |buffer| {
+            let (xp, dyp) = buffer.split_at_mut(padded_x);
+            for n in images {
+                lay.pad_input(g, &x[n * image_in..(n + 1) * image_in], xp);
+                lay.pad_output(g, &grad[n * image_out..(n + 1) * image_out], dyp);
+                for o in (0..c_out).step_by(2) {
+                    let outputs = (c_out - o).min(2);
+                    for c in 0..c_in {
+                        for t in (0..taps).step_by(TB) {
+                            let nt = (taps - t).min(TB);
+                            let at = ((o * c_in + c) * taps + t) * LANES;
+                            // SAFETY: AVX-512F checked by `applies`; reads `dyp` rows o, o+1
+                            // below `positions`, `xp` channel c at q + offset <
+                            // positions + (kh−1)·pw + kw − 1 ≤ channel, and writes `sums` at
+                            // `at` + (outputs−1)·c_in·taps·16 + nt·16 ≤ its length.
+                            unsafe {
+                                weight_block(
+                                    [outputs, nt],
+                                    dyp.as_ptr().add(o * lay.positions),
+                                    lay.positions,
+                                    xp.as_ptr().add(c * lay.channel),
+                                    &lay.offsets[t..t + nt],
+                                    sums.as_mut_ptr().add(at),
+                                    c_in * taps * LANES,
+                                )
+                            };
+                        }
+                    }
+                }
+            }
+        });
+        sums
+    };
+    let sums = (0..g.batch.div_ceil(chunk))
+        .into_par_iter()
+        .map(partial)
+        .reduce_with(|mut a, b| {
+            for (a, b) in a.iter_mut().zip(&b) {
+                *a += *b;
+            }
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; weights * LANES]);
+    from_f32(
+        sums.chunks_exact(LANES)
+            .map(|lanes| lanes.iter().sum())
+            .collect(),
+    )
+}
+
+/// 24 accumulators: 8 output channels × 48 positions from `x` (the padded input at the
+/// block's first position, channels `channel` apart), over `c_in` channels and the taps at
+/// `offsets`; weights `w` `[c_in][taps][8]`; results to `out` (rows `row` apart).
+///
+/// # Safety
+/// The CPU must have AVX-512F, and every address named above must be inside its buffer.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_block(
+    x: *const f32,
+    channel: usize,
+    c_in: usize,
+    offsets: &[usize],
+    w: *const f32,
+    bias: &[f32; OB],
+    out: *mut f32,
+    row: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 3]; OB];
+    for (acc, b) in acc.iter_mut().zip(bias) {
+        *acc = [_mm512_set1_ps(*b); 3];
+    }
+    let mut w = w;
+    for c in 0..c_in {
+        // SAFETY (this block): the caller's bounds.
+        unsafe {
+            let xc = x.add(c * channel);
+            for &offset in offsets {
+                let p = xc.add(offset);
+                let v = [
+                    _mm512_loadu_ps(p),
+                    _mm512_loadu_ps(p.add(LANES)),
+                    _mm512_loadu_ps(p.add(2 * LANES)),
+                ];
+                for (o, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*w.add(o));
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = _mm512_fmadd_ps(v, wv, *a);
+                    }
+                }
+                w = w.add(OB);
+            }
+        }
+    }
+    for (o, acc) in acc.iter().enumerate() {
+        for (v, a) in acc.iter().enumerate() {
+            // SAFETY: the caller's bounds.
+            unsafe { _mm512_storeu_ps(out.add(o * row + v * LANES), *a) };
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_block(
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: &[usize],
+    _: *const f32,
+    _: &[f32; OB],
+    _: *mut f32,
+    _: usize,
+) {
+    unreachable!("direct convolution runs on x86-64 with AVX-512F only")
+}
+
+/// The weight-gradient block `[outputs, taps]` (outputs 1–2, taps 1–9) by its monomorphic
+/// kernel.
+///
+/// # Safety
+/// As [`weight_kernel`].
+unsafe fn weight_block(
+    [outputs, taps]: [usize; 2],
+    dy: *const f32,
+    positions: usize,
+    x: *const f32,
+    offsets: &[usize],
+    sums: *mut f32,
+    output_stride: usize,
+) {
+    macro_rules! by_taps {
+        ($no:literal) => {
+            match taps {
+                1 => by_taps!(@ $no, 1),
+                2 => by_taps!(@ $no, 2),
+                3 => by_taps!(@ $no, 3),
+                4 => by_taps!(@ $no, 4),
+                5 => by_taps!(@ $no, 5),
+                6 => by_taps!(@ $no, 6),
+                7 => by_taps!(@ $no, 7),
+                8 => by_taps!(@ $no, 8),
+                _ => by_taps!(@ $no, 9),
+            }
+        };
+        (@ $no:literal, $nt:literal) => {
+            // SAFETY: the caller's.
+            unsafe {
+                weight_kernel::<$no, $nt>(
+                    dy,
+                    positions,
+                    x,
+                    offsets.try_into().expect("taps"),
+                    sums,
+                    output_stride,
+                )
+            }
+        };
+    }
+    if outputs == 2 {
+        by_taps!(2)
+    } else {
+        by_taps!(1)
+    }
+}
+
+/// `NO × NT` accumulators over all `positions` (a multiple of 16): `dy` rows `positions`
+/// apart, `x` one padded input channel read at each of `offsets`; each accumulator is then
+/// added into its 16 lanes of `sums` (taps 16 apart, outputs `output_stride` apart).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `dy` must hold `NO` rows of `positions`, `x` every
+/// `q + offset` for `q < positions`, `sums` every lane written.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_kernel<const NO: usize, const NT: usize>(
+    dy: *const f32,
+    positions: usize,
+    x: *const f32,
+    offsets: &[usize; NT],
+    sums: *mut f32,
+    output_stride: usize,
+) {
+    let offsets = *offsets;
+    let mut acc = [[_mm512_setzero_ps(); NT]; NO];
+    // SAFETY (this block): the caller's bounds.
+    unsafe {
+        for q in (0..positions).step_by(LANES) {
+            let mut d = [_mm512_setzero_ps(); NO];
+            for (o, d) in d.iter_mut().enumerate() {
+                *d = _mm512_loadu_ps(dy.add(o * positions + q));
+            }
+            for (t, offset) in offsets.iter().enumerate() {
+                let v = _mm512_loadu_ps(x.add(q + offset));
+                for (acc, d) in acc.iter_mut().zip(d) {
+                    acc[t] = _mm512_fmadd_ps(d, v, acc[t]);
+                }
+            }
+        }
+        for (o, acc) in acc.iter().enumerate() {
+            for (t, a) in acc.iter().enumerate() {
+                let p = sums.add(o * output_stride + t * LANES);
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn weight_kernel<const NO: usize, const NT: usize>(
+    _: *const f32,
+    _: usize,
+    _: *const f32,
+    _: &[usize; NT],
+    _: *mut f32,
+    _: usize,
+) {
+    unreachable!("direct convolution runs on x86-64 with AVX-512F only")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::ops::ConvOptions;
+
+    #[test]
+    fn the_layout_reads_inside_its_channel() {
+        // 3×3 "same" at 28×28: rows of 30, 28·30 = 840 positions rounded up to 864.
+        let g = Geometry::new(
+            [2, 16, 28, 28],
+            [16, 16, 3, 3],
+            &ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        );
+        let lay = Layout::of(&g);
+        assert_eq!((lay.pw, lay.positions), (30, 864));
+        let last = lay.positions - 1 + lay.offsets.last().copied().unwrap_or(0);
+        assert!(last < lay.channel);
+        assert_eq!(lay.offsets[..4], [0, 1, 2, 30]);
+    }
+
+    /// Plain loops: the forward convolution and its weight gradient for stride 1.
+    fn reference(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let ([h, iw], [oh, ow], [kh, kw]) = (g.input, g.output, g.kernel);
+        let (mut y, mut dw) = (vec![0.0; g.output_len()], vec![0.0; w.len()]);
+        for n in 0..g.batch {
+            for o in 0..g.c_out {
+                for c in 0..g.c_in {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let wi = ((o * g.c_in + c) * kh + ky) * kw + kx;
+                            for oy in 0..oh {
+                                for ox in 0..ow {
+                                    let iy = (oy + ky) as isize - g.pad[0] as isize;
+                                    let ix = (ox + kx) as isize - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= iw as isize {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((n * g.c_in + c) * h + iy as usize) * iw + ix as usize;
+                                    let yi = ((n * g.c_out + o) * oh + oy) * ow + ox;
+                                    y[yi] += w[wi] * x[xi];
+                                    dw[wi] += dy[yi] * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dw)
+    }
+
+    #[test]
+    fn the_kernels_equal_plain_loops() {
+        if !has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        // [batch, c_in, h, w], [c_out, kernel], padding: two output blocks, a part block with
+        // a batch under the thread count, 5×5 (tap blocks 9, 9, 7) with an odd c_out, 7×7.
+        let cases = [
+            ([3, 16, 12, 11], [16, 3], [1, 1]),
+            ([1, 2, 5, 9], [11, 3], [0, 2]),
+            ([4, 3, 8, 7], [5, 5], [2, 2]),
+            ([2, 1, 10, 10], [9, 7], [3, 3]),
+        ];
+        for ([batch, c_in, h, w], [c_out, k], pad) in cases {
+            let options = ConvOptions::new([1, 1], pad, [1, 1], 1);
+            let g = Geometry::new([batch, c_in, h, w], [c_out, c_in, k, k], &options);
+            assert!(applies::<f32>(&g));
+            let value = |i: usize, m: usize| ((i * 7919) % m) as f32 / m as f32 - 0.5;
+            let x: Vec<f32> = (0..batch * c_in * h * w).map(|i| value(i, 31)).collect();
+            let wt: Vec<f32> = (0..c_out * c_in * k * k).map(|i| value(i, 17)).collect();
+            let dy: Vec<f32> = (0..g.output_len()).map(|i| value(i, 23)).collect();
+            let (y, dw) = reference(&g, &x, &wt, &dy);
+            let bias: Vec<f32> = (0..c_out).map(|o| o as f32).collect();
+            let ours = forward(&g, &x, &wt, Some(&bias));
+            let plane = g.output[0] * g.output[1];
+            for (i, (a, b)) in ours.iter().zip(&y).enumerate() {
+                let b = b + bias[(i / plane) % c_out];
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{:?}: y[{i}] {a} vs {b}",
+                    g.output_shape()
+                );
+            }
+            for (i, (a, b)) in weight_grad(&g, &x, &dy).iter().zip(&dw).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-3,
+                    "{:?}: dw[{i}] {a} vs {b}",
+                    g.output_shape()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn padding_puts_rows_at_their_offsets() {
+        // 1 channel 2×3, padding 1: padded rows of 5 (ow 3 + kw 3 − 1).
+        let g = Geometry::new(
+            [1, 1, 2, 3],
+            [1, 1, 3, 3],
+            &ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        );
+        let lay = Layout::of(&g);
+        let mut xp = vec![9.0; lay.channel];
+        lay.pad_input(&g, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &mut xp);
+        let expect = [
+            0.0, 0.0, 0.0, 0.0, 0.0, //
+            0.0, 1.0, 2.0, 3.0, 0.0, //
+            0.0, 4.0, 5.0, 6.0, 0.0, //
+            0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        assert_eq!(xp[..20], expect);
+        assert!(xp[20..].iter().all(|v| *v == 0.0));
+    }
+}
