@@ -495,13 +495,16 @@ pub struct DetectEval {
 }
 
 /// Evaluates `model` (inference mode) on `set`.
+///
+/// # Errors
+/// A device that failed ([`TrainError::Device`]): no figure over part of the set.
 pub fn evaluate_detector(
     model: &SlidingDetector,
     set: &SegmentationSet,
     normalize: Normalize,
     prior: [f32; 2],
     batch_size: usize,
-) -> DetectEval {
+) -> Result<DetectEval, TrainError> {
     let device = model.conv.weight.device();
     let classes = model.num_classes();
     let (mut detections, mut truths) = (Vec::new(), Vec::new());
@@ -511,7 +514,7 @@ pub fn evaluate_detector(
         let (x, objects) = batch(set, chunk, normalize, None, &device);
         let out = model.forward(x);
         let losses = detection_losses(&out, &objects, set.size, prior);
-        loss_sum += losses.total.into_scalar::<f64>() * chunk.len() as f64;
+        loss_sum += crate::engine::read_loss(losses.total)? * chunk.len() as f64;
         right += losses.right;
         counted += losses.objects;
         for (found, &i) in decode_detections(&out, set.size, prior, EVAL_THRESHOLD, 0.5, 100)
@@ -548,7 +551,7 @@ pub fn evaluate_detector(
         })
         .sum::<f64>()
         / 10.0;
-    DetectEval {
+    Ok(DetectEval {
         count: set.len(),
         objects: truths.len(),
         map50: mean(class_ap.clone()),
@@ -556,7 +559,7 @@ pub fn evaluate_detector(
         class_ap,
         class_accuracy: right as f64 / counted.max(1) as f64,
         loss: loss_sum / set.len().max(1) as f64,
-    }
+    })
 }
 
 /// Detection as an [`engine`](crate::engine) task: focal loss on the cells, box regression,
@@ -651,20 +654,20 @@ impl Task<SlidingDetector> for DetectTask<'_> {
         Ok(model.freeze_backbone())
     }
 
-    fn validate(&self, model: &SlidingDetector) -> Validation {
+    fn validate(&self, model: &SlidingDetector) -> Result<Validation, TrainError> {
         let eval = evaluate_detector(
             model,
             &self.data.val,
             self.data.normalize,
             self.data.prior,
             self.batch_size,
-        );
-        Validation {
+        )?;
+        Ok(Validation {
             loss: eval.loss,
             accuracy: eval.class_accuracy,
             score: eval.map50,
             columns: vec![("val_map50", eval.map50)],
-        }
+        })
     }
 
     fn score_label(&self) -> &'static str {
@@ -792,7 +795,7 @@ fn detect_from(
         data.normalize,
         data.prior,
         settings.batch_size,
-    );
+    )?;
     Ok(DetectOutcome {
         model: fitted.best,
         history: fitted.history,
@@ -1112,7 +1115,7 @@ mod tests {
         let info = read_info(&run).unwrap().expect("a detection run");
         assert_eq!(info.prior, data.prior);
         let model = load_detector(&run, &info, &Device::flex()).unwrap();
-        let again = evaluate_detector(&model, &data.test, info.normalize, info.prior, 8);
+        let again = evaluate_detector(&model, &data.test, info.normalize, info.prior, 8).unwrap();
         assert_eq!(again.map50, out.test.map50);
         assert!(crate::segment::read_info(&run).unwrap().is_none());
         std::fs::remove_dir_all(&dir).ok();

@@ -345,7 +345,11 @@ pub trait Task<M: Module>: Step<M> {
     fn freeze(&self, model: M) -> Result<M, String>;
 
     /// Validates `model` (in inference mode).
-    fn validate(&self, model: &M) -> Validation;
+    ///
+    /// # Errors
+    /// A batch that could not be made or a device that failed ([`TrainError::Device`]); the
+    /// run stops there, keeping its last finished epoch.
+    fn validate(&self, model: &M) -> Result<Validation, TrainError>;
 
     /// Names of the training columns of `metrics.csv` ([`StepLoss::sums`]).
     fn train_columns(&self) -> &'static [&'static str] {
@@ -559,7 +563,7 @@ where
         }
         let train_secs = start.elapsed().as_secs_f64();
         let valid = model.valid();
-        let val = task.validate(&valid);
+        let val = task.validate(&valid)?;
         if !frozen {
             schedule.epoch_end(val.loss);
         }
@@ -712,10 +716,23 @@ pub fn single_step<M: Module, T: Step<M>>(
 /// # Errors
 /// [`TrainError::Device`] with the backend's first line.
 pub fn read_loss(loss: Tensor<1>) -> Result<f64, TrainError> {
-    loss.try_into_scalar::<f64>().map_err(|e| {
-        let message = e.to_string();
-        TrainError::Device(message.lines().next().unwrap_or_default().to_string())
-    })
+    loss.try_into_scalar::<f64>().map_err(device_error)
+}
+
+/// A backend's read error as [`TrainError::Device`], with its first line.
+pub fn device_error(error: impl std::fmt::Display) -> TrainError {
+    let message = error.to_string();
+    TrainError::Device(message.lines().next().unwrap_or_default().to_string())
+}
+
+/// The values of `tensor`, converted to `E`.
+///
+/// # Errors
+/// [`TrainError::Device`] with the backend's first line.
+pub fn read_values<E: burn::tensor::Element, const D: usize, K: burn::tensor::kind::Basic>(
+    tensor: Tensor<D, K>,
+) -> Result<Vec<E>, TrainError> {
+    tensor.try_into_vec_as::<E>().map_err(device_error)
 }
 
 /// An epoch of a task that makes its own batches (the dense tasks): the training examples'

@@ -6,7 +6,9 @@ use crate::model::{Classify, device_of};
 use burn::nn::loss::CrossEntropyLossConfig;
 use konv_datasets::ImageSet;
 
+use crate::TrainError;
 use crate::data::{Normalize, loader};
+use crate::engine::{read_loss, read_values};
 
 /// What a model scores on a labelled set.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,18 +89,25 @@ impl EvalReport {
 }
 
 /// Evaluates `model` (in inference mode: call `valid()` first) on `set`.
+///
+/// # Errors
+/// A batch that could not be made ([`TrainError::Config`]) or a device that failed
+/// ([`TrainError::Device`]): no figure over part of the set.
 pub fn evaluate<M: Classify>(
     model: &M,
     set: &Arc<ImageSet>,
     normalize: Normalize,
     batch_size: usize,
     num_classes: usize,
-) -> EvalReport {
+) -> Result<EvalReport, TrainError> {
     evaluate_with(model, set, normalize, batch_size, num_classes, None)
 }
 
 /// [`evaluate`] with the deterministic preprocessing of a training pipeline
 /// ([`Pipeline::eval_steps`](crate::augment::Pipeline::eval_steps), e.g. `resize`).
+///
+/// # Errors
+/// As [`evaluate`].
 pub fn evaluate_with<M: Classify>(
     model: &M,
     set: &Arc<ImageSet>,
@@ -106,7 +115,7 @@ pub fn evaluate_with<M: Classify>(
     batch_size: usize,
     num_classes: usize,
     preprocess: Option<Arc<crate::augment::Pipeline>>,
-) -> EvalReport {
+) -> Result<EvalReport, TrainError> {
     evaluate_tta(
         model,
         set,
@@ -120,6 +129,9 @@ pub fn evaluate_with<M: Classify>(
 
 /// [`evaluate_with`], with test-time augmentation when `flip_tta`: the logits of each image
 /// and of its mirror image are averaged (timm's and Keras' usual horizontal-flip TTA).
+///
+/// # Errors
+/// As [`evaluate`].
 pub fn evaluate_tta<M: Classify>(
     model: &M,
     set: &Arc<ImageSet>,
@@ -128,7 +140,7 @@ pub fn evaluate_tta<M: Classify>(
     num_classes: usize,
     preprocess: Option<Arc<crate::augment::Pipeline>>,
     flip_tta: bool,
-) -> EvalReport {
+) -> Result<EvalReport, TrainError> {
     let device = device_of(model);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
@@ -144,7 +156,7 @@ pub fn evaluate_tta<M: Classify>(
     )
     .iter()
     {
-        let Ok(batch) = batch else { continue };
+        let batch = batch.map_err(|e| TrainError::Config(e.to_string()))?;
         let n = batch.targets.dims()[0];
         let logits = if flip_tta {
             let mirrored = model.logits(batch.images.clone().flip([3]));
@@ -153,36 +165,28 @@ pub fn evaluate_tta<M: Classify>(
             model.logits(batch.images)
         };
         let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
-        loss_sum += loss.into_scalar::<f64>() * n as f64;
-        let scores = logits
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
-        let predicted = logits
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap_or_default();
-        let actual = batch
-            .targets
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap_or_default();
+        loss_sum += read_loss(loss)? * n as f64;
+        let scores: Vec<f32> = read_values(logits.clone())?;
+        let predicted: Vec<i64> = read_values(logits.argmax(1))?;
+        let actual: Vec<i64> = read_values(batch.targets)?;
         for (row, (a, p)) in actual.into_iter().zip(predicted).enumerate() {
-            confusion[a as usize][p as usize] += 1;
-            top5_correct += usize::from(top_k_hit(&scores, row, num_classes, a as usize, 5));
+            let (a, p) = (a as usize, p as usize);
+            if a >= num_classes || p >= num_classes {
+                return Err(TrainError::Config(format!(
+                    "label {a} or prediction {p} is outside the {num_classes} classes evaluated; \
+                     evaluate with the model's number of classes"
+                )));
+            }
+            confusion[a][p] += 1;
+            top5_correct += usize::from(top_k_hit(&scores, row, num_classes, a, 5));
         }
     }
     let total: usize = confusion.iter().flatten().sum();
-    EvalReport {
+    Ok(EvalReport {
         loss: loss_sum / total.max(1) as f64,
         confusion,
         top5_correct,
-    }
+    })
 }
 
 /// Whether class `target` is among the `k` highest of row `row` of `scores`

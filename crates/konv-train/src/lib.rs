@@ -104,10 +104,10 @@ pub enum TrainError {
     /// Invalid settings.
     #[error("{0}")]
     Config(String),
-    /// The device failed while training (out of memory, a lost GPU): the message is the
-    /// backend's first line. The run folder keeps its last finished epoch.
+    /// The device failed while training or evaluating (out of memory, a lost GPU): the
+    /// message is the backend's first line. A run folder keeps its last finished epoch.
     #[error(
-        "the device failed during a training step ({0}); a smaller --batch-size may fit, and --resume continues from the last finished epoch"
+        "the device failed ({0}); a smaller --batch-size may fit, and a training run resumes from its last finished epoch with --resume"
     )]
     Device(String),
     /// One setting of [`engine::Settings`] (or of a task's configuration) is bad: `name` is

@@ -350,6 +350,10 @@ pub struct LocalizeEval {
 }
 
 /// Evaluates `model` (inference mode) on `set`.
+///
+/// # Errors
+/// Outputs whose shapes do not fit the targets ([`TrainError::Config`]) or a device that
+/// failed ([`TrainError::Device`]): no figure over part of the set.
 pub fn evaluate_localizer(
     model: &Localizer,
     set: &LocalizationSet,
@@ -358,7 +362,7 @@ pub fn evaluate_localizer(
     box_loss: BoxLoss,
     batch_size: usize,
     num_classes: usize,
-) -> LocalizeEval {
+) -> Result<LocalizeEval, TrainError> {
     let device = crate::model::device_of(&model.backbone);
     let (mut correct, mut iou_sum, mut hits, mut loss_sum) = (0usize, 0.0f64, 0usize, 0.0f64);
     let mut class_total = vec![0usize; num_classes];
@@ -367,29 +371,18 @@ pub fn evaluate_localizer(
     for chunk in indices.chunks(batch_size.max(1)) {
         let (x, y, b) = batch(set, chunk, normalize, None, &device);
         let out = model.forward(x);
-        if let Ok(l) = localization_losses(
+        let losses = localization_losses(
             out.logits.clone(),
             y,
             out.boxes.clone(),
             b,
             weights,
             box_loss,
-        ) {
-            loss_sum += l.total.into_scalar::<f64>() * chunk.len() as f64;
-        }
-        let predicted = out
-            .logits
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap_or_default();
-        let boxes = out
-            .boxes
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
+        )
+        .map_err(TrainError::Config)?;
+        loss_sum += crate::engine::read_loss(losses.total)? * chunk.len() as f64;
+        let predicted: Vec<i64> = crate::engine::read_values(out.logits.argmax(1))?;
+        let boxes: Vec<f32> = crate::engine::read_values(out.boxes)?;
         for (k, &i) in chunk.iter().enumerate() {
             let label = usize::from(set.labels[i]);
             let right = predicted.get(k).is_some_and(|&p| p as usize == label);
@@ -405,7 +398,7 @@ pub fn evaluate_localizer(
         }
     }
     let n = set.len().max(1) as f64;
-    LocalizeEval {
+    Ok(LocalizeEval {
         count: set.len(),
         accuracy: correct as f64 / n,
         mean_iou: iou_sum / n,
@@ -416,7 +409,7 @@ pub fn evaluate_localizer(
             .zip(&class_right)
             .map(|(&t, &r)| if t == 0 { 0.0 } else { r as f64 / t as f64 })
             .collect(),
-    }
+    })
 }
 
 /// One epoch of a localization run.
@@ -553,7 +546,7 @@ impl Task<Localizer> for LocalizeTask<'_> {
         Ok(model.freeze_backbone())
     }
 
-    fn validate(&self, model: &Localizer) -> Validation {
+    fn validate(&self, model: &Localizer) -> Result<Validation, TrainError> {
         let settings = &self.config.settings;
         let val = evaluate_localizer(
             model,
@@ -563,13 +556,13 @@ impl Task<Localizer> for LocalizeTask<'_> {
             self.config.box_loss,
             settings.batch_size,
             self.classes,
-        );
-        Validation {
+        )?;
+        Ok(Validation {
             loss: val.loss,
             accuracy: val.accuracy,
             score: val.mean_iou,
             columns: vec![("val_iou", val.mean_iou)],
-        }
+        })
     }
 
     fn train_columns(&self) -> &'static [&'static str] {
@@ -709,7 +702,7 @@ fn localize_from(
         config.box_loss,
         settings.batch_size,
         num_classes,
-    );
+    )?;
     Ok(LocalizeOutcome {
         model: fitted.best,
         history: fitted
@@ -911,7 +904,8 @@ mod tests {
             config.box_loss,
             16,
             10,
-        );
+        )
+        .unwrap();
         assert_eq!((again.accuracy, again.count), (out.test.accuracy, 48));
         assert!((again.mean_iou - out.test.mean_iou).abs() < 1e-6);
         let csv = std::fs::read_to_string(dir.join(crate::run::METRICS)).unwrap();

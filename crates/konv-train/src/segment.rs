@@ -316,13 +316,16 @@ pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
 }
 
 /// Evaluates `model` (inference mode) on `set`.
+///
+/// # Errors
+/// A device that failed ([`TrainError::Device`]): no figure over part of the set.
 pub fn evaluate_segmenter(
     model: &Fcn,
     set: &SegmentationSet,
     normalize: Normalize,
     batch_size: usize,
     classes: usize,
-) -> SegmentEval {
+) -> Result<SegmentEval, TrainError> {
     let device = fcn_device(model);
     let mut metrics = SegmentationMetrics::new(classes, Some(IGNORE));
     let mut loss_sum = 0.0;
@@ -331,18 +334,21 @@ pub fn evaluate_segmenter(
         let (x, y) = batch(set, chunk, normalize, None, &device);
         let logits = model.forward(x);
         loss_sum +=
-            pixel_cross_entropy(logits.clone(), y).into_scalar::<f64>() * chunk.len() as f64;
-        let predicted = argmax_labels(logits);
+            crate::engine::read_loss(pixel_cross_entropy(logits.clone(), y))? * chunk.len() as f64;
+        let predicted: Vec<u8> = crate::engine::read_values::<i64, 4, _>(logits.argmax(1))?
+            .into_iter()
+            .map(|l| l as u8)
+            .collect();
         let targets: Vec<u8> = chunk.iter().flat_map(|&i| set.mask(i).to_vec()).collect();
         metrics.update(&predicted, &targets);
     }
-    SegmentEval {
+    Ok(SegmentEval {
         count: set.len(),
         pixel_accuracy: metrics.pixel_accuracy(),
         mean_iou: metrics.mean_iou(),
         class_iou: metrics.class_iou(),
         loss: loss_sum / set.len().max(1) as f64,
-    }
+    })
 }
 
 fn fcn_device(model: &Fcn) -> Device {
@@ -473,20 +479,20 @@ impl Task<Fcn> for SegmentTask<'_> {
         Ok(model)
     }
 
-    fn validate(&self, model: &Fcn) -> Validation {
+    fn validate(&self, model: &Fcn) -> Result<Validation, TrainError> {
         let val = evaluate_segmenter(
             model,
             &self.data.val,
             self.data.normalize,
             self.batch_size,
             self.classes,
-        );
-        Validation {
+        )?;
+        Ok(Validation {
             loss: val.loss,
             accuracy: val.pixel_accuracy,
             score: val.mean_iou,
             columns: vec![("val_mean_iou", val.mean_iou)],
-        }
+        })
     }
 
     fn score_label(&self) -> &'static str {
@@ -591,7 +597,7 @@ fn segment_from(
         data.normalize,
         settings.batch_size,
         classes,
-    );
+    )?;
     Ok(SegmentOutcome {
         history: fitted
             .history
@@ -723,7 +729,7 @@ mod tests {
         assert!(out.test.pixel_accuracy > 0.5, "{:?}", out.test);
         let info = read_info(&run).unwrap().expect("a segmentation run");
         let model = load_fcn(&run, &info, &Device::flex()).unwrap();
-        let again = evaluate_segmenter(&model, &data.test, info.normalize, 8, 11);
+        let again = evaluate_segmenter(&model, &data.test, info.normalize, 8, 11).unwrap();
         assert_eq!(again.pixel_accuracy, out.test.pixel_accuracy);
         // The output has the input's size: one label per pixel.
         let x = Tensor::<4>::zeros([1, 1, 48, 48], &Device::flex());

@@ -587,7 +587,7 @@ impl<M: Classify> Task<M> for ClassifyTask<'_> {
             .map_err(|e| format!("`{}`: {e}; train without a frozen phase", self.name))
     }
 
-    fn validate(&self, model: &M) -> Validation {
+    fn validate(&self, model: &M) -> Result<Validation, TrainError> {
         let val = evaluate_with(
             model,
             &self.data.val,
@@ -595,13 +595,13 @@ impl<M: Classify> Task<M> for ClassifyTask<'_> {
             self.batch_size,
             self.num_classes,
             self.preprocess.clone(),
-        );
-        Validation {
+        )?;
+        Ok(Validation {
             loss: val.loss,
             accuracy: val.accuracy(),
             score: val.accuracy(),
             columns: Vec::new(),
-        }
+        })
     }
 
     fn default_monitor(&self) -> Monitor {
@@ -773,7 +773,7 @@ fn train_from<M: Classify>(
         settings.batch_size,
         num_classes,
         preprocess,
-    );
+    )?;
     Ok(TrainOutcome {
         model: fitted.last,
         best: fitted.best,

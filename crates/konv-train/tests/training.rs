@@ -136,8 +136,12 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     // The best weights reload and evaluate to the same test accuracy.
     let model = konv_models::build("fashion-cnn", 10, &device).unwrap();
     let model = run::load_module(model, &dir.join(run::BEST)).unwrap();
-    let report = konv_train::eval::evaluate(&model, &data.test, data.normalize, 16, 10);
+    let report = konv_train::eval::evaluate(&model, &data.test, data.normalize, 16, 10).unwrap();
     assert_eq!(report.confusion, a.test.confusion);
+    // Fewer classes than the labels and the model's outputs: an error naming the mismatch,
+    // not an index panic or a confusion matrix over part of the set.
+    let err = konv_train::eval::evaluate(&model, &data.test, data.normalize, 16, 3).unwrap_err();
+    assert!(err.to_string().contains("outside the 3 classes"), "{err}");
 
     // Flip test-time augmentation sees an image and its mirror alike: the mirrored test set
     // gets exactly the same predictions.
@@ -147,7 +151,7 @@ fn same_seed_same_curve_and_checkpoints_reload() {
         row.reverse();
     }
     let tta = |set: &Arc<konv_datasets::ImageSet>| {
-        konv_train::eval::evaluate_tta(&model, set, data.normalize, 16, 10, None, true)
+        konv_train::eval::evaluate_tta(&model, set, data.normalize, 16, 10, None, true).unwrap()
     };
     assert_eq!(
         tta(&data.test).confusion,

@@ -56,7 +56,7 @@ pub(crate) fn eval_localize(
         info.config.box_loss,
         args.batch_size.max(1),
         info.class_names.len(),
-    );
+    )?;
     println!(
         "{}: test accuracy {:.2}%, mean IoU {:.3}, IoU ≥ 0.5 for {:.1}% ({} canvases of {} test items, loss {:.4})",
         run_dir.path.display(),
@@ -92,7 +92,7 @@ pub(crate) fn eval_segment(
         info.normalize,
         args.batch_size.clamp(1, 64),
         info.class_names.len(),
-    );
+    )?;
     println!(
         "{}: test mean IoU {:.3}, pixel accuracy {:.2}% ({} scenes of {} test items, loss {:.4})",
         run_dir.path.display(),
@@ -130,7 +130,7 @@ pub(crate) fn eval_detect(
         info.normalize,
         info.prior,
         args.batch_size.clamp(1, 64),
-    );
+    )?;
     println!(
         "{}: test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} ({} scenes, {} objects of {} test items; class accuracy at object cells {:.2}%, loss {:.4})",
         run_dir.path.display(),
@@ -196,7 +196,7 @@ pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
             info.config.settings.augment.eval_steps(),
         )),
         args.tta_flip,
-    );
+    )?;
     println!(
         "{}: test accuracy {:.2}% (top-5 {:.2}%; {} images, loss {:.4}), data from {}",
         run_dir.path.display(),
