@@ -336,8 +336,7 @@ pub fn weight_grad<T: 'static>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
 ///
 /// # Safety
 /// The CPU must have AVX-512F, and every address named above must be inside its buffer.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn forward_block(
     x: *const f32,
@@ -349,53 +348,46 @@ unsafe fn forward_block(
     out: *mut f32,
     row: usize,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 3]; OB];
-    for (acc, b) in acc.iter_mut().zip(bias) {
-        *acc = [_mm512_set1_ps(*b); 3];
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, channel, c_in, offsets, w, bias, out, row);
+        unreachable!("direct convolution runs on x86-64 with AVX-512F only")
     }
-    let mut w = w;
-    for c in 0..c_in {
-        // SAFETY (this block): the caller's bounds.
-        unsafe {
-            let xc = x.add(c * channel);
-            for &offset in offsets {
-                let p = xc.add(offset);
-                let v = [
-                    _mm512_loadu_ps(p),
-                    _mm512_loadu_ps(p.add(LANES)),
-                    _mm512_loadu_ps(p.add(2 * LANES)),
-                ];
-                for (o, acc) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_ps(*w.add(o));
-                    for (a, v) in acc.iter_mut().zip(v) {
-                        *a = _mm512_fmadd_ps(v, wv, *a);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut acc = [[_mm512_setzero_ps(); 3]; OB];
+        for (acc, b) in acc.iter_mut().zip(bias) {
+            *acc = [_mm512_set1_ps(*b); 3];
+        }
+        let mut w = w;
+        for c in 0..c_in {
+            // SAFETY (this block): the caller's bounds.
+            unsafe {
+                let xc = x.add(c * channel);
+                for &offset in offsets {
+                    let p = xc.add(offset);
+                    let v = [
+                        _mm512_loadu_ps(p),
+                        _mm512_loadu_ps(p.add(LANES)),
+                        _mm512_loadu_ps(p.add(2 * LANES)),
+                    ];
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*w.add(o));
+                        for (a, v) in acc.iter_mut().zip(v) {
+                            *a = _mm512_fmadd_ps(v, wv, *a);
+                        }
                     }
+                    w = w.add(OB);
                 }
-                w = w.add(OB);
+            }
+        }
+        for (o, acc) in acc.iter().enumerate() {
+            for (v, a) in acc.iter().enumerate() {
+                // SAFETY: the caller's bounds.
+                unsafe { _mm512_storeu_ps(out.add(o * row + v * LANES), *a) };
             }
         }
     }
-    for (o, acc) in acc.iter().enumerate() {
-        for (v, a) in acc.iter().enumerate() {
-            // SAFETY: the caller's bounds.
-            unsafe { _mm512_storeu_ps(out.add(o * row + v * LANES), *a) };
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn forward_block(
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: &[usize],
-    _: *const f32,
-    _: &[f32; OB],
-    _: *mut f32,
-    _: usize,
-) {
-    unreachable!("direct convolution runs on x86-64 with AVX-512F only")
 }
 
 /// The weight-gradient block `[outputs, taps]` (outputs 1–2, taps 1–9) by its monomorphic
@@ -454,8 +446,7 @@ unsafe fn weight_block(
 /// # Safety
 /// The CPU must have AVX-512F; `dy` must hold `NO` rows of `positions`, `x` every
 /// `q + offset` for `q < positions`, `sums` every lane written.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn weight_kernel<const NO: usize, const NT: usize>(
     dy: *const f32,
     positions: usize,
@@ -464,41 +455,37 @@ unsafe fn weight_kernel<const NO: usize, const NT: usize>(
     sums: *mut f32,
     output_stride: usize,
 ) {
-    let offsets = *offsets;
-    let mut acc = [[_mm512_setzero_ps(); NT]; NO];
-    // SAFETY (this block): the caller's bounds.
-    unsafe {
-        for q in (0..positions).step_by(LANES) {
-            let mut d = [_mm512_setzero_ps(); NO];
-            for (o, d) in d.iter_mut().enumerate() {
-                *d = _mm512_loadu_ps(dy.add(o * positions + q));
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dy, positions, x, offsets, sums, output_stride);
+        unreachable!("direct convolution runs on x86-64 with AVX-512F only")
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let offsets = *offsets;
+        let mut acc = [[_mm512_setzero_ps(); NT]; NO];
+        // SAFETY (this block): the caller's bounds.
+        unsafe {
+            for q in (0..positions).step_by(LANES) {
+                let mut d = [_mm512_setzero_ps(); NO];
+                for (o, d) in d.iter_mut().enumerate() {
+                    *d = _mm512_loadu_ps(dy.add(o * positions + q));
+                }
+                for (t, offset) in offsets.iter().enumerate() {
+                    let v = _mm512_loadu_ps(x.add(q + offset));
+                    for (acc, d) in acc.iter_mut().zip(d) {
+                        acc[t] = _mm512_fmadd_ps(d, v, acc[t]);
+                    }
+                }
             }
-            for (t, offset) in offsets.iter().enumerate() {
-                let v = _mm512_loadu_ps(x.add(q + offset));
-                for (acc, d) in acc.iter_mut().zip(d) {
-                    acc[t] = _mm512_fmadd_ps(d, v, acc[t]);
+            for (o, acc) in acc.iter().enumerate() {
+                for (t, a) in acc.iter().enumerate() {
+                    let p = sums.add(o * output_stride + t * LANES);
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
                 }
             }
         }
-        for (o, acc) in acc.iter().enumerate() {
-            for (t, a) in acc.iter().enumerate() {
-                let p = sums.add(o * output_stride + t * LANES);
-                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
-            }
-        }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn weight_kernel<const NO: usize, const NT: usize>(
-    _: *const f32,
-    _: usize,
-    _: *const f32,
-    _: &[usize; NT],
-    _: *mut f32,
-    _: usize,
-) {
-    unreachable!("direct convolution runs on x86-64 with AVX-512F only")
 }
 
 #[cfg(test)]
@@ -506,14 +493,16 @@ mod tests {
     use super::*;
     use burn::backend::ops::ConvOptions;
 
+    /// The stride-1 convolution of `x` `[n, c_in, h, w]` by `weight` `[c_out, c_in, kh, kw]`
+    /// with `pad` rows and columns of zeros.
+    fn geometry(x: [usize; 4], weight: [usize; 4], pad: [usize; 2]) -> Geometry {
+        Geometry::new(x, weight, &ConvOptions::new([1, 1], pad, [1, 1], 1))
+    }
+
     #[test]
     fn the_layout_reads_inside_its_channel() {
         // 3×3 "same" at 28×28: rows of 30, 28·30 = 840 positions rounded up to 864.
-        let g = Geometry::new(
-            [2, 16, 28, 28],
-            [16, 16, 3, 3],
-            &ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-        );
+        let g = geometry([2, 16, 28, 28], [16, 16, 3, 3], [1, 1]);
         let lay = Layout::of(&g);
         assert_eq!((lay.pw, lay.positions), (30, 864));
         let last = lay.positions - 1 + lay.offsets.last().copied().unwrap_or(0);
@@ -568,8 +557,7 @@ mod tests {
             ([2, 1, 10, 10], [9, 7], [3, 3]),
         ];
         for ([batch, c_in, h, w], [c_out, k], pad) in cases {
-            let options = ConvOptions::new([1, 1], pad, [1, 1], 1);
-            let g = Geometry::new([batch, c_in, h, w], [c_out, c_in, k, k], &options);
+            let g = geometry([batch, c_in, h, w], [c_out, c_in, k, k], pad);
             assert!(applies::<f32>(&g));
             let value = |i: usize, m: usize| ((i * 7919) % m) as f32 / m as f32 - 0.5;
             let x: Vec<f32> = (0..batch * c_in * h * w).map(|i| value(i, 31)).collect();
@@ -600,11 +588,7 @@ mod tests {
     #[test]
     fn padding_puts_rows_at_their_offsets() {
         // 1 channel 2×3, padding 1: padded rows of 5 (ow 3 + kw 3 − 1).
-        let g = Geometry::new(
-            [1, 1, 2, 3],
-            [1, 1, 3, 3],
-            &ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-        );
+        let g = geometry([1, 1, 2, 3], [1, 1, 3, 3], [1, 1]);
         let lay = Layout::of(&g);
         let mut xp = vec![9.0; lay.channel];
         lay.pad_input(&g, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &mut xp);
