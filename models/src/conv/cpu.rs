@@ -266,7 +266,7 @@ impl Geometry {
 
 /// How the batch is split: contiguous chunks of images over the threads, and the threading
 /// left to each GEMM.
-fn plan(batch: usize) -> (usize, Parallelism) {
+pub(super) fn plan(batch: usize) -> (usize, Parallelism) {
     let threads = rayon::current_num_threads().max(1);
     if batch >= threads {
         (batch.div_ceil(threads), Parallelism::None)
@@ -506,11 +506,13 @@ pub(super) fn matmul<T: Element>(
 /// The forward convolution: `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in/groups, kh, kw]`,
 /// optional `bias` `[c_out]`; returns `[n, c_out, oh, ow]`.
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
-    if super::winograd_enabled() && super::winograd::forward_applies(g) {
-        return super::winograd::forward(g, x, weight, bias);
-    }
-    if super::winograd_enabled() && super::direct::applies::<T>(g) {
-        return super::direct::forward(g, x, weight, bias);
+    if super::fast_paths_enabled() {
+        if super::winograd::forward_applies(g) {
+            return super::winograd::forward(g, x, weight, bias);
+        }
+        if super::direct::applies::<T>(g) {
+            return super::direct::forward(g, x, weight, bias);
+        }
     }
     let mut out = vec![T::ZERO; g.output_len()];
     let (chunk, parallelism) = plan(g.batch);
@@ -588,7 +590,7 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
         // im2col + a GEMM whose inner dimension is c_out·kh·kw instead of c_out (16 in
         // ResNet-20's first stage, where that GEMM mostly wrote its output), and no
         // scattered accumulation.
-        if super::winograd_enabled() && super::winograd::forward_applies(&t) {
+        if super::fast_paths_enabled() && super::winograd::forward_applies(&t) {
             return super::winograd::input_grad(&t, weight, grad);
         }
         return forward(&t, grad, &transposed_weight(g, weight), None);
@@ -678,11 +680,13 @@ fn transposed_weight<T: Element>(g: &Geometry, weight: &[T]) -> Vec<T> {
 /// The gradient with respect to the weight: `x` and `grad` as in [`forward`] and
 /// [`input_grad`]; returns `[c_out, c_in/groups, kh, kw]`.
 pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
-    if super::winograd_enabled() && super::winograd::forward_applies(g) {
-        return super::winograd::weight_grad(g, x, grad);
-    }
-    if super::winograd_enabled() && super::direct::applies::<T>(g) {
-        return super::direct::weight_grad(g, x, grad);
+    if super::fast_paths_enabled() {
+        if super::winograd::forward_applies(g) {
+            return super::winograd::weight_grad(g, x, grad);
+        }
+        if super::direct::applies::<T>(g) {
+            return super::direct::weight_grad(g, x, grad);
+        }
     }
     let (chunk, parallelism) = plan(g.batch);
     let Sizes {
@@ -751,21 +755,33 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
         dwt
     };
     let chunks = g.batch.div_ceil(chunk);
-    let dwt = (0..chunks)
-        .into_par_iter()
-        .map(|ci| partial(ci, chunk.min(g.batch - ci * chunk)))
+    let dwt = sum_partials(
+        (0..chunks)
+            .into_par_iter()
+            .map(|ci| partial(ci, chunk.min(g.batch - ci * chunk))),
+        weight_len,
+    );
+    let mut dw = vec![T::ZERO; weight_len];
+    for (from, to) in dwt.chunks(cog * depth).zip(dw.chunks_mut(cog * depth)) {
+        super::simd::channels_last(from, cog, cog, depth, to);
+    }
+    dw
+}
+
+/// The element-wise sum of the threads' `partials` (each `len` long): zeros when there are
+/// none.
+pub(super) fn sum_partials<T: Element>(
+    partials: impl ParallelIterator<Item = Vec<T>>,
+    len: usize,
+) -> Vec<T> {
+    partials
         .reduce_with(|mut a, b| {
             for (a, b) in a.iter_mut().zip(&b) {
                 *a += *b;
             }
             a
         })
-        .unwrap_or_else(|| vec![T::ZERO; weight_len]);
-    let mut dw = vec![T::ZERO; weight_len];
-    for (from, to) in dwt.chunks(cog * depth).zip(dw.chunks_mut(cog * depth)) {
-        super::simd::channels_last(from, cog, cog, depth, to);
-    }
-    dw
+        .unwrap_or_else(|| vec![T::ZERO; len])
 }
 
 /// The ceiling these kernels run against: GFLOP/s of one `n × n × n` `f32` GEMM on the same

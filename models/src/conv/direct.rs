@@ -224,9 +224,8 @@ pub fn forward<T: 'static>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
     };
     let padded = c_in * lay.channel;
     let scratch_len = OB * lay.positions;
-    let threads = rayon::current_num_threads().max(1);
-    if g.batch >= threads {
-        let chunk = g.batch.div_ceil(threads);
+    let (chunk, parallelism) = super::cpu::plan(g.batch);
+    if matches!(parallelism, gemm::Parallelism::None) {
         out.par_chunks_mut(chunk * image_out)
             .enumerate()
             .for_each(|(ci, outs)| {
@@ -274,8 +273,7 @@ pub fn weight_grad<T: 'static>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     assert_eq!(grad.len(), g.batch * image_out, "direct: gradient length");
     let weights = c_out * c_in * taps;
     let (padded_x, padded_dy) = (c_in * lay.channel, c_out * lay.positions);
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = g.batch.div_ceil(threads);
+    let chunk = super::cpu::plan(g.batch).0;
     // 16 partial sums per weight over the images `chunk · ci ..`, `[c_out][c_in][taps][16]`.
     let partial = |ci: usize| {
         let mut sums = vec![0.0f32; weights * LANES];
@@ -313,16 +311,10 @@ pub fn weight_grad<T: 'static>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
         });
         sums
     };
-    let sums = (0..g.batch.div_ceil(chunk))
-        .into_par_iter()
-        .map(partial)
-        .reduce_with(|mut a, b| {
-            for (a, b) in a.iter_mut().zip(&b) {
-                *a += *b;
-            }
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; weights * LANES]);
+    let sums = super::cpu::sum_partials(
+        (0..g.batch.div_ceil(chunk)).into_par_iter().map(partial),
+        weights * LANES,
+    );
     from_f32(
         sums.chunks_exact(LANES)
             .map(|lanes| lanes.iter().sum())

@@ -1122,7 +1122,7 @@ pub fn burn_forced() -> bool {
 
 /// Whether the layers that fit them take [`winograd`] and [`direct`] (unless `KONV_CONV=gemm`
 /// or `burn`).
-fn winograd_enabled() -> bool {
+fn fast_paths_enabled() -> bool {
     conv_choice() == ConvChoice::Konv
 }
 
