@@ -13,6 +13,8 @@
 //! - data parallelism over CPU cores ([`Settings::replicas`], [`crate::parallel`]);
 //! - progressive resizing ([`Settings::progressive_resize`]) where the task can resize a
 //!   batch;
+//! - a moving average of the weights ([`Settings::ema`], [`crate::ema`]): validated, kept as
+//!   the best and returned in place of the trained weights;
 //! - the best epoch by a [`Monitor`]ed metric, early stopping, `metrics.csv`, `curves.png`,
 //!   the progress bar;
 //! - a crash-safe commit of every epoch into the run folder and an exact `--resume`: each
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::augment::Pipeline;
+use crate::ema::ModelEma;
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
 use crate::progressive::ProgressiveResize;
@@ -89,6 +92,11 @@ pub struct Settings {
     /// Train the first epochs on smaller inputs ([`crate::progressive`]); validation and
     /// test stay at the full size.
     pub progressive_resize: Option<ProgressiveResize>,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999),
+    /// updated after every step ([`crate::ema`]). Validation, the best epoch and the
+    /// returned models are then the average's; the trained weights stay in the epoch
+    /// checkpoints, for resuming.
+    pub ema: Option<f64>,
 }
 
 impl Default for Settings {
@@ -116,6 +124,7 @@ impl Default for Settings {
             keep_checkpoints: 1,
             replicas: 1,
             progressive_resize: None,
+            ema: None,
         }
     }
 }
@@ -170,6 +179,14 @@ impl Settings {
         if let Some(p) = &self.progressive_resize {
             p.validate(self.epochs)
                 .map_err(|e| TrainError::setting("progressive_resize", e))?;
+        }
+        if let Some(decay) = self.ema
+            && !(decay > 0.0 && decay < 1.0)
+        {
+            return bad(
+                "ema",
+                format!("{decay} is not a decay; give one between 0 and 1, such as 0.999"),
+            );
         }
         if self.monitor == Some(Monitor::Last)
             && let Some(patience) = self.early_stop
@@ -368,9 +385,11 @@ pub trait Task<M: Module>: Step<M> {
 /// What [`fit`] returns.
 #[derive(Debug, Clone)]
 pub struct Fitted<M> {
-    /// The weights after the last epoch, in inference mode.
+    /// The weights after the last epoch, in inference mode (their moving average with
+    /// [`Settings::ema`]).
     pub last: M,
-    /// The weights of the best epoch under the monitor, in inference mode.
+    /// The weights of the best epoch under the monitor, in inference mode (the moving
+    /// average's with [`Settings::ema`]).
     pub best: M,
     /// Which epoch `best` is.
     pub best_epoch: usize,
@@ -464,6 +483,8 @@ where
     // (Not `model.valid()` yet: that would initialize lazily initialized parameters here,
     // before the first epoch's seed, which is where a fresh model draws them.)
     let mut best: Option<(f64, M, usize)> = None;
+    // (Empty until the first step, for the same reason.)
+    let mut ema = settings.ema.map(ModelEma::new);
     let mut first_epoch = 1;
     if let Some(state) = resume {
         let Some(run) = run else {
@@ -496,6 +517,19 @@ where
                 schedule.next_lr();
             }
             schedule.epoch_end(e.metrics.val_loss);
+        }
+        if let Some(decay) = settings.ema {
+            let Some(name) = &state.ema else {
+                return Err(TrainError::setting(
+                    "ema",
+                    format!(
+                        "{} has no moving average of the weights to resume; resume it without ema",
+                        run.path.join(crate::run::STATE).display()
+                    ),
+                ));
+            };
+            let average = crate::run::load_module(model.valid(), &run.path.join(name))?;
+            ema = Some(ModelEma::resume(decay, average, state.ema_updates));
         }
         if state.best_epoch > 0 {
             let best_model = crate::run::load_module(model.valid(), &run.path.join(BEST))?;
@@ -550,6 +584,9 @@ where
             if !step_totals.loss.is_finite() {
                 return Err(TrainError::Diverged { epoch, step });
             }
+            if let Some(ema) = &mut ema {
+                ema.update(&model);
+            }
             totals.add(&step_totals, n);
             observer.step(
                 totals.seen,
@@ -563,7 +600,13 @@ where
         }
         let train_secs = start.elapsed().as_secs_f64();
         let valid = model.valid();
-        let val = task.validate(&valid)?;
+        // What is validated and kept: the average when there is one (a copy that later
+        // updates leave alone), else the trained weights.
+        let judged = ema
+            .as_ref()
+            .and_then(ModelEma::snapshot)
+            .unwrap_or_else(|| valid.clone());
+        let val = task.validate(&judged)?;
         if !frozen {
             schedule.epoch_end(val.loss);
         }
@@ -588,7 +631,7 @@ where
         let score = monitor.score(&metrics, val.score);
         let improved = best.as_ref().is_none_or(|(b, _, _)| score > *b);
         if improved {
-            best = Some((score, valid.clone(), epoch));
+            best = Some((score, judged.clone(), epoch));
         }
         let (best_score, _, best_epoch) = best.as_ref().expect("set on the first epoch");
         let (best_score, best_epoch) = (*best_score, *best_epoch);
@@ -600,6 +643,7 @@ where
             run.save_epoch(
                 &valid,
                 &optim,
+                ema.as_ref().map(|e| (&judged, e.updates())),
                 improved,
                 TrainState {
                     epoch,
@@ -608,6 +652,8 @@ where
                     best_score,
                     checkpoint: String::new(),
                     optimizer: String::new(),
+                    ema: None,
+                    ema_updates: 0,
                 },
                 settings.keep_checkpoints,
             )?;
@@ -628,8 +674,12 @@ where
     }
     let (_, best, best_epoch) =
         best.ok_or_else(|| TrainError::setting("epochs", "no epoch ran".into()))?;
+    let last = match ema.as_ref().and_then(ModelEma::snapshot) {
+        Some(average) => average,
+        None => model.valid(),
+    };
     Ok(Fitted {
-        last: model.valid(),
+        last,
         best,
         best_epoch,
         history,

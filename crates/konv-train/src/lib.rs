@@ -8,7 +8,8 @@
 //! - [`train`]: the SGD training loop with validation, metrics and checkpoints
 //!   ([`train::train`] for the zoo by name, [`train::train_model`] for any model);
 //!   [`parallel`]: data parallelism over CPU cores (`--replicas`); [`progressive`]: smaller
-//!   images in the first epochs (`--progressive-resize`).
+//!   images in the first epochs (`--progressive-resize`); [`ema`]: a moving average of the
+//!   weights, validated and kept instead of the raw ones (`--ema`).
 //! - [`loss`]: weighted multi-output losses (class + box); [`metrics`]: box IoU, mean IoU
 //!   and pixel accuracy of masks.
 //! - [`eval`] and [`predict`]: accuracy, confusion matrix, top-k classes of image files.
@@ -37,6 +38,7 @@ pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod detect;
+pub mod ema;
 pub mod engine;
 pub mod eval;
 pub mod filters;

@@ -107,6 +107,17 @@ pub struct TrainState {
     pub checkpoint: String,
     /// Optimizer state after `epoch`, in the run folder.
     pub optimizer: String,
+    /// The moving average of the weights after `epoch` ([`crate::ema`]), in the run folder,
+    /// when the run keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<String>,
+    /// Updates the moving average has had.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ema_updates: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The seed of epoch `epoch`'s randomness (dropout, shuffling, augmentation): a function of
@@ -159,9 +170,15 @@ mod tests {
             best_score: 0.6,
             checkpoint: "epoch-0001.bpk".into(),
             optimizer: "epoch-0001.optim.bpk".into(),
+            ema: None,
+            ema_updates: 0,
         };
         let json = serde_json::to_string(&state).unwrap();
         assert!(json.contains("\"train_loss\":1.0") && !json.contains("extra"));
+        assert!(
+            !json.contains("ema"),
+            "a run without an average writes no ema fields"
+        );
         assert_eq!(serde_json::from_str::<TrainState>(&json).unwrap(), state);
     }
 

@@ -21,6 +21,9 @@ pub const CHECKPOINT: &str = "checkpoint.bpk";
 pub const OPTIMIZER: &str = "optimizer.bpk";
 /// The weights of the epoch with the best validation accuracy.
 pub const BEST: &str = "best.bpk";
+/// The moving average of the weights after the latest epoch, in runs that keep one
+/// (`--ema`); `best.bpk` is then the average of the best epoch.
+pub const EMA: &str = "ema.bpk";
 /// The run's configuration.
 pub const CONFIG: &str = "config.json";
 /// One line per epoch.
@@ -128,14 +131,16 @@ impl RunDir {
         self.write(OPTIMIZER, bytes)
     }
 
-    /// Everything after an epoch, in crash-safe order: the epoch's weights and optimizer
-    /// state, `best.bpk` when `improved`, then `state.json` naming them (the commit point),
-    /// then `checkpoint.bpk`/`optimizer.bpk`, `metrics.csv` and `curves.png`; finally the
+    /// Everything after an epoch, in crash-safe order: the epoch's weights, optimizer state
+    /// and moving average (`ema`, when the run keeps one), `best.bpk` when `improved` (the
+    /// average when there is one), then `state.json` naming them (the commit point), then
+    /// `checkpoint.bpk`/`optimizer.bpk`/`ema.bpk`, `metrics.csv` and `curves.png`; finally the
     /// epoch files older than the newest `keep` are deleted.
     pub fn save_epoch<M: Module>(
         &self,
         model: &M,
         optim: &ModuleOptimizer,
+        ema: Option<(&M, u64)>,
         improved: bool,
         mut state: TrainState,
         keep: usize,
@@ -149,13 +154,22 @@ impl RunDir {
             .into_bytes()
             .map_err(|e| TrainError::Record(optim_path.clone(), e.to_string()))?;
         self.write(&state.optimizer, &bytes)?;
+        if let Some((average, updates)) = ema {
+            let name = format!("epoch-{epoch:04}.ema.bpk");
+            self.save_module(&name, average)?;
+            state.ema = Some(name);
+            state.ema_updates = updates;
+        }
         if improved {
-            self.save_module(BEST, model)?;
+            self.save_module(BEST, ema.map_or(model, |(average, _)| average))?;
         }
         let json = serde_json::to_vec_pretty(&state).expect("TrainState serializes");
         self.write(STATE, &json)?;
         self.link_latest(&state.checkpoint, CHECKPOINT)?;
         self.link_latest(&state.optimizer, OPTIMIZER)?;
+        if let Some(name) = &state.ema {
+            self.link_latest(name, EMA)?;
+        }
         self.write_metrics(&state.history)?;
         let curves = self.path.join(CURVES);
         let metrics: Vec<_> = state.history.iter().map(|e| e.metrics.clone()).collect();
@@ -165,6 +179,7 @@ impl RunDir {
             for name in [
                 format!("epoch-{old:04}.bpk"),
                 format!("epoch-{old:04}.optim.bpk"),
+                format!("epoch-{old:04}.ema.bpk"),
             ] {
                 let path = self.path.join(name);
                 if path.exists() {

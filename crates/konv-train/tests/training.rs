@@ -504,6 +504,63 @@ fn a_run_on_two_replicas_resumes_exactly() {
     assert!(whole.history[2].train_loss < whole.history[0].train_loss);
 }
 
+/// A moving average of the weights (`ema`) in the loop: validation and the test use the
+/// average (so the curve differs from a run without one), the run folder keeps it beside the
+/// trained weights, and a run killed mid-epoch resumes to exactly the uninterrupted end, the
+/// average's update count (its warm-up) and batch norm's averaged statistics included.
+#[test]
+fn a_run_with_a_moving_average_validates_it_and_resumes_exactly() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let plain = TrainConfig {
+        model: "resnet20".into(),
+        settings: konv_train::engine::Settings {
+            epochs: 3,
+            lr: 0.05,
+            augment: "flip".parse().unwrap(),
+            ..tiny_config().settings
+        },
+        ..tiny_config()
+    };
+    let config = TrainConfig {
+        settings: konv_train::engine::Settings {
+            ema: Some(0.9),
+            ..plain.settings.clone()
+        },
+        ..plain.clone()
+    };
+    let whole = resumes_exactly(&config, "ema");
+    let without = train_tiny(&plain, 32);
+    // The same steps train both runs: their training losses agree, their validation does not.
+    assert_eq!(whole.history[0].train_loss, without.history[0].train_loss);
+    assert_eq!(whole.history[2].train_loss, without.history[2].train_loss);
+    assert_ne!(whole.history[2].val_loss, without.history[2].val_loss);
+
+    // The run folder: ema.bpk and the epoch's average named in state.json, best.bpk the
+    // average of the best epoch.
+    let dataset = embedded_fashion_mnist();
+    let mut data = SplitData::new(&dataset, 32, Some(48), 3);
+    data.test = Arc::new(dataset.test.take(32));
+    let device = BackendName::Cpu.open().unwrap();
+    let dir = std::env::temp_dir().join(format!("konv-ema-files-{}", std::process::id()));
+    let run = RunDir::create(&dir).unwrap();
+    let config = TrainConfig {
+        settings: konv_train::engine::Settings {
+            epochs: 1,
+            ..config.settings.clone()
+        },
+        ..config.clone()
+    };
+    train(&config, 10, &data, &device, Some(&run), &mut Silent).unwrap();
+    let state = run.read_state().unwrap();
+    assert_eq!(state.ema.as_deref(), Some("epoch-0001.ema.bpk"));
+    assert_eq!(state.ema_updates, 3, "one update per step");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert_eq!(read("ema.bpk"), read("epoch-0001.ema.bpk"));
+    assert_eq!(read("best.bpk"), read("ema.bpk"));
+    assert_ne!(read("checkpoint.bpk"), read("ema.bpk"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Progressive resizing in the loop: the first epoch trains on 14×14 images (so its curve
 /// differs from a full-size run's), later epochs at 22×22 and 28×28, and a run killed in the
 /// ramp resumes to exactly the uninterrupted end.

@@ -119,6 +119,13 @@ pub(crate) fn parse_momentum(s: &str) -> Result<f64, String> {
     }
 }
 
+pub(crate) fn parse_decay(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err("expected a decay in (0, 1), e.g. 0.999".into()),
+    }
+}
+
 pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..1.0).contains(&v) => Ok(v),

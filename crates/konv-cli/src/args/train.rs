@@ -76,6 +76,12 @@ pub(crate) struct TrainArgs {
     /// must take any size (the ResNets, GoogLeNet, Xception).
     #[arg(long)]
     pub(crate) progressive_resize: Option<konv_train::progressive::ProgressiveResize>,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999; timm's
+    /// --model-ema, Keras' use_ema), updated after every step. Validation, best.bpk and the
+    /// test use the average; checkpoint.bpk keeps the trained weights for --resume, ema.bpk
+    /// the latest average.
+    #[arg(long, value_parser = parse_decay)]
+    pub(crate) ema: Option<f64>,
     /// SGD momentum (0 for plain SGD); RMSProp's momentum with --optimizer rmsprop.
     #[arg(long, default_value_t = 0.9, value_parser = parse_momentum)]
     pub(crate) momentum: f64,

@@ -127,6 +127,7 @@ pub(crate) fn settings(args: &TrainArgs, val_size: usize) -> Settings {
         keep_checkpoints: args.keep_checkpoints as usize,
         replicas: args.replicas as usize,
         progressive_resize: args.progressive_resize,
+        ema: args.ema,
     }
 }
 
