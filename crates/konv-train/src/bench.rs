@@ -260,14 +260,14 @@ pub fn bench(config: &BenchConfig, device: &Device) -> Result<BenchResult, Train
             };
             let t = Instant::now();
             for _ in 0..config.warmup {
-                let (next, loss, _) = step(net, &mut optim);
+                let (next, loss, _) = step(net, &mut optim)?;
                 first_loss.get_or_insert(loss);
                 net = next;
             }
             let warm = t.elapsed().as_secs_f64();
             for _ in 0..config.steps {
                 let t = Instant::now();
-                let (next, loss, _) = step(net, &mut optim);
+                let (next, loss, _) = step(net, &mut optim)?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
                 first_loss.get_or_insert(loss);
                 net = next;
@@ -388,19 +388,14 @@ pub fn agreement(
         let plain = device.clone().without_autodiff();
         let net = network(config, &plain)?;
         let data = batch(config, channels, classes, &plain);
-        let logits = net
-            .valid()
-            .forward(data.images.clone())
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap_or_default();
+        let logits =
+            crate::engine::read_values::<f32, 2, _>(net.valid().forward(data.images.clone()))?;
         let (mut net, data) = for_training(net, &data, device);
         let mut optim: ModuleOptimizer = TrainConfig::default().optimizer(&net);
         let lr = TrainConfig::default().settings.lr;
         let mut losses = Vec::new();
         for _ in 0..steps {
-            let (next, loss, _) = train_step(net, &mut optim, data.clone(), lr, 0.0);
+            let (next, loss, _) = train_step(net, &mut optim, data.clone(), lr, 0.0)?;
             losses.push(loss);
             net = next;
         }

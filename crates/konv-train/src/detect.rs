@@ -318,7 +318,7 @@ fn detection_losses(
     objects: &[Objects],
     input: [usize; 2],
     prior: [f32; 2],
-) -> Losses {
+) -> Result<Losses, TrainError> {
     let [n, _, gh, gw] = out.class_logits.dims();
     let device = out.class_logits.device();
     let cell = [input[0] as f32 / gh as f32, input[1] as f32 / gw as f32];
@@ -349,17 +349,12 @@ fn detection_losses(
     let pred = Tensor::cat(vec![centers, sizes], 1);
     let boxes = (smooth_l1(pred, bx) * obj).sum().div_scalar(norm);
     let predicted = out.class_logits.clone().argmax(1).reshape([n, gh, gw]);
-    let right = predicted
-        .equal(cls)
-        .int()
-        .mul(mask.int())
-        .sum()
-        .into_scalar::<i64>() as usize;
-    Losses {
+    let right = crate::engine::read_count(predicted.equal(cls).int().mul(mask.int()).sum())?;
+    Ok(Losses {
         total: objectness + class + boxes,
         right,
         objects: count,
-    }
+    })
 }
 
 fn batch(
@@ -407,6 +402,9 @@ fn batch(
 /// Turns the detector's output for a batch into boxes: for each image, the cells whose
 /// score (objectness × class probability) reaches `threshold`, after class-wise NMS at
 /// `nms_iou`, best first, at most `max_per_image`. Boxes are in input pixels, clipped.
+///
+/// # Errors
+/// A device that failed reading the output back ([`TrainError::Device`]).
 pub fn decode_detections(
     out: &konv_models::detection::DetectorOutput,
     input: [usize; 2],
@@ -414,20 +412,15 @@ pub fn decode_detections(
     threshold: f32,
     nms_iou: f32,
     max_per_image: usize,
-) -> Vec<Vec<Detection>> {
+) -> Result<Vec<Vec<Detection>>, TrainError> {
     let [n, classes, gh, gw] = out.class_logits.dims();
     let cell = [input[0] as f32 / gh as f32, input[1] as f32 / gw as f32];
-    let vec = |t: Tensor<4>| -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default()
-    };
-    let obj = vec(sigmoid(out.objectness.clone()));
-    let probs = vec(softmax(out.class_logits.clone(), 1));
-    let raw = vec(out.boxes.clone());
+    let vec = crate::engine::read_values::<f32, 4, _>;
+    let obj = vec(sigmoid(out.objectness.clone()))?;
+    let probs = vec(softmax(out.class_logits.clone(), 1))?;
+    let raw = vec(out.boxes.clone())?;
     let cells = gh * gw;
-    (0..n)
+    Ok((0..n)
         .map(|b| {
             let mut found = Vec::new();
             for k in 0..cells {
@@ -469,7 +462,7 @@ pub fn decode_detections(
             kept.truncate(max_per_image);
             kept
         })
-        .collect()
+        .collect())
 }
 
 /// The score threshold of evaluation: low, so that the precision–recall curve is complete.
@@ -513,11 +506,11 @@ pub fn evaluate_detector(
     for chunk in indices.chunks(batch_size.max(1)) {
         let (x, objects) = batch(set, chunk, normalize, None, &device);
         let out = model.forward(x);
-        let losses = detection_losses(&out, &objects, set.size, prior);
+        let losses = detection_losses(&out, &objects, set.size, prior)?;
         loss_sum += crate::engine::read_loss(losses.total)? * chunk.len() as f64;
         right += losses.right;
         counted += losses.objects;
-        for (found, &i) in decode_detections(&out, set.size, prior, EVAL_THRESHOLD, 0.5, 100)
+        for (found, &i) in decode_detections(&out, set.size, prior, EVAL_THRESHOLD, 0.5, 100)?
             .into_iter()
             .zip(chunk)
         {
@@ -587,7 +580,7 @@ impl Step<SlidingDetector> for DetectTask<'_> {
         _frozen: bool,
     ) -> Result<StepLoss, TrainError> {
         let out = model.forward(x);
-        let losses = detection_losses(&out, &objects, self.data.train.size, self.data.prior);
+        let losses = detection_losses(&out, &objects, self.data.train.size, self.data.prior)?;
         Ok(StepLoss {
             loss: losses.total,
             right: losses.right,
@@ -836,7 +829,7 @@ pub fn detect_file(
     let device = model.conv.weight.device();
     let (img, x) = crate::predict::load_input(path, [h, w], invert, info.normalize, &device)?;
     let out = model.forward(x);
-    let found = decode_detections(&out, [h, w], info.prior, threshold, 0.5, 100)
+    let found = decode_detections(&out, [h, w], info.prior, threshold, 0.5, 100)?
         .pop()
         .unwrap_or_default();
     let (sx, sy) = (
@@ -951,7 +944,7 @@ mod tests {
             class_logits,
             boxes,
         };
-        let found = decode_detections(&out, [16, 16], [8.0, 8.0], 0.1, 0.5, 10);
+        let found = decode_detections(&out, [16, 16], [8.0, 8.0], 0.1, 0.5, 10).unwrap();
         assert_eq!(found.len(), 1);
         let found = &found[0];
         let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
@@ -963,7 +956,7 @@ mod tests {
         assert_eq!(found[1].class, 0);
         assert!((found[1].score - sig(1.0) * sig(8.0)).abs() < 1e-5);
         // A higher threshold drops the weaker.
-        let found = decode_detections(&out, [16, 16], [8.0, 8.0], 0.8, 0.5, 10);
+        let found = decode_detections(&out, [16, 16], [8.0, 8.0], 0.8, 0.5, 10).unwrap();
         assert_eq!(found[0].len(), 1);
     }
 
@@ -1001,6 +994,7 @@ mod tests {
         };
         let detections: Vec<Detection> =
             decode_detections(&out, [96, 96], data.prior, 0.5, 0.5, 100)
+                .unwrap()
                 .into_iter()
                 .flatten()
                 .collect();

@@ -769,6 +769,17 @@ pub fn read_loss(loss: Tensor<1>) -> Result<f64, TrainError> {
     loss.try_into_scalar::<f64>().map_err(device_error)
 }
 
+/// A count (a sum of right answers) read back from its device.
+///
+/// # Errors
+/// [`TrainError::Device`] with the backend's first line.
+pub fn read_count(count: Tensor<1, Int>) -> Result<usize, TrainError> {
+    count
+        .try_into_scalar::<i64>()
+        .map(|n| n.max(0) as usize)
+        .map_err(device_error)
+}
+
 /// A backend's read error as [`TrainError::Device`], with its first line.
 pub fn device_error(error: impl std::fmt::Display) -> TrainError {
     let message = error.to_string();

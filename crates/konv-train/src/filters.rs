@@ -306,13 +306,12 @@ pub fn convolve(
 
 /// A feature map as an 8-bit image, stretched so that its minimum is black and its maximum
 /// white (matplotlib's default scaling); a constant map is mid-gray.
-pub fn to_gray_image(map: Tensor<2>) -> GrayImage {
+///
+/// # Errors
+/// A device that failed reading the map back ([`TrainError::Device`]).
+pub fn to_gray_image(map: Tensor<2>) -> Result<GrayImage, TrainError> {
     let [h, w] = map.dims();
-    let values = map
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
+    let values = crate::engine::read_values::<f32, 2, _>(map)?;
     let (lo, hi) = values
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
@@ -328,7 +327,7 @@ pub fn to_gray_image(map: Tensor<2>) -> GrayImage {
             }
         })
         .collect();
-    GrayImage::from_raw(w as u32, h as u32, pixels).expect("h × w pixels")
+    Ok(GrayImage::from_raw(w as u32, h as u32, pixels).expect("h × w pixels"))
 }
 
 /// Tiles laid out in rows (each row one image and its maps), each cell as large as the
@@ -386,13 +385,12 @@ pub fn upscale(img: &RgbImage, factor: u32) -> RgbImage {
 /// A network's first-layer filters (`[filters, in_channels, k, k]`) as a grid: RGB tiles
 /// for 3 input channels, gray otherwise (the mean over channels), each filter stretched
 /// to its own range, scaled up to about 48 pixels.
-pub fn filter_grid(weights: Tensor<4>) -> RgbImage {
+///
+/// # Errors
+/// A device that failed reading the weights back ([`TrainError::Device`]).
+pub fn filter_grid(weights: Tensor<4>) -> Result<RgbImage, TrainError> {
     let [n, c, kh, kw] = weights.dims();
-    let values = weights
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
+    let values = crate::engine::read_values::<f32, 4, _>(weights)?;
     let per = c * kh * kw;
     let factor = (48 / kh.max(kw).max(1)).max(1) as u32;
     let tiles = (0..n)
@@ -422,23 +420,26 @@ pub fn filter_grid(weights: Tensor<4>) -> RgbImage {
             upscale(&tile, factor)
         })
         .collect();
-    grid(tiles, (n as f64).sqrt().ceil() as usize, 2)
+    Ok(grid(tiles, (n as f64).sqrt().ceil() as usize, 2))
 }
 
 /// The channels of one feature map (`[channels, h, w]`) as a grid of gray tiles, at most
 /// `max_channels` of them, each stretched to its own range and scaled up to about 64 pixels.
-pub fn feature_map_grid(maps: Tensor<3>, max_channels: usize) -> RgbImage {
+///
+/// # Errors
+/// A device that failed reading the maps back ([`TrainError::Device`]).
+pub fn feature_map_grid(maps: Tensor<3>, max_channels: usize) -> Result<RgbImage, TrainError> {
     let [c, h, w] = maps.dims();
     let shown = c.min(max_channels.max(1));
     let factor = (64 / h.max(w).max(1)).max(1) as u32;
     let tiles = (0..shown)
         .map(|i| {
             let map = maps.clone().slice([i..i + 1, 0..h, 0..w]).reshape([h, w]);
-            let gray = DynamicImage::ImageLuma8(to_gray_image(map)).to_rgb8();
-            upscale(&gray, factor)
+            let gray = DynamicImage::ImageLuma8(to_gray_image(map)?).to_rgb8();
+            Ok(upscale(&gray, factor))
         })
-        .collect();
-    grid(tiles, (shown as f64).sqrt().ceil() as usize, 2)
+        .collect::<Result<_, TrainError>>()?;
+    Ok(grid(tiles, (shown as f64).sqrt().ceil() as usize, 2))
 }
 
 /// The feature maps of the layer named `layer` (see [`Classifier::feature_maps`]) for one
@@ -517,7 +518,7 @@ pub fn write_feature_maps(
                     reason,
                 }
             })?;
-            let img = DynamicImage::ImageLuma8(to_gray_image(map)).to_rgb8();
+            let img = DynamicImage::ImageLuma8(to_gray_image(map)?).to_rgb8();
             let file = out.join(format!("{stem}-{}.png", filter.name));
             save_png(&img, &file)?;
             written.push(Written {
@@ -559,7 +560,7 @@ pub fn write_model_views(
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let weights = model.first_conv_weights();
     let [n, c, kh, kw] = weights.dims();
-    let img = filter_grid(weights);
+    let img = filter_grid(weights)?;
     let file = out.join("filters.png");
     save_png(&img, &file)?;
     let mut written = vec![Written {
@@ -571,7 +572,7 @@ pub fn write_model_views(
         for layer in layers {
             let maps = layer_maps(model, input.clone(), layer).map_err(TrainError::Config)?;
             let [channels, h, w] = maps.dims();
-            let img = feature_map_grid(maps, max_channels);
+            let img = feature_map_grid(maps, max_channels)?;
             let file = out.join(format!("{name}-{layer}.png"));
             save_png(&img, &file)?;
             written.push(Written {
@@ -738,7 +739,8 @@ mod tests {
         let gray = to_gray_image(Tensor::from_data(
             TensorData::new(vec![-1.0f32, 0.0, 3.0, 1.0], [2, 2]),
             &Device::flex(),
-        ));
+        ))
+        .unwrap();
         assert_eq!(gray.into_raw(), vec![0, 64, 255, 128]);
     }
 
@@ -751,7 +753,7 @@ mod tests {
         assert_eq!(maps.dims(), [32, 14, 14]);
         let err = layer_maps(&model, input, "layer9").unwrap_err();
         assert!(err.contains("layer1.0, layer1.1"), "{err}");
-        let grid = filter_grid(model.first_conv_weights());
+        let grid = filter_grid(model.first_conv_weights()).unwrap();
         // 16 filters of 3×3 scaled ×16, 4 per row, 2-pixel gaps.
         assert_eq!(grid.dimensions(), (2 + 4 * (48 + 2), 2 + 4 * (48 + 2)));
     }

@@ -473,15 +473,15 @@ impl Step<Localizer> for LocalizeTask<'_> {
             self.config.box_loss,
         )
         .map_err(TrainError::Config)?;
-        let right = out
-            .logits
-            .argmax(1)
-            .squeeze_dim::<1>(1)
-            .equal(y.clone())
-            .int()
-            .sum()
-            .into_scalar::<i64>() as usize;
-        let iou = batch_iou(out.boxes, targets, self.data.train.size);
+        let right = crate::engine::read_count(
+            out.logits
+                .argmax(1)
+                .squeeze_dim::<1>(1)
+                .equal(y.clone())
+                .int()
+                .sum(),
+        )?;
+        let iou = batch_iou(out.boxes, targets, self.data.train.size)?;
         Ok(StepLoss {
             loss: losses.total,
             right,
@@ -720,25 +720,17 @@ fn localize_from(
 }
 
 /// Sum over a batch of the IoU of predicted (encoded) and target (encoded) boxes.
-fn batch_iou(predicted: Tensor<2>, target: Tensor<2>, size: [usize; 2]) -> f64 {
-    let p = predicted
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    let t = target
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    p.chunks(4)
+fn batch_iou(predicted: Tensor<2>, target: Tensor<2>, size: [usize; 2]) -> Result<f64, TrainError> {
+    let p = crate::engine::read_values::<f32, 2, _>(predicted)?;
+    let t = crate::engine::read_values::<f32, 2, _>(target)?;
+    Ok(p.chunks(4)
         .zip(t.chunks(4))
         .map(|(p, t)| {
             let p = decode_box([p[0], p[1], p[2], p[3]], size);
             let t = decode_box([t[0], t[1], t[2], t[3]], size);
             f64::from(box_iou(p, t))
         })
-        .sum()
+        .sum())
 }
 
 /// Saves a localizer's weights (burnpack) as `name` in `run`, atomically.
@@ -784,23 +776,14 @@ pub fn locate_file(
     let device = crate::model::device_of(&model.backbone);
     let (img, x) = crate::predict::load_input(path, [h, w], invert, info.normalize, &device)?;
     let out = model.forward(x);
-    let probs = softmax(out.logits, 1)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
+    let probs = crate::engine::read_values::<f32, 2, _>(softmax(out.logits, 1))?;
     let (class, probability) = probs
         .iter()
         .copied()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or((0, 0.0));
-    let e = out
-        .boxes
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
+    let e = crate::engine::read_values::<f32, 2, _>(out.boxes)?;
     let b = decode_box([e[0], e[1], e[2], e[3]], [h, w]);
     let (sx, sy) = (
         img.width() as f32 / w as f32,

@@ -62,12 +62,15 @@ pub fn load_input(
 
 /// Class probabilities of one image (pixels as [`load_grayscale`] gives them), sorted by
 /// probability, highest first: `(class index, probability)`.
+///
+/// # Errors
+/// A device that failed reading the probabilities back ([`TrainError::Device`]).
 pub fn classify(
     model: &Classifier,
     pixels: &[u8],
     size: [usize; 2],
     normalize: Normalize,
-) -> Vec<(usize, f32)> {
+) -> Result<Vec<(usize, f32)>, TrainError> {
     let device = crate::model::device_of(model);
     let input: Vec<f32> = pixels.iter().map(|&p| normalize.apply(p)).collect();
     let x = Tensor::<4>::from_data(TensorData::new(input, [1, 1, size[0], size[1]]), &device);
@@ -101,15 +104,14 @@ pub fn load_preprocessed(
 }
 
 /// Class probabilities of a preprocessed `[1, c, h, w]` input, highest first.
-pub fn classify_tensor(model: &Classifier, x: Tensor<4>) -> Vec<(usize, f32)> {
-    let probs = softmax(model.forward(x), 1)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
+///
+/// # Errors
+/// A device that failed reading the probabilities back ([`TrainError::Device`]).
+pub fn classify_tensor(model: &Classifier, x: Tensor<4>) -> Result<Vec<(usize, f32)>, TrainError> {
+    let probs = crate::engine::read_values::<f32, 2, _>(softmax(model.forward(x), 1))?;
     let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    ranked
+    Ok(ranked)
 }
 
 #[cfg(test)]

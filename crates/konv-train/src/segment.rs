@@ -303,16 +303,14 @@ pub struct SegmentEval {
 }
 
 /// The label of every pixel of `logits` `[batch, classes, h, w]`: `batch × h × w` bytes.
-pub fn argmax_labels(logits: Tensor<4>) -> Vec<u8> {
-    logits
-        .argmax(1)
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .unwrap_or_default()
+///
+/// # Errors
+/// A device that failed reading the labels back ([`TrainError::Device`]).
+pub fn argmax_labels(logits: Tensor<4>) -> Result<Vec<u8>, TrainError> {
+    Ok(crate::engine::read_values::<i64, 4, _>(logits.argmax(1))?
         .into_iter()
         .map(|l| l as u8)
-        .collect()
+        .collect())
 }
 
 /// Evaluates `model` (inference mode) on `set`.
@@ -405,13 +403,14 @@ impl Step<Fcn> for SegmentTask<'_> {
         let logits = model.forward(x);
         let predicted = logits.clone().argmax(1).squeeze_dim::<3>(1);
         let valid = y.clone().lower_elem(self.classes as i64);
-        let right = predicted
-            .equal(y.clone())
-            .int()
-            .mul(valid.clone().int())
-            .sum()
-            .into_scalar::<i64>() as usize;
-        let counted = valid.int().sum().into_scalar::<i64>() as usize;
+        let right = crate::engine::read_count(
+            predicted
+                .equal(y.clone())
+                .int()
+                .mul(valid.clone().int())
+                .sum(),
+        )?;
+        let counted = crate::engine::read_count(valid.int().sum())?;
         Ok(StepLoss {
             loss: pixel_cross_entropy(logits, y),
             right,
@@ -656,7 +655,7 @@ pub fn segment_file(
     let [_, h, w] = info.input;
     let device = fcn_device(model);
     let (img, x) = crate::predict::load_input(path, [h, w], invert, info.normalize, &device)?;
-    let labels = argmax_labels(model.forward(x));
+    let labels = argmax_labels(model.forward(x))?;
     let small = RgbImage::from_fn(w as u32, h as u32, |x, y| {
         palette(labels[y as usize * w + x as usize])
     });
@@ -733,7 +732,7 @@ mod tests {
         assert_eq!(again.pixel_accuracy, out.test.pixel_accuracy);
         // The output has the input's size: one label per pixel.
         let x = Tensor::<4>::zeros([1, 1, 48, 48], &Device::flex());
-        assert_eq!(argmax_labels(model.forward(x)).len(), 48 * 48);
+        assert_eq!(argmax_labels(model.forward(x)).unwrap().len(), 48 * 48);
         assert!(crate::localize::read_info(&run).unwrap().is_none());
         std::fs::remove_dir_all(&dir).ok();
     }

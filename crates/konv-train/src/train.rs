@@ -423,7 +423,7 @@ impl<M: Classify> Step<M> for ClassifyStep {
             model.logits(batch.images)
         };
         let (loss, right) =
-            classification_loss(logits, batch.targets, batch.mix, self.label_smoothing);
+            classification_loss(logits, batch.targets, batch.mix, self.label_smoothing)?;
         Ok(StepLoss {
             loss,
             right,
@@ -449,20 +449,25 @@ impl<M: Classify> Step<M> for ClassifyStep {
 /// its number of correct predictions. `label_smoothing` (0 for none) spreads that much of
 /// each target's probability over all classes; a mixed batch ([`ImageBatch::mix`], mixup or
 /// cutmix) is scored against both of its label sets, weighted by the mixing ratio.
+///
+/// # Errors
+/// A device that failed ([`TrainError::Device`]).
 pub fn train_step<M: Classify>(
     model: M,
     optim: &mut ModuleOptimizer,
     batch: ImageBatch,
     lr: f64,
     label_smoothing: f64,
-) -> (M, f64, usize) {
+) -> Result<(M, f64, usize), TrainError> {
     let step = ClassifyStep { label_smoothing };
-    let (model, totals) = crate::engine::single_step(&step, model, optim, batch, lr, false)
-        .expect("the classification loss takes every batch");
-    (model, totals.loss, totals.right)
+    let (model, totals) = crate::engine::single_step(&step, model, optim, batch, lr, false)?;
+    Ok((model, totals.loss, totals.right))
 }
 
 /// [`train_step`] with the batch split between `replicas` ([`crate::parallel`]).
+///
+/// # Errors
+/// A device that failed ([`TrainError::Device`]).
 pub fn parallel_train_step<M: Classify>(
     model: M,
     optim: &mut ModuleOptimizer,
@@ -470,31 +475,34 @@ pub fn parallel_train_step<M: Classify>(
     lr: f64,
     label_smoothing: f64,
     replicas: &crate::parallel::Replicas,
-) -> (M, f64, usize) {
+) -> Result<(M, f64, usize), TrainError> {
     let step = ClassifyStep { label_smoothing };
-    let (model, totals) = crate::parallel::parallel_step(&step, model, optim, batch, lr, replicas)
-        .expect("the classification loss takes every batch");
-    (model, totals.loss, totals.right)
+    let (model, totals) = crate::parallel::parallel_step(&step, model, optim, batch, lr, replicas)?;
+    Ok((model, totals.loss, totals.right))
 }
 
 /// The cross-entropy of `logits` against `targets` (and, for a mixed batch, against `mix`'s
 /// classes, the two weighted), with label smoothing, and the number of correct top-1
 /// predictions.
+///
+/// # Errors
+/// A device that failed reading the count back ([`TrainError::Device`]).
 pub fn classification_loss(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,
     mix: Option<crate::data::Mix>,
     label_smoothing: f64,
-) -> (Tensor<1>, usize) {
+) -> Result<(Tensor<1>, usize), TrainError> {
     let device = logits.device();
-    let correct = logits
-        .clone()
-        .argmax(1)
-        .squeeze_dim::<1>(1)
-        .equal(targets.clone())
-        .int()
-        .sum()
-        .into_scalar::<i64>() as usize;
+    let correct = crate::engine::read_count(
+        logits
+            .clone()
+            .argmax(1)
+            .squeeze_dim::<1>(1)
+            .equal(targets.clone())
+            .int()
+            .sum(),
+    )?;
     let criterion = CrossEntropyLossConfig::new()
         .with_smoothing((label_smoothing > 0.0).then_some(label_smoothing as f32))
         .init(&device);
@@ -505,7 +513,7 @@ pub fn classification_loss(
                 + criterion.forward(logits, mix.targets) * (1.0 - mix.lambda)
         }
     };
-    (loss, correct)
+    Ok((loss, correct))
 }
 
 /// Classification as an [`engine`](crate::engine) task: batches from Burn's data loader

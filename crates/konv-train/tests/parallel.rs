@@ -49,7 +49,7 @@ fn replicas_take_the_same_step_as_one_model() {
     let mut optim = config.optimizer(&one);
     let mut one_losses = Vec::new();
     for batch in &batches {
-        let (next, loss, correct) = train_step(one, &mut optim, batch.clone(), 0.05, 0.1);
+        let (next, loss, correct) = train_step(one, &mut optim, batch.clone(), 0.05, 0.1).unwrap();
         one = next;
         one_losses.push((loss, correct));
     }
@@ -60,7 +60,7 @@ fn replicas_take_the_same_step_as_one_model() {
     let mut split_losses = Vec::new();
     for batch in &batches {
         let (next, loss, correct) =
-            parallel_train_step(split, &mut optim, batch.clone(), 0.05, 0.1, &replicas);
+            parallel_train_step(split, &mut optim, batch.clone(), 0.05, 0.1, &replicas).unwrap();
         split = next;
         split_losses.push((loss, correct));
     }
@@ -108,7 +108,9 @@ fn replicas_with_batch_norm_are_deterministic() {
         let mut optim = config.optimizer(&model);
         let mut first_mean = None;
         for batch in &batches {
-            model = parallel_train_step(model, &mut optim, batch.clone(), 0.1, 0.0, &replicas).0;
+            model = parallel_train_step(model, &mut optim, batch.clone(), 0.1, 0.0, &replicas)
+                .unwrap()
+                .0;
             first_mean.get_or_insert_with(|| bn1_running_mean(&model));
         }
         (model, first_mean.unwrap())

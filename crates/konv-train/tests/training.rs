@@ -41,7 +41,7 @@ fn a_few_steps_lower_the_loss_on_a_tiny_batch() {
     let mut optim = TrainConfig::default().optimizer(&model);
     let mut losses = Vec::new();
     for _ in 0..10 {
-        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.02, 0.0);
+        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.02, 0.0).unwrap();
         model = next;
         losses.push(loss);
     }
@@ -217,7 +217,7 @@ fn first_step_change(config: &TrainConfig, lr: f64) -> (f32, f32) {
     };
     let w0 = before.conv1.weight.val().inner();
     let mut optim = config.optimizer(&model);
-    let (model, _, _) = train_step(model, &mut optim, batch, lr, 0.0);
+    let (model, _, _) = train_step(model, &mut optim, batch, lr, 0.0).unwrap();
     let Classifier::FashionCnn(after) = &model else {
         unreachable!()
     };

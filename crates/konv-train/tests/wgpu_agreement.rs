@@ -24,7 +24,7 @@ fn losses(model: Classifier, batch: &ImageBatch, steps: usize) -> Vec<f64> {
     let mut model = model;
     let mut out = Vec::new();
     for _ in 0..steps {
-        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.05, 0.0);
+        let (next, loss, _) = train_step(model, &mut optim, batch.clone(), 0.05, 0.0).unwrap();
         model = next;
         out.push(loss);
     }

@@ -188,13 +188,13 @@ pub(crate) fn cmd_predict(args: PredictArgs) -> Result<()> {
         let ranked = if info.config.folder.is_some() {
             // The run's own resize, crop, channels and standardization.
             let x = predict::load_preprocessed(path, &folder::preprocess(&info), &device)?;
-            predict::classify_tensor(&model, x)
+            predict::classify_tensor(&model, x)?
         } else {
             let mut pixels = predict::load_grayscale(path, h, w)?;
             if args.invert {
                 pixels.iter_mut().for_each(|p| *p = 255 - *p);
             }
-            predict::classify(&model, &pixels, [h, w], info.normalize)
+            predict::classify(&model, &pixels, [h, w], info.normalize)?
         };
         println!("{}", path.display());
         for (class, p) in ranked.into_iter().take(args.top) {
@@ -236,7 +236,7 @@ pub(crate) fn predict_pretrained(
     let named = names.len() == classes.unwrap_or(info.classes);
     for path in images {
         let x = predict::load_preprocessed(path, &info.preprocess, device)?;
-        let ranked = predict::classify_tensor(&model, x);
+        let ranked = predict::classify_tensor(&model, x)?;
         println!("{}", path.display());
         for (class, p) in ranked.into_iter().take(top) {
             let label = if named {
