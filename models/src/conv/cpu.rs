@@ -510,7 +510,7 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
         if super::winograd::forward_applies(g) {
             return super::winograd::forward(g, x, weight, bias);
         }
-        if super::direct::applies::<T>(g) {
+        if super::direct::forward_applies::<T>(g) {
             return super::direct::forward(g, x, weight, bias);
         }
     }
