@@ -688,6 +688,24 @@ fn transfer_and_resume_from_the_command_line() {
         .map(|l| l.split(',').nth(5).unwrap())
         .collect();
     assert_eq!(lrs, vec!["0.05", "0.01"], "{csv}");
+    // A moving average of the weights: kept beside the trained weights, the best epoch's
+    // in best.bpk, the newest epoch's files only; eval reads it like any run.
+    let out = run(&["--ema", "0.9", "--keep-checkpoints", "1", "--out", "ema"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for f in [
+        "ema.bpk",
+        "epoch-0002.ema.bpk",
+        "checkpoint.bpk",
+        "best.bpk",
+    ] {
+        assert!(dir.join("ema").join(f).is_file(), "{f}");
+    }
+    assert!(!dir.join("ema/epoch-0001.ema.bpk").exists());
+    let state = std::fs::read_to_string(dir.join("ema/state.json")).unwrap();
+    assert!(state.contains("\"ema_updates\": 4"), "{state}");
+    assert!(konv(&["eval", "--run", "ema"], &dir).status.success());
+    assert_clear_error(&run(&["--ema", "1", "--out", "x4"]), "--ema");
+    assert!(!dir.join("x4").exists());
     // A finished run does not resume; bad phases, classes and folders are clear errors.
     let out = konv(&["train", "--resume", "pre", "--embedded"], &dir);
     assert_clear_error(&out, "already finished");
