@@ -897,11 +897,35 @@ pub fn export_set(set: &ImageSet, class_names: &[String], dir: &Path) -> Result<
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
+    fn temp(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("konv-folder-{name}-{}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        Scratch(dir)
+    }
+
+    /// A test's folder, removed when the test ends (kept when it fails, to look at).
+    struct Scratch(PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Scratch {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                std::fs::remove_dir_all(&self.0).ok();
+            }
+        }
     }
 
     fn gray(path: &Path, w: u32, h: u32, v: u8) {
@@ -1040,7 +1064,7 @@ mod tests {
         gray(&root.join("a/1.png"), 4, 4, 1);
         gray(&root.join("b/1.png"), 4, 4, 2);
         let opts = FolderOptions {
-            cache: Some(cache.clone()),
+            cache: Some(cache.to_path_buf()),
             ..FolderOptions::default()
         };
         let first = ImageFolder::open(&root, &opts).unwrap();

@@ -111,11 +111,13 @@ fn import_errors_are_clear() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("does not exist"), "{err}");
-    let garbage = std::env::temp_dir().join("konv-garbage.safetensors");
+    let garbage =
+        std::env::temp_dir().join(format!("konv-garbage-{}.safetensors", std::process::id()));
     std::fs::write(&garbage, b"not a safetensors file").unwrap();
     let err = konv_models::import::load_pytorch(&mut model, "resnet18", &garbage)
         .unwrap_err()
         .to_string();
+    std::fs::remove_file(&garbage).ok();
     assert!(err.contains("could not be read"), "{err}");
 }
 

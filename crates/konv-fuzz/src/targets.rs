@@ -240,7 +240,8 @@ impl SeedRun {
 fn run_config() -> Target {
     let seed = seed_run("run-config");
     let config = seed.file("config.json");
-    // The same run described as each dense task, so that their readers see valid files too.
+    // The same run described as each dense task, so that their readers see valid JSON too
+    // (these seeds are refused further on: their fields are a classifier's).
     let mut seeds = vec![config.clone()];
     if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(&config) {
         for task in ["localize", "segment", "detect"] {

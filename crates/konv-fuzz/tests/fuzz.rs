@@ -22,6 +22,16 @@ fn every_reader_survives_mutated_files() {
     for name in NAMES {
         let mut t = target(name);
         let seeds = t.seeds.len() as u64;
+        // The seeds the reader takes whole. Not every seed is one: run-config's dense-task
+        // descriptions of a classification run are refused when their weights load, and are
+        // there so that the dense readers parse valid JSON too.
+        let whole = t
+            .seeds
+            .clone()
+            .iter()
+            .filter(|s| (t.run)(s).is_ok())
+            .count() as u64;
+        assert!(whole >= 1, "{name}: no seed is read whole");
         let report = fuzz(&mut t, Budget::Execs(execs(name)), 7, None);
         println!(
             "{name:<20} {:>6} inputs, {:>4} accepted, {:>3} outcomes, {:.1} s",
@@ -32,8 +42,8 @@ fn every_reader_survives_mutated_files() {
         );
         assert!(report.findings.is_empty(), "{name}: {:?}", report.findings);
         assert_eq!(report.execs, execs(name) + seeds);
-        // The seeds are valid files, and the mutations reach the readers' refusals.
-        assert!(report.accepted >= seeds, "{name}: {report:?}");
+        // The whole seeds are read again, and the mutations reach the readers' refusals.
+        assert!(report.accepted >= whole, "{name}: {report:?}");
         assert!(report.outcomes >= 2, "{name}: {report:?}");
     }
 }
