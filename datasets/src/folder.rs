@@ -897,35 +897,12 @@ pub fn export_set(set: &ImageSet, class_names: &[String], dir: &Path) -> Result<
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("konv-folder-{name}-{}", std::process::id()));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// A test's folder, removed when the test ends (kept when it fails, to look at).
-    struct Scratch(PathBuf);
-
-    impl std::ops::Deref for Scratch {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl AsRef<Path> for Scratch {
-        fn as_ref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                std::fs::remove_dir_all(&self.0).ok();
-            }
-        }
+    /// A test's own folder, removed when the test ends.
+    fn temp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("konv-folder-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn gray(path: &Path, w: u32, h: u32, v: u8) {
@@ -951,12 +928,13 @@ mod tests {
 
     #[test]
     fn a_flat_folder_gives_sorted_classes_and_gray_images() {
-        let root = temp("flat");
+        let root_dir = temp("flat");
+        let root = root_dir.path();
         gray(&root.join("zebra/b.png"), 6, 4, 10);
         gray(&root.join("zebra/a.PNG"), 6, 4, 20);
         gray(&root.join("ant/x.png"), 6, 4, 30);
         std::fs::write(root.join("ant/notes.txt"), "not an image").unwrap();
-        let f = ImageFolder::open(&root, &no_cache()).unwrap();
+        let f = ImageFolder::open(root, &no_cache()).unwrap();
         assert_eq!(f.class_names, ["ant", "zebra"]);
         assert_eq!(f.train.labels, [0, 1, 1]);
         assert_eq!(f.input(), [1, 4, 6]);
@@ -968,12 +946,13 @@ mod tests {
 
     #[test]
     fn train_val_test_splits_and_rgb_planes() {
-        let root = temp("splits");
+        let root_dir = temp("splits");
+        let root = root_dir.path();
         rgb(&root.join("train/cat/1.png"), 3, 3, [200, 100, 0]);
         rgb(&root.join("train/dog/1.png"), 3, 3, [0, 50, 250]);
         rgb(&root.join("val/dog/2.png"), 3, 3, [1, 2, 3]);
         rgb(&root.join("test/cat/3.png"), 3, 3, [4, 5, 6]);
-        let f = ImageFolder::open(&root, &no_cache()).unwrap();
+        let f = ImageFolder::open(root, &no_cache()).unwrap();
         assert_eq!(f.class_names, ["cat", "dog"]);
         assert_eq!(f.input(), [3, 3, 3]);
         assert_eq!(f.val.as_ref().unwrap().labels, [1]);
@@ -985,7 +964,7 @@ mod tests {
         assert!((stats[0].0 - 100.0 / 255.0).abs() < 1e-5, "{stats:?}");
         // Forced gray: one plane.
         let g = ImageFolder::open(
-            &root,
+            root,
             &FolderOptions {
                 channels: Some(1),
                 ..no_cache()
@@ -995,29 +974,30 @@ mod tests {
         assert_eq!(g.input(), [1, 3, 3]);
         // A val/ class that train/ lacks.
         rgb(&root.join("val/bird/1.png"), 3, 3, [0, 0, 0]);
-        let err = ImageFolder::open(&root, &no_cache()).unwrap_err();
+        let err = ImageFolder::open(root, &no_cache()).unwrap_err();
         assert!(err.to_string().contains("class `bird`"), "{err}");
     }
 
     #[test]
     fn bad_folders_are_clear_errors() {
-        let root = temp("bad");
-        let err = ImageFolder::open(&root, &no_cache()).unwrap_err();
+        let root_dir = temp("bad");
+        let root = root_dir.path();
+        let err = ImageFolder::open(root, &no_cache()).unwrap_err();
         assert!(matches!(err, FolderError::NoImages(_)), "{err}");
         gray(&root.join("a/1.png"), 4, 4, 0);
-        let err = ImageFolder::open(&root, &no_cache()).unwrap_err();
+        let err = ImageFolder::open(root, &no_cache()).unwrap_err();
         assert!(matches!(err, FolderError::SingleClass(..)), "{err}");
         std::fs::create_dir_all(root.join("b")).unwrap();
-        let err = ImageFolder::open(&root, &no_cache()).unwrap_err();
+        let err = ImageFolder::open(root, &no_cache()).unwrap_err();
         assert!(
             matches!(err, FolderError::EmptyClass(ref p) if p.ends_with("b")),
             "{err}"
         );
         gray(&root.join("b/1.png"), 5, 4, 0);
-        let err = ImageFolder::open(&root, &no_cache()).unwrap_err();
+        let err = ImageFolder::open(root, &no_cache()).unwrap_err();
         assert!(err.to_string().contains("5×4, the others 4×4"), "{err}");
         let resized = ImageFolder::open(
-            &root,
+            root,
             &FolderOptions {
                 image_size: Some(3),
                 ..no_cache()
@@ -1031,10 +1011,10 @@ mod tests {
             image_size: Some(3),
             ..no_cache()
         };
-        let err = ImageFolder::open(&root, &opts).unwrap_err();
+        let err = ImageFolder::open(root, &opts).unwrap_err();
         assert!(err.to_string().contains("2.jpg: cannot decode"), "{err}");
         let f = ImageFolder::open(
-            &root,
+            root,
             &FolderOptions {
                 skip_bad: true,
                 ..opts
@@ -1059,39 +1039,42 @@ mod tests {
 
     #[test]
     fn the_cache_returns_what_was_decoded_and_notices_changes() {
-        let root = temp("cache");
-        let cache = temp("cache-dir");
+        let root_dir = temp("cache");
+        let root = root_dir.path();
+        let cache_dir = temp("cache-dir");
+        let cache = cache_dir.path();
         gray(&root.join("a/1.png"), 4, 4, 1);
         gray(&root.join("b/1.png"), 4, 4, 2);
         let opts = FolderOptions {
             cache: Some(cache.to_path_buf()),
             ..FolderOptions::default()
         };
-        let first = ImageFolder::open(&root, &opts).unwrap();
+        let first = ImageFolder::open(root, &opts).unwrap();
         assert!(!first.from_cache);
-        let second = ImageFolder::open(&root, &opts).unwrap();
+        let second = ImageFolder::open(root, &opts).unwrap();
         assert!(second.from_cache);
         assert_eq!(first.train.images, second.train.images);
         assert_eq!(first.train.labels, second.train.labels);
         // A new file changes the key: decoded again.
         gray(&root.join("b/2.png"), 4, 4, 3);
-        let third = ImageFolder::open(&root, &opts).unwrap();
+        let third = ImageFolder::open(root, &opts).unwrap();
         assert!(!third.from_cache);
         assert_eq!(third.train.len(), 3);
         // A damaged cache file is ignored, not trusted.
-        for entry in std::fs::read_dir(&cache).unwrap() {
+        for entry in std::fs::read_dir(cache).unwrap() {
             let path = entry.unwrap().path();
             let bytes = std::fs::read(&path).unwrap();
             std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         }
-        let fourth = ImageFolder::open(&root, &opts).unwrap();
+        let fourth = ImageFolder::open(root, &opts).unwrap();
         assert!(!fourth.from_cache);
         assert_eq!(fourth.train.images, third.train.images);
     }
 
     #[test]
     fn exported_sets_read_back_exactly() {
-        let root = temp("export");
+        let root_dir = temp("export");
+        let root = root_dir.path();
         let set = ImageSet {
             images: IdxImages {
                 count: 3,
@@ -1118,7 +1101,7 @@ mod tests {
         ));
         assert!(!root.join("train").exists());
         export_set(&set, &names, &root.join("train")).unwrap();
-        let f = ImageFolder::open(&root, &no_cache()).unwrap();
+        let f = ImageFolder::open(root, &no_cache()).unwrap();
         assert_eq!(f.class_names, names);
         // Class by class: image 1 (label 0), then images 0 and 2.
         assert_eq!(f.train.labels, [0, 1, 1]);
@@ -1177,7 +1160,8 @@ mod tests {
 
     #[test]
     fn files_cut_short_are_refused_or_decoded_with_a_list() {
-        let root = temp("truncated");
+        let root_dir = temp("truncated");
+        let root = root_dir.path();
         for (class, v) in [("a", 10u8), ("b", 90)] {
             for i in 0..2 {
                 gray(&root.join(format!("{class}/{i}.png")), 32, 32, v + i);
@@ -1203,11 +1187,11 @@ mod tests {
             channels: Some(1),
             ..no_cache()
         };
-        let err = ImageFolder::open(&root, &options).unwrap_err().to_string();
+        let err = ImageFolder::open(root, &options).unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
         assert!(err.contains("1.png") || err.contains("photo.jpg"), "{err}");
         let allowed = ImageFolder::open(
-            &root,
+            root,
             &FolderOptions {
                 allow_truncated: true,
                 ..options
@@ -1218,6 +1202,6 @@ mod tests {
             Ok(f) => assert!(f.truncated.contains(&jpg), "{:?}", f.truncated),
             Err(e) => assert!(e.to_string().contains("1.png"), "{e}"),
         }
-        std::fs::remove_dir_all(&root).ok();
+        std::fs::remove_dir_all(root).ok();
     }
 }

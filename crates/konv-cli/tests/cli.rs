@@ -1,6 +1,6 @@
 //! The `konv` binary end to end on tiny data, and its answers to bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn konv(args: &[&str], cwd: &Path) -> Output {
@@ -26,35 +26,12 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn temp_dir(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("konv-cli-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
-
-/// A test's folder, removed when the test ends (kept when it fails, to look at).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            std::fs::remove_dir_all(&self.0).ok();
-        }
-    }
+/// A test's own folder, removed when the test ends.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("konv-cli-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Asserts a failed run with a one-line error containing `needle` and no panic.
@@ -72,7 +49,8 @@ fn assert_clear_error(out: &Output, needle: &str) {
 
 #[test]
 fn train_eval_predict_on_the_embedded_subset() {
-    let dir = temp_dir("e2e");
+    let scratch = temp_dir("e2e");
+    let dir = scratch.path();
     let out = konv(
         &[
             "train",
@@ -89,7 +67,7 @@ fn train_eval_predict_on_the_embedded_subset() {
             "run",
             "--embedded",
         ],
-        &dir,
+        dir,
     );
     let log = text(&out);
     assert!(out.status.success(), "{log}");
@@ -116,18 +94,18 @@ fn train_eval_predict_on_the_embedded_subset() {
             "run",
             "--embedded",
         ],
-        &dir,
+        dir,
     );
     assert_clear_error(&again, "already holds a run");
 
-    let out = konv(&["eval", "--run", "run"], &dir);
+    let out = konv(&["eval", "--run", "run"], dir);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(
         log.contains("test accuracy") && log.contains("Ankle boot"),
         "{log}"
     );
-    let out = konv(&["eval", "--checkpoint", "run/checkpoint.bpk"], &dir);
+    let out = konv(&["eval", "--checkpoint", "run/checkpoint.bpk"], dir);
     assert!(out.status.success(), "{}", text(&out));
 
     // A 28×28 PNG and a larger JPEG, both go through resize and grayscale.
@@ -139,7 +117,7 @@ fn train_eval_predict_on_the_embedded_subset() {
         .unwrap();
     let out = konv(
         &["predict", "--run", "run", "a.png", "b.jpg", "--top", "3"],
-        &dir,
+        dir,
     );
     let log = text(&out);
     assert!(out.status.success(), "{log}");
@@ -148,15 +126,15 @@ fn train_eval_predict_on_the_embedded_subset() {
     // An unreadable image.
     std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
     assert_clear_error(
-        &konv(&["predict", "--run", "run", "broken.png"], &dir),
+        &konv(&["predict", "--run", "run", "broken.png"], dir),
         "broken.png",
     );
     assert_clear_error(
-        &konv(&["predict", "--run", "run", "missing.jpg"], &dir),
+        &konv(&["predict", "--run", "run", "missing.jpg"], dir),
         "missing.jpg",
     );
     assert_clear_error(
-        &konv(&["eval", "--run", "nowhere"], &dir),
+        &konv(&["eval", "--run", "nowhere"], dir),
         "not a konv run folder",
     );
 
@@ -165,7 +143,7 @@ fn train_eval_predict_on_the_embedded_subset() {
         &[
             "filters", "--image", "b.jpg", "--run", "run", "--layer", "conv2", "--out", "views",
         ],
-        &dir,
+        dir,
     );
     let log = text(&out);
     assert!(out.status.success(), "{log}");
@@ -177,19 +155,20 @@ fn train_eval_predict_on_the_embedded_subset() {
             &[
                 "filters", "--image", "b.jpg", "--run", "run", "--layer", "fc1", "--out", "views",
             ],
-            &dir,
+            dir,
         ),
         "its layers are conv1, pool1",
     );
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn missing_and_broken_data_are_clear_errors() {
-    let dir = temp_dir("data");
+    let scratch = temp_dir("data");
+    let dir = scratch.path();
     let out = konv(
         &["train", "--data-dir", "no-such-dir", "--epochs", "1"],
-        &dir,
+        dir,
     );
     assert_clear_error(&out, "no-such-dir [--data-dir] (no such folder)");
 
@@ -211,7 +190,7 @@ fn missing_and_broken_data_are_clear_errors() {
         std::fs::write(data.join(format!("{split}-images-idx3-ubyte")), &images).unwrap();
         std::fs::write(data.join(format!("{split}-labels-idx1-ubyte")), &labels).unwrap();
     }
-    let out = konv(&["train", "--data-dir", "data", "--epochs", "1"], &dir);
+    let out = konv(&["train", "--data-dir", "data", "--epochs", "1"], dir);
     assert_clear_error(
         &out,
         "train-images-idx3-ubyte: header announces 3136 data bytes but the file holds 3126",
@@ -223,37 +202,38 @@ fn missing_and_broken_data_are_clear_errors() {
     let mut labels3 = header(1, &[3]);
     labels3.extend([0, 1, 2]);
     std::fs::write(data.join("train-labels-idx1-ubyte"), &labels3).unwrap();
-    let out = konv(&["train", "--data-dir", "data", "--epochs", "1"], &dir);
+    let out = konv(&["train", "--data-dir", "data", "--epochs", "1"], dir);
     assert_clear_error(&out, "holds 4 images but");
 
     // MNIST has no embedded subset: with nothing found, the error lists what was tried.
-    let out = konv(&["train", "--dataset", "mnist", "--no-download"], &dir);
+    let out = konv(&["train", "--dataset", "mnist", "--no-download"], dir);
     assert_clear_error(&out, "mnist: data not found. Tried:");
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn bad_flag_values_are_clear_errors() {
-    let dir = temp_dir("flags");
+    let scratch = temp_dir("flags");
+    let dir = scratch.path();
     assert_clear_error(
-        &konv(&["train", "--backend", "tpu"], &dir),
+        &konv(&["train", "--backend", "tpu"], dir),
         "valid backends: cpu, flex, ndarray, wgpu",
     );
-    assert_clear_error(&konv(&["train", "--lr=-1"], &dir), "--lr");
-    assert_clear_error(&konv(&["train", "--epochs", "0"], &dir), "--epochs");
+    assert_clear_error(&konv(&["train", "--lr=-1"], dir), "--lr");
+    assert_clear_error(&konv(&["train", "--epochs", "0"], dir), "--epochs");
     assert_clear_error(
-        &konv(&["train", "--dataset", "cifar"], &dir),
+        &konv(&["train", "--dataset", "cifar"], dir),
         "valid datasets: fashion-mnist, mnist",
     );
     assert_clear_error(
-        &konv(&["train", "--model", "resnet9000", "--embedded"], &dir),
+        &konv(&["train", "--model", "resnet9000", "--embedded"], dir),
         "known models: fashion-cnn",
     );
     assert_clear_error(
-        &konv(&["train", "--val-size", "999999", "--embedded"], &dir),
+        &konv(&["train", "--val-size", "999999", "--embedded"], dir),
         "--val-size",
     );
-    assert_clear_error(&konv(&["train", "--replicas", "0"], &dir), "--replicas");
+    assert_clear_error(&konv(&["train", "--replicas", "0"], dir), "--replicas");
     assert_clear_error(
         &konv(
             &[
@@ -264,12 +244,12 @@ fn bad_flag_values_are_clear_errors() {
                 "8",
                 "--embedded",
             ],
-            &dir,
+            dir,
         ),
         "--replicas: 9 must be between 1 and the batch size 8",
     );
     assert_clear_error(
-        &konv(&["train", "--progressive-resize", "20:4:8"], &dir),
+        &konv(&["train", "--progressive-resize", "20:4:8"], dir),
         "min=SIDE,start=EPOCH,end=EPOCH",
     );
     assert_clear_error(
@@ -282,7 +262,7 @@ fn bad_flag_values_are_clear_errors() {
                 "--progressive-resize",
                 "min=20,start=4,end=8",
             ],
-            &dir,
+            dir,
         ),
         "--progressive-resize: end=8: the full size must be reached by the last epoch (6 epochs)",
     );
@@ -299,7 +279,7 @@ fn bad_flag_values_are_clear_errors() {
                 "--out",
                 "shrunk",
             ],
-            &dir,
+            dir,
         ),
         "--progressive-resize: min=14: model `fashion-cnn` cannot take the dataset's 14×14 images",
     );
@@ -322,7 +302,7 @@ fn bad_flag_values_are_clear_errors() {
         assert_clear_error(
             &konv(
                 &["train", "--task", "segment", "--embedded", flag[0], flag[1]],
-                &dir,
+                dir,
             ),
             why,
         );
@@ -344,7 +324,7 @@ fn bad_flag_values_are_clear_errors() {
                 "--out",
                 "det",
             ],
-            &dir,
+            dir,
         ),
         "--progressive-resize: detection's targets are cells",
     );
@@ -352,12 +332,13 @@ fn bad_flag_values_are_clear_errors() {
         !dir.join("det").exists(),
         "nothing written before the error"
     );
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn wgpu_without_an_adapter_is_one_clear_line() {
-    let dir = temp_dir("nogpu");
+    let scratch = temp_dir("nogpu");
+    let dir = scratch.path();
     // Ask for a discrete GPU: this machine (and CI) has none, only lavapipe at most.
     let out = konv_with_env(
         &[
@@ -370,7 +351,7 @@ fn wgpu_without_an_adapter_is_one_clear_line() {
             "--out",
             "r",
         ],
-        &dir,
+        dir,
         &[("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(0)")],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -383,7 +364,7 @@ fn wgpu_without_an_adapter_is_one_clear_line() {
     );
     assert!(last.contains("--backend cpu"), "{last}");
     assert!(!dir.join("r").exists(), "no run folder is left behind");
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -411,7 +392,8 @@ fn models_lists_every_model_with_parameters_and_multiply_adds() {
 
 #[test]
 fn a_model_too_big_for_the_images_is_a_clear_error() {
-    let dir = temp_dir("lenet28");
+    let scratch = temp_dir("lenet28");
+    let dir = scratch.path();
     let out = konv(
         &[
             "train",
@@ -425,7 +407,7 @@ fn a_model_too_big_for_the_images_is_a_clear_error() {
             "--out",
             "run",
         ],
-        &dir,
+        dir,
     );
     assert_clear_error(
         &out,
@@ -436,7 +418,8 @@ fn a_model_too_big_for_the_images_is_a_clear_error() {
 
 #[test]
 fn a_zoo_resnet_trains_on_grayscale_and_evaluates() {
-    let dir = temp_dir("resnet20");
+    let scratch = temp_dir("resnet20");
+    let dir = scratch.path();
     let out = konv(
         &[
             "train",
@@ -459,19 +442,20 @@ fn a_zoo_resnet_trains_on_grayscale_and_evaluates() {
             "run",
             "--quiet",
         ],
-        &dir,
+        dir,
     );
     assert!(out.status.success(), "{}", text(&out));
     // --monitor last keeps the final epoch and says so.
     assert!(text(&out).contains("(last epoch 1,"), "{}", text(&out));
-    let out = konv(&["eval", "--run", "run"], &dir);
+    let out = konv(&["eval", "--run", "run"], dir);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("test accuracy"), "{}", text(&out));
 }
 
 #[test]
 fn keras_decay_schedule_from_the_command_line() {
-    let dir = temp_dir("decay");
+    let scratch = temp_dir("decay");
+    let dir = scratch.path();
     let out = konv(
         &[
             "train",
@@ -494,7 +478,7 @@ fn keras_decay_schedule_from_the_command_line() {
             "run",
             "--quiet",
         ],
-        &dir,
+        dir,
     );
     assert!(out.status.success(), "{}", text(&out));
     // Two updates per epoch: epoch 1 ends with update 2 (0.2 / 1.5), epoch 2 with update 4
@@ -515,9 +499,9 @@ fn keras_decay_schedule_from_the_command_line() {
     assert_eq!(lrs.len(), 2, "{metrics}");
     assert!((lrs[0] - 0.2 / 1.5).abs() < 1e-9, "{metrics}");
     assert!((lrs[1] - 0.2 / 2.5).abs() < 1e-9, "{metrics}");
-    let out = konv(&["train", "--embedded", "--lr-schedule", "linear"], &dir);
+    let out = konv(&["train", "--embedded", "--lr-schedule", "linear"], dir);
     assert_clear_error(&out, "valid schedules");
-    let out = konv(&["train", "--embedded", "--augment", "flip,spin=10"], &dir);
+    let out = konv(&["train", "--embedded", "--augment", "flip,spin=10"], dir);
     assert_clear_error(&out, "valid steps");
 }
 
@@ -572,7 +556,8 @@ fn summary_of_a_zoo_model_and_its_errors() {
 
 #[test]
 fn import_and_predict_with_torchvision_weights() {
-    let dir = temp_dir("import");
+    let scratch = temp_dir("import");
+    let dir = scratch.path();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tests/fixtures/parity");
     let weights = fixtures.join("resnet18.pth");
     // The fixture is a reduced-width ResNet-18: the full-width model does not fit it.
@@ -586,7 +571,7 @@ fn import_and_predict_with_torchvision_weights() {
             "--out",
             dir.join("r18.bpk").to_str().unwrap(),
         ],
-        &dir,
+        dir,
     );
     assert_clear_error(&out, "does not fit model `resnet18`");
     assert!(!dir.join("r18.bpk").exists());
@@ -600,14 +585,15 @@ fn import_and_predict_with_torchvision_weights() {
             "--out",
             dir.join("r18.bpk").to_str().unwrap(),
         ],
-        &dir,
+        dir,
     );
     assert_clear_error(&out, "does not exist");
 }
 
 #[test]
 fn augment_writes_a_grid_png() {
-    let dir = temp_dir("augment");
+    let scratch = temp_dir("augment");
+    let dir = scratch.path();
     let out = konv(
         &[
             "augment",
@@ -621,7 +607,7 @@ fn augment_writes_a_grid_png() {
             "--variants",
             "4",
         ],
-        &dir,
+        dir,
     );
     assert!(out.status.success(), "{}", text(&out));
     let grid = image::open(dir.join("grid.png")).unwrap();
@@ -635,14 +621,15 @@ fn augment_writes_a_grid_png() {
             "--out",
             "x.png",
         ],
-        &dir,
+        dir,
     );
     assert_clear_error(&out, "valid steps");
 }
 
 #[test]
 fn transfer_and_resume_from_the_command_line() {
-    let dir = temp_dir("transfer");
+    let scratch = temp_dir("transfer");
+    let dir = scratch.path();
     let tiny = [
         "--epochs",
         "2",
@@ -659,7 +646,7 @@ fn transfer_and_resume_from_the_command_line() {
         let mut args = vec!["train"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&tiny);
-        konv(&args, &dir)
+        konv(&args, dir)
     };
     // Pretrain on classes 0–4, with LeNet-5 resized to its 32×32.
     let out = run(&[
@@ -684,7 +671,7 @@ fn transfer_and_resume_from_the_command_line() {
         !dir.join("pre/epoch-0001.bpk").exists(),
         "kept only the newest"
     );
-    let eval = konv(&["eval", "--run", "pre"], &dir);
+    let eval = konv(&["eval", "--run", "pre"], dir);
     assert!(text(&eval).contains("Coat") && !text(&eval).contains("Sandal"));
     // Transfer to classes 5 and 6: head first, then everything.
     let out = run(&[
@@ -727,13 +714,13 @@ fn transfer_and_resume_from_the_command_line() {
     assert!(!dir.join("ema/epoch-0001.ema.bpk").exists());
     let state = std::fs::read_to_string(dir.join("ema/state.json")).unwrap();
     assert!(state.contains("\"ema_updates\": 4"), "{state}");
-    assert!(konv(&["eval", "--run", "ema"], &dir).status.success());
+    assert!(konv(&["eval", "--run", "ema"], dir).status.success());
     assert_clear_error(&run(&["--ema", "1", "--out", "x4"]), "--ema");
     assert!(!dir.join("x4").exists());
     // A finished run does not resume; bad phases, classes and folders are clear errors.
-    let out = konv(&["train", "--resume", "pre", "--embedded"], &dir);
+    let out = konv(&["train", "--resume", "pre", "--embedded"], dir);
     assert_clear_error(&out, "already finished");
-    let out = konv(&["train", "--resume", "nowhere", "--embedded"], &dir);
+    let out = konv(&["train", "--resume", "nowhere", "--embedded"], dir);
     assert_clear_error(&out, "not a konv run folder");
     let out = run(&["--init-from", "pre/nothing.bpk", "--out", "x0"]);
     assert_clear_error(&out, "pre/nothing.bpk: no such weights file");
@@ -751,7 +738,8 @@ fn transfer_and_resume_from_the_command_line() {
 
 #[test]
 fn filters_write_feature_maps_of_the_lectures_sizes() {
-    let dir = temp_dir("filters");
+    let scratch = temp_dir("filters");
+    let dir = scratch.path();
     // A 40×30 colour image with a bright vertical bar.
     let img = image::RgbImage::from_fn(40, 30, |x, _| {
         if (18..22).contains(&x) {
@@ -764,7 +752,7 @@ fn filters_write_feature_maps_of_the_lectures_sizes() {
     let run = |extra: &[&str]| {
         let mut args = vec!["filters", "--image", "bar.png", "--out", "maps"];
         args.extend_from_slice(extra);
-        konv(&args, &dir)
+        konv(&args, dir)
     };
     let out = run(&[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -809,10 +797,7 @@ fn filters_write_feature_maps_of_the_lectures_sizes() {
         "larger than the 30×40 image",
     );
     assert_clear_error(&run(&["--padding", "full"]), "use same or valid");
-    let out = konv(
-        &["filters", "--image", "missing.png", "--out", "maps"],
-        &dir,
-    );
+    let out = konv(&["filters", "--image", "missing.png", "--out", "maps"], dir);
     assert_clear_error(&out, "missing.png");
     let out = konv(
         &[
@@ -824,15 +809,16 @@ fn filters_write_feature_maps_of_the_lectures_sizes() {
             "--out",
             "maps",
         ],
-        &dir,
+        dir,
     );
     assert_clear_error(&out, "no-such-run");
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn localize_and_segment_train_eval_and_predict() {
-    let dir = temp_dir("tasks");
+    let scratch = temp_dir("tasks");
+    let dir = scratch.path();
     let common = [
         "--embedded",
         "--epochs",
@@ -851,7 +837,7 @@ fn localize_and_segment_train_eval_and_predict() {
         let mut args = vec!["train"];
         args.extend_from_slice(&common);
         args.extend_from_slice(extra);
-        konv(&args, &dir)
+        konv(&args, dir)
     };
     let out = train(&[
         "--task", "localize", "--model", "resnet20", "--canvas", "40", "--scale", "1.0,1.4",
@@ -863,7 +849,7 @@ fn localize_and_segment_train_eval_and_predict() {
         log.contains("test accuracy") && log.contains("mean IoU"),
         "{log}"
     );
-    let out = konv(&["eval", "--run", "loc", "--embedded"], &dir);
+    let out = konv(&["eval", "--run", "loc", "--embedded"], dir);
     let log = text(&out);
     assert!(out.status.success() && log.contains("mean IoU"), "{log}");
     image::GrayImage::from_fn(80, 60, |x, y| {
@@ -879,7 +865,7 @@ fn localize_and_segment_train_eval_and_predict() {
         &[
             "predict", "--run", "loc", "--task", "localize", "item.png", "--out", "boxes",
         ],
-        &dir,
+        dir,
     );
     let log = text(&out);
     assert!(out.status.success() && log.contains("box x"), "{log}");
@@ -890,7 +876,7 @@ fn localize_and_segment_train_eval_and_predict() {
     assert_clear_error(
         &konv(
             &["predict", "--run", "loc", "--task", "segment", "item.png"],
-            &dir,
+            dir,
         ),
         "is a localize run",
     );
@@ -912,12 +898,12 @@ fn localize_and_segment_train_eval_and_predict() {
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("test mean IoU"), "{log}");
-    let out = konv(&["eval", "--run", "seg", "--embedded"], &dir);
+    let out = konv(&["eval", "--run", "seg", "--embedded"], dir);
     let log = text(&out);
     assert!(out.status.success() && log.contains("background"), "{log}");
     let out = konv(
         &["predict", "--run", "seg", "item.png", "--out", "masks"],
-        &dir,
+        dir,
     );
     assert!(out.status.success(), "{}", text(&out));
     for name in ["item-mask.png", "item-overlay.png"] {
@@ -952,7 +938,7 @@ fn localize_and_segment_train_eval_and_predict() {
         "larger than the 40×40 canvas",
     );
     assert_clear_error(
-        &konv(&["predict", "--run", "loc", "missing.png"], &dir),
+        &konv(&["predict", "--run", "loc", "missing.png"], dir),
         "missing.png",
     );
     // A good image then a bad one: the error names the bad one, and --out is not made.
@@ -968,19 +954,20 @@ fn localize_and_segment_train_eval_and_predict() {
                     "--out",
                     "x4",
                 ],
-                &dir,
+                dir,
             ),
             "missing.png",
         );
         assert!(!dir.join("x4").exists(), "{run}: --out was created");
     }
     assert!(!dir.join("x1").exists() && !dir.join("x2").exists() && !dir.join("x3").exists());
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn detect_trains_evaluates_and_draws_boxes() {
-    let dir = temp_dir("detect");
+    let scratch = temp_dir("detect");
+    let dir = scratch.path();
     let train = |extra: &[&str]| {
         let mut args = vec![
             "train",
@@ -1004,7 +991,7 @@ fn detect_trains_evaluates_and_draws_boxes() {
             "--quiet",
         ];
         args.extend_from_slice(extra);
-        konv(&args, &dir)
+        konv(&args, dir)
     };
     let out = train(&["--model", "resnet20", "--out", "det"]);
     let log = text(&out);
@@ -1015,7 +1002,7 @@ fn detect_trains_evaluates_and_draws_boxes() {
         csv.starts_with("epoch,") && csv.contains("val_map50"),
         "{csv}"
     );
-    let out = konv(&["eval", "--run", "det", "--embedded"], &dir);
+    let out = konv(&["eval", "--run", "det", "--embedded"], dir);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(
@@ -1043,7 +1030,7 @@ fn detect_trains_evaluates_and_draws_boxes() {
             "--out",
             "found",
         ],
-        &dir,
+        dir,
     );
     let log = text(&out);
     assert!(out.status.success() && log.contains("box x"), "{log}");
@@ -1054,19 +1041,19 @@ fn detect_trains_evaluates_and_draws_boxes() {
     );
     // --resume regenerates the run's scenes from its config.json; a finished run says so.
     assert_clear_error(
-        &konv(&["train", "--resume", "det", "--embedded"], &dir),
+        &konv(&["train", "--resume", "det", "--embedded"], dir),
         "already finished its 1 epochs",
     );
     // Bad input: one line each, nothing trained.
     assert_clear_error(
         &konv(
             &["predict", "--run", "det", "--task", "localize", "scene.png"],
-            &dir,
+            dir,
         ),
         "is a detect run",
     );
     assert_clear_error(
-        &konv(&["predict", "--run", "det", "missing.png"], &dir),
+        &konv(&["predict", "--run", "det", "missing.png"], dir),
         "missing.png",
     );
     assert_clear_error(
@@ -1082,7 +1069,7 @@ fn detect_trains_evaluates_and_draws_boxes() {
         "larger than the 30×30 canvas",
     );
     assert!(!dir.join("x1").exists() && !dir.join("x2").exists() && !dir.join("x3").exists());
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A two-class RGB folder (red and blue pictures of two sizes, PNG and JPEG) under `dir`.
@@ -1106,8 +1093,9 @@ fn colour_folder(dir: &Path) {
 
 #[test]
 fn an_rgb_folder_trains_evaluates_and_predicts() {
-    let dir = temp_dir("folder");
-    colour_folder(&dir);
+    let scratch = temp_dir("folder");
+    let dir = scratch.path();
+    colour_folder(dir);
     let cache = dir.join("cache");
     let env = [("KONV_CACHE", cache.to_str().unwrap())];
     let train = |out: &str, extra: &[&str]| {
@@ -1135,7 +1123,7 @@ fn an_rgb_folder_trains_evaluates_and_predicts() {
             out,
         ];
         args.extend_from_slice(extra);
-        konv_with_env(&args, &dir, &env)
+        konv_with_env(&args, dir, &env)
     };
     let out = train("run", &[]);
     let log = text(&out);
@@ -1153,7 +1141,7 @@ fn an_rgb_folder_trains_evaluates_and_predicts() {
     // The second run reads the decoded cache.
     assert!(cache.join("folders").read_dir().unwrap().count() >= 1);
 
-    let out = konv_with_env(&["eval", "--run", "run"], &dir, &env);
+    let out = konv_with_env(&["eval", "--run", "run"], dir, &env);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(
@@ -1171,7 +1159,7 @@ fn an_rgb_folder_trains_evaluates_and_predicts() {
             "--top",
             "2",
         ],
-        &dir,
+        dir,
         &env,
     );
     let log = text(&out);
@@ -1179,7 +1167,7 @@ fn an_rgb_folder_trains_evaluates_and_predicts() {
     assert!(log.contains("red") && log.contains("blue"), "{log}");
 
     // Resume of a finished folder run says so; of a killed one it would continue.
-    let out = konv_with_env(&["train", "--resume", "run"], &dir, &env);
+    let out = konv_with_env(&["train", "--resume", "run"], dir, &env);
     assert_clear_error(&out, "already finished");
 
     // A corrupt file: one error naming it and the fix; with --skip-bad, trained on.
@@ -1203,7 +1191,8 @@ fn an_rgb_folder_trains_evaluates_and_predicts() {
 
 #[test]
 fn bad_image_folders_are_clear_errors_and_write_nothing() {
-    let dir = temp_dir("folder-errors");
+    let scratch = temp_dir("folder-errors");
+    let dir = scratch.path();
     let folder = |args: &[&str]| {
         let mut all = vec![
             "train",
@@ -1215,7 +1204,7 @@ fn bad_image_folders_are_clear_errors_and_write_nothing() {
             "run",
         ];
         all.extend_from_slice(args);
-        konv(&all, &dir)
+        konv(&all, dir)
     };
     assert_clear_error(&folder(&[]), "--data-dir");
     assert_clear_error(
@@ -1242,7 +1231,7 @@ fn bad_image_folders_are_clear_errors_and_write_nothing() {
         "--dataset folder trains classifiers",
     );
     assert_clear_error(
-        &konv(&["train", "--image-size", "32"], &dir),
+        &konv(&["train", "--image-size", "32"], dir),
         "--dataset folder",
     );
     assert!(!dir.join("run").exists(), "nothing is written");
@@ -1250,10 +1239,11 @@ fn bad_image_folders_are_clear_errors_and_write_nothing() {
 
 #[test]
 fn export_writes_fashion_mnist_as_a_folder() {
-    let dir = temp_dir("export");
+    let scratch = temp_dir("export");
+    let dir = scratch.path();
     let out = konv(
         &["export", "--embedded", "--limit", "30", "--out", "fm"],
-        &dir,
+        dir,
     );
     assert!(out.status.success(), "{}", text(&out));
     let tshirts = dir.join("fm/train/0-T-shirt-top");
@@ -1264,11 +1254,11 @@ fn export_writes_fashion_mnist_as_a_folder() {
         .sum();
     assert_eq!(count, 30);
     assert_clear_error(
-        &konv(&["export", "--embedded", "--out", "fm"], &dir),
+        &konv(&["export", "--embedded", "--out", "fm"], dir),
         "already exists",
     );
     // Nothing half-written beside it.
-    let stray: Vec<_> = std::fs::read_dir(&dir)
+    let stray: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains("partial"))
@@ -1281,7 +1271,8 @@ fn export_writes_fashion_mnist_as_a_folder() {
 #[test]
 fn train_starts_from_pytorch_weights() {
     use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
-    let dir = temp_dir("pth");
+    let scratch = temp_dir("pth");
+    let dir = scratch.path();
     let device = burn::prelude::Device::flex();
     let pretrained = konv_models::build_for("fashion-cnn", 10, 1, &device).unwrap();
     let mut store = SafetensorsStore::from_file(dir.join("w.safetensors"))
@@ -1308,7 +1299,7 @@ fn train_starts_from_pytorch_weights() {
             "run",
             "--quiet",
         ],
-        &dir,
+        dir,
     );
     assert!(
         out.status.success(),
@@ -1331,7 +1322,7 @@ fn train_starts_from_pytorch_weights() {
                 "--out",
                 "bad",
             ],
-            &dir,
+            dir,
         ),
         "w.safetensors does not fit model `resnet20`",
     );
@@ -1339,18 +1330,19 @@ fn train_starts_from_pytorch_weights() {
         !dir.join("bad").exists(),
         "nothing written before the error"
     );
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 /// The reliability defects found by trying bad inputs, each as its own case: one clear
 /// line, a non-zero exit, and nothing left on disk.
 #[test]
 fn odd_inputs_fail_before_anything_is_written() {
-    let dir = temp_dir("odd");
+    let scratch = temp_dir("odd");
+    let dir = scratch.path();
     // Negative numbers are values: the error names the flag and its range.
     for (flag, value) in [("--epochs", "-1"), ("--lr", "-1"), ("--batch-size", "-3")] {
         assert_clear_error(
-            &konv(&["train", "--embedded", flag, value], &dir),
+            &konv(&["train", "--embedded", flag, value], dir),
             &format!("invalid value '{value}' for '{flag}"),
         );
     }
@@ -1358,14 +1350,14 @@ fn odd_inputs_fail_before_anything_is_written() {
     assert_clear_error(
         &konv(
             &["train", "--embedded", "--limit", "0", "--out", "lim0"],
-            &dir,
+            dir,
         ),
         "--limit: 0 leaves no training examples",
     );
     assert!(!dir.join("lim0").exists());
     // A missing image for `konv filters`: no output folder.
     assert_clear_error(
-        &konv(&["filters", "--image", "nope.png", "--out", "maps"], &dir),
+        &konv(&["filters", "--image", "nope.png", "--out", "maps"], dir),
         "nope.png",
     );
     assert!(!dir.join("maps").exists());
@@ -1377,23 +1369,24 @@ fn odd_inputs_fail_before_anything_is_written() {
     let bytes = std::fs::read(&jpg).unwrap();
     std::fs::write(&jpg, &bytes[..bytes.len() / 2]).unwrap();
     assert_clear_error(
-        &konv(&["filters", "--image", "cut.jpg", "--out", "cut"], &dir),
+        &konv(&["filters", "--image", "cut.jpg", "--out", "cut"], dir),
         "truncated: the JPEG has no end-of-image marker",
     );
     assert!(!dir.join("cut").exists());
     // A shape walk that does not fit names the layer, with the shape it got.
     assert_clear_error(
-        &konv(&["summary", "--model", "lenet5", "--input", "1x8x8"], &dir),
+        &konv(&["summary", "--model", "lenet5", "--input", "1x8x8"], dir),
         "layer `c3`: its 5×5 window does not fit its 2×2 input",
     );
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 /// `konv devices` lists the CPU and every wgpu adapter; OpenGL ones are marked unused.
 #[test]
 fn devices_lists_the_cpu_and_the_adapters() {
-    let dir = temp_dir("devices");
-    let out = konv(&["devices"], &dir);
+    let scratch = temp_dir("devices");
+    let dir = scratch.path();
+    let out = konv(&["devices"], dir);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -1403,29 +1396,31 @@ fn devices_lists_the_cpu_and_the_adapters() {
     for line in text.lines().filter(|l| l.contains("(Gl,")) {
         assert!(line.ends_with("(OpenGL: not used for compute)"), "{line}");
     }
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A machine whose only wgpu adapter is OpenGL (here: the Vulkan driver hidden) gets the
 /// one "no usable device" line and no run folder, instead of a hang in the first kernel.
 #[test]
 fn wgpu_with_only_an_opengl_adapter_is_refused() {
-    let dir = temp_dir("glonly");
+    let scratch = temp_dir("glonly");
+    let dir = scratch.path();
     let out = konv_with_env(
         &["train", "--backend", "wgpu", "--embedded", "--out", "run"],
-        &dir,
+        dir,
         &[("VK_ICD_FILENAMES", "/nonexistent.json")],
     );
     assert_clear_error(&out, "has no usable device here");
     assert!(!dir.join("run").exists());
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 /// `konv bench` on the CPU: text and JSON, and its settings checked. On wgpu (lavapipe here,
 /// tiny shapes), `--check-cpu` compares the logits and two training losses with the CPU's.
 #[test]
 fn bench_measures_a_model_on_a_backend() {
-    let dir = temp_dir("bench");
+    let scratch = temp_dir("bench");
+    let dir = scratch.path();
     let args = [
         "bench",
         "--model",
@@ -1439,13 +1434,13 @@ fn bench_measures_a_model_on_a_backend() {
         "--warmup",
         "1",
     ];
-    let out = konv(&args, &dir);
+    let out = konv(&args, dir);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("images/s") && log.contains("median"), "{log}");
     let mut json_args = args.to_vec();
     json_args.extend(["--mode", "infer", "--json"]);
-    let out = konv(&json_args, &dir);
+    let out = konv(&json_args, dir);
     assert!(out.status.success(), "{}", text(&out));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(value["config"]["mode"], "infer");
@@ -1453,14 +1448,14 @@ fn bench_measures_a_model_on_a_backend() {
     assert!(value["images_per_sec"].as_f64().unwrap() > 0.0, "{value}");
     assert!(value["peak_memory_bytes"].as_u64().unwrap() > 0, "{value}");
     assert_clear_error(
-        &konv(&["bench", "--batch-size", "0"], &dir),
+        &konv(&["bench", "--batch-size", "0"], dir),
         "--batch-size: 0: give at least 1",
     );
     assert_clear_error(
-        &konv(&["bench", "--model", "lenet5", "--size", "8"], &dir),
+        &konv(&["bench", "--model", "lenet5", "--size", "8"], dir),
         "--size: 8",
     );
-    assert_clear_error(&konv(&["bench", "--model", "nope"], &dir), "nope");
+    assert_clear_error(&konv(&["bench", "--model", "nope"], dir), "nope");
 
     let wgpu = konv(
         &[
@@ -1480,7 +1475,7 @@ fn bench_measures_a_model_on_a_backend() {
             "--check-cpu",
             "--json",
         ],
-        &dir,
+        dir,
     );
     if !wgpu.status.success() && std::env::var("KONV_REQUIRE_WGPU").as_deref() != Ok("1") {
         eprintln!("skipping wgpu: {}", text(&wgpu));
@@ -1497,5 +1492,5 @@ fn bench_measures_a_model_on_a_backend() {
             "{value}"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -523,8 +523,9 @@ where
                 return Err(TrainError::setting(
                     "ema",
                     format!(
-                        "{} has no moving average of the weights to resume; resume it without ema",
-                        run.path.join(crate::run::STATE).display()
+                        "{} names no moving average of the weights (written without one); remove \"ema\" from {} to resume without it",
+                        run.path.join(crate::run::STATE).display(),
+                        run.path.join(crate::run::CONFIG).display()
                     ),
                 ));
             };

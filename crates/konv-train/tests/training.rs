@@ -65,6 +65,20 @@ fn tiny_config() -> TrainConfig {
     }
 }
 
+/// ResNet-20 (batch norm) for 3 epochs of 3 steps on the embedded subset, with flips.
+fn tiny_resnet() -> TrainConfig {
+    TrainConfig {
+        model: "resnet20".into(),
+        settings: konv_train::engine::Settings {
+            epochs: 3,
+            lr: 0.05,
+            augment: "flip".parse().unwrap(),
+            ..tiny_config().settings
+        },
+        ..tiny_config()
+    }
+}
+
 /// `config` trained on the embedded subset without a run folder, tested on `test` images.
 fn train_tiny(config: &TrainConfig, test: usize) -> konv_train::train::TrainOutcome {
     let dataset = embedded_fashion_mnist();
@@ -511,16 +525,7 @@ fn a_run_on_two_replicas_resumes_exactly() {
 #[test]
 fn a_run_with_a_moving_average_validates_it_and_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let plain = TrainConfig {
-        model: "resnet20".into(),
-        settings: konv_train::engine::Settings {
-            epochs: 3,
-            lr: 0.05,
-            augment: "flip".parse().unwrap(),
-            ..tiny_config().settings
-        },
-        ..tiny_config()
-    };
+    let plain = tiny_resnet();
     let config = TrainConfig {
         settings: konv_train::engine::Settings {
             ema: Some(0.9),
@@ -558,6 +563,21 @@ fn a_run_with_a_moving_average_validates_it_and_resumes_exactly() {
     assert_eq!(read("ema.bpk"), read("epoch-0001.ema.bpk"));
     assert_eq!(read("best.bpk"), read("ema.bpk"));
     assert_ne!(read("checkpoint.bpk"), read("ema.bpk"));
+    // A state that names no average (written without one) is refused by name.
+    let json = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value.as_object_mut().unwrap().remove("ema");
+    std::fs::write(dir.join("state.json"), value.to_string()).unwrap();
+    let longer = TrainConfig {
+        settings: konv_train::engine::Settings {
+            epochs: 2,
+            ..config.settings.clone()
+        },
+        ..config.clone()
+    };
+    let err =
+        konv_train::train::resume(&longer, 10, &data, &device, &run, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("names no moving average"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -567,16 +587,7 @@ fn a_run_with_a_moving_average_validates_it_and_resumes_exactly() {
 #[test]
 fn progressive_resizing_trains_small_first_and_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let full = TrainConfig {
-        model: "resnet20".into(),
-        settings: konv_train::engine::Settings {
-            epochs: 3,
-            lr: 0.05,
-            augment: "flip".parse().unwrap(),
-            ..tiny_config().settings
-        },
-        ..tiny_config()
-    };
+    let full = tiny_resnet();
     let config = TrainConfig {
         settings: konv_train::engine::Settings {
             progressive_resize: Some("min=14,start=1,end=3".parse().unwrap()),
