@@ -473,14 +473,7 @@ impl Step<Localizer> for LocalizeTask<'_> {
             self.config.box_loss,
         )
         .map_err(TrainError::Config)?;
-        let right = crate::engine::read_count(
-            out.logits
-                .argmax(1)
-                .squeeze_dim::<1>(1)
-                .equal(y.clone())
-                .int()
-                .sum(),
-        )?;
+        let right = crate::train::count_correct(out.logits, y.clone())?;
         let iou = batch_iou(out.boxes, targets, self.data.train.size)?;
         Ok(StepLoss {
             loss: losses.total,

@@ -494,15 +494,7 @@ pub fn classification_loss(
     label_smoothing: f64,
 ) -> Result<(Tensor<1>, usize), TrainError> {
     let device = logits.device();
-    let correct = crate::engine::read_count(
-        logits
-            .clone()
-            .argmax(1)
-            .squeeze_dim::<1>(1)
-            .equal(targets.clone())
-            .int()
-            .sum(),
-    )?;
+    let correct = count_correct(logits.clone(), targets.clone())?;
     let criterion = CrossEntropyLossConfig::new()
         .with_smoothing((label_smoothing > 0.0).then_some(label_smoothing as f32))
         .init(&device);
@@ -514,6 +506,21 @@ pub fn classification_loss(
         }
     };
     Ok((loss, correct))
+}
+
+/// The number of rows of `logits` `[n, classes]` whose highest class is `targets`' label.
+///
+/// # Errors
+/// A device that failed reading the count back ([`TrainError::Device`]).
+pub fn count_correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> Result<usize, TrainError> {
+    crate::engine::read_count(
+        logits
+            .argmax(1)
+            .squeeze_dim::<1>(1)
+            .equal(targets)
+            .int()
+            .sum(),
+    )
 }
 
 /// Classification as an [`engine`](crate::engine) task: batches from Burn's data loader
