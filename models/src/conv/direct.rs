@@ -1,4 +1,5 @@
-//! Direct convolution for stride-1 layers with few input channels, in `f32` with AVX-512.
+//! Direct convolution for stride-1 layers with few input channels, in `f32` with AVX-512 or
+//! AVX2 + FMA.
 //!
 //! im2col + GEMM is a poor fit for a layer like ResNet-20's first stage (16 → 16, 3×3, at
 //! 28×28) or the Fashion-MNIST CNN's first layer (1 → 64, 7×7): the column matrix is 9 or 49
@@ -27,7 +28,15 @@
 //!   FMAs. The accumulators are added into 16-lane partial sums per weight, summed across
 //!   lanes and across the threads' image chunks once at the end.
 //!
-//! On a CPU without AVX-512F, or for `f64`, [`applies`] is false and the layer takes the GEMM
+//! With AVX2 + FMA (16 `ymm` registers of 8 lanes, half of AVX-512's 32 of 16) the same
+//! blocks are cut to fit ([`Isa::Avx2`]): the forward block runs as 4 quarters of 4 output
+//! channels × 24 positions (12 accumulators, 3 loads and 4 broadcasts per tap), and the
+//! weight gradient takes blocks of 2 outputs × 6 taps (12 accumulators, 2 + 6 loads per 8
+//! positions), its sums in the low 8 of each weight's 16 lanes. Both layouts, the padding and
+//! the threading are shared, and each output value is summed in the same order, so the two
+//! forwards agree bit for bit.
+//!
+//! On a CPU with neither, or for `f64`, [`applies`] is false and the layer takes the GEMM
 //! path.
 
 use super::cpu::Geometry;
@@ -43,8 +52,57 @@ const OB: usize = 8;
 const LANES: usize = 16;
 /// Positions per forward block: three vectors.
 const QB: usize = 3 * LANES;
-/// Taps per weight-gradient block.
+/// Taps per weight-gradient block with AVX-512 (2 × 9 accumulators of 32 registers).
 const TB: usize = 9;
+/// Taps per weight-gradient block with AVX2 (2 × 6 accumulators of 16 registers).
+const TB_AVX2: usize = 6;
+/// `f32` lanes of an AVX2 vector.
+const LANES_AVX2: usize = 8;
+
+/// The vector instructions a direct kernel is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: 32 registers of 16 `f32` lanes.
+    Avx512,
+    /// AVX2 with FMA: 16 registers of 8 lanes (every x86-64 CPU since Haswell and Zen).
+    Avx2,
+}
+
+impl Isa {
+    /// The widest set this CPU runs, or `None` (no AVX2 + FMA, or not x86-64).
+    pub fn detect() -> Option<Isa> {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|isa| isa.supported())
+    }
+
+    /// Whether this CPU runs the kernels compiled for `self`.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    /// Taps per weight-gradient block.
+    fn weight_taps(self) -> usize {
+        match self {
+            Isa::Avx512 => TB,
+            Isa::Avx2 => TB_AVX2,
+        }
+    }
+}
 /// The largest `c_in · kh · kw` sent here: past it, the GEMM's inner dimension is long
 /// enough for its micro-kernels to run near their peak.
 const MAX_DEPTH: usize = 256;
@@ -53,7 +111,7 @@ const MAX_C_IN: usize = 16;
 
 /// Whether the layer `g` in element type `T` takes the direct kernels: `f32`, stride 1,
 /// undilated, one group, at most 16 input channels and `c_in · kh · kw ≤ 256`, on a CPU with
-/// AVX-512F.
+/// AVX-512F or AVX2 + FMA ([`Isa::detect`]).
 pub fn applies<T: 'static>(g: &Geometry) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>()
         && g.stride == [1, 1]
@@ -66,7 +124,7 @@ pub fn applies<T: 'static>(g: &Geometry) -> bool {
         && g.c_out > 0
         && g.output[0] > 0
         && g.output[1] > 0
-        && has_avx512()
+        && Isa::detect().is_some()
 }
 
 /// Whether the forward pass of `g` takes the direct kernel: as [`applies`], and at least
@@ -79,18 +137,6 @@ pub fn forward_applies<T: 'static>(g: &Geometry) -> bool {
 
 /// The fewest `c_in · kh · kw` whose forward pass is sent here.
 const MIN_FORWARD_DEPTH: usize = 16;
-
-/// Whether the CPU runs the kernels here.
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// `s` as `f32`s; `T` must be `f32`.
 fn as_f32<T: 'static>(s: &[T]) -> &[f32] {
@@ -179,9 +225,28 @@ impl Layout {
     }
 }
 
-/// The forward convolution (see [`super::cpu::forward`]) when [`applies`] holds.
+/// The forward convolution (see [`super::cpu::forward`]) when [`applies`] holds, with the
+/// widest kernels the CPU has.
 pub fn forward<T: 'static>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
     assert!(applies::<T>(g), "direct::forward: a layer it does not take");
+    let isa = Isa::detect().expect("applies checked the CPU");
+    forward_with(isa, g, x, weight, bias)
+}
+
+/// [`forward`] with the kernels of `isa` (to test or time one set on a CPU that has a wider
+/// one).
+///
+/// # Panics
+/// If the CPU does not run `isa`, or [`applies`] does not hold for `g` and `T`.
+pub fn forward_with<T: 'static>(
+    isa: Isa,
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+) -> Vec<T> {
+    assert!(applies::<T>(g), "direct::forward: a layer it does not take");
+    assert!(isa.supported(), "direct::forward: this CPU lacks {isa:?}");
     let (x, weight) = (as_f32(x), as_f32(weight));
     let bias = bias.map(as_f32);
     let lay = Layout::of(g);
@@ -210,12 +275,16 @@ pub fn forward<T: 'static>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
         let w = &wt[b * c_in * taps * OB..(b + 1) * c_in * taps * OB];
         let bias: &[f32; OB] = biases[b * OB..(b + 1) * OB].try_into().expect("8 biases");
         for q0 in (0..lay.positions).step_by(QB) {
-            // SAFETY: `applies` checked AVX-512F; the kernel reads `xp` at
+            let kernel = match isa {
+                Isa::Avx512 => forward_block,
+                Isa::Avx2 => forward_block_avx2,
+            };
+            // SAFETY: `isa.supported()` was asserted; the kernel reads `xp` at
             // c·channel + q0 + 47 + offset < c_in·channel (the layout's `channel` covers the
             // last block's last tap), `w` at c_in·taps·8, and writes `scratch` at
             // o·positions + q0 + 47 for o < 8.
             unsafe {
-                forward_block(
+                kernel(
                     xp.as_ptr().add(q0),
                     lay.channel,
                     c_in,
@@ -268,12 +337,32 @@ pub fn forward<T: 'static>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
     from_f32(out)
 }
 
-/// The weight gradient (see [`super::cpu::weight_grad`]) when [`applies`] holds.
+/// The weight gradient (see [`super::cpu::weight_grad`]) when [`applies`] holds, with the
+/// widest kernels the CPU has.
 pub fn weight_grad<T: 'static>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     assert!(
         applies::<T>(g),
         "direct::weight_grad: a layer it does not take"
     );
+    let isa = Isa::detect().expect("applies checked the CPU");
+    weight_grad_with(isa, g, x, grad)
+}
+
+/// [`weight_grad`] with the kernels of `isa` (to test or time one set on a CPU that has a
+/// wider one).
+///
+/// # Panics
+/// If the CPU does not run `isa`, or [`applies`] does not hold for `g` and `T`.
+pub fn weight_grad_with<T: 'static>(isa: Isa, g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    assert!(
+        applies::<T>(g),
+        "direct::weight_grad: a layer it does not take"
+    );
+    assert!(
+        isa.supported(),
+        "direct::weight_grad: this CPU lacks {isa:?}"
+    );
+    let tb = isa.weight_taps();
     let (x, grad) = (as_f32(x), as_f32(grad));
     let lay = Layout::of(g);
     let (c_in, c_out) = (g.c_in, g.c_out);
@@ -297,15 +386,17 @@ pub fn weight_grad<T: 'static>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
                 for o in (0..c_out).step_by(2) {
                     let outputs = (c_out - o).min(2);
                     for c in 0..c_in {
-                        for t in (0..taps).step_by(TB) {
-                            let nt = (taps - t).min(TB);
+                        for t in (0..taps).step_by(tb) {
+                            let nt = (taps - t).min(tb);
                             let at = ((o * c_in + c) * taps + t) * LANES;
-                            // SAFETY: AVX-512F checked by `applies`; reads `dyp` rows o, o+1
-                            // below `positions`, `xp` channel c at q + offset <
-                            // positions + (kh−1)·pw + kw − 1 ≤ channel, and writes `sums` at
-                            // `at` + (outputs−1)·c_in·taps·16 + nt·16 ≤ its length.
+                            // SAFETY: `isa.supported()` was asserted, and `nt` is at most its
+                            // block; reads `dyp` rows o, o+1 below `positions`, `xp` channel c
+                            // at q + offset < positions + (kh−1)·pw + kw − 1 ≤ channel, and
+                            // writes `sums` at `at` + (outputs−1)·c_in·taps·16 + nt·16 ≤ its
+                            // length.
                             unsafe {
                                 weight_block(
+                                    isa,
                                     [outputs, nt],
                                     dyp.as_ptr().add(o * lay.positions),
                                     lay.positions,
@@ -354,7 +445,7 @@ unsafe fn forward_block(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (x, channel, c_in, offsets, w, bias, out, row);
-        unreachable!("direct convolution runs on x86-64 with AVX-512F only")
+        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -393,12 +484,14 @@ unsafe fn forward_block(
     }
 }
 
-/// The weight-gradient block `[outputs, taps]` (outputs 1–2, taps 1–9) by its monomorphic
-/// kernel.
+/// The weight-gradient block `[outputs, taps]` (outputs 1–2, taps 1–9 with AVX-512, 1–6
+/// with AVX2) by its monomorphic kernel.
 ///
 /// # Safety
-/// As [`weight_kernel`].
+/// As [`weight_kernel`] (with `isa`'s features).
+#[allow(clippy::too_many_arguments)]
 unsafe fn weight_block(
+    isa: Isa,
     [outputs, taps]: [usize; 2],
     dy: *const f32,
     positions: usize,
@@ -407,24 +500,11 @@ unsafe fn weight_block(
     sums: *mut f32,
     output_stride: usize,
 ) {
-    macro_rules! by_taps {
-        ($no:literal) => {
-            match taps {
-                1 => by_taps!(@ $no, 1),
-                2 => by_taps!(@ $no, 2),
-                3 => by_taps!(@ $no, 3),
-                4 => by_taps!(@ $no, 4),
-                5 => by_taps!(@ $no, 5),
-                6 => by_taps!(@ $no, 6),
-                7 => by_taps!(@ $no, 7),
-                8 => by_taps!(@ $no, 8),
-                _ => by_taps!(@ $no, 9),
-            }
-        };
-        (@ $no:literal, $nt:literal) => {
+    macro_rules! call {
+        ($kernel:ident, $no:literal, $nt:literal) => {
             // SAFETY: the caller's.
             unsafe {
-                weight_kernel::<$no, $nt>(
+                $kernel::<$no, $nt>(
                     dy,
                     positions,
                     x,
@@ -435,10 +515,19 @@ unsafe fn weight_block(
             }
         };
     }
-    if outputs == 2 {
-        by_taps!(2)
-    } else {
-        by_taps!(1)
+    macro_rules! by_taps {
+        ($kernel:ident, $no:literal, [$($nt:literal),*]) => {
+            match taps {
+                $($nt => call!($kernel, $no, $nt),)*
+                _ => panic!("direct: {taps} taps in one {isa:?} weight block"),
+            }
+        };
+    }
+    match (isa, outputs) {
+        (Isa::Avx512, 2) => by_taps!(weight_kernel, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        (Isa::Avx512, _) => by_taps!(weight_kernel, 1, [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        (Isa::Avx2, 2) => by_taps!(weight_kernel_avx2, 2, [1, 2, 3, 4, 5, 6]),
+        (Isa::Avx2, _) => by_taps!(weight_kernel_avx2, 1, [1, 2, 3, 4, 5, 6]),
     }
 }
 
@@ -461,7 +550,7 @@ unsafe fn weight_kernel<const NO: usize, const NT: usize>(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (dy, positions, x, offsets, sums, output_stride);
-        unreachable!("direct convolution runs on x86-64 with AVX-512F only")
+        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -485,6 +574,123 @@ unsafe fn weight_kernel<const NO: usize, const NT: usize>(
                 for (t, a) in acc.iter().enumerate() {
                     let p = sums.add(o * output_stride + t * LANES);
                     _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
+                }
+            }
+        }
+    }
+}
+
+/// [`forward_block`] with AVX2: the 8 output channels × 48 positions as 4 quarters of 4
+/// channels × 24 positions (12 accumulators of 8 lanes, 3 loads and 4 broadcasts per tap).
+/// Each output is summed in the same order as there.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, and every address named at [`forward_block`] must be
+/// inside its buffer.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_block_avx2(
+    x: *const f32,
+    channel: usize,
+    c_in: usize,
+    offsets: &[usize],
+    w: *const f32,
+    bias: &[f32; OB],
+    out: *mut f32,
+    row: usize,
+) {
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, channel, c_in, offsets, w, bias, out, row);
+        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        const OQ: usize = OB / 2;
+        const V: usize = 3;
+        for half in 0..2 {
+            for part in 0..QB / (V * LANES_AVX2) {
+                let mut acc = [[_mm256_setzero_ps(); V]; OQ];
+                for (o, acc) in acc.iter_mut().enumerate() {
+                    *acc = [_mm256_set1_ps(bias[half * OQ + o]); V];
+                }
+                // SAFETY (this block): the caller's bounds; the quarter reads positions
+                // 24·part … 24·part + 23 of the block and weights 4·half … 4·half + 3 of each
+                // group of 8.
+                unsafe {
+                    let mut wq = w.add(half * OQ);
+                    for c in 0..c_in {
+                        let xc = x.add(c * channel + part * V * LANES_AVX2);
+                        for &offset in offsets {
+                            let p = xc.add(offset);
+                            let v = [
+                                _mm256_loadu_ps(p),
+                                _mm256_loadu_ps(p.add(LANES_AVX2)),
+                                _mm256_loadu_ps(p.add(2 * LANES_AVX2)),
+                            ];
+                            for (o, acc) in acc.iter_mut().enumerate() {
+                                let wv = _mm256_broadcast_ss(&*wq.add(o));
+                                for (a, v) in acc.iter_mut().zip(v) {
+                                    *a = _mm256_fmadd_ps(v, wv, *a);
+                                }
+                            }
+                            wq = wq.add(OB);
+                        }
+                    }
+                    for (o, acc) in acc.iter().enumerate() {
+                        let at = out.add((half * OQ + o) * row + part * V * LANES_AVX2);
+                        for (v, a) in acc.iter().enumerate() {
+                            _mm256_storeu_ps(at.add(v * LANES_AVX2), *a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`weight_kernel`] with AVX2 (`NT` at most 6, so that 2 × 6 accumulators, 2 output rows
+/// and the input vector fit in 16 registers); each accumulator is added into the low 8 of
+/// its 16 lanes of `sums`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; the bounds of [`weight_kernel`].
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn weight_kernel_avx2<const NO: usize, const NT: usize>(
+    dy: *const f32,
+    positions: usize,
+    x: *const f32,
+    offsets: &[usize; NT],
+    sums: *mut f32,
+    output_stride: usize,
+) {
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dy, positions, x, offsets, sums, output_stride);
+        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let offsets = *offsets;
+        let mut acc = [[_mm256_setzero_ps(); NT]; NO];
+        // SAFETY (this block): the caller's bounds (`positions` is a multiple of 8).
+        unsafe {
+            for q in (0..positions).step_by(LANES_AVX2) {
+                let mut d = [_mm256_setzero_ps(); NO];
+                for (o, d) in d.iter_mut().enumerate() {
+                    *d = _mm256_loadu_ps(dy.add(o * positions + q));
+                }
+                for (t, offset) in offsets.iter().enumerate() {
+                    let v = _mm256_loadu_ps(x.add(q + offset));
+                    for (acc, d) in acc.iter_mut().zip(d) {
+                        acc[t] = _mm256_fmadd_ps(d, v, acc[t]);
+                    }
+                }
+            }
+            for (o, acc) in acc.iter().enumerate() {
+                for (t, a) in acc.iter().enumerate() {
+                    let p = sums.add(o * output_stride + t * LANES);
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), *a));
                 }
             }
         }
@@ -545,46 +751,89 @@ mod tests {
         (y, dw)
     }
 
+    /// The sets this CPU runs, with a line for each it lacks.
+    fn isas() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|isa| {
+                let ok = isa.supported();
+                if !ok {
+                    eprintln!("skipped: this CPU has no {isa:?}");
+                }
+                ok
+            })
+            .collect()
+    }
+
     #[test]
     fn the_kernels_equal_plain_loops() {
-        if !has_avx512() {
-            eprintln!("skipped: this CPU has no AVX-512F");
-            return;
-        }
         // [batch, c_in, h, w], [c_out, kernel], padding: two output blocks, a part block with
-        // a batch under the thread count, 5×5 (tap blocks 9, 9, 7) with an odd c_out, 7×7.
+        // a batch under the thread count, 5×5 (tap blocks 9 + 9 + 7 with AVX-512, 6 × 4 + 1
+        // with AVX2) with an odd c_out, 7×7, and 1×1 (one tap).
         let cases = [
             ([3, 16, 12, 11], [16, 3], [1, 1]),
             ([1, 2, 5, 9], [11, 3], [0, 2]),
             ([4, 3, 8, 7], [5, 5], [2, 2]),
             ([2, 1, 10, 10], [9, 7], [3, 3]),
+            ([2, 16, 6, 5], [3, 1], [0, 0]),
         ];
-        for ([batch, c_in, h, w], [c_out, k], pad) in cases {
-            let g = geometry([batch, c_in, h, w], [c_out, c_in, k, k], pad);
-            assert!(applies::<f32>(&g));
-            let value = |i: usize, m: usize| ((i * 7919) % m) as f32 / m as f32 - 0.5;
-            let x: Vec<f32> = (0..batch * c_in * h * w).map(|i| value(i, 31)).collect();
-            let wt: Vec<f32> = (0..c_out * c_in * k * k).map(|i| value(i, 17)).collect();
-            let dy: Vec<f32> = (0..g.output_len()).map(|i| value(i, 23)).collect();
-            let (y, dw) = reference(&g, &x, &wt, &dy);
-            let bias: Vec<f32> = (0..c_out).map(|o| o as f32).collect();
-            let ours = forward(&g, &x, &wt, Some(&bias));
-            let plane = g.output[0] * g.output[1];
-            for (i, (a, b)) in ours.iter().zip(&y).enumerate() {
-                let b = b + bias[(i / plane) % c_out];
-                assert!(
-                    (a - b).abs() < 1e-4,
-                    "{:?}: y[{i}] {a} vs {b}",
-                    g.output_shape()
-                );
+        for isa in isas() {
+            for ([batch, c_in, h, w], [c_out, k], pad) in cases {
+                let g = geometry([batch, c_in, h, w], [c_out, c_in, k, k], pad);
+                assert!(applies::<f32>(&g));
+                let value = |i: usize, m: usize| ((i * 7919) % m) as f32 / m as f32 - 0.5;
+                let x: Vec<f32> = (0..batch * c_in * h * w).map(|i| value(i, 31)).collect();
+                let wt: Vec<f32> = (0..c_out * c_in * k * k).map(|i| value(i, 17)).collect();
+                let dy: Vec<f32> = (0..g.output_len()).map(|i| value(i, 23)).collect();
+                let (y, dw) = reference(&g, &x, &wt, &dy);
+                let bias: Vec<f32> = (0..c_out).map(|o| o as f32).collect();
+                let ours = forward_with(isa, &g, &x, &wt, Some(&bias));
+                let plane = g.output[0] * g.output[1];
+                for (i, (a, b)) in ours.iter().zip(&y).enumerate() {
+                    let b = b + bias[(i / plane) % c_out];
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{isa:?} {:?}: y[{i}] {a} vs {b}",
+                        g.output_shape()
+                    );
+                }
+                let grads = weight_grad_with(isa, &g, &x, &dy);
+                assert_eq!(grads.len(), dw.len());
+                for (i, (a, b)) in grads.iter().zip(&dw).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-3,
+                        "{isa:?} {:?}: dw[{i}] {a} vs {b}",
+                        g.output_shape()
+                    );
+                }
             }
-            for (i, (a, b)) in weight_grad(&g, &x, &dy).iter().zip(&dw).enumerate() {
-                assert!(
-                    (a - b).abs() < 1e-3,
-                    "{:?}: dw[{i}] {a} vs {b}",
-                    g.output_shape()
-                );
-            }
+        }
+    }
+
+    #[test]
+    fn the_two_forwards_agree_bit_for_bit() {
+        if !(Isa::Avx512.supported() && Isa::Avx2.supported()) {
+            eprintln!("skipped: this CPU does not run both AVX-512F and AVX2");
+            return;
+        }
+        // 16 → 16 at 28×28 (ResNet-20's first stage) and 1 → 64 7×7 (the Fashion-MNIST
+        // CNN's first layer): the same sums in the same order, so the same floats.
+        for (c_in, c_out, k) in [(16, 16, 3), (1, 64, 7)] {
+            let g = geometry([2, c_in, 28, 28], [c_out, c_in, k, k], [k / 2, k / 2]);
+            let x: Vec<f32> = (0..2 * c_in * 28 * 28)
+                .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5)
+                .collect();
+            let w: Vec<f32> = (0..c_out * c_in * k * k)
+                .map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.5)
+                .collect();
+            let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.1).collect();
+            let wide = forward_with(Isa::Avx512, &g, &x, &w, Some(&bias));
+            let narrow = forward_with(Isa::Avx2, &g, &x, &w, Some(&bias));
+            assert!(
+                wide.iter()
+                    .zip(&narrow)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
         }
     }
 
