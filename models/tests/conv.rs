@@ -55,6 +55,9 @@ fn cases() -> Vec<Case> {
         // "Same" stride 1 in column tiles of 3 rows (576 × 300 per row), so im2col's
         // contiguous copies start inside the image and end at its bottom edge.
         c([64, 8], 3, 1, 1, 1, 1, [11, 300], true),
+        // Small output planes, several images side by side per GEMM: 10×10 from 256 channels
+        // (2 images per GEMM, so a thread's 4 or 3 images make groups of 2 + 2 and 2 + 1).
+        c([256, 8], 3, 2, 1, 1, 7, [20, 20], true),
     ];
     // Winograd F(2×2, 3×3) (stride-1 3×3, 32 channels and more, 64 tiles and more): odd and
     // even sides, narrow and wide rows of tiles, several tile blocks over the threads and one
@@ -73,7 +76,7 @@ fn cases() -> Vec<Case> {
         // Rows of 19 tiles (every other case here has fewer than 16).
         c([64, 64], 3, 1, 1, 1, 2, [5, 37], false),
     ]);
-    // Direct kernels (stride 1, at most 16 channels in, f32 with AVX-512): ResNet-20's first
+    // Direct kernels (stride 1, at most 16 channels in, f32 with AVX-512 or AVX2): ResNet-20's first
     // stage (two blocks of 8 outputs) and the Fashion-MNIST CNN's first layer at their sizes;
     // batch 1 (the output blocks over the threads) with 10 outputs (a part block); 5×5 with 3
     // outputs (weight-gradient blocks of 9, 9 and 7 taps, one output left after the pair);

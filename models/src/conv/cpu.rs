@@ -188,8 +188,29 @@ impl Geometry {
     /// Output rows per column tile: the tile (`depth × rows · ow`) stays within about
     /// 2 MiB of `f32` (measured on this machine, 64→64 3×3 at 56×56, batch 8: 82–91 GFLOP/s tiled against 58–62 untiled; 512 KiB tiles made the GEMMs of deep layers too narrow), so im2col writes it into the cache the GEMM then reads it from.
     fn tile_rows(&self) -> usize {
-        const TILE_ELEMENTS: usize = 1 << 19;
         (TILE_ELEMENTS / (self.depth() * self.output[1]).max(1)).clamp(1, self.output[0].max(1))
+    }
+
+    /// Images whose column matrices the forward pass lays side by side for one GEMM, out of a
+    /// thread's `chunk`: for output planes of at most [`BATCHED_PLANE`] pixels (the 7×7 and
+    /// 14×14 maps of ResNet's late stages), as many as fit one tile. One image there is a
+    /// GEMM of only 49 or 196 columns against a weight matrix of up to 512 × 4,608, which
+    /// `gemm` packs again on every call; side by side, the columns are wider and the weights
+    /// packed once per group of images. 1 for grouped and pointwise layers and for small
+    /// weight matrices (under [`BATCHED_WEIGHTS`]). Where Winograd would take the layer but has
+    /// few tiles per thread (under [`WINOGRAD_MIN_THREAD_TILES`]), the forward pass runs side
+    /// by side instead; its gradients stay in Winograd.
+    fn images_per_gemm(&self, chunk: usize) -> usize {
+        let plane = self.out_plane();
+        if self.groups != 1
+            || self.pointwise()
+            || plane == 0
+            || plane > BATCHED_PLANE
+            || self.weight_len() < BATCHED_WEIGHTS
+        {
+            return 1;
+        }
+        (TILE_ELEMENTS / (self.depth() * plane).max(1)).clamp(1, chunk.max(1))
     }
 
     /// The output row ranges of the column tiles.
@@ -231,6 +252,24 @@ impl Geometry {
         }
     }
 }
+
+/// Elements of one column tile: about 2 MiB of `f32` (see [`Geometry::tile_rows`]).
+const TILE_ELEMENTS: usize = 1 << 19;
+
+/// The largest output plane whose images the forward pass batches into one GEMM
+/// ([`Geometry::images_per_gemm`]).
+const BATCHED_PLANE: usize = 196;
+
+/// The fewest weights (`c_out · c_in · kh · kw`) for which side-by-side images pay: below
+/// it packing the weights again per image costs little, and the wider GEMM plus the copy
+/// out was slower (ResNet-20's 16 → 32 3×3/2 at batch 96: 49–54 against 55–59 GFLOP/s).
+const BATCHED_WEIGHTS: usize = 1 << 14;
+
+/// The fewest 2×2 output tiles per thread for which Winograd's forward beats side-by-side
+/// images where those apply: ResNet-18's 512-channel 7×7 layer at batch 8 (64 tiles per
+/// thread) ran at 166–169 GFLOP/s in Winograd against 230 side by side, its 256-channel
+/// 14×14 layer (196 per thread) at 318 against 174.
+const WINOGRAD_MIN_THREAD_TILES: usize = 128;
 
 /// The element counts the kernels index by.
 struct Sizes {
@@ -300,6 +339,18 @@ pub(super) fn valid_range(
 /// im2col of output rows `rows` of one group of one image: `x` is `[c_in/groups, h, w]`,
 /// `col` is `[c_in/groups · kh · kw, rows · ow]`.
 fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T], rows: std::ops::Range<usize>) {
+    let plane = rows.len() * g.output[1];
+    im2col_at(g, x, (col, plane, 0), rows);
+}
+
+/// [`im2col`] into columns `at .. at + rows · ow` of a column matrix whose rows are `stride`
+/// apart (`stride ≥ at + rows · ow`): several images side by side.
+fn im2col_at<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    (col, stride, at): (&mut [T], usize, usize),
+    rows: std::ops::Range<usize>,
+) {
     let [h, w] = g.input;
     let ow = g.output[1];
     let [kh, kw] = g.kernel;
@@ -315,7 +366,7 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], col: &mut [T], rows: std::ops::Rang
         let image = &x[c * h * w..(c + 1) * h * w];
         for ki in 0..kh {
             for kj in 0..kw {
-                let row = ((c * kh + ki) * kw + kj) * plane;
+                let row = ((c * kh + ki) * kw + kj) * stride + at;
                 let dst = &mut col[row..row + plane];
                 let offset = (kj * dw) as isize - g.pad[1] as isize;
                 let (lo, hi) = valid_range(ow, sw, offset, w);
@@ -506,16 +557,22 @@ pub(super) fn matmul<T: Element>(
 /// The forward convolution: `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in/groups, kh, kw]`,
 /// optional `bias` `[c_out]`; returns `[n, c_out, oh, ow]`.
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let (chunk, parallelism) = plan(g.batch);
+    let per = g.images_per_gemm(chunk);
     if super::fast_paths_enabled() {
-        if super::winograd::forward_applies(g) {
+        let tiles = g.output[0].div_ceil(2) * g.output[1].div_ceil(2) * chunk;
+        let side_by_side_wins = per > 1 && tiles < WINOGRAD_MIN_THREAD_TILES;
+        if super::winograd::forward_applies(g) && !side_by_side_wins {
             return super::winograd::forward(g, x, weight, bias);
         }
         if super::direct::forward_applies::<T>(g) {
             return super::direct::forward(g, x, weight, bias);
         }
     }
+    if per > 1 {
+        return forward_side_by_side(g, x, weight, bias, chunk, per);
+    }
     let mut out = vec![T::ZERO; g.output_len()];
-    let (chunk, parallelism) = plan(g.batch);
     let Sizes {
         image_in,
         image_out,
@@ -573,6 +630,69 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
                                 [cols, 1],
                                 parallelism,
                             );
+                        }
+                    }
+                }
+            });
+        });
+    out
+}
+
+/// [`forward`] with `per` images' column matrices side by side in each GEMM (one group,
+/// whole images; see [`Geometry::images_per_gemm`]), each thread taking `chunk` images.
+fn forward_side_by_side<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    chunk: usize,
+    per: usize,
+) -> Vec<T> {
+    let mut out = vec![T::ZERO; g.output_len()];
+    let Sizes {
+        image_in,
+        image_out,
+        depth,
+        plane,
+        ..
+    } = g.sizes();
+    let c_out = g.c_out;
+    let (col_len, product_len) = (depth * per * plane, c_out * per * plane);
+    out.par_chunks_mut(chunk * image_out)
+        .enumerate()
+        .for_each(|(ci, outs)| {
+            T::with_scratch(col_len + product_len, |buffer| {
+                let (col, product) = buffer.split_at_mut(col_len);
+                for (gi, ys) in outs.chunks_mut(per * image_out).enumerate() {
+                    let images = ys.len() / image_out;
+                    let cols = images * plane;
+                    let first = ci * chunk + gi * per;
+                    for i in 0..images {
+                        let image = &x[(first + i) * image_in..(first + i + 1) * image_in];
+                        im2col_at(g, image, (col, cols, i * plane), 0..g.output[0]);
+                    }
+                    // [c_out, images · plane], then each image's planes to its place.
+                    matmul(
+                        [c_out, cols, depth],
+                        (product, cols),
+                        false,
+                        weight,
+                        [depth, 1],
+                        col,
+                        [cols, 1],
+                        Parallelism::None,
+                    );
+                    for (i, y) in ys.chunks_mut(image_out).enumerate() {
+                        for (o, row) in y.chunks_mut(plane).enumerate() {
+                            let from = &product[o * cols + i * plane..o * cols + (i + 1) * plane];
+                            match bias {
+                                Some(bias) => {
+                                    for (d, v) in row.iter_mut().zip(from) {
+                                        *d = *v + bias[o];
+                                    }
+                                }
+                                None => row.copy_from_slice(from),
+                            }
                         }
                     }
                 }
