@@ -531,54 +531,78 @@ unsafe fn weight_block(
     }
 }
 
-/// `NO × NT` accumulators over all `positions` (a multiple of 16): `dy` rows `positions`
-/// apart, `x` one padded input channel read at each of `offsets`; each accumulator is then
-/// added into its 16 lanes of `sums` (taps 16 apart, outputs `output_stride` apart).
-///
-/// # Safety
-/// The CPU must have AVX-512F; `dy` must hold `NO` rows of `positions`, `x` every
-/// `q + offset` for `q < positions`, `sums` every lane written.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn weight_kernel<const NO: usize, const NT: usize>(
-    dy: *const f32,
-    positions: usize,
-    x: *const f32,
-    offsets: &[usize; NT],
-    sums: *mut f32,
-    output_stride: usize,
-) {
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (dy, positions, x, offsets, sums, output_stride);
-        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let offsets = *offsets;
-        let mut acc = [[_mm512_setzero_ps(); NT]; NO];
-        // SAFETY (this block): the caller's bounds.
-        unsafe {
-            for q in (0..positions).step_by(LANES) {
-                let mut d = [_mm512_setzero_ps(); NO];
-                for (o, d) in d.iter_mut().enumerate() {
-                    *d = _mm512_loadu_ps(dy.add(o * positions + q));
-                }
-                for (t, offset) in offsets.iter().enumerate() {
-                    let v = _mm512_loadu_ps(x.add(q + offset));
-                    for (acc, d) in acc.iter_mut().zip(d) {
-                        acc[t] = _mm512_fmadd_ps(d, v, acc[t]);
+/// Defines a weight-gradient kernel for one instruction set: `NO × NT` accumulators over
+/// all `positions` (a multiple of the lanes), `dy` rows `positions` apart, `x` one padded
+/// input channel read at each of `offsets`; each accumulator is then added into the first
+/// lanes of its 16 in `sums` (taps 16 apart, outputs `output_stride` apart).
+macro_rules! weight_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $features:literal, $lanes:expr,
+        $zero:ident, $load:ident, $fmadd:ident, $add:ident, $store:ident
+    ) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU must have ", $features, "; `dy` must hold `NO` rows of")]
+        /// `positions`, `x` every `q + offset` for `q < positions`, `sums` every lane written.
+        #[cfg_attr(target_arch = "x86_64", target_feature(enable = $features))]
+        unsafe fn $name<const NO: usize, const NT: usize>(
+            dy: *const f32,
+            positions: usize,
+            x: *const f32,
+            offsets: &[usize; NT],
+            sums: *mut f32,
+            output_stride: usize,
+        ) {
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (dy, positions, x, offsets, sums, output_stride);
+                unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let offsets = *offsets;
+                let mut acc = [[$zero(); NT]; NO];
+                // SAFETY (this block): the caller's bounds.
+                unsafe {
+                    for q in (0..positions).step_by($lanes) {
+                        let mut d = [$zero(); NO];
+                        for (o, d) in d.iter_mut().enumerate() {
+                            *d = $load(dy.add(o * positions + q));
+                        }
+                        for (t, offset) in offsets.iter().enumerate() {
+                            let v = $load(x.add(q + offset));
+                            for (acc, d) in acc.iter_mut().zip(d) {
+                                acc[t] = $fmadd(d, v, acc[t]);
+                            }
+                        }
+                    }
+                    for (o, acc) in acc.iter().enumerate() {
+                        for (t, a) in acc.iter().enumerate() {
+                            let p = sums.add(o * output_stride + t * LANES);
+                            $store(p, $add($load(p), *a));
+                        }
                     }
                 }
             }
-            for (o, acc) in acc.iter().enumerate() {
-                for (t, a) in acc.iter().enumerate() {
-                    let p = sums.add(o * output_stride + t * LANES);
-                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
-                }
-            }
         }
-    }
+    };
 }
+
+weight_kernel!(
+    /// The weight-gradient kernel with AVX-512F: up to 2 × 9 accumulators of 16 lanes.
+    weight_kernel, "avx512f", LANES,
+    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps
+);
+
+weight_kernel!(
+    /// The weight-gradient kernel with AVX2 (`NT` at most 6, so that 2 × 6 accumulators, 2
+    /// output rows and the input vector fit in 16 registers); each accumulator goes into the
+    /// low 8 of its 16 lanes.
+    weight_kernel_avx2, "avx2,fma", LANES_AVX2,
+    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps
+);
 
 /// [`forward_block`] with AVX2: the 8 output channels × 48 positions as 4 quarters of 4
 /// channels × 24 positions (12 accumulators of 8 lanes, 3 loads and 4 broadcasts per tap).
@@ -643,54 +667,6 @@ unsafe fn forward_block_avx2(
                             _mm256_storeu_ps(at.add(v * LANES_AVX2), *a);
                         }
                     }
-                }
-            }
-        }
-    }
-}
-
-/// [`weight_kernel`] with AVX2 (`NT` at most 6, so that 2 × 6 accumulators, 2 output rows
-/// and the input vector fit in 16 registers); each accumulator is added into the low 8 of
-/// its 16 lanes of `sums`.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA; the bounds of [`weight_kernel`].
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-unsafe fn weight_kernel_avx2<const NO: usize, const NT: usize>(
-    dy: *const f32,
-    positions: usize,
-    x: *const f32,
-    offsets: &[usize; NT],
-    sums: *mut f32,
-    output_stride: usize,
-) {
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (dy, positions, x, offsets, sums, output_stride);
-        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let offsets = *offsets;
-        let mut acc = [[_mm256_setzero_ps(); NT]; NO];
-        // SAFETY (this block): the caller's bounds (`positions` is a multiple of 8).
-        unsafe {
-            for q in (0..positions).step_by(LANES_AVX2) {
-                let mut d = [_mm256_setzero_ps(); NO];
-                for (o, d) in d.iter_mut().enumerate() {
-                    *d = _mm256_loadu_ps(dy.add(o * positions + q));
-                }
-                for (t, offset) in offsets.iter().enumerate() {
-                    let v = _mm256_loadu_ps(x.add(q + offset));
-                    for (acc, d) in acc.iter_mut().zip(d) {
-                        acc[t] = _mm256_fmadd_ps(d, v, acc[t]);
-                    }
-                }
-            }
-            for (o, acc) in acc.iter().enumerate() {
-                for (t, a) in acc.iter().enumerate() {
-                    let p = sums.add(o * output_stride + t * LANES);
-                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), *a));
                 }
             }
         }
