@@ -275,16 +275,13 @@ pub fn forward_with<T: 'static>(
         let w = &wt[b * c_in * taps * OB..(b + 1) * c_in * taps * OB];
         let bias: &[f32; OB] = biases[b * OB..(b + 1) * OB].try_into().expect("8 biases");
         for q0 in (0..lay.positions).step_by(QB) {
-            let kernel = match isa {
-                Isa::Avx512 => forward_block,
-                Isa::Avx2 => forward_block_avx2,
-            };
             // SAFETY: `isa.supported()` was asserted; the kernel reads `xp` at
             // c·channel + q0 + 47 + offset < c_in·channel (the layout's `channel` covers the
             // last block's last tap), `w` at c_in·taps·8, and writes `scratch` at
             // o·positions + q0 + 47 for o < 8.
             unsafe {
-                kernel(
+                forward_block(
+                    isa,
                     xp.as_ptr().add(q0),
                     lay.channel,
                     c_in,
@@ -424,15 +421,100 @@ pub fn weight_grad_with<T: 'static>(isa: Isa, g: &Geometry, x: &[T], grad: &[T])
     )
 }
 
-/// 24 accumulators: 8 output channels × 48 positions from `x` (the padded input at the
-/// block's first position, channels `channel` apart), over `c_in` channels and the taps at
-/// `offsets`; weights `w` `[c_in][taps][8]`; results to `out` (rows `row` apart).
+/// Defines a forward kernel for one instruction set: `OQ × 3` vector accumulators, `OQ` output
+/// channels × 3 vectors of positions from `x` (the padded input at the sub-block's first
+/// position, channels `channel` apart), summed over `c_in` channels and the taps at
+/// `offsets`, from the bias; weights read at `w + (c·taps + t)·8 + o` (the layout
+/// `[c_in][taps][8]`, `w` already at the sub-block's first channel); results to `out`, output
+/// channels `row` apart. Every output is summed in the same order whatever the width, so the
+/// instruction sets agree bit for bit.
+macro_rules! forward_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $features:literal, $lanes:expr,
+        $zero:ident, $splat:ident, $load:ident, $fmadd:ident, $store:ident
+    ) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU must have ", $features, ", and every address named above")]
+        /// must be inside its buffer.
+        #[cfg_attr(target_arch = "x86_64", target_feature(enable = $features))]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const OQ: usize>(
+            x: *const f32,
+            channel: usize,
+            c_in: usize,
+            offsets: &[usize],
+            w: *const f32,
+            bias: &[f32; OQ],
+            out: *mut f32,
+            row: usize,
+        ) {
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (x, channel, c_in, offsets, w, bias, out, row);
+                unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut acc = [[$zero(); 3]; OQ];
+                for (acc, b) in acc.iter_mut().zip(bias) {
+                    *acc = [$splat(*b); 3];
+                }
+                let mut w = w;
+                // SAFETY (this block): the caller's bounds.
+                unsafe {
+                    for c in 0..c_in {
+                        let xc = x.add(c * channel);
+                        for &offset in offsets {
+                            let p = xc.add(offset);
+                            let v = [$load(p), $load(p.add($lanes)), $load(p.add(2 * $lanes))];
+                            for (o, acc) in acc.iter_mut().enumerate() {
+                                let wv = $splat(*w.add(o));
+                                for (a, v) in acc.iter_mut().zip(v) {
+                                    *a = $fmadd(v, wv, *a);
+                                }
+                            }
+                            w = w.add(OB);
+                        }
+                    }
+                    for (o, acc) in acc.iter().enumerate() {
+                        for (v, a) in acc.iter().enumerate() {
+                            $store(out.add(o * row + v * $lanes), *a);
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+forward_kernel!(
+    /// The forward kernel with AVX-512F, run with `OQ = 8`: 24 accumulators, the whole block
+    /// of 8 output channels × 48 positions.
+    forward_kernel, "avx512f", LANES,
+    _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps
+);
+
+forward_kernel!(
+    /// The forward kernel with AVX2, run with `OQ = 4`: 12 accumulators of 8 lanes, a quarter
+    /// of the block (4 output channels × 24 positions), so that they, the 3 input vectors and
+    /// a broadcast weight fit in 16 registers.
+    forward_kernel_avx2, "avx2,fma", LANES_AVX2,
+    _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps
+);
+
+/// One forward block of 8 output channels × 48 positions with the kernels of `isa`: in one
+/// call with AVX-512F, in 4 quarters of 4 channels × 24 positions with AVX2. Arguments as at
+/// [`forward_kernel`], `w` at the block's weights `[c_in][taps][8]`.
 ///
 /// # Safety
-/// The CPU must have AVX-512F, and every address named above must be inside its buffer.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+/// The CPU must have `isa`, and every address named at [`forward_kernel`] must be inside its
+/// buffer for the whole block.
 #[allow(clippy::too_many_arguments)]
 unsafe fn forward_block(
+    isa: Isa,
     x: *const f32,
     channel: usize,
     c_in: usize,
@@ -442,43 +524,31 @@ unsafe fn forward_block(
     out: *mut f32,
     row: usize,
 ) {
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (x, channel, c_in, offsets, w, bias, out, row);
-        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let mut acc = [[_mm512_setzero_ps(); 3]; OB];
-        for (acc, b) in acc.iter_mut().zip(bias) {
-            *acc = [_mm512_set1_ps(*b); 3];
-        }
-        let mut w = w;
-        for c in 0..c_in {
-            // SAFETY (this block): the caller's bounds.
-            unsafe {
-                let xc = x.add(c * channel);
-                for &offset in offsets {
-                    let p = xc.add(offset);
-                    let v = [
-                        _mm512_loadu_ps(p),
-                        _mm512_loadu_ps(p.add(LANES)),
-                        _mm512_loadu_ps(p.add(2 * LANES)),
-                    ];
-                    for (o, acc) in acc.iter_mut().enumerate() {
-                        let wv = _mm512_set1_ps(*w.add(o));
-                        for (a, v) in acc.iter_mut().zip(v) {
-                            *a = _mm512_fmadd_ps(v, wv, *a);
-                        }
+    const OQ: usize = OB / 2;
+    const QQ: usize = 3 * LANES_AVX2;
+    // SAFETY (this function): the caller's; a quarter reads positions 24·part … 24·part + 23
+    // of the block and weights 4·half … 4·half + 3 of each group of 8.
+    unsafe {
+        match isa {
+            Isa::Avx512 => forward_kernel::<OB>(x, channel, c_in, offsets, w, bias, out, row),
+            Isa::Avx2 => {
+                for half in 0..OB / OQ {
+                    let bias: &[f32; OQ] = bias[half * OQ..(half + 1) * OQ]
+                        .try_into()
+                        .expect("4 biases");
+                    for part in 0..QB / QQ {
+                        forward_kernel_avx2::<OQ>(
+                            x.add(part * QQ),
+                            channel,
+                            c_in,
+                            offsets,
+                            w.add(half * OQ),
+                            bias,
+                            out.add(half * OQ * row + part * QQ),
+                            row,
+                        );
                     }
-                    w = w.add(OB);
                 }
-            }
-        }
-        for (o, acc) in acc.iter().enumerate() {
-            for (v, a) in acc.iter().enumerate() {
-                // SAFETY: the caller's bounds.
-                unsafe { _mm512_storeu_ps(out.add(o * row + v * LANES), *a) };
             }
         }
     }
@@ -603,75 +673,6 @@ weight_kernel!(
     weight_kernel_avx2, "avx2,fma", LANES_AVX2,
     _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps
 );
-
-/// [`forward_block`] with AVX2: the 8 output channels × 48 positions as 4 quarters of 4
-/// channels × 24 positions (12 accumulators of 8 lanes, 3 loads and 4 broadcasts per tap).
-/// Each output is summed in the same order as there.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA, and every address named at [`forward_block`] must be
-/// inside its buffer.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn forward_block_avx2(
-    x: *const f32,
-    channel: usize,
-    c_in: usize,
-    offsets: &[usize],
-    w: *const f32,
-    bias: &[f32; OB],
-    out: *mut f32,
-    row: usize,
-) {
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (x, channel, c_in, offsets, w, bias, out, row);
-        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        const OQ: usize = OB / 2;
-        const V: usize = 3;
-        for half in 0..2 {
-            for part in 0..QB / (V * LANES_AVX2) {
-                let mut acc = [[_mm256_setzero_ps(); V]; OQ];
-                for (o, acc) in acc.iter_mut().enumerate() {
-                    *acc = [_mm256_set1_ps(bias[half * OQ + o]); V];
-                }
-                // SAFETY (this block): the caller's bounds; the quarter reads positions
-                // 24·part … 24·part + 23 of the block and weights 4·half … 4·half + 3 of each
-                // group of 8.
-                unsafe {
-                    let mut wq = w.add(half * OQ);
-                    for c in 0..c_in {
-                        let xc = x.add(c * channel + part * V * LANES_AVX2);
-                        for &offset in offsets {
-                            let p = xc.add(offset);
-                            let v = [
-                                _mm256_loadu_ps(p),
-                                _mm256_loadu_ps(p.add(LANES_AVX2)),
-                                _mm256_loadu_ps(p.add(2 * LANES_AVX2)),
-                            ];
-                            for (o, acc) in acc.iter_mut().enumerate() {
-                                let wv = _mm256_broadcast_ss(&*wq.add(o));
-                                for (a, v) in acc.iter_mut().zip(v) {
-                                    *a = _mm256_fmadd_ps(v, wv, *a);
-                                }
-                            }
-                            wq = wq.add(OB);
-                        }
-                    }
-                    for (o, acc) in acc.iter().enumerate() {
-                        let at = out.add((half * OQ + o) * row + part * V * LANES_AVX2);
-                        for (v, a) in acc.iter().enumerate() {
-                            _mm256_storeu_ps(at.add(v * LANES_AVX2), *a);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
