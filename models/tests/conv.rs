@@ -58,6 +58,16 @@ fn cases() -> Vec<Case> {
         // Small output planes, several images side by side per GEMM: 10×10 from 256 channels
         // (2 images per GEMM, so a thread's 4 or 3 images make groups of 2 + 2 and 2 + 1).
         c([256, 8], 3, 2, 1, 1, 7, [20, 20], true),
+        // The weight gradient on small maps with a large dW (2²⁰ weights and more) in GEMMs of
+        // several images over all threads: 4,608 × 169 columns per image, so GEMMs of
+        // 2 + 2 + 2 + 1 images, the later ones accumulating.
+        c([512, 256], 3, 2, 1, 1, 7, [26, 26], false),
+        // Stride-1 3×3 on a 7×7 map, where Winograd would have few tiles per thread (with 2
+        // threads): the forward pass side by side, the gradients in Winograd.
+        c([256, 64], 3, 1, 1, 1, 7, [7, 7], true),
+        // The same with a dW of 2²⁰ weights and more (ResNet-18's layer4 at batch 8): the weight
+        // gradient side by side too.
+        c([512, 256], 3, 1, 1, 1, 7, [7, 7], false),
     ];
     // Winograd F(2×2, 3×3) (stride-1 3×3, 32 channels and more, 64 tiles and more): odd and
     // even sides, narrow and wide rows of tiles, several tile blocks over the threads and one

@@ -199,18 +199,25 @@ impl Geometry {
     /// packed once per group of images. 1 for grouped and pointwise layers and for small
     /// weight matrices (under [`BATCHED_WEIGHTS`]). Where Winograd would take the layer but has
     /// few tiles per thread (under [`WINOGRAD_MIN_THREAD_TILES`]), the forward pass runs side
-    /// by side instead; its gradients stay in Winograd.
+    /// by side instead (and the weight gradient, in [`weight_grad_side_by_side`], where that
+    /// applies); the input gradient stays in Winograd.
     fn images_per_gemm(&self, chunk: usize) -> usize {
-        let plane = self.out_plane();
-        if self.groups != 1
-            || self.pointwise()
-            || plane == 0
-            || plane > BATCHED_PLANE
-            || self.weight_len() < BATCHED_WEIGHTS
-        {
+        if !self.small_maps() {
             return 1;
         }
-        (TILE_ELEMENTS / (self.depth() * plane).max(1)).clamp(1, chunk.max(1))
+        (TILE_ELEMENTS / (self.depth() * self.out_plane())).clamp(1, chunk.max(1))
+    }
+
+    /// One group, not pointwise, an output plane of 1 to [`BATCHED_PLANE`] pixels and at least
+    /// [`BATCHED_WEIGHTS`] weights: where images go side by side in the GEMMs
+    /// ([`Geometry::images_per_gemm`], [`weight_grad_side_by_side`]).
+    fn small_maps(&self) -> bool {
+        let plane = self.out_plane();
+        self.groups == 1
+            && !self.pointwise()
+            && plane > 0
+            && plane <= BATCHED_PLANE
+            && self.weight_len() >= BATCHED_WEIGHTS
     }
 
     /// The output row ranges of the column tiles.
@@ -314,6 +321,19 @@ pub(super) fn plan(batch: usize) -> (usize, Parallelism) {
     }
 }
 
+/// Whether Winograd takes the convolution `g` (its forward pass and weight gradient, and the
+/// input gradient of the layer `g` is the transpose of): where it applies, unless images side
+/// by side apply too ([`Geometry::images_per_gemm`]) and Winograd would have fewer than
+/// [`WINOGRAD_MIN_THREAD_TILES`] tiles per thread.
+fn winograd_takes(g: &Geometry) -> bool {
+    if !super::winograd::forward_applies(g) {
+        return false;
+    }
+    let (chunk, _) = plan(g.batch);
+    let tiles = g.output[0].div_ceil(2) * g.output[1].div_ceil(2) * chunk;
+    g.images_per_gemm(chunk) == 1 || tiles >= WINOGRAD_MIN_THREAD_TILES
+}
+
 /// The valid output columns `lo..hi` for kernel column offset `offset` (= `kj·d − pad`):
 /// those whose input column `o·stride + offset` lies in `0..width`.
 pub(super) fn valid_range(
@@ -357,10 +377,12 @@ fn im2col_at<T: Element>(
     let [sh, sw] = g.stride;
     let [dh, dw] = g.dilation;
     let plane = rows.len() * ow;
+    if g.stride == [2, 2] && kh > 1 && kw > 1 && rows == (0..g.output[0]) {
+        return im2col_stride2(g, x, (col, stride, at));
+    }
     // Stride 1 and an output as wide as the input ("same" padding): consecutive output rows
     // read consecutive input rows, so one tap's rows are one contiguous copy of the input,
-    // shifted; only each row's out-of-image columns need zeros afterwards. (Row by row, the
-    // call per 28-element row cost more than the copy.)
+    // shifted ([`shifted_copy`]).
     let contiguous = sh == 1 && sw == 1 && ow == w;
     for c in 0..g.c_in_group() {
         let image = &x[c * h * w..(c + 1) * h * w];
@@ -371,26 +393,9 @@ fn im2col_at<T: Element>(
                 let offset = (kj * dw) as isize - g.pad[1] as isize;
                 let (lo, hi) = valid_range(ow, sw, offset, w);
                 if contiguous {
-                    // Input row of tile row r: base + r; rows r0..r1 lie inside the image.
+                    // Input row of tile row r: base + r.
                     let base = (rows.start + ki * dh) as isize - g.pad[0] as isize;
-                    let n = rows.len() as isize;
-                    let r0 = (-base).clamp(0, n) as usize;
-                    let r1 = (h as isize - base).clamp(r0 as isize, n) as usize;
-                    dst[..r0 * ow].fill(T::ZERO);
-                    dst[r1 * ow..].fill(T::ZERO);
-                    if r0 == r1 || lo == hi {
-                        dst[r0 * ow..r1 * ow].fill(T::ZERO);
-                        continue;
-                    }
-                    let from = (base + r0 as isize) as usize * w + (lo as isize + offset) as usize;
-                    let to = r0 * ow + lo;
-                    let len = (r1 - 1 - r0) * ow + (hi - lo);
-                    dst[to..to + len].copy_from_slice(&image[from..from + len]);
-                    for r in r0..r1 {
-                        let d = &mut dst[r * ow..(r + 1) * ow];
-                        zero_few(&mut d[..lo]);
-                        zero_few(&mut d[hi..]);
-                    }
+                    shifted_copy(dst, image, [h, w], [rows.len(), ow], [base, offset]);
                     continue;
                 }
                 for (r, y) in rows.clone().enumerate() {
@@ -418,6 +423,98 @@ fn im2col_at<T: Element>(
                 }
             }
         }
+    }
+}
+
+/// [`im2col_at`] of all output rows for stride 2: each channel is first split into its four
+/// phases (even or odd rows × even or odd columns), after which every tap reads one phase at
+/// a fixed shift, whole rows ([`shifted_copy`]; one copy per tap where the phase is as wide as
+/// the output, as with ResNet's stride-2 layers), instead of gathering every other value of
+/// each input row once per tap. The split reads the image once; the taps (9 for 3×3) read
+/// it 2.25 times over.
+fn im2col_stride2<T: Element>(g: &Geometry, x: &[T], (col, stride, at): (&mut [T], usize, usize)) {
+    let [h, w] = g.input;
+    let [oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    let [dh, dw] = g.dilation;
+    let plane = oh * ow;
+    // Phase (py, px) holds rows py, py + 2, … and columns px, px + 2, …: rows[py] × cols[px]
+    // values from `starts[py][px]`.
+    let (rows, cols) = ([h.div_ceil(2), h / 2], [w.div_ceil(2), w / 2]);
+    let starts = [
+        [0, rows[0] * cols[0]],
+        [rows[0] * w, rows[0] * w + rows[1] * cols[0]],
+    ];
+    let mut phases = vec![T::ZERO; h * w];
+    // The phase and shift of kernel offset `k·d − pad`: input index 2·o + offset is in phase
+    // offset mod 2, at index o + ⌊offset / 2⌋ there.
+    let phase = |offset: isize| (offset.rem_euclid(2) as usize, offset.div_euclid(2));
+    for c in 0..g.c_in_group() {
+        let image = &x[c * h * w..(c + 1) * h * w];
+        for (py, starts) in starts.iter().enumerate() {
+            for (px, &start) in starts.iter().enumerate() {
+                let width = cols[px];
+                for r in 0..rows[py] {
+                    let src = &image[(2 * r + py) * w + px..(2 * r + py + 1) * w];
+                    gather(
+                        &mut phases[start + r * width..start + (r + 1) * width],
+                        src,
+                        2,
+                    );
+                }
+            }
+        }
+        for ki in 0..kh {
+            let (py, sy) = phase((ki * dh) as isize - g.pad[0] as isize);
+            for kj in 0..kw {
+                let (px, sx) = phase((kj * dw) as isize - g.pad[1] as isize);
+                let row = ((c * kh + ki) * kw + kj) * stride + at;
+                let size = [rows[py], cols[px]];
+                let src = &phases[starts[py][px]..starts[py][px] + size[0] * size[1]];
+                shifted_copy(&mut col[row..row + plane], src, size, [oh, ow], [sy, sx]);
+            }
+        }
+    }
+}
+
+/// `dst[r · ow + o] = src[(r + sy) · sw + o + sx]` for the `[oh, ow]` output, 0 where that
+/// falls outside the `[sh, sw]` source: one tap's rows of im2col when they read whole input
+/// rows (stride 1, or one phase of a stride-2 input). Where the output is as wide as the
+/// source, consecutive output rows read consecutive source rows, so it is one contiguous copy
+/// and then zeros at each row's ends (row by row, the call per 28-value row cost more than the
+/// copy); otherwise one copy per row.
+fn shifted_copy<T: Element>(
+    dst: &mut [T],
+    src: &[T],
+    [sh, sw]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    [sy, sx]: [isize; 2],
+) {
+    let (lo, hi) = valid_range(ow, 1, sx, sw);
+    // Output rows r0..r1 read inside the source.
+    let r0 = (-sy).clamp(0, oh as isize) as usize;
+    let r1 = (sh as isize - sy).clamp(r0 as isize, oh as isize) as usize;
+    dst[..r0 * ow].fill(T::ZERO);
+    dst[r1 * ow..oh * ow].fill(T::ZERO);
+    if r0 == r1 || lo == hi {
+        dst[r0 * ow..r1 * ow].fill(T::ZERO);
+        return;
+    }
+    let first = (r0 as isize + sy) as usize * sw + (lo as isize + sx) as usize;
+    if ow == sw {
+        let to = r0 * ow + lo;
+        let len = (r1 - 1 - r0) * ow + (hi - lo);
+        dst[to..to + len].copy_from_slice(&src[first..first + len]);
+    } else {
+        for r in r0..r1 {
+            let from = first + (r - r0) * sw;
+            dst[r * ow + lo..r * ow + hi].copy_from_slice(&src[from..from + (hi - lo)]);
+        }
+    }
+    for r in r0..r1 {
+        let d = &mut dst[r * ow..(r + 1) * ow];
+        zero_few(&mut d[..lo]);
+        zero_few(&mut d[hi..]);
     }
 }
 
@@ -463,6 +560,18 @@ fn zero_few<T: Element>(d: &mut [T]) {
 /// the pixel it was read from. `dx` is `[c_in/groups, h, w]` (accumulated into), `col` as in
 /// [`im2col`].
 fn col2im<T: Element>(g: &Geometry, col: &[T], dx: &mut [T], rows: std::ops::Range<usize>) {
+    let plane = rows.len() * g.output[1];
+    col2im_at(g, (col, plane, 0), dx, rows);
+}
+
+/// [`col2im`] from columns `at .. at + rows · ow` of a column matrix whose rows are `stride`
+/// apart: one of several images side by side.
+fn col2im_at<T: Element>(
+    g: &Geometry,
+    (col, stride, at): (&[T], usize, usize),
+    dx: &mut [T],
+    rows: std::ops::Range<usize>,
+) {
     let [h, w] = g.input;
     let ow = g.output[1];
     let [kh, kw] = g.kernel;
@@ -473,7 +582,7 @@ fn col2im<T: Element>(g: &Geometry, col: &[T], dx: &mut [T], rows: std::ops::Ran
         let image = &mut dx[c * h * w..(c + 1) * h * w];
         for ki in 0..kh {
             for kj in 0..kw {
-                let row = ((c * kh + ki) * kw + kj) * plane;
+                let row = ((c * kh + ki) * kw + kj) * stride + at;
                 let src = &col[row..row + plane];
                 let offset = (kj * dw) as isize - g.pad[1] as isize;
                 let (lo, hi) = valid_range(ow, sw, offset, w);
@@ -560,9 +669,7 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
     let (chunk, parallelism) = plan(g.batch);
     let per = g.images_per_gemm(chunk);
     if super::fast_paths_enabled() {
-        let tiles = g.output[0].div_ceil(2) * g.output[1].div_ceil(2) * chunk;
-        let side_by_side_wins = per > 1 && tiles < WINOGRAD_MIN_THREAD_TILES;
-        if super::winograd::forward_applies(g) && !side_by_side_wins {
+        if winograd_takes(g) {
             return super::winograd::forward(g, x, weight, bias);
         }
         if super::direct::forward_applies::<T>(g) {
@@ -710,10 +817,18 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
         // im2col + a GEMM whose inner dimension is c_out·kh·kw instead of c_out (16 in
         // ResNet-20's first stage, where that GEMM mostly wrote its output), and no
         // scattered accumulation.
+        // (Winograd takes it wherever it applies: on ResNet-18's 512-channel 7×7 layer at
+        // batch 8, where images side by side beat it in the forward pass, it ran at 214–240
+        // GFLOP/s against 167 through the forward side by side and 133 as Wᵀ · dY + col2im.)
         if super::fast_paths_enabled() && super::winograd::forward_applies(&t) {
             return super::winograd::input_grad(&t, weight, grad);
         }
         return forward(&t, grad, &transposed_weight(g, weight), None);
+    }
+    let (chunk, parallelism) = plan(g.batch);
+    let per = g.images_per_gemm(chunk);
+    if per > 1 {
+        return input_grad_side_by_side(g, weight, grad, chunk, per);
     }
     let Sizes {
         image_in,
@@ -725,7 +840,6 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
         ow,
     } = g.sizes();
     let mut dx = vec![T::ZERO; g.batch * image_in];
-    let (chunk, parallelism) = plan(g.batch);
     if image_in == 0 {
         return dx;
     }
@@ -777,6 +891,63 @@ pub fn input_grad<T: Element>(g: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
     dx
 }
 
+/// [`input_grad`] with `per` images side by side in each GEMM, as [`forward_side_by_side`]:
+/// the images' output gradients are copied next to each other (`[c_out, per · plane]`), one
+/// GEMM with `Wᵀ` gives their column matrices side by side, and each goes back onto its image
+/// by col2im. One image alone was a GEMM of 49 or 196 columns that packed all of `W` again.
+fn input_grad_side_by_side<T: Element>(
+    g: &Geometry,
+    weight: &[T],
+    grad: &[T],
+    chunk: usize,
+    per: usize,
+) -> Vec<T> {
+    let Sizes {
+        image_in,
+        image_out,
+        depth,
+        plane,
+        ..
+    } = g.sizes();
+    let c_out = g.c_out;
+    let mut dx = vec![T::ZERO; g.batch * image_in];
+    let (col_len, dys_len) = (depth * per * plane, c_out * per * plane);
+    dx.par_chunks_mut(chunk * image_in)
+        .enumerate()
+        .for_each(|(ci, dxs)| {
+            T::with_scratch(col_len + dys_len, |buffer| {
+                let (col, dys) = buffer.split_at_mut(col_len);
+                for (gi, dxg) in dxs.chunks_mut(per * image_in).enumerate() {
+                    let images = dxg.len() / image_in;
+                    let cols = images * plane;
+                    let first = ci * chunk + gi * per;
+                    for i in 0..images {
+                        let dy = &grad[(first + i) * image_out..(first + i + 1) * image_out];
+                        for (o, from) in dy.chunks_exact(plane).enumerate() {
+                            dys[o * cols + i * plane..o * cols + (i + 1) * plane]
+                                .copy_from_slice(from);
+                        }
+                    }
+                    // Wᵀ (depth × c_out): element (i, p) is w[p·depth + i].
+                    matmul(
+                        [depth, cols, c_out],
+                        (col, cols),
+                        false,
+                        weight,
+                        [1, depth],
+                        dys,
+                        [cols, 1],
+                        Parallelism::None,
+                    );
+                    for (i, dxi) in dxg.chunks_mut(image_in).enumerate() {
+                        col2im_at(g, (col, cols, i * plane), dxi, 0..g.output[0]);
+                    }
+                }
+            });
+        });
+    dx
+}
+
 /// The kernel of [`Geometry::transposed`]: `weight` `[c_out, c_in/groups, kh, kw]` turned 180°
 /// with each group's channel axes swapped, `[c_in, c_out/groups, kh, kw]`.
 fn transposed_weight<T: Element>(g: &Geometry, weight: &[T]) -> Vec<T> {
@@ -800,13 +971,19 @@ fn transposed_weight<T: Element>(g: &Geometry, weight: &[T]) -> Vec<T> {
 /// The gradient with respect to the weight: `x` and `grad` as in [`forward`] and
 /// [`input_grad`]; returns `[c_out, c_in/groups, kh, kw]`.
 pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    let side_by_side = g.small_maps() && g.batch > 1 && g.weight_len() >= WEIGHT_GRAD_SIDE_BY_SIDE;
     if super::fast_paths_enabled() {
-        if super::winograd::forward_applies(g) {
+        // Winograd where it takes the forward pass too, and where images side by side do
+        // not apply here (per image, the GEMMs below were slower).
+        if super::winograd::forward_applies(g) && (winograd_takes(g) || !side_by_side) {
             return super::winograd::weight_grad(g, x, grad);
         }
         if super::direct::applies::<T>(g) {
             return super::direct::weight_grad(g, x, grad);
         }
+    }
+    if side_by_side {
+        return weight_grad_side_by_side(g, x, grad);
     }
     let (chunk, parallelism) = plan(g.batch);
     let Sizes {
@@ -885,6 +1062,92 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     for (from, to) in dwt.chunks(cog * depth).zip(dw.chunks_mut(cog * depth)) {
         super::simd::channels_last(from, cog, cog, depth, to);
     }
+    dw
+}
+
+/// The fewest weights for which [`weight_grad`] puts the images of small maps side by side:
+/// 2²⁰, `dWᵀ` of 4 MiB and more, which no longer stays in cache between per-image GEMMs.
+/// Smaller ones kept their per-thread sums: ResNet-18's 128 → 256 3×3/2 (294,912 weights)
+/// at batch 8 ran at 233 GFLOP/s per image against 211 side by side.
+const WEIGHT_GRAD_SIDE_BY_SIDE: usize = 1 << 20;
+
+/// Elements of the column matrix of one [`weight_grad_side_by_side`] GEMM: 8 MiB of `f32`.
+const WEIGHT_GRAD_COLUMNS: usize = 4 * TILE_ELEMENTS;
+
+/// [`weight_grad`] on small maps, with the images side by side: `dWᵀ` (depth × c_out) =
+/// Σ over groups of images of their column matrices side by side (depth × images · plane) ·
+/// their `dYᵀ` one under another (images · plane × c_out). Each GEMM has as many images as fit
+/// [`WEIGHT_GRAD_COLUMNS`] and runs on all threads; im2col splits the channels over them.
+/// Per image, the GEMM's inner dimension was only 49 or 196 pixels while it read and wrote
+/// all of `dWᵀ` (up to 4,608 × 512) every time, and each thread summed a copy of it.
+fn weight_grad_side_by_side<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    let Sizes {
+        image_in,
+        image_out,
+        depth,
+        plane,
+        ..
+    } = g.sizes();
+    let (c_out, c_in) = (g.c_out, g.c_in);
+    let (taps, in_plane) = (g.kernel[0] * g.kernel[1], g.in_plane());
+    let weight_len = g.weight_len();
+    let threads = rayon::current_num_threads().max(1);
+    let per = (WEIGHT_GRAD_COLUMNS / (depth * plane).max(1)).clamp(1, g.batch.max(1));
+    let channels = c_in.div_ceil(threads);
+    let mut dwt = vec![T::ZERO; weight_len];
+    T::with_scratch(depth * per * plane + per * plane * c_out, |buffer| {
+        let (col, dyt) = buffer.split_at_mut(depth * per * plane);
+        for first in (0..g.batch).step_by(per) {
+            let images = per.min(g.batch - first);
+            let cols = images * plane;
+            let col = &mut col[..depth * cols];
+            // The channels over the threads, each writing its rows of every image's columns.
+            col.par_chunks_mut(channels * taps * cols)
+                .enumerate()
+                .for_each(|(part, rows)| {
+                    let c0 = part * channels;
+                    let sub = Geometry {
+                        c_in: rows.len() / (taps * cols),
+                        ..*g
+                    };
+                    for i in 0..images {
+                        let image = &x[(first + i) * image_in + c0 * in_plane..];
+                        let image = &image[..sub.c_in * in_plane];
+                        im2col_at(&sub, image, (&mut *rows, cols, i * plane), 0..g.output[0]);
+                    }
+                });
+            dyt[..cols * c_out]
+                .par_chunks_mut(plane * c_out)
+                .enumerate()
+                .for_each(|(i, d)| {
+                    let dy = &grad[(first + i) * image_out..(first + i + 1) * image_out];
+                    super::simd::channels_last(dy, plane, plane, c_out, d);
+                });
+            matmul(
+                [depth, c_out, cols],
+                (&mut dwt, c_out),
+                first > 0,
+                col,
+                [cols, 1],
+                &dyt[..cols * c_out],
+                [c_out, 1],
+                if threads > 1 {
+                    Parallelism::Rayon(threads)
+                } else {
+                    Parallelism::None
+                },
+            );
+        }
+    });
+    // dWᵀ back to [c_out, depth], the output channels over the threads.
+    let mut dw = vec![T::ZERO; weight_len];
+    let outputs = c_out.div_ceil(threads);
+    dw.par_chunks_mut(outputs * depth)
+        .enumerate()
+        .for_each(|(part, to)| {
+            let o0 = part * outputs;
+            super::simd::channels_last(&dwt[o0..], c_out, to.len() / depth, depth, to);
+        });
     dw
 }
 
