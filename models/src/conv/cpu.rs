@@ -765,47 +765,71 @@ fn forward_side_by_side<T: Element>(
     } = g.sizes();
     let c_out = g.c_out;
     let (col_len, product_len) = (depth * per * plane, c_out * per * plane);
-    out.par_chunks_mut(chunk * image_out)
-        .enumerate()
-        .for_each(|(ci, outs)| {
-            T::with_scratch(col_len + product_len, |buffer| {
-                let (col, product) = buffer.split_at_mut(col_len);
-                for (gi, ys) in outs.chunks_mut(per * image_out).enumerate() {
-                    let images = ys.len() / image_out;
-                    let cols = images * plane;
-                    let first = ci * chunk + gi * per;
-                    for i in 0..images {
-                        let image = &x[(first + i) * image_in..(first + i + 1) * image_in];
-                        im2col_at(g, image, (col, cols, i * plane), 0..g.output[0]);
-                    }
-                    // [c_out, images · plane], then each image's planes to its place.
-                    matmul(
-                        [c_out, cols, depth],
-                        (product, cols),
-                        false,
-                        weight,
-                        [depth, 1],
-                        col,
-                        [cols, 1],
-                        Parallelism::None,
-                    );
-                    for (i, y) in ys.chunks_mut(image_out).enumerate() {
-                        for (o, row) in y.chunks_mut(plane).enumerate() {
-                            let from = &product[o * cols + i * plane..o * cols + (i + 1) * plane];
-                            match bias {
-                                Some(bias) => {
-                                    for (d, v) in row.iter_mut().zip(from) {
-                                        *d = *v + bias[o];
-                                    }
-                                }
-                                None => row.copy_from_slice(from),
+    by_image_groups(
+        &mut out,
+        image_out,
+        [chunk, per],
+        col_len + product_len,
+        |first, ys, buffer| {
+            let (col, product) = buffer.split_at_mut(col_len);
+            let images = ys.len() / image_out;
+            let cols = images * plane;
+            for i in 0..images {
+                let image = &x[(first + i) * image_in..(first + i + 1) * image_in];
+                im2col_at(g, image, (col, cols, i * plane), 0..g.output[0]);
+            }
+            // [c_out, images · plane], then each image's planes to its place.
+            matmul(
+                [c_out, cols, depth],
+                (product, cols),
+                false,
+                weight,
+                [depth, 1],
+                col,
+                [cols, 1],
+                Parallelism::None,
+            );
+            for (i, y) in ys.chunks_mut(image_out).enumerate() {
+                for (o, row) in y.chunks_mut(plane).enumerate() {
+                    let from = &product[o * cols + i * plane..o * cols + (i + 1) * plane];
+                    match bias {
+                        Some(bias) => {
+                            for (d, v) in row.iter_mut().zip(from) {
+                                *d = *v + bias[o];
                             }
                         }
+                        None => row.copy_from_slice(from),
                     }
+                }
+            }
+        },
+    );
+    out
+}
+
+/// Runs `f(first image, the outputs of its group, scratch)` over groups of up to `per`
+/// images: `out` (`image` elements per image) in contiguous chunks of `chunk` images over the
+/// threads, each chunk in groups of `per`, with `scratch` elements of the thread's scratch
+/// buffer (see [`Element::with_scratch`]).
+fn by_image_groups<T: Element>(
+    out: &mut [T],
+    image: usize,
+    [chunk, per]: [usize; 2],
+    scratch: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
+) {
+    if image == 0 {
+        return;
+    }
+    out.par_chunks_mut(chunk * image)
+        .enumerate()
+        .for_each(|(ci, outs)| {
+            T::with_scratch(scratch, |buffer| {
+                for (gi, group) in outs.chunks_mut(per * image).enumerate() {
+                    f(ci * chunk + gi * per, group, buffer);
                 }
             });
         });
-    out
 }
 
 /// The gradient with respect to the input: `grad` `[n, c_out, oh, ow]`, `weight` as in
@@ -912,39 +936,37 @@ fn input_grad_side_by_side<T: Element>(
     let c_out = g.c_out;
     let mut dx = vec![T::ZERO; g.batch * image_in];
     let (col_len, dys_len) = (depth * per * plane, c_out * per * plane);
-    dx.par_chunks_mut(chunk * image_in)
-        .enumerate()
-        .for_each(|(ci, dxs)| {
-            T::with_scratch(col_len + dys_len, |buffer| {
-                let (col, dys) = buffer.split_at_mut(col_len);
-                for (gi, dxg) in dxs.chunks_mut(per * image_in).enumerate() {
-                    let images = dxg.len() / image_in;
-                    let cols = images * plane;
-                    let first = ci * chunk + gi * per;
-                    for i in 0..images {
-                        let dy = &grad[(first + i) * image_out..(first + i + 1) * image_out];
-                        for (o, from) in dy.chunks_exact(plane).enumerate() {
-                            dys[o * cols + i * plane..o * cols + (i + 1) * plane]
-                                .copy_from_slice(from);
-                        }
-                    }
-                    // Wᵀ (depth × c_out): element (i, p) is w[p·depth + i].
-                    matmul(
-                        [depth, cols, c_out],
-                        (col, cols),
-                        false,
-                        weight,
-                        [1, depth],
-                        dys,
-                        [cols, 1],
-                        Parallelism::None,
-                    );
-                    for (i, dxi) in dxg.chunks_mut(image_in).enumerate() {
-                        col2im_at(g, (col, cols, i * plane), dxi, 0..g.output[0]);
-                    }
+    by_image_groups(
+        &mut dx,
+        image_in,
+        [chunk, per],
+        col_len + dys_len,
+        |first, dxg, buffer| {
+            let (col, dys) = buffer.split_at_mut(col_len);
+            let images = dxg.len() / image_in;
+            let cols = images * plane;
+            for i in 0..images {
+                let dy = &grad[(first + i) * image_out..(first + i + 1) * image_out];
+                for (o, from) in dy.chunks_exact(plane).enumerate() {
+                    dys[o * cols + i * plane..o * cols + (i + 1) * plane].copy_from_slice(from);
                 }
-            });
-        });
+            }
+            // Wᵀ (depth × c_out): element (i, p) is w[p·depth + i].
+            matmul(
+                [depth, cols, c_out],
+                (col, cols),
+                false,
+                weight,
+                [1, depth],
+                dys,
+                [cols, 1],
+                Parallelism::None,
+            );
+            for (i, dxi) in dxg.chunks_mut(image_in).enumerate() {
+                col2im_at(g, (col, cols, i * plane), dxi, 0..g.output[0]);
+            }
+        },
+    );
     dx
 }
 
