@@ -321,9 +321,9 @@ pub(super) fn plan(batch: usize) -> (usize, Parallelism) {
     }
 }
 
-/// Whether Winograd takes the convolution `g` (its forward pass and weight gradient, and the
-/// input gradient of the layer `g` is the transpose of): where it applies, unless images side
-/// by side apply too ([`Geometry::images_per_gemm`]) and Winograd would have fewer than
+/// Whether Winograd takes the forward pass of `g` (and its weight gradient, see
+/// [`weight_grad`]): where it applies, unless images side by side apply too
+/// ([`Geometry::images_per_gemm`]) and Winograd would have fewer than
 /// [`WINOGRAD_MIN_THREAD_TILES`] tiles per thread.
 fn winograd_takes(g: &Geometry) -> bool {
     if !super::winograd::forward_applies(g) {
