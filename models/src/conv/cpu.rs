@@ -391,13 +391,13 @@ fn im2col_at<T: Element>(
                 let row = ((c * kh + ki) * kw + kj) * stride + at;
                 let dst = &mut col[row..row + plane];
                 let offset = (kj * dw) as isize - g.pad[1] as isize;
-                let (lo, hi) = valid_range(ow, sw, offset, w);
                 if contiguous {
                     // Input row of tile row r: base + r.
                     let base = (rows.start + ki * dh) as isize - g.pad[0] as isize;
                     shifted_copy(dst, image, [h, w], [rows.len(), ow], [base, offset]);
                     continue;
                 }
+                let (lo, hi) = valid_range(ow, sw, offset, w);
                 for (r, y) in rows.clone().enumerate() {
                     let iy = (y * sh + ki * dh) as isize - g.pad[0] as isize;
                     let d = &mut dst[r * ow..(r + 1) * ow];
