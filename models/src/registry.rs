@@ -157,6 +157,21 @@ impl Classifier {
         }
     }
 
+    /// The same network with the last batch norm of each residual unit scaled to zero, so
+    /// that every unit starts as its shortcut (torchvision's `zero_init_residual`, see
+    /// [`ResNetConfig::zero_init_residual`]): for training a ResNet from scratch.
+    ///
+    /// # Errors
+    /// For families other than ResNet.
+    pub fn with_zero_init_residual(self) -> Result<Self, ModelError> {
+        match self {
+            Classifier::ResNet(m) => Ok(Classifier::ResNet(m.zero_init_residual())),
+            _ => Err(ModelError::Unsupported(
+                "zero-initialized residual units are for the ResNets (each unit ends in the batch norm it zeroes)".into(),
+            )),
+        }
+    }
+
     /// The first convolution's weights, `[filters, in_channels, k, k]` (what the network
     /// learned to look for in pixels).
     pub fn first_conv_weights(&self) -> Tensor<4> {
@@ -1073,5 +1088,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a classifier"), "{err}");
+    }
+
+    #[test]
+    fn zero_init_residual_is_for_the_resnets() {
+        let device = Device::flex();
+        for name in ["resnet20", "resnet18"] {
+            let Classifier::ResNet(m) = build_for(name, 10, 1, &device)
+                .unwrap()
+                .with_zero_init_residual()
+                .unwrap()
+            else {
+                panic!("{name} is a ResNet")
+            };
+            let last_scale = |unit: &crate::resnet::Block| match unit {
+                crate::resnet::Block::Basic(b) => b.bn2.gamma.val(),
+                crate::resnet::Block::Bottleneck(b) => b.bn3.gamma.val(),
+            };
+            for unit in m.stages().flatten() {
+                assert_eq!(last_scale(unit).abs().sum().into_scalar::<f32>(), 0.0);
+            }
+        }
+        for name in ["fashion-cnn", "lenet5"] {
+            let err = build_for(name, 10, 1, &device)
+                .unwrap()
+                .with_zero_init_residual()
+                .unwrap_err();
+            assert!(err.to_string().contains("ResNets"), "{name}: {err}");
+        }
     }
 }

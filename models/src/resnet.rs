@@ -89,6 +89,12 @@ pub struct ResNetConfig {
     /// of 32×32, for generated canvases; the ImageNet stem is always 7×7/2).
     #[config(default = 1)]
     pub stem_stride: usize,
+    /// Start the last batch norm of every residual unit (`bn2` of a basic unit, `bn3` of a
+    /// bottleneck) with a zero scale, so that each unit begins as its shortcut alone
+    /// (torchvision's `zero_init_residual`; Goyal et al., *Accurate, Large Minibatch SGD*,
+    /// 2017, section 5.1). The keys and the parameter count are unchanged.
+    #[config(default = false)]
+    pub zero_init_residual: bool,
 }
 
 impl ResNetConfig {
@@ -168,7 +174,7 @@ impl ResNetConfig {
         stages.resize_with(4, Vec::new);
         let mut stages = stages.into_iter();
         let mut next = || stages.next().unwrap_or_default();
-        ResNet {
+        let model = ResNet {
             conv1,
             bn1: batch_norm(self.width, device),
             relu: Relu::new(),
@@ -178,8 +184,23 @@ impl ResNetConfig {
             layer3: next(),
             layer4: next(),
             fc: LinearConfig::new(c_in, self.num_classes).init(device),
+        };
+        if self.zero_init_residual {
+            model.zero_init_residual()
+        } else {
+            model
         }
     }
+}
+
+/// `bn` with its scale (gamma) set to zero; the parameter keeps its id, and is trained as
+/// before (the new tensor tracks gradients where the old one did).
+fn zero_scale(mut bn: BatchNorm) -> BatchNorm {
+    bn.gamma = bn.gamma.map(|gamma| {
+        let tracked = gamma.is_require_grad();
+        gamma.zeros_like().set_require_grad(tracked)
+    });
+    bn
 }
 
 /// A residual unit: basic or bottleneck.
@@ -235,6 +256,21 @@ impl Block {
                 downsample,
                 stride,
                 pad_channels,
+            }),
+        }
+    }
+
+    /// The unit with the scale of its last batch norm set to zero, so that it starts as
+    /// its shortcut alone (see [`ResNetConfig::zero_init_residual`]).
+    pub fn zero_init_residual(self) -> Self {
+        match self {
+            Block::Basic(b) => Block::Basic(BasicBlock {
+                bn2: zero_scale(b.bn2),
+                ..b
+            }),
+            Block::Bottleneck(b) => Block::Bottleneck(Bottleneck {
+                bn3: zero_scale(b.bn3),
+                ..b
             }),
         }
     }
@@ -416,6 +452,20 @@ pub struct ResNet {
 }
 
 impl ResNet {
+    /// The network with the last batch norm of every residual unit scaled to zero
+    /// (torchvision's `zero_init_residual`, see [`ResNetConfig::zero_init_residual`]): for a
+    /// network built from a registry name, before training it from scratch.
+    pub fn zero_init_residual(self) -> Self {
+        let zero = |stage: Vec<Block>| stage.into_iter().map(Block::zero_init_residual).collect();
+        ResNet {
+            layer1: zero(self.layer1),
+            layer2: zero(self.layer2),
+            layer3: zero(self.layer3),
+            layer4: zero(self.layer4),
+            ..self
+        }
+    }
+
     /// The stages' outputs: `[stem, layer1, layer2, layer3, layer4]` for the stages that
     /// exist, at strides 4, 4, 8, 16, 32 (ImageNet) or 1, 1, 2, 4 (small images). FCN's skip
     /// connections read these.
@@ -596,6 +646,60 @@ mod tests {
             |c: ResNetConfig| Summary::of(&c.init(&device), &[3, 224, 224]).macs() as f64 / 1e9;
         assert!((gmacs(ResNetConfig::resnet18(1000)) - 1.81).abs() < 0.005);
         assert!((gmacs(ResNetConfig::resnet50(1000)) - 4.09).abs() < 0.005);
+    }
+
+    #[test]
+    fn zero_init_residual_starts_every_unit_as_its_shortcut() {
+        let device = Device::flex();
+        let plain = ResNetConfig::small(3, 10, 1).init(&device);
+        let zeroed = ResNetConfig::small(3, 10, 1)
+            .with_zero_init_residual(true)
+            .init(&device);
+        assert_eq!(parameter_count(&zeroed), parameter_count(&plain));
+        // Only the units' last scales change.
+        for (z, p) in zeroed.stages().flatten().zip(plain.stages().flatten()) {
+            let (Block::Basic(z), Block::Basic(p)) = (z, p) else {
+                unreachable!("ResNet-20 has basic units")
+            };
+            assert_eq!(z.bn2.gamma.val().abs().max().into_scalar::<f32>(), 0.0);
+            assert_eq!(z.bn1.gamma.val().min().into_scalar::<f32>(), 1.0);
+            assert_eq!(p.bn2.gamma.val().min().into_scalar::<f32>(), 1.0);
+        }
+        // Each stage then passes its input through: layer1 (identity shortcuts) returns the
+        // stem's output unchanged, layer2 its input subsampled and padded with zero channels.
+        let x = Tensor::random(
+            [2, 1, 12, 12],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let stages = zeroed.forward_stages(x);
+        stages[1]
+            .clone()
+            .into_data()
+            .assert_eq(&stages[0].clone().into_data(), true);
+        let expected = Tensor::cat(
+            vec![
+                stages[1].clone().slice(s![.., .., ..;2, ..;2]),
+                Tensor::zeros([2, 16, 6, 6], &device),
+            ],
+            1,
+        );
+        stages[2]
+            .clone()
+            .into_data()
+            .assert_eq(&expected.into_data(), true);
+        // The same through the registry's builder, for bottleneck units and projections.
+        let model = ResNetConfig::resnet50(7).with_width(4).init(&device);
+        let model = model.zero_init_residual();
+        let unit = &model.layer1[1];
+        let x = Tensor::random(
+            [1, 16, 5, 5],
+            burn::tensor::Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
+        unit.forward(x.clone())
+            .into_data()
+            .assert_eq(&x.into_data(), true);
     }
 
     #[test]

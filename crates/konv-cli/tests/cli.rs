@@ -307,6 +307,54 @@ fn bad_flag_values_are_clear_errors() {
             why,
         );
     }
+    assert_clear_error(
+        &konv(
+            &[
+                "train",
+                "--task",
+                "segment",
+                "--embedded",
+                "--zero-init-residual",
+            ],
+            dir,
+        ),
+        "--zero-init-residual starts a classifier's residual units",
+    );
+    // Zeroed residual units need residual units, and a fresh network.
+    assert_clear_error(
+        &konv(
+            &[
+                "train",
+                "--embedded",
+                "--zero-init-residual",
+                "--out",
+                "zeroed",
+            ],
+            dir,
+        ),
+        "--zero-init-residual: fashion-cnn: zero-initialized residual units are for the ResNets",
+    );
+    assert_clear_error(
+        &konv(
+            &[
+                "train",
+                "--model",
+                "resnet20",
+                "--embedded",
+                "--zero-init-residual",
+                "--init-from",
+                "run",
+                "--out",
+                "zeroed",
+            ],
+            dir,
+        ),
+        "--zero-init-residual: initializes a fresh network",
+    );
+    assert!(
+        !dir.join("zeroed").exists(),
+        "nothing written before the error"
+    );
     // Detection's targets live on the full-size grid: progressive resizing says why not.
     assert_clear_error(
         &konv(

@@ -50,6 +50,12 @@ pub struct TrainConfig {
     /// The image folder trained on, when `dataset` is `folder`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<FolderSpec>,
+    /// Start a fresh ResNet with the last batch norm of every residual unit at zero scale,
+    /// so that each unit begins as its shortcut (torchvision's `zero_init_residual`;
+    /// [`konv_models::resnet::ResNetConfig::zero_init_residual`]). ResNets only, and not with
+    /// `init_from`, whose weights it would overwrite.
+    #[serde(default)]
+    pub zero_init_residual: bool,
     /// How to train: epochs, batch size, optimizer, schedule, augmentation, phases… (the
     /// settings of every task, written flat into `config.json`).
     #[serde(flatten)]
@@ -97,6 +103,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             classes: None,
             folder: None,
+            zero_init_residual: false,
             settings: Settings::default(),
         }
     }
@@ -110,6 +117,13 @@ impl TrainConfig {
     /// The first bad setting, as [`TrainError::Setting`].
     pub fn validate(&self) -> Result<(), TrainError> {
         self.settings.validate()?;
+        if self.zero_init_residual && self.init_from.is_some() {
+            return Err(TrainError::setting(
+                "zero_init_residual",
+                "initializes a fresh network, and init_from loads trained weights over it; drop one"
+                    .into(),
+            ));
+        }
         if self.settings.replicas > 1 && !self.backend.is_cpu() {
             return Err(TrainError::setting(
                 "replicas",
@@ -313,7 +327,7 @@ pub fn check_config_input(
     let device = Device::flex();
     let model = match &config.init_from {
         Some(path) => initial_weights(&config.model, path, num_classes, input[0], &device)?,
-        None => konv_models::build_for(&config.model, num_classes, input[0], &device)?,
+        None => fresh_model(config, num_classes, input[0], &device)?,
     };
     check_training_input(&model, config, input, num_classes)
 }
@@ -711,8 +725,25 @@ fn zoo_model(
     let channels = data.train.images.channels;
     Ok(match &config.init_from {
         Some(path) => initial_weights(&config.model, path, num_classes, channels, &train_device)?,
-        None => konv_models::build_for(&config.model, num_classes, channels, &train_device)?,
+        None => fresh_model(config, num_classes, channels, &train_device)?,
     })
+}
+
+/// `config.model` freshly initialized for `num_classes` classes and `channels` input
+/// channels, its residual units zeroed when `config.zero_init_residual` asks.
+fn fresh_model(
+    config: &TrainConfig,
+    num_classes: usize,
+    channels: usize,
+    device: &Device,
+) -> Result<Classifier, TrainError> {
+    let model = konv_models::build_for(&config.model, num_classes, channels, device)?;
+    if !config.zero_init_residual {
+        return Ok(model);
+    }
+    model
+        .with_zero_init_residual()
+        .map_err(|e| TrainError::setting("zero_init_residual", format!("{}: {e}", config.model)))
 }
 
 /// [`train`] continuing the run in `run` from its `state.json` (the CLI's `--resume`): the

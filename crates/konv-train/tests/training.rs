@@ -207,6 +207,55 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn zero_init_residual_starts_a_fresh_resnet_and_refuses_what_it_cannot_do() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let zeroed = TrainConfig {
+        zero_init_residual: true,
+        ..tiny_resnet()
+    };
+    let (plain, trained) = (train_tiny(&tiny_resnet(), 20), train_tiny(&zeroed, 20));
+    assert!(trained.history.iter().all(|e| e.train_loss.is_finite()));
+    // The setting reaches the model: another start, another curve, from the same seed.
+    assert_ne!(plain.history[0].train_loss, trained.history[0].train_loss);
+    // The zeroed scales are trained like any other parameter, from zero.
+    let Classifier::ResNet(model) = &trained.model else {
+        unreachable!("resnet20 is a ResNet")
+    };
+    for unit in model.stages().flatten() {
+        let konv_models::resnet::Block::Basic(unit) = unit else {
+            unreachable!("ResNet-20 has basic units")
+        };
+        let largest = unit.bn2.gamma.val().abs().max().into_scalar::<f32>();
+        assert!(largest > 0.0, "bn2 scale {largest}");
+    }
+
+    // A family without residual units, and trained weights to start from, are refused before
+    // anything is built.
+    let cnn = TrainConfig {
+        zero_init_residual: true,
+        ..tiny_config()
+    };
+    let err = konv_train::train::check_config_input(&cnn, 10, [1, 28, 28]).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            konv_train::TrainError::Setting {
+                name: "zero_init_residual",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ResNets"), "{err}");
+    let from_weights = TrainConfig {
+        init_from: Some("run/best.bpk".into()),
+        ..zeroed
+    };
+    let err = from_weights.validate().unwrap_err();
+    assert!(err.to_string().contains("init_from"), "{err}");
+}
+
 /// The largest change of `conv1`'s weights after one step with `config`'s optimizer.
 fn first_step_change(config: &TrainConfig, lr: f64) -> (f32, f32) {
     let device = Device::flex().autodiff();

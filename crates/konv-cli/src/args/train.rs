@@ -64,6 +64,11 @@ pub(crate) struct TrainArgs {
     /// Label smoothing of the cross-entropy loss (e.g. 0.1); 0 for none.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub(crate) label_smoothing: f64,
+    /// Start a fresh ResNet with each residual unit's last batch norm at zero scale, so
+    /// that every unit begins as its shortcut (torchvision's zero_init_residual). ResNets,
+    /// classification.
+    #[arg(long)]
+    pub(crate) zero_init_residual: bool,
     /// Split each batch between this many model replicas, one CPU thread each, gradients
     /// summed (data parallelism over cores: --replicas 2 on a 2-core machine). Batch norm
     /// then normalizes each replica's share on its own; dropout masks are drawn in thread

@@ -99,6 +99,7 @@ pub(crate) fn train_config(args: &TrainArgs, val_size: usize) -> TrainConfig {
         label_smoothing: args.label_smoothing,
         classes: args.classes.clone(),
         folder: None,
+        zero_init_residual: args.zero_init_residual,
         settings: settings(args, val_size),
     }
 }
@@ -232,6 +233,12 @@ pub(crate) fn task_flags(args: &TrainArgs) -> Result<()> {
     if args.init_from.is_some() && args.task != Task::Detect {
         bail!(
             "--init-from starts a classifier or a detector's backbone; --task {} builds its own network, drop it",
+            args.task
+        );
+    }
+    if args.zero_init_residual {
+        bail!(
+            "--zero-init-residual starts a classifier's residual units at zero; --task {} builds its own network, drop it",
             args.task
         );
     }
