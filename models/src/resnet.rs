@@ -688,7 +688,7 @@ mod tests {
             .clone()
             .into_data()
             .assert_eq(&expected.into_data(), true);
-        // The same through the registry's builder, for bottleneck units and projections.
+        // The same on a built network (`ResNet::zero_init_residual`), for a bottleneck unit.
         let model = ResNetConfig::resnet50(7).with_width(4).init(&device);
         let model = model.zero_init_residual();
         let unit = &model.layer1[1];
