@@ -210,8 +210,8 @@ pub unsafe fn transpose<T: Copy + 'static>(
 mod x86 {
     use std::arch::x86_64::{
         __m256, __m256i, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_maskload_ps,
-        _mm256_maskstore_ps, _mm256_permute2f128_ps, _mm256_setzero_ps, _mm256_shuffle_ps,
-        _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+        _mm256_permute2f128_ps, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
+        _mm256_unpackhi_ps, _mm256_unpacklo_ps,
     };
 
     /// Transposes the 8×8 block at `src` (rows `src_rs` apart) into `dst` (rows `dst_rs`
@@ -249,15 +249,34 @@ mod x86 {
         dst_rs: usize,
         [rows, cols]: [usize; 2],
     ) {
-        let (load_mask, store_mask) = (first_lanes(cols), first_lanes(rows));
+        let load_mask = first_lanes(cols);
         let mut r = [_mm256_setzero_ps(); 8];
         for (i, r) in r.iter_mut().enumerate().take(rows) {
             // SAFETY: the caller's promise; masked-off lanes are not read.
-            *r = unsafe { _mm256_maskload_ps(src.add(i * src_rs), load_mask) };
+            *r = unsafe {
+                if cols == 8 {
+                    _mm256_loadu_ps(src.add(i * src_rs))
+                } else {
+                    _mm256_maskload_ps(src.add(i * src_rs), load_mask)
+                }
+            };
         }
         for (i, v) in in_registers(r).into_iter().enumerate().take(cols) {
-            // SAFETY: the caller's promise; masked-off lanes are not written.
-            unsafe { _mm256_maskstore_ps(dst.add(i * dst_rs), store_mask, v) };
+            let to = dst.wrapping_add(i * dst_rs);
+            if rows == 8 {
+                // SAFETY: the caller's promise: 8 valid places.
+                unsafe { _mm256_storeu_ps(to, v) };
+            } else {
+                // A masked store (`vmaskmovps` to memory) is microcoded on AMD's Zen cores,
+                // many times slower than a plain one; the valid lanes go out one by one.
+                let mut lanes = [0.0f32; 8];
+                // SAFETY: `lanes` holds 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+                for (j, lane) in lanes.iter().enumerate().take(rows) {
+                    // SAFETY: the caller's promise: `rows` valid places.
+                    unsafe { *to.add(j) = *lane };
+                }
+            }
         }
     }
 
