@@ -62,6 +62,8 @@ fn main() {
 
 /// Parses the command line and runs the subcommand; the process's exit code.
 fn run() -> i32 {
+    // Training steps reuse the memory the last one freed (see the function's docs).
+    konv_train::backend::keep_freed_memory();
     // Burn materializes a loaded optimizer state (`--resume`) on its default device, which
     // prefers a GPU: on a machine without one that would start wgpu (or fail). konv moves
     // every tensor to the device chosen with --backend anyway, so default to the CPU.
