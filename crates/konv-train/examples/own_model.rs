@@ -28,6 +28,8 @@ impl Classify for SmallCnn {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Each training step reuses the memory the last one freed (as the `konv` binary does).
+    konv_train::backend::keep_freed_memory();
     let dir = std::env::args().nth(1).ok_or("usage: own_model DIR")?;
     // Shorter side resized to 28, the centre 28×28 kept; decoded once, then cached.
     let options = FolderOptions {
