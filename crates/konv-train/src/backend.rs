@@ -31,9 +31,10 @@ pub fn exit(code: i32) -> ! {
 }
 
 /// Keeps the memory a training step frees in the process, for the next step to reuse,
-/// instead of handing it back to the kernel: call it first thing in `main`, before other
-/// threads start. On Linux with glibc only (elsewhere it does nothing), and only when the
-/// environment does not tune the allocator itself (`GLIBC_TUNABLES`, `MALLOC_*_`).
+/// instead of handing it back to the kernel: call it first thing in `main`, so that the
+/// whole run allocates under it. On Linux with glibc only (elsewhere it does nothing), and
+/// only when the environment does not tune the allocator itself (`GLIBC_TUNABLES`,
+/// `MALLOC_*_`).
 ///
 /// A step allocates and frees the same large buffers each time (activations, gradients,
 /// im2col and Winograd scratch). With glibc's defaults, buffers past its mmap threshold (at
@@ -48,15 +49,11 @@ pub fn exit(code: i32) -> ! {
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let tuned = std::env::vars_os().any(|(key, _)| {
-            let key = key.to_string_lossy();
-            key == "GLIBC_TUNABLES" || (key.starts_with("MALLOC_") && key.ends_with('_'))
-        });
-        if tuned {
+        if allocator_tuned_by_environment() {
             return false;
         }
-        // SAFETY: `mallopt` only changes the allocator's settings; both values are in range
-        // (non-negative `c_int`s), and the caller runs it before other threads allocate.
+        // SAFETY: `mallopt` only changes the allocator's settings, under glibc's own lock;
+        // both values are in range (non-negative `c_int`s).
         unsafe {
             // Buffers up to 256 MiB from the heap, and the heap's top kept up to 1 GiB free.
             libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1
@@ -65,6 +62,16 @@ pub fn keep_freed_memory() -> bool {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     false
+}
+
+/// Whether the environment sets glibc's allocator up itself: `GLIBC_TUNABLES`, or one of
+/// the older `MALLOC_*_` variables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, …).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn allocator_tuned_by_environment() -> bool {
+    std::env::vars_os().any(|(key, _)| {
+        let key = key.to_string_lossy();
+        key == "GLIBC_TUNABLES" || (key.starts_with("MALLOC_") && key.ends_with('_'))
+    })
 }
 
 /// A compute backend, chosen by name at run time.
@@ -272,10 +279,7 @@ mod tests {
 
     #[test]
     fn keep_freed_memory_tunes_glibc_unless_the_environment_does() {
-        let tuned = std::env::vars_os().any(|(key, _)| {
-            let key = key.to_string_lossy();
-            key == "GLIBC_TUNABLES" || (key.starts_with("MALLOC_") && key.ends_with('_'))
-        });
+        let tuned = allocator_tuned_by_environment();
         let changed = keep_freed_memory();
         if cfg!(all(target_os = "linux", target_env = "gnu")) {
             assert_eq!(changed, !tuned);
