@@ -422,85 +422,71 @@ pub fn weight_grad_with<T: 'static>(isa: Isa, g: &Geometry, x: &[T], grad: &[T])
     )
 }
 
-/// Defines a forward kernel for one instruction set: `OQ × 3` vector accumulators, `OQ` output
-/// channels × 3 vectors of positions from `x` (the padded input at the sub-block's first
-/// position, channels `channel` apart), summed over `c_in` channels and the taps at
-/// `offsets`, from the bias; weights read at `w + (c·taps + t)·8 + o` (the layout
-/// `[c_in][taps][8]`, `w` already at the sub-block's first channel); results to `out`, output
-/// channels `row` apart. Every output is summed in the same order whatever the width, so the
-/// instruction sets agree bit for bit.
-macro_rules! forward_kernel {
-    (
-        $(#[$doc:meta])*
-        $name:ident, $features:literal, $lanes:expr,
-        $zero:ident, $splat:ident, $load:ident, $fmadd:ident, $store:ident
-    ) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        #[doc = concat!("The CPU must have ", $features, ", and every address named above")]
-        /// must be inside its buffer.
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = $features))]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $name<const OQ: usize>(
-            x: *const f32,
-            channel: usize,
-            c_in: usize,
-            offsets: &[usize],
-            w: *const f32,
-            bias: &[f32; OQ],
-            out: *mut f32,
-            row: usize,
-        ) {
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = (x, channel, c_in, offsets, w, bias, out, row);
-                unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
-            }
-            #[cfg(target_arch = "x86_64")]
-            {
-                let mut acc = [[$zero(); 3]; OQ];
-                for (acc, b) in acc.iter_mut().zip(bias) {
-                    *acc = [$splat(*b); 3];
+/// The forward kernel with AVX-512F: the whole block, 8 output channels × 3 vectors of 16
+/// positions in 24 accumulators, from `x` (the padded input at the block's first position,
+/// channels `channel` apart), summed over `c_in` channels and the taps at `offsets`, from the
+/// bias; weights read at `w + (c·taps + t)·8 + o` (the layout `[c_in][taps][8]`); results to
+/// `out`, output channels `row` apart. [`forward_kernel_avx2`] sums every output in the same
+/// order, so the two instruction sets agree bit for bit.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and every address named above must be inside its buffer.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_kernel(
+    x: *const f32,
+    channel: usize,
+    c_in: usize,
+    offsets: &[usize],
+    w: *const f32,
+    bias: &[f32; OB],
+    out: *mut f32,
+    row: usize,
+) {
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, channel, c_in, offsets, w, bias, out, row);
+        unreachable!("direct convolution runs on x86-64 with AVX2 or AVX-512F only")
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut acc = [[_mm512_setzero_ps(); 3]; OB];
+        for (acc, b) in acc.iter_mut().zip(bias) {
+            *acc = [_mm512_set1_ps(*b); 3];
+        }
+        let mut w = w;
+        // SAFETY (this block): the caller's bounds.
+        unsafe {
+            for c in 0..c_in {
+                let xc = x.add(c * channel);
+                for &offset in offsets {
+                    let p = xc.add(offset);
+                    let v = [
+                        _mm512_loadu_ps(p),
+                        _mm512_loadu_ps(p.add(LANES)),
+                        _mm512_loadu_ps(p.add(2 * LANES)),
+                    ];
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*w.add(o));
+                        for (a, v) in acc.iter_mut().zip(v) {
+                            *a = _mm512_fmadd_ps(v, wv, *a);
+                        }
+                    }
+                    w = w.add(OB);
                 }
-                let mut w = w;
-                // SAFETY (this block): the caller's bounds.
-                unsafe {
-                    for c in 0..c_in {
-                        let xc = x.add(c * channel);
-                        for &offset in offsets {
-                            let p = xc.add(offset);
-                            let v = [$load(p), $load(p.add($lanes)), $load(p.add(2 * $lanes))];
-                            for (o, acc) in acc.iter_mut().enumerate() {
-                                let wv = $splat(*w.add(o));
-                                for (a, v) in acc.iter_mut().zip(v) {
-                                    *a = $fmadd(v, wv, *a);
-                                }
-                            }
-                            w = w.add(OB);
-                        }
-                    }
-                    for (o, acc) in acc.iter().enumerate() {
-                        for (v, a) in acc.iter().enumerate() {
-                            $store(out.add(o * row + v * $lanes), *a);
-                        }
-                    }
+            }
+            for (o, acc) in acc.iter().enumerate() {
+                for (v, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(o * row + v * LANES), *a);
                 }
             }
         }
-    };
+    }
 }
 
-forward_kernel!(
-    /// The forward kernel with AVX-512F, run with `OQ = 8`: 24 accumulators, the whole block
-    /// of 8 output channels × 48 positions.
-    forward_kernel, "avx512f", LANES,
-    _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps
-);
-
 /// The forward kernel with AVX2 + FMA: a quarter of the block, 4 output channels × 24
-/// positions, in 12 accumulators of 8 lanes; arguments as at [`forward_kernel`] with
-/// `OQ = 4`, the same sums in the same order.
+/// positions, in 12 accumulators of 8 lanes; arguments as at [`forward_kernel`] (4
+/// biases, `w` at the quarter's first channel), the same sums in the same order.
 ///
 /// The 12 accumulators, the 3 input vectors and the broadcast weight take all 16 `ymm`
 /// registers. Written with intrinsics (as the AVX-512 kernel is), the compiler kept one
@@ -626,7 +612,7 @@ unsafe fn forward_block(
     // of the block and weights 4·half … 4·half + 3 of each group of 8.
     unsafe {
         match isa {
-            Isa::Avx512 => forward_kernel::<OB>(x, channel, c_in, offsets, w, bias, out, row),
+            Isa::Avx512 => forward_kernel(x, channel, c_in, offsets, w, bias, out, row),
             Isa::Avx2 => {
                 for half in 0..OB / OQ {
                     let bias: &[f32; OQ] = bias[half * OQ..(half + 1) * OQ]
