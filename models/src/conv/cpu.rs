@@ -39,6 +39,8 @@ pub trait Element:
     const ONE: Self;
     /// ½.
     const HALF: Self;
+    /// The value nearest `v` (the transforms' constants, such as Winograd's ⅙).
+    fn constant(v: f64) -> Self;
     /// Runs `f` on `len` elements of this thread's scratch buffer, kept between calls so a
     /// kernel called every step does not fault in and zero fresh pages each time (its contents
     /// are whatever the last user left; a nested call gets a fresh buffer).
@@ -70,6 +72,9 @@ impl Element for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+    fn constant(v: f64) -> Self {
+        v as f32
+    }
     scratch!(f32);
 }
 
@@ -77,6 +82,9 @@ impl Element for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+    fn constant(v: f64) -> Self {
+        v
+    }
     scratch!(f64);
 }
 

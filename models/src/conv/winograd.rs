@@ -1,21 +1,32 @@
-//! Winograd's minimal filtering F(2×2, 3×3) for stride-1 3×3 convolutions (Lavin & Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2×2 block of output comes
-//! from a 4×4 patch of input in 16 multiplies per channel pair instead of 36, 2.25× fewer.
+//! Winograd's minimal filtering F(m×m, 3×3) for stride-1 3×3 convolutions (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016): each m×m block of output comes
+//! from an α×α patch of input (α = m + 2) in α² multiplies per channel pair instead of 9m².
+//! Two sizes run here:
+//!
+//! - **F(2×2, 3×3)**: 4×4 patches, 16 multiplies for 4 outputs instead of 36, 2.25× fewer;
+//!   its transforms only add and halve.
+//! - **F(4×4, 3×3)**: 6×6 patches (interpolation points 0, ±1, ±2), 36 multiplies for 16
+//!   outputs instead of 144, 4× fewer, and 36 transformed values per 16 outputs instead of
+//!   64, so the transforms move less memory too. Its constants (4, 5, ⅙, 1⁄24…) round more:
+//!   in `f32` the unit tests' outputs differ from the exact sums by up to 8e-6 of their
+//!   largest value, against 5e-7 with F(2×2).
 //!
 //! ```text
 //! U[ξ] (c_out × c_in)  = (G g Gᵀ)[ξ]        weights, once per call
-//! V[ξ] (c_in × tiles)  = (Bᵀ d B)[ξ]        4×4 input patches, one column per output tile
-//! M[ξ] (c_out × tiles) = U[ξ] · V[ξ]         16 GEMMs on the gemm crate's micro-kernels
-//! Y    (2×2 per tile)  = Aᵀ M A  (+ bias)
+//! V[ξ] (c_in × tiles)  = (Bᵀ d B)[ξ]        α×α input patches, one column per output tile
+//! M[ξ] (c_out × tiles) = U[ξ] · V[ξ]         α² GEMMs on the gemm crate's micro-kernels
+//! Y    (m×m per tile)  = Aᵀ M A  (+ bias)
 //! ```
+//!
+//! [`tile_side`] takes F(4×4) for output maps of 24×24 and more, F(2×2) for smaller ones
+//! (where the larger tiles' transforms and padding cost more than their multiplies save).
+//! `KONV_WINOGRAD=2` (or `4`) fixes one size, to compare them.
 //!
 //! The tiles of the whole batch are cut into blocks whose `V` and `M` stay within about
 //! 2 MiB each (the size `cpu`'s im2col tiles use), and the blocks run on the rayon threads,
 //! one contiguous run each, in that thread's scratch memory. The input gradient of a stride-1 3×3 convolution is itself
 //! one (of the output gradient, with the kernel turned 180° and its channel axes swapped), so
-//! it runs here too. F(2×2, 3×3)'s transforms only add and halve, so its rounding stays
-//! within a few ulps of the direct sum's (F(4×4, 3×3) would save more multiplies at a larger
-//! error).
+//! it runs here too, and so does the weight gradient (`dW = Gᵀ [Σ (A dY Aᵀ) ⊙ V] G`).
 
 use super::cpu::{Element, Geometry, matmul};
 use super::simd::{self, add, load, scale, store, sub};
@@ -49,8 +60,47 @@ macro_rules! by_lanes {
     }};
 }
 
-/// Values per transformed tile: 4×4.
-const XI: usize = 16;
+/// The output side `m` of the tiles [`forward`] and [`input_grad`] use for an output of
+/// `[oh, ow]`, 2 or 4, unless `KONV_WINOGRAD` fixes it: 4 where both sides are at least
+/// [`MIN_SIDE_4`], 2 elsewhere. ([`weight_grad`] keeps 2 unless `KONV_WINOGRAD=4`: its α²
+/// planes of `c_out × c_in` sums grow 2.25× with 6×6 tiles, and at batch 1 ResNet-18's
+/// 128-channel 28×28 layer's gradients ran slower with them.)
+pub fn tile_side([oh, ow]: [usize; 2]) -> usize {
+    if let Some(m) = forced_tile_side() {
+        return m;
+    }
+    if oh.min(ow) >= MIN_SIDE_4 { 4 } else { 2 }
+}
+
+/// The smallest output side whose forward takes F(4×4, 3×3). On smaller maps its 6×6 tiles
+/// cost more in transforms and padding than they save in multiplies. Measured on two AVX2
+/// cores (`KONV_WINOGRAD=2` against `4`, alternated): ResNet-20's 14×14 and 7×7 layers (32
+/// and 64 channels, batch 96) ran slower or no faster with it; ResNet-18's 56×56 layer
+/// (64 channels, batch 1) ran its forward at a median of 230 GFLOP/s against 162, and the
+/// 28×28 one (128 channels) at 200 against 163.
+const MIN_SIDE_4: usize = 24;
+
+/// The tile side `KONV_WINOGRAD` asks for (`2` or `4`), read once; anything else warns once
+/// and is ignored.
+fn forced_tile_side() -> Option<usize> {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let value = std::env::var("KONV_WINOGRAD").ok()?;
+        match value.trim() {
+            "" => None,
+            "2" => Some(2),
+            "4" => Some(4),
+            other => {
+                eprintln!(
+                    "warning: KONV_WINOGRAD={other:?} is not 2 or 4; choosing the Winograd tile \
+                     size per layer (set KONV_WINOGRAD=2 for F(2×2, 3×3), 4 for F(4×4, 3×3), or \
+                     unset it)"
+                );
+                None
+            }
+        }
+    })
+}
 
 /// Elements of one block's `V` (and its `M`): about 2 MiB of `f32`.
 const BLOCK_ELEMENTS: usize = 1 << 19;
@@ -84,6 +134,8 @@ pub fn forward_applies(g: &Geometry) -> bool {
 
 /// One stride-1 3×3 correlation, in the terms both uses share.
 struct Problem {
+    /// The tiles' output side, 2 or 4 ([`tile_side`]).
+    m: usize,
     batch: usize,
     c_in: usize,
     input: [usize; 2],
@@ -94,9 +146,11 @@ struct Problem {
 }
 
 impl Problem {
-    /// The forward correlation of `g`.
-    fn of(g: &Geometry) -> Self {
+    /// The forward correlation of `g`, in tiles of side `m` (2 or 4).
+    fn of(g: &Geometry, m: usize) -> Self {
+        assert!(m == 2 || m == 4, "winograd: tiles of side 2 or 4, not {m}");
         Self {
+            m,
             batch: g.batch,
             c_in: g.c_in,
             input: g.input,
@@ -107,13 +161,41 @@ impl Problem {
     }
 
     fn tiles(&self) -> [usize; 2] {
-        [self.output[0].div_ceil(2), self.output[1].div_ceil(2)]
+        [
+            self.output[0].div_ceil(self.m),
+            self.output[1].div_ceil(self.m),
+        ]
+    }
+
+    /// The side of a transformed tile, `m + 2`.
+    fn alpha(&self) -> usize {
+        self.m + 2
+    }
+
+    /// Values per transformed tile, `α²`: 16 or 36.
+    fn xi(&self) -> usize {
+        self.alpha() * self.alpha()
     }
 }
 
-/// The forward convolution, as [`super::cpu::forward`].
+/// The forward convolution, as [`super::cpu::forward`], in the tiles [`tile_side`] picks.
 pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
-    let p = Problem::of(g);
+    forward_with(tile_side(g.output), g, x, weight, bias)
+}
+
+/// [`forward`] in tiles of side `m`: 2 for F(2×2, 3×3), 4 for F(4×4, 3×3) (to test or time
+/// one against the other).
+///
+/// # Panics
+/// If `m` is neither 2 nor 4.
+pub fn forward_with<T: Element>(
+    m: usize,
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+) -> Vec<T> {
+    let p = Problem::of(g, m);
     let (c_in, c_out) = (g.c_in, g.c_out);
     assert!(
         weight.len() >= c_out * c_in * 9,
@@ -143,7 +225,7 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
                     )
                 };
             });
-        transform_weights(c_out, c_in, taps, false)
+        transform_weights(c_out, c_in, taps, false, p.m)
     });
     run(&p, x, &u, bias)
 }
@@ -151,9 +233,18 @@ pub fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], bias: Option<&[T
 /// The gradient with respect to the input, as [`super::cpu::input_grad`], given `t`, the
 /// forward correlation that computes it ([`Geometry::transposed`]: `grad` padded by
 /// `2 − pad`, input and output channels swapped); `weight` is the layer's own
-/// `[t.c_in, t.c_out, 3, 3]`, read turned 180° in place.
+/// `[t.c_in, t.c_out, 3, 3]`, read turned 180° in place. In the tiles [`tile_side`] picks.
 pub fn input_grad<T: Element>(t: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
+    input_grad_with(tile_side(t.output), t, weight, grad)
+}
+
+/// [`input_grad`] in tiles of side `m` (2 or 4).
+///
+/// # Panics
+/// If `m` is neither 2 nor 4.
+pub fn input_grad_with<T: Element>(m: usize, t: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> {
     let (ins, outs) = (t.c_in, t.c_out);
+    let p = Problem::of(t, m);
     let u = T::with_scratch(9 * ins * outs, |taps| {
         // weight [ins][outs][9] → taps [ins][9][outs], one input channel's block at a time.
         assert!(weight.len() >= ins * outs * 9, "weight [c_out, c_in, 3, 3]");
@@ -172,36 +263,48 @@ pub fn input_grad<T: Element>(t: &Geometry, weight: &[T], grad: &[T]) -> Vec<T> 
                     )
                 };
             });
-        transform_weights(outs, ins, taps, true)
+        transform_weights(outs, ins, taps, true, p.m)
     });
-    run(&Problem::of(t), grad, &u, None)
+    run(&p, grad, &u, None)
 }
 
-/// `U = G g Gᵀ` for every (output, input) channel pair, laid out `[ins][16][outs]` (U[ξ] is
-/// the `outs × ins` GEMM left-hand side in columns `16 · outs` apart, which the `gemm` crate
-/// reads in place beside `V`'s channels-innermost columns), threaded over the inputs, each
-/// on 16 outputs at a time. `taps` holds the kernels `[ins][9][outs]` (tap `3r + c` of each
-/// input channel, over the outputs), read turned 180° when `flip`.
-fn transform_weights<T: Element>(outs: usize, ins: usize, taps: &[T], flip: bool) -> Vec<T> {
-    let mut u = vec![T::ZERO; ins * XI * outs];
+/// `U = G g Gᵀ` for every (output, input) channel pair of tiles of side `m`, laid out
+/// `[ins][α²][outs]` (U[ξ] is the `outs × ins` GEMM left-hand side in columns `α² · outs`
+/// apart, which the `gemm` crate reads in place beside `V`'s channels-innermost columns),
+/// threaded over the inputs, each on 16 outputs at a time. `taps` holds the kernels
+/// `[ins][9][outs]` (tap `3r + c` of each input channel, over the outputs), read turned 180°
+/// when `flip`.
+fn transform_weights<T: Element>(
+    outs: usize,
+    ins: usize,
+    taps: &[T],
+    flip: bool,
+    m: usize,
+) -> Vec<T> {
+    let xi = (m + 2) * (m + 2);
+    let mut u = vec![T::ZERO; ins * xi * outs];
     if ins == 0 || outs == 0 {
         return u;
     }
-    u.par_chunks_mut(XI * outs)
+    u.par_chunks_mut(xi * outs)
         .zip(taps.par_chunks(9 * outs))
-        .for_each(|(ui, taps)| simd::widest(Weights((taps, ui, outs, flip))));
+        .for_each(|(ui, taps)| simd::widest(Weights((taps, ui, outs, flip, m))));
     u
 }
 
-/// [`weight_tile`] over all the outputs, as a [`simd::Kernel`].
-struct Weights<'a, T>((&'a [T], &'a mut [T], usize, bool));
+/// [`weight_tile`] (or [`weight_tile4`]) over all the outputs, as a [`simd::Kernel`].
+struct Weights<'a, T>((&'a [T], &'a mut [T], usize, bool, usize));
 
 impl<T: Element> simd::Kernel for Weights<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let (taps, u, outs, flip) = self.0;
-        by_lanes!(outs, |o, N| weight_tile::<T, N>(taps, u, outs, o, flip));
+        let (taps, u, outs, flip, m) = self.0;
+        if m == 4 {
+            by_lanes!(outs, |o, N| weight_tile4::<T, N>(taps, u, outs, o, flip));
+        } else {
+            by_lanes!(outs, |o, N| weight_tile::<T, N>(taps, u, outs, o, flip));
+        }
     }
 }
 
@@ -244,6 +347,53 @@ fn g<T: Element, const N: usize>([a, b, d]: [[T; N]; 3]) -> [[T; N]; 4] {
     [a, scale(add(ad, b), T::HALF), scale(sub(ad, b), T::HALF), d]
 }
 
+/// [`weight_tile`] for F(4×4, 3×3): `G g Gᵀ` (6×6) of one input channel's kernels for `N`
+/// outputs from `o`, the 36 values into `u` at `ξ · outs + o`.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn weight_tile4<T: Element, const N: usize>(
+    taps: &[T],
+    u: &mut [T],
+    outs: usize,
+    o: usize,
+    flip: bool,
+) {
+    let mut gg = [[[T::ZERO; N]; 3]; 6];
+    for c in 0..3 {
+        let mut column = [[T::ZERO; N]; 3];
+        for (r, value) in column.iter_mut().enumerate() {
+            let tap = if flip { 8 - (3 * r + c) } else { 3 * r + c };
+            *value = load(taps, tap * outs + o);
+        }
+        for (r, value) in g6(column).into_iter().enumerate() {
+            gg[r][c] = value;
+        }
+    }
+    for (r, row) in gg.into_iter().enumerate() {
+        for (c, value) in g6(row).into_iter().enumerate() {
+            store(u, (r * 6 + c) * outs + o, value);
+        }
+    }
+}
+
+/// F(4×4, 3×3)'s G on three values of `N` lanes: `a/4, −(a + b + d)/6, −(a − b + d)/6,
+/// (a/4 + b/2 + d)/6, (a/4 − b/2 + d)/6, d`.
+#[inline(always)]
+fn g6<T: Element, const N: usize>([a, b, d]: [[T; N]; 3]) -> [[T; N]; 6] {
+    let (quarter, sixth) = (T::constant(0.25), T::constant(-1.0 / 6.0));
+    let a4 = scale(a, quarter);
+    let (ad, a4d, b2) = (add(a, d), add(a4, d), scale(b, T::HALF));
+    [
+        a4,
+        scale(add(ad, b), sixth),
+        scale(sub(ad, b), sixth),
+        scale(add(a4d, b2), T::constant(1.0 / 6.0)),
+        scale(sub(a4d, b2), T::constant(1.0 / 6.0)),
+        d,
+    ]
+}
+
 /// A pointer to the output that the blocks write through: each output pixel belongs to one
 /// tile row and each tile row to one block, so no two threads write the same element.
 #[derive(Clone, Copy)]
@@ -253,8 +403,8 @@ struct Shared<T>(*mut T);
 unsafe impl<T: Send> Send for Shared<T> {}
 unsafe impl<T: Send> Sync for Shared<T> {}
 
-/// The per-thread buffers: `V` `[16][block][c_in]`, `M` `[16][block][c_out]` (channels
-/// innermost), and `rows`, a tile row's input (4 rows), output or output gradient (2 rows)
+/// The per-thread buffers: `V` `[α²][block][c_in]`, `M` `[α²][block][c_out]` (channels
+/// innermost), and `rows`, a tile row's input (α rows), output or output gradient (m rows)
 /// with channels innermost.
 struct Scratch<'a, T> {
     v: &'a mut [T],
@@ -263,18 +413,19 @@ struct Scratch<'a, T> {
 }
 
 impl<T: Element> Scratch<'_, T> {
-    /// Runs `f` on the buffers for `c_in`/`c_out` channels, `block` tiles, `width` columns,
-    /// in this thread's scratch memory.
+    /// Runs `f` on the buffers for `c_in`/`c_out` channels, `block` tiles of side `alpha`
+    /// transformed, `width` columns, in this thread's scratch memory.
     fn with<R>(
         [c_in, c_out]: [usize; 2],
-        block: usize,
+        [block, alpha]: [usize; 2],
         width: usize,
         f: impl FnOnce(Scratch<'_, T>) -> R,
     ) -> R {
-        let rows = 4 * width * c_in.max(c_out);
-        T::with_scratch(XI * (c_in + c_out) * block + rows, |buffer| {
-            let (v, rest) = buffer.split_at_mut(XI * c_in * block);
-            let (m, rows) = rest.split_at_mut(XI * c_out * block);
+        let xi = alpha * alpha;
+        let rows = alpha * width * c_in.max(c_out);
+        T::with_scratch(xi * (c_in + c_out) * block + rows, |buffer| {
+            let (v, rest) = buffer.split_at_mut(xi * c_in * block);
+            let (m, rows) = rest.split_at_mut(xi * c_out * block);
             f(Scratch { v, m, rows })
         })
     }
@@ -301,7 +452,8 @@ impl Blocks {
         let threads = rayon::current_num_threads().max(1);
         let widest = p.c_in.max(p.c_out).max(1);
         // Whole tile rows per block, about BLOCK_ELEMENTS of V and of M.
-        let mut per_block = (BLOCK_ELEMENTS / (XI * widest * tw.max(1))).clamp(1, tile_rows.max(1));
+        let mut per_block =
+            (BLOCK_ELEMENTS / (p.xi() * widest * tw.max(1))).clamp(1, tile_rows.max(1));
         // Enough blocks for every thread where the batch has the rows for it.
         if tile_rows >= threads * 2 {
             per_block = per_block.min(tile_rows.div_ceil(threads));
@@ -354,7 +506,7 @@ impl Blocks {
         body: impl Fn(&mut Scratch<'_, T>, &mut S, usize) + Sync,
     ) -> Vec<S> {
         let channels = [p.c_in, p.c_out];
-        let width = 2 * p.tiles()[1] + 2;
+        let width = p.m * p.tiles()[1] + 2;
         let per_thread = if self.split() {
             self.count.div_ceil(self.threads)
         } else {
@@ -364,7 +516,7 @@ impl Blocks {
             .into_par_iter()
             .map(|t| {
                 let mut state = init();
-                Scratch::with(channels, self.block, width, |mut s| {
+                Scratch::with(channels, [self.block, p.alpha()], width, |mut s| {
                     for b in t * per_thread..((t + 1) * per_thread).min(self.count) {
                         body(&mut s, &mut state, b);
                     }
@@ -394,7 +546,7 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
             let rows = blocks.rows(b);
             let count = rows.len() * tw;
             simd::widest(Input((p, x, &mut *s.v, &mut *s.rows, block, rows.clone())));
-            for xi in 0..XI {
+            for xi in 0..p.xi() {
                 // Mᵀ[ξ] (count × c_out) = Vᵀ[ξ] (count × c_in) · U[ξ]ᵀ (c_in × c_out), U[ξ] read in place.
                 matmul(
                     [count, c_out, c_in],
@@ -403,7 +555,7 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
                     &s.v[xi * c_in * block..],
                     [c_in, 1],
                     &u[xi * c_out..],
-                    [XI * c_out, 1],
+                    [p.xi() * c_out, 1],
                     parallelism,
                 );
             }
@@ -417,10 +569,19 @@ fn run<T: Element>(p: &Problem, x: &[T], u: &[T], bias: Option<&[T]>) -> Vec<T> 
 }
 
 /// The gradient with respect to the weight, as [`super::cpu::weight_grad`]: with `dM = A dY Aᵀ`
-/// per output tile (4×4 from 2×2), `dU[ξ] = Σ_tiles dM[ξ] · V[ξ]ᵀ` (16 GEMMs over the
-/// tiles, 2.25× fewer multiplies than im2col's), then `dW = Gᵀ dU G`.
+/// per output tile (α×α from m×m), `dU[ξ] = Σ_tiles dM[ξ] · V[ξ]ᵀ` (α² GEMMs over the
+/// tiles, 2.25× or 4× fewer multiplies than im2col's), then `dW = Gᵀ dU G`. In tiles of
+/// side 2 unless `KONV_WINOGRAD=4` (see [`tile_side`]).
 pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
-    let p = Problem::of(g);
+    weight_grad_with(forced_tile_side().unwrap_or(2), g, x, grad)
+}
+
+/// [`weight_grad`] in tiles of side `m` (2 or 4).
+///
+/// # Panics
+/// If `m` is neither 2 nor 4.
+pub fn weight_grad_with<T: Element>(m: usize, g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    let p = Problem::of(g, m);
     let (c_in, c_out) = (p.c_in, p.c_out);
     let mut dw = vec![T::ZERO; c_out * c_in * 9];
     let blocks = Blocks::new(&p);
@@ -429,16 +590,17 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     }
     let (block, tw) = (blocks.block, p.tiles()[1]);
     let parallelism = blocks.parallelism();
+    let xis = p.xi();
     let partials = blocks.run(
         &p,
-        || vec![T::ZERO; XI * c_out * c_in],
+        || vec![T::ZERO; xis * c_out * c_in],
         |s: &mut Scratch<'_, T>, du: &mut Vec<T>, b| {
             let rows = blocks.rows(b);
             let count = rows.len() * tw;
             let p = &p;
             simd::widest(Input((p, x, &mut *s.v, &mut *s.rows, block, rows.clone())));
             simd::widest(Grad((p, grad, &mut *s.m, &mut *s.rows, block, rows)));
-            for xi in 0..XI {
+            for xi in 0..xis {
                 // dU[ξ] (c_out × c_in) += dM[ξ] (c_out × count) · V[ξ]ᵀ (count × c_in).
                 matmul(
                     [c_out, c_in, count],
@@ -456,31 +618,58 @@ pub fn weight_grad<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     let mut partials = partials.into_iter();
     let mut du = partials
         .next()
-        .unwrap_or_else(|| vec![T::ZERO; XI * c_out * c_in]);
+        .unwrap_or_else(|| vec![T::ZERO; xis * c_out * c_in]);
     for other in partials {
         for (a, b) in du.iter_mut().zip(&other) {
             *a += *b;
         }
     }
-    // dW = Gᵀ dU G per channel pair: Gᵀ combines rows u0 + ½u1 + ½u2, ½u1 − ½u2, ½u1 + ½u2 + u3,
-    // G the columns the same way.
-    let half = T::HALF;
-    let combine = |[a, b, c, d]: [T; 4]| [a + (b + c) * half, (b - c) * half, (b + c) * half + d];
+    // dW = Gᵀ dU G per channel pair, on the rows then the columns.
+    let alpha = p.alpha();
     dw.par_chunks_mut(c_in * 9)
         .enumerate()
         .for_each(|(o, dwo)| {
             for (i, k) in dwo.chunks_exact_mut(9).enumerate() {
                 let at = |xi: usize| du[(xi * c_out + o) * c_in + i];
-                let rows: [[T; 4]; 4] =
-                    std::array::from_fn(|r| std::array::from_fn(|c| at(r * 4 + c)));
-                let columns: [[T; 3]; 4] = std::array::from_fn(|c| combine(rows.map(|row| row[c])));
+                // Gᵀ down each of the α columns, then along each of the 3 rows that gives.
+                let mut columns = [[T::ZERO; 3]; 6];
+                for (c, column) in columns.iter_mut().enumerate().take(alpha) {
+                    let mut values = [T::ZERO; 6];
+                    for (r, value) in values.iter_mut().enumerate().take(alpha) {
+                        *value = at(r * alpha + c);
+                    }
+                    *column = g_t(values, alpha);
+                }
                 for r in 0..3 {
-                    let row = combine(columns.map(|col| col[r]));
-                    k[r * 3..r * 3 + 3].copy_from_slice(&row);
+                    let mut values = [T::ZERO; 6];
+                    for (c, value) in values.iter_mut().enumerate().take(alpha) {
+                        *value = columns[c][r];
+                    }
+                    k[r * 3..r * 3 + 3].copy_from_slice(&g_t(values, alpha));
                 }
             }
         });
     dw
+}
+
+/// Gᵀ on `alpha` values (the first 4 or 6 of `u`): for F(2×2, 3×3) `u0 + ½(u1 + u2),
+/// ½(u1 − u2), ½(u1 + u2) + u3`; for F(4×4, 3×3) `u0/4 − (u1 + u2)/6 + (u3 + u4)/24,
+/// (u2 − u1)/6 + (u3 − u4)/12, (u3 + u4 − u1 − u2)/6 + u5`.
+fn g_t<T: Element>(u: [T; 6], alpha: usize) -> [T; 3] {
+    if alpha == 4 {
+        let half = T::HALF;
+        let [a, b, c, d, ..] = u;
+        [a + (b + c) * half, (b - c) * half, (b + c) * half + d]
+    } else {
+        let [u0, u1, u2, u3, u4, u5] = u;
+        let sixth = T::constant(1.0 / 6.0);
+        let (s12, s34) = (u1 + u2, u3 + u4);
+        [
+            u0 * T::constant(0.25) - s12 * sixth + s34 * T::constant(1.0 / 24.0),
+            (u2 - u1) * sixth + (u3 - u4) * T::constant(1.0 / 12.0),
+            (s34 - s12) * sixth + u5,
+        ]
+    }
 }
 
 /// The arguments of [`transform_input`] and [`transform_grad`]: the problem, the input (or
@@ -549,24 +738,24 @@ impl<T: Element> simd::Kernel for Output<'_, T> {
     }
 }
 
-/// `dM = A dY Aᵀ` of the output-gradient tiles of global tile rows `rows` (2×2 of `grad`,
-/// zero past the output's edge) into `m` `[16][block][c_out]`: each tile row's two rows of
-/// `dY` are first copied channels innermost into `buffer` (`[2][2 · tw][c_out]`), so the
+/// `dM = A dY Aᵀ` of the output-gradient tiles of global tile rows `rows` (m×m of `grad`,
+/// zero past the output's edge) into `m` `[α²][block][c_out]`: each tile row's m rows of
+/// `dY` are first copied channels innermost into `buffer` (`[m][m · tw][c_out]`), so the
 /// transform runs on `LANES` channels at a time.
 #[inline(always)]
 fn transform_grad<T: Element>((p, grad, m, buffer, block, rows): TransformArgs<'_, T>) {
     let [oh, ow] = p.output;
     let [th, tw] = p.tiles();
-    let c_out = p.c_out;
+    let (c_out, side) = (p.c_out, p.m);
     let plane = oh * ow;
     let stride = c_out * block;
-    let row_len = 2 * tw * c_out;
-    let buffer = &mut buffer[..2 * row_len];
+    let row_len = side * tw * c_out;
+    let buffer = &mut buffer[..side * row_len];
     for (k, r) in rows.enumerate() {
         let (n, ty) = (r / th, r % th);
         let image = &grad[n * c_out * plane..(n + 1) * c_out * plane];
         for (a, row) in buffer.chunks_exact_mut(row_len).enumerate() {
-            let y = 2 * ty + a;
+            let y = side * ty + a;
             if y < oh {
                 simd::channels_last(&image[y * ow..], plane, ow, c_out, row);
                 row[ow * c_out..].fill(T::ZERO);
@@ -574,16 +763,29 @@ fn transform_grad<T: Element>((p, grad, m, buffer, block, rows): TransformArgs<'
                 row.fill(T::ZERO);
             }
         }
-        let (top, bottom) = buffer.split_at(row_len);
+        let row = |a: usize| &buffer[a * row_len..(a + 1) * row_len];
         for tx in 0..tw {
             let at = (k * tw + tx) * c_out;
-            by_lanes!(c_out, |c, N| grad_tile::<T, N>(
-                [top, bottom],
-                2 * tx * c_out + c,
-                c_out,
-                m,
-                [stride, at + c]
-            ));
+            let first = side * tx * c_out;
+            if side == 4 {
+                let dy = [row(0), row(1), row(2), row(3)];
+                by_lanes!(c_out, |c, N| grad_tile4::<T, N>(
+                    dy,
+                    first + c,
+                    c_out,
+                    m,
+                    [stride, at + c]
+                ));
+            } else {
+                let dy = [row(0), row(1)];
+                by_lanes!(c_out, |c, N| grad_tile::<T, N>(
+                    dy,
+                    first + c,
+                    c_out,
+                    m,
+                    [stride, at + c]
+                ));
+            }
         }
     }
 }
@@ -620,34 +822,91 @@ fn a<T: Element, const N: usize>([y0, y1]: [[T; N]; 2]) -> [[T; N]; 4] {
     [y0, add(y0, y1), sub(y0, y1), sub([T::ZERO; N], y1)]
 }
 
+/// [`grad_tile`] for F(4×4, 3×3): `A dY Aᵀ` (6×6) of one 4×4 tile for `N` channels.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn grad_tile4<T: Element, const N: usize>(
+    dy: [&[T]; 4],
+    first: usize,
+    c_out: usize,
+    m: &mut [T],
+    [stride, at]: [usize; 2],
+) {
+    // A down each of the 4 columns: t[b][i]. (Built as an array of results, not filled into
+    // zeros: the compiler zeroed such arrays with a call to `memset` per tile.)
+    let t = [
+        a6::<T, N>(column(dy, first)),
+        a6::<T, N>(column(dy, first + c_out)),
+        a6::<T, N>(column(dy, first + 2 * c_out)),
+        a6::<T, N>(column(dy, first + 3 * c_out)),
+    ];
+    for i in 0..6 {
+        for (j, v) in a6([t[0][i], t[1][i], t[2][i], t[3][i]])
+            .into_iter()
+            .enumerate()
+        {
+            store(m, (i * 6 + j) * stride + at, v);
+        }
+    }
+}
+
+/// The `N` values at `at` of each of the `R` rows.
+#[inline(always)]
+fn column<T: Element, const R: usize, const N: usize>(rows: [&[T]; R], at: usize) -> [[T; N]; R] {
+    let mut values = [[T::ZERO; N]; R];
+    for (value, row) in values.iter_mut().zip(rows) {
+        *value = load(row, at);
+    }
+    values
+}
+
+/// F(4×4, 3×3)'s A on four values of `N` lanes: `y0, y0 + y1 + y2 + y3, y0 − y1 + y2 − y3,
+/// y0 + 2y1 + 4y2 + 8y3, y0 − 2y1 + 4y2 − 8y3, y3`.
+#[inline(always)]
+fn a6<T: Element, const N: usize>([y0, y1, y2, y3]: [[T; N]; 4]) -> [[T; N]; 6] {
+    let (even, odd) = (add(y0, y2), add(y1, y3));
+    let even4 = add(y0, scale(y2, T::constant(4.0)));
+    let odd8 = add(scale(y1, T::constant(2.0)), scale(y3, T::constant(8.0)));
+    [
+        y0,
+        add(even, odd),
+        sub(even, odd),
+        add(even4, odd8),
+        sub(even4, odd8),
+        y3,
+    ]
+}
+
 /// `V = Bᵀ d B` of the tiles of global tile rows `rows` (image `r / th`, tile row `r % th`)
-/// into `v` `[16][block][c_in]`, one tile row at a time: its 4 input rows (zero outside the
-/// image) are first copied channels innermost into `buffer` (`[4][2 · tw + 2][c_in]`), so
+/// into `v` `[α²][block][c_in]`, one tile row at a time: its α input rows (zero outside the
+/// image) are first copied channels innermost into `buffer` (`[α][m · tw + 2][c_in]`), so
 /// the transform runs on `LANES` channels at a time.
 #[inline(always)]
 fn transform_input<T: Element>((p, x, v, buffer, block, rows): TransformArgs<'_, T>) {
     let [h, w] = p.input;
     let [th, tw] = p.tiles();
-    let c_in = p.c_in;
+    let (c_in, side, alpha) = (p.c_in, p.m, p.alpha());
     let plane = h * w;
     let stride = c_in * block;
-    let width = 2 * tw + 2;
+    let width = side * tw + 2;
     let row_len = width * c_in;
     // Padded columns q = 0 .. width are image columns q − pad; lo..hi of them lie inside.
     let lo = p.pad[1].min(width);
     let hi = (w + p.pad[1]).min(width).max(lo);
-    let buffer = &mut buffer[..4 * row_len];
-    // Where in `buffer` each of the tile row's 4 input rows is: the next tile row of the same
-    // image starts 2 rows down, so it takes the last 2 as its first and reads only 2 more.
-    let mut order = [0, 1, 2, 3];
+    let buffer = &mut buffer[..alpha * row_len];
+    // Where in `buffer` each of the tile row's α input rows is: the next tile row of the same
+    // image starts m rows down, so it takes the last 2 as its first and reads only m more.
+    let mut slots = [0, 1, 2, 3, 4, 5];
+    let order = &mut slots[..alpha];
     let mut previous = None;
     for (k, r) in rows.enumerate() {
         let (n, ty) = (r / th, r % th);
-        let y0 = (2 * ty) as isize - p.pad[0] as isize;
+        let y0 = (side * ty) as isize - p.pad[0] as isize;
         let image = &x[n * c_in * plane..(n + 1) * c_in * plane];
         let fresh = if ty > 0 && previous == Some(r - 1) {
-            order = [order[2], order[3], order[0], order[1]];
-            2
+            order.rotate_left(side);
+            alpha - side
         } else {
             0
         };
@@ -666,16 +925,28 @@ fn transform_input<T: Element>((p, x, v, buffer, block, rows): TransformArgs<'_,
         }
         let buffer = &*buffer;
         let row = |i: usize| &buffer[order[i] * row_len..(order[i] + 1) * row_len];
-        let d = [row(0), row(1), row(2), row(3)];
         for tx in 0..tw {
             let at = (k * tw + tx) * c_in;
-            by_lanes!(c_in, |c, N| input_tile::<T, N>(
-                d,
-                2 * tx * c_in + c,
-                c_in,
-                v,
-                [stride, at + c]
-            ));
+            let first = side * tx * c_in;
+            if side == 4 {
+                let d = [row(0), row(1), row(2), row(3), row(4), row(5)];
+                by_lanes!(c_in, |c, N| input_tile4::<T, N>(
+                    d,
+                    first + c,
+                    c_in,
+                    v,
+                    [stride, at + c]
+                ));
+            } else {
+                let d = [row(0), row(1), row(2), row(3)];
+                by_lanes!(c_in, |c, N| input_tile::<T, N>(
+                    d,
+                    first + c,
+                    c_in,
+                    v,
+                    [stride, at + c]
+                ));
+            }
         }
     }
 }
@@ -693,18 +964,14 @@ fn input_tile<T: Element, const N: usize>(
     v: &mut [T],
     [stride, at]: [usize; 2],
 ) {
-    // Bᵀ on the rows, column by column: t[q][r]. (Arrays built element by element, and no
-    // closures: the compiler left `[_; 4].map` and some closures as calls to baseline code.)
-    let mut t = [[[T::ZERO; N]; 4]; 4];
-    for (q, t) in t.iter_mut().enumerate() {
-        let at = first + q * c_in;
-        *t = bt([
-            load(d[0], at),
-            load(d[1], at),
-            load(d[2], at),
-            load(d[3], at),
-        ]);
-    }
+    // Bᵀ on the rows, column by column: t[q][r]. (No closures or `[_; 4].map`: the compiler
+    // left those as calls to baseline code. And an array of results, not filled into zeros.)
+    let t = [
+        bt::<T, N>(column(d, first)),
+        bt::<T, N>(column(d, first + c_in)),
+        bt::<T, N>(column(d, first + 2 * c_in)),
+        bt::<T, N>(column(d, first + 3 * c_in)),
+    ];
     for r in 0..4 {
         for (j, value) in bt([t[0][r], t[1][r], t[2][r], t[3][r]])
             .into_iter()
@@ -721,9 +988,57 @@ fn bt<T: Element, const N: usize>([a, b, e, f]: [[T; N]; 4]) -> [[T; N]; 4] {
     [sub(a, e), add(b, e), sub(e, b), sub(b, f)]
 }
 
+/// [`input_tile`] for F(4×4, 3×3): `Bᵀ d B` of one 6×6 tile for `N` channels, the 36 values
+/// to `v` at `at` of planes `stride` apart.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn input_tile4<T: Element, const N: usize>(
+    d: [&[T]; 6],
+    first: usize,
+    c_in: usize,
+    v: &mut [T],
+    [stride, at]: [usize; 2],
+) {
+    // Bᵀ down each of the 6 columns: t[q][r].
+    let t = [
+        bt6::<T, N>(column(d, first)),
+        bt6::<T, N>(column(d, first + c_in)),
+        bt6::<T, N>(column(d, first + 2 * c_in)),
+        bt6::<T, N>(column(d, first + 3 * c_in)),
+        bt6::<T, N>(column(d, first + 4 * c_in)),
+        bt6::<T, N>(column(d, first + 5 * c_in)),
+    ];
+    for r in 0..6 {
+        for (j, value) in bt6([t[0][r], t[1][r], t[2][r], t[3][r], t[4][r], t[5][r]])
+            .into_iter()
+            .enumerate()
+        {
+            store(v, (r * 6 + j) * stride + at, value);
+        }
+    }
+}
+
+/// F(4×4, 3×3)'s Bᵀ on six values of `N` lanes: `4d0 − 5d2 + d4, d3 + d4 − 4(d1 + d2),
+/// d4 − d3 + 4(d1 − d2), d4 − d2 + 2(d3 − d1), d4 − d2 − 2(d3 − d1), 4d1 − 5d3 + d5`.
+#[inline(always)]
+fn bt6<T: Element, const N: usize>([d0, d1, d2, d3, d4, d5]: [[T; N]; 6]) -> [[T; N]; 6] {
+    let (two, four) = (T::constant(2.0), T::constant(4.0));
+    let d42 = sub(d4, d2);
+    let odd2 = scale(sub(d3, d1), two);
+    [
+        add(scale(sub(d0, d2), four), d42),
+        sub(add(d3, d4), scale(add(d1, d2), four)),
+        add(sub(d4, d3), scale(sub(d1, d2), four)),
+        add(d42, odd2),
+        sub(d42, odd2),
+        add(scale(sub(d1, d3), four), sub(d5, d3)),
+    ]
+}
+
 /// `Y = Aᵀ M A` (+ bias) of the tiles of global tile rows `rows`, from `m`
-/// `[16][block][c_out]`, into the output: each tile row's two output rows are made channels
-/// innermost in `buffer` (`[2][2 · tw][c_out]`), `LANES` channels at a time, then copied to
+/// `[α²][block][c_out]`, into the output: each tile row's m output rows are made channels
+/// innermost in `buffer` (`[m][m · tw][c_out]`), `LANES` channels at a time, then copied to
 /// the output's planes.
 ///
 /// # Safety
@@ -735,27 +1050,41 @@ unsafe fn transform_output<T: Element>(
 ) {
     let [oh, ow] = p.output;
     let [th, tw] = p.tiles();
-    let c_out = p.c_out;
+    let (c_out, side) = (p.c_out, p.m);
     let stride = c_out * block;
-    let row_len = 2 * tw * c_out;
-    let buffer = &mut buffer[..2 * row_len];
+    let row_len = side * tw * c_out;
+    let buffer = &mut buffer[..side * row_len];
     for (k, r) in rows.enumerate() {
         let (n, ty) = (r / th, r % th);
         for tx in 0..tw {
             let at = (k * tw + tx) * c_out;
-            by_lanes!(c_out, |c, N| output_tile::<T, N>(
-                m,
-                [stride, at + c],
-                match bias {
-                    Some(b) => load(b, c),
-                    None => [T::ZERO; N],
-                },
-                buffer,
-                [row_len, 2 * tx * c_out + c, c_out]
-            ));
+            let first = side * tx * c_out;
+            if side == 4 {
+                by_lanes!(c_out, |c, N| output_tile4::<T, N>(
+                    m,
+                    [stride, at + c],
+                    match bias {
+                        Some(b) => load(b, c),
+                        None => [T::ZERO; N],
+                    },
+                    buffer,
+                    [row_len, first + c, c_out]
+                ));
+            } else {
+                by_lanes!(c_out, |c, N| output_tile::<T, N>(
+                    m,
+                    [stride, at + c],
+                    match bias {
+                        Some(b) => load(b, c),
+                        None => [T::ZERO; N],
+                    },
+                    buffer,
+                    [row_len, first + c, c_out]
+                ));
+            }
         }
         for (a, row) in buffer.chunks_exact(row_len).enumerate() {
-            let y = 2 * ty + a;
+            let y = side * ty + a;
             if y >= oh {
                 continue;
             }
@@ -783,17 +1112,13 @@ fn output_tile<T: Element, const N: usize>(
     [row_len, first, c_out]: [usize; 3],
 ) {
     // Aᵀ on the rows, column by column: s[col][a].
-    let mut s = [[[T::ZERO; N]; 2]; 4];
-    for (col, s) in s.iter_mut().enumerate() {
-        let at = col * stride + at;
-        let plane = 4 * stride;
-        *s = a_t([
-            load(m, at),
-            load(m, at + plane),
-            load(m, at + 2 * plane),
-            load(m, at + 3 * plane),
-        ]);
-    }
+    let plane = 4 * stride;
+    let s = [
+        a_t::<T, N>(strided(m, at, plane)),
+        a_t::<T, N>(strided(m, at + stride, plane)),
+        a_t::<T, N>(strided(m, at + 2 * stride, plane)),
+        a_t::<T, N>(strided(m, at + 3 * stride, plane)),
+    ];
     for a in 0..2 {
         for (b, value) in a_t([s[0][a], s[1][a], s[2][a], s[3][a]])
             .into_iter()
@@ -810,11 +1135,177 @@ fn a_t<T: Element, const N: usize>([a, b, e, f]: [[T; N]; 4]) -> [[T; N]; 2] {
     [add(add(a, b), e), sub(sub(b, e), f)]
 }
 
+/// [`output_tile`] for F(4×4, 3×3): `Aᵀ M A + bias` of one tile for `N` channels, the 36
+/// values from `m` at `at` of planes `stride` apart, the 4×4 result into `y`.
+// The loops take one column across the rows of a 2-D array.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn output_tile4<T: Element, const N: usize>(
+    m: &[T],
+    [stride, at]: [usize; 2],
+    bias: [T; N],
+    y: &mut [T],
+    [row_len, first, c_out]: [usize; 3],
+) {
+    // Aᵀ down each of the 6 columns: s[col][a].
+    let plane = 6 * stride;
+    let s = [
+        a_t6::<T, N>(strided(m, at, plane)),
+        a_t6::<T, N>(strided(m, at + stride, plane)),
+        a_t6::<T, N>(strided(m, at + 2 * stride, plane)),
+        a_t6::<T, N>(strided(m, at + 3 * stride, plane)),
+        a_t6::<T, N>(strided(m, at + 4 * stride, plane)),
+        a_t6::<T, N>(strided(m, at + 5 * stride, plane)),
+    ];
+    for a in 0..4 {
+        for (b, value) in a_t6([s[0][a], s[1][a], s[2][a], s[3][a], s[4][a], s[5][a]])
+            .into_iter()
+            .enumerate()
+        {
+            store(y, a * row_len + first + b * c_out, add(value, bias));
+        }
+    }
+}
+
+/// `R` runs of `N` values from `m`, at `at` and `plane` apart.
+#[inline(always)]
+fn strided<T: Element, const R: usize, const N: usize>(
+    m: &[T],
+    at: usize,
+    plane: usize,
+) -> [[T; N]; R] {
+    let mut values = [[T::ZERO; N]; R];
+    for (i, value) in values.iter_mut().enumerate() {
+        *value = load(m, at + i * plane);
+    }
+    values
+}
+
+/// F(4×4, 3×3)'s Aᵀ on six values of `N` lanes: `m0 + (m1 + m2) + (m3 + m4),
+/// (m1 − m2) + 2(m3 − m4), (m1 + m2) + 4(m3 + m4), (m1 − m2) + 8(m3 − m4) + m5`.
+#[inline(always)]
+fn a_t6<T: Element, const N: usize>([m0, m1, m2, m3, m4, m5]: [[T; N]; 6]) -> [[T; N]; 4] {
+    let (s12, d12, s34, d34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
+    [
+        add(add(m0, s12), s34),
+        add(d12, scale(d34, T::constant(2.0))),
+        add(s12, scale(s34, T::constant(4.0))),
+        add(add(d12, scale(d34, T::constant(8.0))), m5),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Blocks, Problem, forward_applies};
-    use crate::conv::cpu::Geometry;
+    use super::{
+        Blocks, Problem, forward_applies, forward_with, input_grad_with, weight_grad_with,
+    };
+    use crate::conv::cpu::{Element, Geometry};
     use burn::backend::ops::ConvOptions;
+
+    /// The forward, input gradient and weight gradient of a 3×3 stride-1 correlation with
+    /// padding `pad`, as plain loops in `f64`: `y`, `dx` (from `dy`), `dw` (from `dy`).
+    fn reference(
+        g: &Geometry,
+        [x, w, dy]: [&[f64]; 3],
+        pad: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let ([h, wd], [oh, ow]) = (g.input, g.output);
+        let (c_in, c_out) = (g.c_in, g.c_out);
+        let mut y = vec![0.0; g.batch * c_out * oh * ow];
+        let mut dx = vec![0.0; g.batch * c_in * h * wd];
+        let mut dw = vec![0.0; c_out * c_in * 9];
+        for n in 0..g.batch {
+            for o in 0..c_out {
+                for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                    let yi = ((n * c_out + o) * oh + oy) * ow + ox;
+                    for c in 0..c_in {
+                        for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
+                            let (iy, ix) = (oy + ky, ox + kx);
+                            if iy < pad || ix < pad || iy - pad >= h || ix - pad >= wd {
+                                continue;
+                            }
+                            let xi = ((n * c_in + c) * h + iy - pad) * wd + ix - pad;
+                            let wi = ((o * c_in + c) * 3 + ky) * 3 + kx;
+                            y[yi] += x[xi] * w[wi];
+                            dx[xi] += dy[yi] * w[wi];
+                            dw[wi] += dy[yi] * x[xi];
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    /// The largest difference of `ours` from `expected`, over the largest `|expected|`.
+    fn relative<T: Element>(ours: &[T], expected: &[f64], to_f64: fn(T) -> f64) -> f64 {
+        assert_eq!(ours.len(), expected.len());
+        let scale = expected.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        let worst = ours
+            .iter()
+            .zip(expected)
+            .map(|(a, b)| (to_f64(*a) - b).abs())
+            .fold(0.0, f64::max);
+        worst / scale
+    }
+
+    #[test]
+    fn both_tile_sizes_equal_plain_loops() {
+        // [batch, c_in, h, w], c_out, padding: sides that leave part tiles of both sizes, no
+        // padding and padding 2, and channels past one chunk of 16 with a remainder.
+        let cases = [
+            ([3, 5, 13, 10], 7, 1),
+            ([2, 3, 9, 9], 4, 0),
+            ([2, 4, 8, 11], 3, 2),
+            ([2, 18, 12, 12], 17, 1),
+        ];
+        for ([batch, c_in, h, w], c_out, pad) in cases {
+            let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
+            let g = Geometry::new([batch, c_in, h, w], [c_out, c_in, 3, 3], &options);
+            let t = g.transposed().expect("stride 1, padding below 3");
+            let value = |i: usize, m: usize| ((i * 7919) % m) as f64 / m as f64 - 0.5;
+            let x: Vec<f64> = (0..batch * c_in * h * w).map(|i| value(i, 31)).collect();
+            let wt: Vec<f64> = (0..c_out * c_in * 9).map(|i| value(i, 17)).collect();
+            let dy: Vec<f64> = (0..g.output_len()).map(|i| value(i, 23)).collect();
+            let (y, dx, dw) = reference(&g, [&x, &wt, &dy], pad);
+            let f32s = |v: &[f64]| v.iter().map(|v| *v as f32).collect::<Vec<f32>>();
+            let (x32, w32, dy32) = (f32s(&x), f32s(&wt), f32s(&dy));
+            for m in [2, 4] {
+                let what = format!("F({m}×{m}, 3×3) on {:?} → {c_out}, pad {pad}", g.input);
+                // f64: only rounding, far below any error in the transforms.
+                let f64s = |v: f64| v;
+                let checks = [
+                    ("y", relative(&forward_with(m, &g, &x, &wt, None), &y, f64s)),
+                    ("dx", relative(&input_grad_with(m, &t, &wt, &dy), &dx, f64s)),
+                    ("dw", relative(&weight_grad_with(m, &g, &x, &dy), &dw, f64s)),
+                ];
+                for (name, error) in checks {
+                    assert!(error < 1e-12, "{what}, f64: {name} off by {error:e}");
+                }
+                // f32: within the rounding the module docs give (measured here: 1–5e-7 with
+                // F(2×2), 0.5–8e-6 with F(4×4), the most with the most channels).
+                let bound = if m == 2 { 2e-6 } else { 3e-5 };
+                let wide = |v: f32| v as f64;
+                let checks = [
+                    (
+                        "y",
+                        relative(&forward_with(m, &g, &x32, &w32, None), &y, wide),
+                    ),
+                    (
+                        "dx",
+                        relative(&input_grad_with(m, &t, &w32, &dy32), &dx, wide),
+                    ),
+                    (
+                        "dw",
+                        relative(&weight_grad_with(m, &g, &x32, &dy32), &dw, wide),
+                    ),
+                ];
+                for (name, error) in checks {
+                    assert!(error < bound, "{what}, f32: {name} off by {error:e}");
+                }
+            }
+        }
+    }
 
     fn geometry(
         batch: usize,
@@ -834,7 +1325,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .expect("a thread pool");
-            pool.install(|| Blocks::new(&Problem::of(&g)))
+            pool.install(|| Blocks::new(&Problem::of(&g, 2)))
         };
         // ResNet-20's 64-channel layers at batch 96: 384 tile rows, 4 blocks of 96 on 2
         // threads (3 of 128 before), 3 of 128 on 3.
