@@ -1394,26 +1394,32 @@ fn relu<T: Float>(v: T) -> T {
 }
 
 /// ReLU's backward from its output, as Burn's: `grad` where `output > 0` (or NaN), 0 where
-/// `output ≤ 0`; one threaded pass.
+/// `output ≤ 0`; one threaded pass. [`relu_backward_in_place`] writes over `grad` instead.
 pub fn relu_backward<T: Float>(output: &[T], grad: &[T]) -> Vec<T> {
+    let mut out = grad.to_vec();
+    relu_backward_in_place(output, &mut out);
+    out
+}
+
+/// [`relu_backward`] written over `grad` (no new buffer: the backward pass of a network owns
+/// most of its gradients alone).
+pub fn relu_backward_in_place<T: Float>(output: &[T], grad: &mut [T]) {
     assert_eq!(
         output.len(),
         grad.len(),
         "relu_backward: output and gradient sizes"
     );
-    let mut out = vec![T::ZERO; grad.len()];
     const CHUNK: usize = 1 << 14;
-    out.par_chunks_mut(CHUNK)
-        .zip(output.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-        .for_each(|(d, (o, g))| {
-            for ((d, o), g) in d.iter_mut().zip(o).zip(g) {
+    grad.par_chunks_mut(CHUNK)
+        .zip(output.par_chunks(CHUNK))
+        .for_each(|(g, o)| {
+            for (g, o) in g.iter_mut().zip(o) {
                 // Both loaded first, so the choice is a vector select, not a branch (which
                 // mispredicts on ReLU's half-zero masks).
-                let (o, g) = (*o, *g);
-                *d = if o <= T::ZERO { T::ZERO } else { g };
+                let (o, v) = (*o, *g);
+                *g = if o <= T::ZERO { T::ZERO } else { v };
             }
         });
-    out
 }
 
 /// `y = x · γ/√(var + ε) + (β − mean · γ/√(var + ε))` per channel, then `epilogue`, in one
@@ -1442,9 +1448,20 @@ fn normalize<T: Float>(
             (T::from_f64(scale), T::from_f64(b.to_f64() - mean * scale))
         })
         .collect();
-    let mut out = vec![T::ZERO; x.len()];
     let image = channels * plane;
-    per_image(&mut out, image, |n, y| {
+    if x.is_empty() {
+        return Vec::new();
+    }
+    assert!(
+        image > 0 && x.len().is_multiple_of(image) && affine.len() == channels,
+        "batch_norm: input of {} values, not whole images of {channels} channels × {plane}",
+        x.len()
+    );
+    let mut out = Vec::with_capacity(x.len());
+    // Every element of the output is written below (one value per input value), so it is not
+    // zeroed first: that was a whole pass over the output's memory.
+    let y = &mut out.spare_capacity_mut()[..x.len()];
+    let fill = |n: usize, y: &mut [std::mem::MaybeUninit<T>]| {
         let xs = &x[n * image..(n + 1) * image];
         for (c, ((yc, xc), &(scale, shift))) in y
             .chunks_mut(plane)
@@ -1455,24 +1472,31 @@ fn normalize<T: Float>(
             match epilogue {
                 Epilogue::None => {
                     for (o, v) in yc.iter_mut().zip(xc) {
-                        *o = *v * scale + shift;
+                        o.write(*v * scale + shift);
                     }
                 }
                 Epilogue::Relu(None) => {
                     for (o, v) in yc.iter_mut().zip(xc) {
-                        *o = relu(*v * scale + shift);
+                        o.write(relu(*v * scale + shift));
                     }
                 }
                 Epilogue::Relu(Some(residual)) => {
                     let start = n * image + c * plane;
                     let rc = &residual[start..start + yc.len()];
                     for ((o, v), r) in yc.iter_mut().zip(xc).zip(rc) {
-                        *o = relu(*v * scale + shift + *r);
+                        o.write(relu(*v * scale + shift + *r));
                     }
                 }
             }
         }
-    });
+    };
+    y.par_chunks_mut(image)
+        .enumerate()
+        .for_each(|(n, y)| fill(n, y));
+    // SAFETY: `x.len()` is a whole number of images of `channels` planes (asserted above),
+    // and `fill` wrote every element of each: plane `c` of `y` beside plane `c` of `xs`, of
+    // the same length, with one of the `channels` affine maps, one value per element.
+    unsafe { out.set_len(x.len()) };
     out
 }
 
@@ -1505,14 +1529,33 @@ pub fn batch_norm_train<T: Float>(
 
 /// Gradients of [`batch_norm_train`] with respect to `x`, `gamma` and `beta`, given the
 /// statistics it returned: one threaded pass for the two sums per channel, one for `dx`.
+/// [`batch_norm_train_backward_in_place`] writes `dx` over `grad` instead.
 pub fn batch_norm_train_backward<T: Float>(
+    x: &[T],
+    dims: [usize; 2],
+    gamma: &[T],
+    stats: (&[T], &[T]),
+    epsilon: f64,
+    grad: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dx = grad.to_vec();
+    let (dgamma, dbeta) =
+        batch_norm_train_backward_in_place(x, dims, gamma, stats, epsilon, &mut dx);
+    (dx, dgamma, dbeta)
+}
+
+/// [`batch_norm_train_backward`] with `dx` written over `grad` (each `dx` value depends only
+/// on the `grad` value it replaces, once the per-channel sums are taken); returns the
+/// gradients of `gamma` and `beta`.
+pub fn batch_norm_train_backward_in_place<T: Float>(
     x: &[T],
     [channels, plane]: [usize; 2],
     gamma: &[T],
     (mean, var): (&[T], &[T]),
     epsilon: f64,
-    grad: &[T],
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+    grad: &mut [T],
+) -> (Vec<T>, Vec<T>) {
+    assert_eq!(grad.len(), x.len(), "batch_norm: gradient and input sizes");
     let count = per_channel(x.len(), [channels, plane]);
     let inv_std: Vec<f64> = var
         .iter()
@@ -1537,25 +1580,18 @@ pub fn batch_norm_train_backward<T: Float>(
             (T::from_f64(k), T::from_f64(b), T::from_f64(c0))
         })
         .collect();
-    let mut dx = vec![T::ZERO; x.len()];
     let image = channels * plane;
-    per_image(&mut dx, image, |n, d| {
+    per_image(grad, image, |n, d| {
         let xs = &x[n * image..(n + 1) * image];
-        let gs = &grad[n * image..(n + 1) * image];
-        for (((dc, xc), gc), &(a, b, c0)) in d
-            .chunks_mut(plane)
-            .zip(xs.chunks(plane))
-            .zip(gs.chunks(plane))
-            .zip(&coeffs)
-        {
-            for ((o, v), g) in dc.iter_mut().zip(xc).zip(gc) {
-                *o = a * *g + b * *v + c0;
+        for ((dc, xc), &(a, b, c0)) in d.chunks_mut(plane).zip(xs.chunks(plane)).zip(&coeffs) {
+            for (g, v) in dc.iter_mut().zip(xc) {
+                *g = a * *g + b * *v + c0;
             }
         }
     });
     let dgamma = sums.iter().map(|s| T::from_f64(s.1)).collect();
     let dbeta = sums.iter().map(|s| T::from_f64(s.0)).collect();
-    (dx, dgamma, dbeta)
+    (dgamma, dbeta)
 }
 
 /// Batch normalization with given statistics (inference), in one threaded pass:
@@ -1573,4 +1609,77 @@ pub fn batch_norm<T: Float>(
         .map(|(m, v)| (m.to_f64(), v.to_f64()))
         .collect();
     normalize(x, [channels, plane], gamma, beta, &stats, epsilon, epilogue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        Epilogue, batch_norm_train, batch_norm_train_backward, batch_norm_train_backward_in_place,
+        relu_backward, relu_backward_in_place,
+    };
+
+    #[test]
+    fn relu_backward_in_place_masks_the_gradient() {
+        let output: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.5).collect();
+        let grad: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let expected: Vec<f32> = output
+            .iter()
+            .zip(&grad)
+            .map(|(o, g)| if *o <= 0.0 { 0.0 } else { *g })
+            .collect();
+        assert_eq!(relu_backward(&output, &grad), expected);
+        let mut own = grad.clone();
+        relu_backward_in_place(&output, &mut own);
+        assert_eq!(own, expected);
+    }
+
+    #[test]
+    fn batch_norm_backward_in_place_equals_the_formula() {
+        // [2 images, 3 channels, 5 values]: dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂)) per
+        // channel, in f64.
+        let (channels, plane, images) = (3, 5, 2);
+        let x: Vec<f64> = (0..30).map(|i| ((i * 7) % 11) as f64 * 0.3 - 1.0).collect();
+        let dy: Vec<f64> = (0..30).map(|i| ((i * 5) % 13) as f64 * 0.2 - 1.1).collect();
+        let (gamma, beta) = (vec![0.5, 1.5, -2.0], vec![0.1, 0.2, 0.3]);
+        let eps = 1e-5;
+        let (_, mean, var) = batch_norm_train(&x, [channels, plane], &gamma, &beta, eps, {
+            Epilogue::None
+        });
+        let at = |n: usize, c: usize, q: usize| (n * channels + c) * plane + q;
+        let mut expected = vec![0.0; 30];
+        for c in 0..channels {
+            let s = 1.0 / (var[c] + eps).sqrt();
+            let points: Vec<(usize, usize)> = (0..images)
+                .flat_map(|n| (0..plane).map(move |q| (n, q)))
+                .collect();
+            let count = points.len() as f64;
+            let xhat = |n, q| (x[at(n, c, q)] - mean[c]) * s;
+            let mean_dy = points.iter().map(|&(n, q)| dy[at(n, c, q)]).sum::<f64>() / count;
+            let mean_dy_xhat = points
+                .iter()
+                .map(|&(n, q)| dy[at(n, c, q)] * xhat(n, q))
+                .sum::<f64>()
+                / count;
+            for &(n, q) in &points {
+                expected[at(n, c, q)] =
+                    gamma[c] * s * (dy[at(n, c, q)] - mean_dy - xhat(n, q) * mean_dy_xhat);
+            }
+        }
+        let (dx, dgamma, dbeta) =
+            batch_norm_train_backward(&x, [channels, plane], &gamma, (&mean, &var), eps, &dy);
+        let mut own = dy.clone();
+        let (dgamma_own, dbeta_own) = batch_norm_train_backward_in_place(
+            &x,
+            [channels, plane],
+            &gamma,
+            (&mean, &var),
+            eps,
+            &mut own,
+        );
+        assert_eq!((dgamma, dbeta), (dgamma_own, dbeta_own));
+        for (i, ((a, b), e)) in dx.iter().zip(&own).zip(&expected).enumerate() {
+            assert!((a - e).abs() < 1e-12, "dx[{i}]: {a} against {e}");
+            assert_eq!(a, b, "dx[{i}]: in place and allocating");
+        }
+    }
 }

@@ -370,11 +370,24 @@ fn add_relu<B: Backend>(y: FloatTensor<B>, residual: FloatTensor<B>) -> FloatTen
     B::relu(y)
 }
 
+/// The values of `tensor` to write over, when no other tensor shares its memory (contiguous
+/// from `contiguous`).
+fn exclusive<T: burn::tensor::Element + bytemuck::Pod>(tensor: &mut FlexTensor) -> Option<&mut [T]> {
+    let (start, end) = tensor.layout().contiguous_offsets()?;
+    tensor
+        .try_storage_mut::<T>()
+        .and_then(|values| values.get_mut(start..end))
+}
+
 fn flex_relu_backward<T: cpu::Float + burn::tensor::Element + bytemuck::Pod>(
     output: FlexTensor,
     grad: FlexTensor,
 ) -> FlexTensor {
-    let (output, grad) = (contiguous::<T>(output), contiguous::<T>(grad));
+    let (output, mut grad) = (contiguous::<T>(output), contiguous::<T>(grad));
+    if let Some(own) = exclusive::<T>(&mut grad) {
+        cpu::relu_backward_in_place(values::<T>(&output), own);
+        return grad;
+    }
     let shape: Vec<usize> = grad.shape().iter().copied().collect();
     tensor(
         cpu::relu_backward(values::<T>(&output), values::<T>(&grad)),
@@ -389,13 +402,24 @@ fn flex_batch_norm_backward<T: cpu::Float + burn::tensor::Element + bytemuck::Po
     epsilon: f64,
     grad: FlexTensor,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let (x, gamma, grad) = (
+    let (x, gamma, mut grad) = (
         contiguous::<T>(x),
         contiguous::<T>(gamma),
         contiguous::<T>(grad),
     );
     let (mean, variance) = (contiguous::<T>(mean), contiguous::<T>(variance));
     let dims = channels_plane(&x);
+    if let Some(own) = exclusive::<T>(&mut grad) {
+        let (dgamma, dbeta) = cpu::batch_norm_train_backward_in_place(
+            values::<T>(&x),
+            dims,
+            values::<T>(&gamma),
+            (values::<T>(&mean), values::<T>(&variance)),
+            epsilon,
+            own,
+        );
+        return (grad, tensor(dgamma, &[dims[0]]), tensor(dbeta, &[dims[0]]));
+    }
     let (dx, dgamma, dbeta) = cpu::batch_norm_train_backward(
         values::<T>(&x),
         dims,
