@@ -372,7 +372,9 @@ fn add_relu<B: Backend>(y: FloatTensor<B>, residual: FloatTensor<B>) -> FloatTen
 
 /// The values of `tensor` to write over, when no other tensor shares its memory (contiguous
 /// from `contiguous`).
-fn exclusive<T: burn::tensor::Element + bytemuck::Pod>(tensor: &mut FlexTensor) -> Option<&mut [T]> {
+fn exclusive<T: burn::tensor::Element + bytemuck::Pod>(
+    tensor: &mut FlexTensor,
+) -> Option<&mut [T]> {
     let (start, end) = tensor.layout().contiguous_offsets()?;
     tensor
         .try_storage_mut::<T>()
