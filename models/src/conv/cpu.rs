@@ -1490,9 +1490,7 @@ fn normalize<T: Float>(
             }
         }
     };
-    y.par_chunks_mut(image)
-        .enumerate()
-        .for_each(|(n, y)| fill(n, y));
+    per_image(y, image, fill);
     // SAFETY: `x.len()` is a whole number of images of `channels` planes (asserted above),
     // and `fill` wrote every element of each: plane `c` of `y` beside plane `c` of `xs`, of
     // the same length, with one of the `channels` affine maps, one value per element.
@@ -1642,9 +1640,8 @@ mod tests {
         let dy: Vec<f64> = (0..30).map(|i| ((i * 5) % 13) as f64 * 0.2 - 1.1).collect();
         let (gamma, beta) = (vec![0.5, 1.5, -2.0], vec![0.1, 0.2, 0.3]);
         let eps = 1e-5;
-        let (_, mean, var) = batch_norm_train(&x, [channels, plane], &gamma, &beta, eps, {
-            Epilogue::None
-        });
+        let dims = [channels, plane];
+        let (_, mean, var) = batch_norm_train(&x, dims, &gamma, &beta, eps, Epilogue::None);
         let at = |n: usize, c: usize, q: usize| (n * channels + c) * plane + q;
         let mut expected = vec![0.0; 30];
         for c in 0..channels {

@@ -233,27 +233,15 @@ impl Layout {
 /// copies (a tenth of the 16-channel layer's forward was in `memmove`).
 #[inline(always)]
 fn copy_row<T: Copy>(src: &[T], dst: &mut [T]) {
-    assert_eq!(src.len(), dst.len(), "copy_row: lengths");
-    let n = src.len();
-    if n < 8 {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = *s;
-        }
-        return;
-    }
-    let mut i = 0;
-    while i + 8 < n {
-        let v: [T; 8] = src[i..i + 8].try_into().expect("8 values");
-        dst[i..i + 8].copy_from_slice(&v);
-        i += 8;
-    }
-    let v: [T; 8] = src[n - 8..].try_into().expect("8 values");
-    dst[n - 8..].copy_from_slice(&v);
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and `copy_row_uninit` writes only values
+    // of `src` through it, so `dst` holds initialized values throughout.
+    let dst = unsafe { &mut *(dst as *mut [T] as *mut [MaybeUninit<T>]) };
+    copy_row_uninit(src, dst);
 }
 
 /// [`copy_row`] into memory not yet written.
 #[inline(always)]
-fn copy_row_uninit<T: Copy>(src: &[T], dst: &mut [std::mem::MaybeUninit<T>]) {
+fn copy_row_uninit<T: Copy>(src: &[T], dst: &mut [MaybeUninit<T>]) {
     assert_eq!(src.len(), dst.len(), "copy_row: lengths");
     let n = src.len();
     if n < 8 {
