@@ -41,7 +41,7 @@ pub use pool::PoolOptions;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, OpsPrep, Tracked};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::backend::ops::{ActivationOps, ConvOptions, ModuleOps};
@@ -768,19 +768,65 @@ impl<B: Backend + KonvConvBackend> Backward<B, 2> for KonvConv2dNoBias {
     }
 }
 
+/// What batch norm's backward keeps from its forward: the checkpointed `x` and `gamma`, and
+/// the batch statistics as the forward computed them.
+#[derive(Clone, Debug)]
+struct BatchNormSaved<B: Backend> {
+    x: NodeId,
+    gamma: NodeId,
+    mean: B::FloatTensorPrimitive,
+    variance: B::FloatTensorPrimitive,
+    epsilon: f64,
+}
+
+impl<B: Backend + KonvConvBackend> BatchNormSaved<B> {
+    /// The checkpoints of `x` and `gamma`, and the forward's batch `[mean, variance]`.
+    fn new(
+        [x, gamma]: [NodeId; 2],
+        [mean, variance]: &[B::FloatTensorPrimitive; 2],
+        epsilon: f64,
+    ) -> Self {
+        let (mean, variance) = (mean.clone(), variance.clone());
+        BatchNormSaved {
+            x,
+            gamma,
+            mean,
+            variance,
+            epsilon,
+        }
+    }
+
+    /// Registers the input, scale and shift gradients of those of `nodes` (`x`, `gamma`,
+    /// `beta`) that are tracked, from the gradient of batch norm's output.
+    fn register(
+        self,
+        nodes: [Option<NodeId>; 3],
+        grad: FloatTensor<B>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        if nodes.iter().all(Option::is_none) {
+            return;
+        }
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(self.x);
+        let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(self.gamma);
+        let (mean, variance, epsilon) = (self.mean, self.variance, self.epsilon);
+        let (dx, dgamma, dbeta) =
+            B::konv_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
+        for (node, g) in nodes.into_iter().zip([dx, dgamma, dbeta]) {
+            if let Some(id) = node {
+                grads.register::<B>(id, g);
+            }
+        }
+    }
+}
+
 /// The backward of [`KonvConvBackend::konv_batch_norm_train`].
 #[derive(Debug)]
 struct KonvBatchNormTrain;
 
 impl<B: Backend + KonvConvBackend> Backward<B, 3> for KonvBatchNormTrain {
-    /// Checkpointed `x` and `gamma`; the batch statistics as the forward computed them.
-    type State = (
-        NodeId,
-        NodeId,
-        B::FloatTensorPrimitive,
-        B::FloatTensorPrimitive,
-        f64,
-    );
+    type State = BatchNormSaved<B>;
 
     fn backward(
         self,
@@ -788,18 +834,9 @@ impl<B: Backend + KonvConvBackend> Backward<B, 3> for KonvBatchNormTrain {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, gamma_state, mean, variance, epsilon) = ops.state;
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-        let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
-        let (dx, dgamma, dbeta) =
-            B::konv_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
-        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        let nodes = ops.parents.map(|n| n.map(|n| n.id));
+        ops.state.register(nodes, grad, grads, checkpointer);
     }
 }
 
@@ -809,9 +846,8 @@ impl<B: Backend + KonvConvBackend> Backward<B, 3> for KonvBatchNormTrain {
 struct KonvBatchNormTrainRelu;
 
 impl<B: Backend + KonvConvBackend> Backward<B, 4> for KonvBatchNormTrainRelu {
-    /// Checkpointed `x` and `gamma`; the batch statistics and the output as the forward
-    /// computed them.
-    type State = (NodeId, NodeId, [B::FloatTensorPrimitive; 3], f64);
+    /// Batch norm's state, and the output.
+    type State = (BatchNormSaved<B>, B::FloatTensorPrimitive);
 
     fn backward(
         self,
@@ -821,23 +857,13 @@ impl<B: Backend + KonvConvBackend> Backward<B, 4> for KonvBatchNormTrainRelu {
     ) {
         let [node_x, node_residual, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, gamma_state, [mean, variance, output], epsilon) = ops.state;
+        let (saved, output) = ops.state;
         let grad = B::konv_relu_backward(output, grad);
         if let Some(node) = node_residual {
             grads.register::<B>(node.id, grad.clone());
         }
-        if node_x.is_none() && node_gamma.is_none() && node_beta.is_none() {
-            return;
-        }
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-        let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
-        let (dx, dgamma, dbeta) =
-            B::konv_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
-        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        let nodes = [node_x, node_gamma, node_beta].map(|n| n.map(|n| n.id));
+        saved.register(nodes, grad, grads, checkpointer);
     }
 }
 
@@ -865,21 +891,51 @@ impl<B: Backend + KonvConvBackend> Backward<B, 1> for KonvMaxPool2d {
     }
 }
 
+/// Runs one of konv's ops under autodiff: when the graph tracks it, `checkpoint` saves what
+/// its backward needs from `inputs` first; `forward` then runs once on the inner backend,
+/// giving the output and anything else it returns (batch statistics), and `state` makes the
+/// backward's state from the checkpoints and those results.
+fn record<BO, B, S, C, I, K, R, const N: usize>(
+    kind: OpsKind<BO, B, S, C, N>,
+    inputs: I,
+    checkpoint: impl FnOnce(&mut OpsPrep<BO, B, S, C, N, Tracked>, &I) -> K,
+    forward: impl FnOnce(I) -> (FloatTensor<B>, R),
+    state: impl FnOnce(K, &FloatTensor<B>, &R) -> S,
+) -> (FloatTensor<Autodiff<B, C>>, R)
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    S: Clone + Send + std::fmt::Debug + 'static,
+    BO: Backward<B, N, State = S>,
+{
+    match kind {
+        OpsKind::Tracked(mut prep) => {
+            let saved = checkpoint(&mut prep, &inputs);
+            let (out, rest) = forward(inputs);
+            let state = state(saved, &out, &rest);
+            (prep.finish(state, out), rest)
+        }
+        OpsKind::UnTracked(prep) => {
+            let (out, rest) = forward(inputs);
+            (prep.finish(out), rest)
+        }
+    }
+}
+
 impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Autodiff<B, C> {
     fn konv_max_pool2d(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self> {
-        match KonvMaxPool2d
+        let kind = KonvMaxPool2d
             .prepare::<C>([x.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), options);
-                prep.finish(state, B::konv_max_pool2d(x.into_primitive(), options))
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::konv_max_pool2d(x.into_primitive(), options))
-            }
-        }
+            .stateful();
+        record(
+            kind,
+            x,
+            |prep, x| prep.checkpoint(x),
+            |x| (B::konv_max_pool2d(x.into_primitive(), options), ()),
+            |x_state, _, _| (x_state, options),
+        )
+        .0
     }
 
     fn konv_max_pool2d_backward(
@@ -896,26 +952,22 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match KonvConv2dNoBias
+        let kind = KonvConv2dNoBias
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (
-                    prep.checkpoint(&x),
-                    prep.checkpoint(&weight),
-                    options.clone(),
-                );
-                let out = B::konv_conv2d(x.into_primitive(), weight.into_primitive(), options);
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::konv_conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                options,
-            )),
-        }
+            .stateful();
+        record(
+            kind,
+            (x, weight),
+            |prep, (x, weight)| (prep.checkpoint(x), prep.checkpoint(weight)),
+            |(x, weight)| {
+                let out =
+                    B::konv_conv2d(x.into_primitive(), weight.into_primitive(), options.clone());
+                (out, ())
+            },
+            |(x_state, weight_state), _, _| (x_state, weight_state, options.clone()),
+        )
+        .0
     }
 
     fn konv_conv2d_bias(
@@ -924,33 +976,28 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match KonvConv2dWithBias
+        let kind = KonvConv2dWithBias
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (
-                    prep.checkpoint(&x),
-                    prep.checkpoint(&weight),
-                    prep.checkpoint(&bias),
-                    options.clone(),
-                );
+            .stateful();
+        record(
+            kind,
+            (x, weight, bias),
+            |prep, (x, weight, bias)| [x, weight, bias].map(|t| prep.checkpoint(t)),
+            |(x, weight, bias)| {
                 let out = B::konv_conv2d_bias(
                     x.into_primitive(),
                     weight.into_primitive(),
                     bias.into_primitive(),
-                    options,
+                    options.clone(),
                 );
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::konv_conv2d_bias(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-                options,
-            )),
-        }
+                (out, ())
+            },
+            |[x_state, weight_state, bias_state], _, _| {
+                (x_state, weight_state, bias_state, options.clone())
+            },
+        )
+        .0
     }
 
     fn konv_conv2d_x_backward(
@@ -990,34 +1037,27 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let untracked = <Self as AutodiffBackend>::from_inner;
-        match KonvBatchNormTrain
+        let kind = KonvBatchNormTrain
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let gamma_state = prep.checkpoint(&gamma);
+            .stateful();
+        let (out, [mean, var]) = record(
+            kind,
+            (x, gamma, beta),
+            |prep, (x, gamma, _)| (prep.checkpoint(x), prep.checkpoint(gamma)),
+            |(x, gamma, beta)| {
                 let (out, mean, var) = B::konv_batch_norm_train(
                     x.into_primitive(),
                     gamma.into_primitive(),
                     beta.into_primitive(),
                     epsilon,
                 );
-                let state = (x_state, gamma_state, mean.clone(), var.clone(), epsilon);
-                (prep.finish(state, out), untracked(mean), untracked(var))
-            }
-            OpsKind::UnTracked(prep) => {
-                let (out, mean, var) = B::konv_batch_norm_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                );
-                (prep.finish(out), untracked(mean), untracked(var))
-            }
-        }
+                (out, [mean, var])
+            },
+            |(x, gamma), _, stats| BatchNormSaved::new([x, gamma], stats, epsilon),
+        );
+        let untracked = <Self as AutodiffBackend>::from_inner;
+        (out, untracked(mean), untracked(var))
     }
 
     fn konv_batch_norm_relu(
@@ -1041,15 +1081,15 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let untracked = <Self as AutodiffBackend>::from_inner;
-        match KonvBatchNormTrainRelu
+        let kind = KonvBatchNormTrainRelu
             .prepare::<C>([x.node(), residual.node(), gamma.node(), beta.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let gamma_state = prep.checkpoint(&gamma);
+            .stateful();
+        let (out, [mean, var]) = record(
+            kind,
+            (x, residual, gamma, beta),
+            |prep, (x, _, gamma, _)| (prep.checkpoint(x), prep.checkpoint(gamma)),
+            |(x, residual, gamma, beta)| {
                 let (out, mean, var) = B::konv_batch_norm_train_relu(
                     x.into_primitive(),
                     residual.into_primitive(),
@@ -1057,21 +1097,12 @@ impl<B: Backend + KonvConvBackend, C: CheckpointStrategy> KonvConvBackend for Au
                     beta.into_primitive(),
                     epsilon,
                 );
-                let saved = [mean.clone(), var.clone(), out.clone()];
-                let state = (x_state, gamma_state, saved, epsilon);
-                (prep.finish(state, out), untracked(mean), untracked(var))
-            }
-            OpsKind::UnTracked(prep) => {
-                let (out, mean, var) = B::konv_batch_norm_train_relu(
-                    x.into_primitive(),
-                    residual.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                );
-                (prep.finish(out), untracked(mean), untracked(var))
-            }
-        }
+                (out, [mean, var])
+            },
+            |(x, gamma), out, stats| (BatchNormSaved::new([x, gamma], stats, epsilon), out.clone()),
+        );
+        let untracked = <Self as AutodiffBackend>::from_inner;
+        (out, untracked(mean), untracked(var))
     }
 
     fn konv_relu_backward(
