@@ -22,6 +22,14 @@ struct Row {
     replicas: &'static [usize],
 }
 
+/// Untimed and timed passes of each layer of row 5, on both sides; the figure is the median
+/// of the timed ones. The smallest layers take about a millisecond, so five timed passes let
+/// one interrupted pass move the median: `layer2.0.downsample` read 58 GFLOP/s in one run
+/// with 5 and 120–132 in five rounds of 50.
+const LAYER_WARMUP: usize = 3;
+/// See [`LAYER_WARMUP`].
+const LAYER_STEPS: usize = 25;
+
 const ROWS: [Row; 6] = [
     Row {
         label: "1. Fashion-MNIST CNN, train, b64, 28²",
@@ -262,22 +270,23 @@ pub fn run(python: PathBuf, rounds: usize) -> Result<()> {
     );
     // The one list of layers (konv_train::bench), handed to PyTorch's side as JSON.
     let layers = serde_json::to_string(&konv_train::bench::RESNET18_CONVS)?;
+    let (warmup, steps) = (LAYER_WARMUP.to_string(), LAYER_STEPS.to_string());
     let torch_layers = torch(
         &python,
         &script,
         &[
             "conv-layers",
             "--warmup",
-            "2",
+            &warmup,
             "--steps",
-            "5",
+            &steps,
             "--layers",
             &layers,
         ],
     )?;
     let device = burn::prelude::Device::flex();
     for (layer, theirs) in konv_train::bench::RESNET18_CONVS.iter().zip(&torch_layers) {
-        let ours = konv_train::bench::conv_layer(layer, 8, 2, 5, &device);
+        let ours = konv_train::bench::conv_layer(layer, 8, LAYER_WARMUP, LAYER_STEPS, &device);
         let (tf, tb) = (
             number(theirs, "forward_gflops"),
             number(theirs, "backward_gflops"),
