@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::engine::{EpochPlan, Monitor, Settings, Step, StepLoss, Task, Validation};
+use crate::engine::{Monitor, PlannedEpochs, Settings, Step, StepLoss, Task, Validation};
 use crate::localize::{draw_box, pixel_stats, split_items};
 use crate::loss::{sigmoid_focal_loss, smooth_l1};
 use crate::metrics::{Detection, GroundTruth, average_precision, nms};
@@ -559,11 +559,8 @@ pub fn evaluate_detector(
 /// mAP@0.5 as the score.
 struct DetectTask<'a> {
     data: &'a DetectData,
-    /// The run's pipeline.
-    augment: &'a Pipeline,
-    /// The current epoch.
-    plan: Option<EpochPlan>,
-    batch_size: usize,
+    /// The training scenes, epoch by epoch.
+    epochs: PlannedEpochs<'a, (Tensor<4>, Vec<Objects>)>,
 }
 
 impl Step<SlidingDetector> for DetectTask<'_> {
@@ -599,7 +596,7 @@ impl Step<SlidingDetector> for DetectTask<'_> {
 
 impl Task<SlidingDetector> for DetectTask<'_> {
     fn train_len(&self) -> usize {
-        self.data.train.len()
+        self.epochs.examples()
     }
 
     fn start_epoch(
@@ -609,30 +606,16 @@ impl Task<SlidingDetector> for DetectTask<'_> {
         epoch_seed: u64,
         device: &Device,
     ) -> Result<(), TrainError> {
-        self.plan = Some(EpochPlan::new(
-            self.augment,
-            self.data.train.len(),
-            self.batch_size,
-            (seed, epoch, epoch_seed),
-            device,
-        ));
+        self.epochs.start(seed, epoch, epoch_seed, device);
         Ok(())
     }
 
     fn batches(&self) -> Box<dyn Iterator<Item = Result<Self::Batch, TrainError>> + '_> {
-        EpochPlan::batches(self.plan.as_ref(), move |indices, augment, device| {
-            batch(
-                &self.data.train,
-                indices,
-                self.data.normalize,
-                augment,
-                device,
-            )
-        })
+        self.epochs.batches()
     }
 
     fn input_side(&self) -> usize {
-        self.data.train.size[0].min(self.data.train.size[1])
+        self.epochs.side()
     }
 
     fn can_resize(&self) -> Result<(), String> {
@@ -653,7 +636,7 @@ impl Task<SlidingDetector> for DetectTask<'_> {
             &self.data.val,
             self.data.normalize,
             self.data.prior,
-            self.batch_size,
+            self.epochs.batch_size(),
         )?;
         Ok(Validation {
             loss: eval.loss,
@@ -761,9 +744,13 @@ fn detect_from(
     })?;
     let mut task = DetectTask {
         data,
-        augment: &settings.augment,
-        plan: None,
-        batch_size: settings.batch_size,
+        epochs: PlannedEpochs::new(
+            data.train.len(),
+            data.train.size[0].min(data.train.size[1]),
+            &settings.augment,
+            settings.batch_size,
+            |indices, augment, device| batch(&data.train, indices, data.normalize, augment, device),
+        ),
     };
     let state = crate::engine::start_run(run, resuming, || DetectInfo {
         task: "detect".into(),

@@ -850,6 +850,106 @@ impl EpochPlan {
     }
 }
 
+/// How a task that makes its own batches turns examples into one: the examples' indices,
+/// the epoch's augmentation (pipeline and seed; `None` when there is none) and the device.
+pub type MakeBatch<'a, B> =
+    dyn Fn(&[usize], Option<(&Pipeline, u64)>, &Device) -> B + Send + Sync + 'a;
+
+/// The training epochs of a task that makes its own batches from `len` examples: what a
+/// [`Task`]'s `train_len`, `start_epoch`, `batches` and `input_side` need, for a task to
+/// hand on. Each epoch is an [`EpochPlan`] (shuffle and augmentation from the run's seeds),
+/// and each batch comes from the task's own [`MakeBatch`].
+///
+/// ```
+/// use burn::prelude::*;
+/// use konv_train::augment::Pipeline;
+/// use konv_train::engine::PlannedEpochs;
+///
+/// let device = Default::default();
+/// let values: Vec<f32> = (0..10).map(|i| i as f32).collect();
+/// let augment = Pipeline::default();
+/// // Ten examples of side 1, in batches of 4: each batch holds its examples' values.
+/// let mut epochs = PlannedEpochs::new(values.len(), 1, &augment, 4, |indices, _, device| {
+///     let rows: Vec<f32> = indices.iter().map(|&i| values[i]).collect();
+///     Tensor::<1>::from_data(TensorData::new(rows, [indices.len()]), device)
+/// });
+/// epochs.start(7, 1, 42, &device);
+/// let sizes: Vec<usize> = epochs.batches().map(|b| b.unwrap().dims()[0]).collect();
+/// assert_eq!(sizes, [4, 4, 2]);
+/// ```
+pub struct PlannedEpochs<'a, B> {
+    len: usize,
+    side: usize,
+    augment: &'a Pipeline,
+    batch_size: usize,
+    make: Box<MakeBatch<'a, B>>,
+    plan: Option<EpochPlan>,
+}
+
+impl<'a, B: 'a> PlannedEpochs<'a, B> {
+    /// Epochs over `len` examples whose inputs have shorter side `side`, augmented by
+    /// `augment`, in batches of `batch_size` made by `make`.
+    pub fn new(
+        len: usize,
+        side: usize,
+        augment: &'a Pipeline,
+        batch_size: usize,
+        make: impl Fn(&[usize], Option<(&Pipeline, u64)>, &Device) -> B + Send + Sync + 'a,
+    ) -> Self {
+        Self {
+            len,
+            side,
+            augment,
+            batch_size,
+            make: Box::new(make),
+            plan: None,
+        }
+    }
+
+    /// Training examples ([`Task::train_len`]).
+    pub fn examples(&self) -> usize {
+        self.len
+    }
+
+    /// The shorter side of the inputs ([`Task::input_side`]).
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    /// Examples per batch (what validation can batch by too).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Plans epoch `epoch` ([`Task::start_epoch`]): its order and augmentation from the
+    /// run's `seed` and the epoch's `epoch_seed`; its batches go to `device`.
+    pub fn start(&mut self, seed: u64, epoch: usize, epoch_seed: u64, device: &Device) {
+        self.plan = Some(EpochPlan::new(
+            self.augment,
+            self.len,
+            self.batch_size,
+            (seed, epoch, epoch_seed),
+            device,
+        ));
+    }
+
+    /// The planned epoch's batches ([`Task::batches`]); none before [`PlannedEpochs::start`].
+    pub fn batches(&self) -> Box<dyn Iterator<Item = Result<B, TrainError>> + '_> {
+        EpochPlan::batches(self.plan.as_ref(), &*self.make)
+    }
+}
+
+impl<B> std::fmt::Debug for PlannedEpochs<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlannedEpochs")
+            .field("len", &self.len)
+            .field("side", &self.side)
+            .field("batch_size", &self.batch_size)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a task's run starts: its `state.json` when `resuming`; otherwise nothing, after
 /// `describe()` is written into the run folder as `config.json`.
 ///

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::engine::{EpochPlan, Monitor, Settings, Step, StepLoss, Task, Validation};
+use crate::engine::{Monitor, PlannedEpochs, Settings, Step, StepLoss, Task, Validation};
 use crate::loss::{BoxLoss, LossWeights, localization_losses};
 use crate::metrics::box_iou;
 use crate::observer::Observer;
@@ -441,8 +441,8 @@ pub struct LocalizeOutcome {
 struct LocalizeTask<'a> {
     config: &'a LocalizeConfig,
     data: &'a LocalizeData,
-    /// The current epoch.
-    plan: Option<EpochPlan>,
+    /// The training canvases, epoch by epoch.
+    epochs: PlannedEpochs<'a, LocalizeBatch>,
     classes: usize,
 }
 
@@ -494,7 +494,7 @@ impl Step<Localizer> for LocalizeTask<'_> {
 
 impl Task<Localizer> for LocalizeTask<'_> {
     fn train_len(&self) -> usize {
-        self.data.train.len()
+        self.epochs.examples()
     }
 
     fn start_epoch(
@@ -504,30 +504,16 @@ impl Task<Localizer> for LocalizeTask<'_> {
         epoch_seed: u64,
         device: &Device,
     ) -> Result<(), TrainError> {
-        self.plan = Some(EpochPlan::new(
-            &self.config.settings.augment,
-            self.data.train.len(),
-            self.config.settings.batch_size,
-            (seed, epoch, epoch_seed),
-            device,
-        ));
+        self.epochs.start(seed, epoch, epoch_seed, device);
         Ok(())
     }
 
-    fn batches(&self) -> Box<dyn Iterator<Item = Result<LocalizeBatch, TrainError>> + '_> {
-        EpochPlan::batches(self.plan.as_ref(), move |indices, augment, device| {
-            batch(
-                &self.data.train,
-                indices,
-                self.data.normalize,
-                augment,
-                device,
-            )
-        })
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<Self::Batch, TrainError>> + '_> {
+        self.epochs.batches()
     }
 
     fn input_side(&self) -> usize {
-        self.data.train.size[0].min(self.data.train.size[1])
+        self.epochs.side()
     }
 
     /// The boxes are coded relative to the image size, so they hold for any size.
@@ -675,7 +661,13 @@ fn localize_from(
     let mut task = LocalizeTask {
         config,
         data,
-        plan: None,
+        epochs: PlannedEpochs::new(
+            data.train.len(),
+            data.train.size[0].min(data.train.size[1]),
+            &config.settings.augment,
+            config.settings.batch_size,
+            |indices, augment, device| batch(&data.train, indices, data.normalize, augment, device),
+        ),
         classes: num_classes,
     };
     let fitted = crate::engine::fit(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::augment::{Image, Mask, Pipeline, Sample};
 use crate::data::Normalize;
-use crate::engine::{EpochPlan, Monitor, Settings, Step, StepLoss, Task, Validation};
+use crate::engine::{Monitor, PlannedEpochs, Settings, Step, StepLoss, Task, Validation};
 use crate::localize::{pixel_stats, split_items};
 use crate::metrics::SegmentationMetrics;
 use crate::observer::Observer;
@@ -379,12 +379,9 @@ pub struct SegmentOutcome {
 /// mean IoU as the score.
 struct SegmentTask<'a> {
     data: &'a SegmentData,
-    /// The run's pipeline.
-    augment: &'a Pipeline,
-    /// The current epoch.
-    plan: Option<EpochPlan>,
+    /// The training scenes, epoch by epoch.
+    epochs: PlannedEpochs<'a, (Tensor<4>, Tensor<3, Int>)>,
     classes: usize,
-    batch_size: usize,
 }
 
 impl Step<Fcn> for SegmentTask<'_> {
@@ -429,7 +426,7 @@ impl Step<Fcn> for SegmentTask<'_> {
 
 impl Task<Fcn> for SegmentTask<'_> {
     fn train_len(&self) -> usize {
-        self.data.train.len()
+        self.epochs.examples()
     }
 
     fn start_epoch(
@@ -439,30 +436,16 @@ impl Task<Fcn> for SegmentTask<'_> {
         epoch_seed: u64,
         device: &Device,
     ) -> Result<(), TrainError> {
-        self.plan = Some(EpochPlan::new(
-            self.augment,
-            self.data.train.len(),
-            self.batch_size,
-            (seed, epoch, epoch_seed),
-            device,
-        ));
+        self.epochs.start(seed, epoch, epoch_seed, device);
         Ok(())
     }
 
     fn batches(&self) -> Box<dyn Iterator<Item = Result<Self::Batch, TrainError>> + '_> {
-        EpochPlan::batches(self.plan.as_ref(), move |indices, augment, device| {
-            batch(
-                &self.data.train,
-                indices,
-                self.data.normalize,
-                augment,
-                device,
-            )
-        })
+        self.epochs.batches()
     }
 
     fn input_side(&self) -> usize {
-        self.data.train.size[0].min(self.data.train.size[1])
+        self.epochs.side()
     }
 
     /// The scenes and their masks shrink together (the masks by nearest neighbour).
@@ -483,7 +466,7 @@ impl Task<Fcn> for SegmentTask<'_> {
             model,
             &self.data.val,
             self.data.normalize,
-            self.batch_size,
+            self.epochs.batch_size(),
             self.classes,
         )?;
         Ok(Validation {
@@ -569,10 +552,14 @@ fn segment_from(
     let [h, w] = data.train.size;
     let mut task = SegmentTask {
         data,
-        augment: &settings.augment,
-        plan: None,
+        epochs: PlannedEpochs::new(
+            data.train.len(),
+            h.min(w),
+            &settings.augment,
+            settings.batch_size,
+            |indices, augment, device| batch(&data.train, indices, data.normalize, augment, device),
+        ),
         classes,
-        batch_size: settings.batch_size,
     };
     let state = crate::engine::start_run(run, resuming, || SegmentInfo {
         task: "segment".into(),
