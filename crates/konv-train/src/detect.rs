@@ -696,15 +696,9 @@ pub fn resume_detector(
     run: &RunDir,
     observer: &mut dyn Observer,
 ) -> Result<DetectOutcome, TrainError> {
-    let info = read_info(run)?.ok_or_else(|| {
-        TrainError::Config(format!("{}: not a detection run", run.path.display()))
+    let info = run.read_resumable("detect", ("detection", "scenes"), |info: &DetectInfo| {
+        info.normalize == data.normalize && info.prior == data.prior
     })?;
-    if info.normalize != data.normalize || info.prior != data.prior {
-        return Err(TrainError::Config(format!(
-            "{}: the scenes differ from the run's (other pixel statistics); use the same dataset and data flags",
-            run.path.display()
-        )));
-    }
     detect_from(
         &info.config,
         &info.class_names,

@@ -586,15 +586,11 @@ pub fn resume_localizer(
     run: &RunDir,
     observer: &mut dyn Observer,
 ) -> Result<LocalizeOutcome, TrainError> {
-    let info = read_info(run)?.ok_or_else(|| {
-        TrainError::Config(format!("{}: not a localization run", run.path.display()))
-    })?;
-    if info.normalize != data.normalize {
-        return Err(TrainError::Config(format!(
-            "{}: the canvases differ from the run's (other pixel statistics); use the same dataset and data flags",
-            run.path.display()
-        )));
-    }
+    let info = run.read_resumable(
+        "localize",
+        ("localization", "canvases"),
+        |info: &LocalizeInfo| info.normalize == data.normalize,
+    )?;
     localize_from(
         &info.config,
         &info.class_names,

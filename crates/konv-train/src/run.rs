@@ -126,6 +126,31 @@ impl RunDir {
         self.decode_config(value).map(Some)
     }
 
+    /// The `config.json` of a `task` run about to be resumed on data of its own kind: `kind`
+    /// names the task in the error (`"localization"`), `items` the data (`"canvases"`), and
+    /// `same_data` says whether the data made again matches the run's.
+    ///
+    /// # Errors
+    /// A run of another task, or data that differs from the run's, each in one line with
+    /// the fix.
+    pub fn read_resumable<T: serde::de::DeserializeOwned>(
+        &self,
+        task: &str,
+        (kind, items): (&str, &str),
+        same_data: impl FnOnce(&T) -> bool,
+    ) -> Result<T, TrainError> {
+        let info = self.read_task_config(task)?.ok_or_else(|| {
+            TrainError::Config(format!("{}: not a {kind} run", self.path.display()))
+        })?;
+        if !same_data(&info) {
+            return Err(TrainError::Config(format!(
+                "{}: the {items} differ from the run's (other pixel statistics); use the same dataset and data flags",
+                self.path.display()
+            )));
+        }
+        Ok(info)
+    }
+
     /// Saves optimizer state bytes as `optimizer.bpk`.
     pub fn save_optimizer(&self, bytes: &[u8]) -> Result<(), TrainError> {
         self.write(OPTIMIZER, bytes)

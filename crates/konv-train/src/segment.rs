@@ -514,15 +514,11 @@ pub fn resume_segmenter(
     run: &RunDir,
     observer: &mut dyn Observer,
 ) -> Result<SegmentOutcome, TrainError> {
-    let info = read_info(run)?.ok_or_else(|| {
-        TrainError::Config(format!("{}: not a segmentation run", run.path.display()))
-    })?;
-    if info.normalize != data.normalize {
-        return Err(TrainError::Config(format!(
-            "{}: the scenes differ from the run's (other pixel statistics); use the same dataset and data flags",
-            run.path.display()
-        )));
-    }
+    let info = run.read_resumable(
+        "segment",
+        ("segmentation", "scenes"),
+        |info: &SegmentInfo| info.normalize == data.normalize,
+    )?;
     segment_from(
         &info.config,
         &info.class_names,
