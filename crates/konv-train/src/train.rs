@@ -650,16 +650,7 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
     let model = zoo_model(config, num_classes, data, device)?;
-    train_from(
-        model,
-        config,
-        num_classes,
-        data,
-        device,
-        run,
-        None,
-        observer,
-    )
+    train_model(model, config, num_classes, data, device, run, observer)
 }
 
 /// [`train`] for any model: yours, or one of the zoo's built and changed in your code. The
