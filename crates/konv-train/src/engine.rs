@@ -855,10 +855,10 @@ impl EpochPlan {
 pub type MakeBatch<'a, B> =
     dyn Fn(&[usize], Option<(&Pipeline, u64)>, &Device) -> B + Send + Sync + 'a;
 
-/// The training epochs of a task that makes its own batches from `len` examples: what a
-/// [`Task`]'s `train_len`, `start_epoch`, `batches` and `input_side` need, for a task to
-/// hand on. Each epoch is an [`EpochPlan`] (shuffle and augmentation from the run's seeds),
-/// and each batch comes from the task's own [`MakeBatch`].
+/// The training epochs of a task that makes its own batches from `len` examples, for its
+/// [`Task::train_len`], [`Task::start_epoch`], [`Task::batches`] and [`Task::input_side`]
+/// to hand on to. Each epoch is an [`EpochPlan`] (shuffle and augmentation from the run's
+/// seeds), and each batch comes from the task's own [`MakeBatch`].
 ///
 /// ```
 /// use burn::prelude::*;
