@@ -292,7 +292,7 @@ fn transform_weights<T: Element>(
     u
 }
 
-/// [`weight_tile`] (or [`weight_tile4`]) over all the outputs, as a [`simd::Kernel`].
+/// [`weight_tile`] over all the outputs, as a [`simd::Kernel`].
 struct Weights<'a, T>((&'a [T], &'a mut [T], usize, bool, usize));
 
 impl<T: Element> simd::Kernel for Weights<'_, T> {
@@ -301,28 +301,41 @@ impl<T: Element> simd::Kernel for Weights<'_, T> {
     fn run(self) {
         let (taps, u, outs, flip, m) = self.0;
         if m == 4 {
-            by_lanes!(outs, |o, N| weight_tile4::<T, N>(taps, u, outs, o, flip));
+            by_lanes!(outs, |o, N| weight_tile(
+                taps,
+                u,
+                (outs, o),
+                flip,
+                g6::<T, N>
+            ));
         } else {
-            by_lanes!(outs, |o, N| weight_tile::<T, N>(taps, u, outs, o, flip));
+            by_lanes!(outs, |o, N| weight_tile(
+                taps,
+                u,
+                (outs, o),
+                flip,
+                g::<T, N>
+            ));
         }
     }
 }
 
 /// `G g Gᵀ` of one input channel's kernels for `N` outputs from `o`: tap `3r + c` at
-/// `taps[(3r + c) · outs + o ..]` (or tap `8 − (3r + c)`, when `flip`), the 16 values into
-/// `u` at `ξ · outs + o`. G turns three values into `a, (a + b + d)/2, (a − b + d)/2, d`.
+/// `taps[(3r + c) · outs + o ..]` (or tap `8 − (3r + c)`, when `flip`), the `M × M` values
+/// into `u` at `ξ · outs + o`. `g` is G on three values: [`g`] for F(2×2, 3×3) (`M` = 4),
+/// [`g6`] for F(4×4, 3×3) (`M` = 6).
 // The loops take one column across the rows of a 2-D array.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn weight_tile<T: Element, const N: usize>(
+fn weight_tile<T: Element, const N: usize, const M: usize>(
     taps: &[T],
     u: &mut [T],
-    outs: usize,
-    o: usize,
+    (outs, o): (usize, usize),
     flip: bool,
+    g: impl Fn([[T; N]; 3]) -> [[T; N]; M],
 ) {
-    // G g: 4×3, column by column (gg[r][c]); then (G g) Gᵀ: each of its rows through G.
-    let mut gg = [[[T::ZERO; N]; 3]; 4];
+    // G g: M×3, column by column (gg[r][c]); then (G g) Gᵀ: each of its rows through G.
+    let mut gg = [[[T::ZERO; N]; 3]; M];
     for c in 0..3 {
         let mut column = [[T::ZERO; N]; 3];
         for (r, value) in column.iter_mut().enumerate() {
@@ -335,7 +348,7 @@ fn weight_tile<T: Element, const N: usize>(
     }
     for (r, row) in gg.into_iter().enumerate() {
         for (c, value) in g(row).into_iter().enumerate() {
-            store(u, (r * 4 + c) * outs + o, value);
+            store(u, (r * M + c) * outs + o, value);
         }
     }
 }
@@ -345,36 +358,6 @@ fn weight_tile<T: Element, const N: usize>(
 fn g<T: Element, const N: usize>([a, b, d]: [[T; N]; 3]) -> [[T; N]; 4] {
     let ad = add(a, d);
     [a, scale(add(ad, b), T::HALF), scale(sub(ad, b), T::HALF), d]
-}
-
-/// [`weight_tile`] for F(4×4, 3×3): `G g Gᵀ` (6×6) of one input channel's kernels for `N`
-/// outputs from `o`, the 36 values into `u` at `ξ · outs + o`.
-// The loops take one column across the rows of a 2-D array.
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-fn weight_tile4<T: Element, const N: usize>(
-    taps: &[T],
-    u: &mut [T],
-    outs: usize,
-    o: usize,
-    flip: bool,
-) {
-    let mut gg = [[[T::ZERO; N]; 3]; 6];
-    for c in 0..3 {
-        let mut column = [[T::ZERO; N]; 3];
-        for (r, value) in column.iter_mut().enumerate() {
-            let tap = if flip { 8 - (3 * r + c) } else { 3 * r + c };
-            *value = load(taps, tap * outs + o);
-        }
-        for (r, value) in g6(column).into_iter().enumerate() {
-            gg[r][c] = value;
-        }
-    }
-    for (r, row) in gg.into_iter().enumerate() {
-        for (c, value) in g6(row).into_iter().enumerate() {
-            store(u, (r * 6 + c) * outs + o, value);
-        }
-    }
 }
 
 /// F(4×4, 3×3)'s G on three values of `N` lanes: `a/4, −(a + b + d)/6, −(a − b + d)/6,
