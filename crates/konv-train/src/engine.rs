@@ -874,8 +874,12 @@ pub type MakeBatch<'a, B> =
 ///     Tensor::<1>::from_data(TensorData::new(rows, [indices.len()]), device)
 /// });
 /// epochs.start(7, 1, 42, &device);
-/// let sizes: Vec<usize> = epochs.batches().map(|b| b.unwrap().dims()[0]).collect();
+/// let mut sizes = Vec::new();
+/// for batch in epochs.batches() {
+///     sizes.push(batch?.dims()[0]);
+/// }
 /// assert_eq!(sizes, [4, 4, 2]);
+/// # Ok::<(), konv_train::TrainError>(())
 /// ```
 pub struct PlannedEpochs<'a, B> {
     len: usize,
