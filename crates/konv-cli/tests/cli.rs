@@ -107,6 +107,13 @@ fn train_eval_predict_on_the_embedded_subset() {
     );
     let out = konv(&["eval", "--checkpoint", "run/checkpoint.bpk"], dir);
     assert!(out.status.success(), "{}", text(&out));
+    // Ten-crop test-time augmentation; a shift as wide as the images is refused by name.
+    let out = konv(&["eval", "--run", "run", "--tta-flip", "--tta-shift", "1"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_clear_error(
+        &konv(&["eval", "--run", "run", "--tta-shift", "28"], dir),
+        "--tta-shift 28",
+    );
 
     // A 28×28 PNG and a larger JPEG, both go through resize and grayscale.
     image::GrayImage::from_fn(28, 28, |x, _| image::Luma([(x * 9) as u8]))
@@ -900,6 +907,11 @@ fn localize_and_segment_train_eval_and_predict() {
     let out = konv(&["eval", "--run", "loc", "--embedded"], dir);
     let log = text(&out);
     assert!(out.status.success() && log.contains("mean IoU"), "{log}");
+    // Test-time augmentation averages class scores: refused on a box run, not ignored.
+    assert_clear_error(
+        &konv(&["eval", "--run", "loc", "--embedded", "--tta-flip"], dir),
+        "is a localization run",
+    );
     image::GrayImage::from_fn(80, 60, |x, y| {
         image::Luma([if (20..50).contains(&x) && (10..40).contains(&y) {
             220

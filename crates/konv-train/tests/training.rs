@@ -8,6 +8,7 @@ use konv_models::Classifier;
 use konv_models::fashion_cnn::FashionCnnConfig;
 use konv_train::backend::BackendName;
 use konv_train::data::{Normalize, loader};
+use konv_train::eval::Tta;
 use konv_train::observer::Silent;
 use konv_train::run::{self, RunDir};
 use konv_train::train::{SplitData, TrainConfig, train, train_step};
@@ -158,19 +159,43 @@ fn same_seed_same_curve_and_checkpoints_reload() {
     assert!(err.to_string().contains("outside the 3 classes"), "{err}");
 
     // Flip test-time augmentation sees an image and its mirror alike: the mirrored test set
-    // gets exactly the same predictions.
+    // gets exactly the same predictions. So does ten-crop (flips of the image and of its
+    // four diagonal shifts), whose shifts mirror into one another.
     let mut mirrored = (*data.test).clone();
     let cols = mirrored.images.cols;
     for row in mirrored.images.pixels.chunks_mut(cols) {
         row.reverse();
     }
-    let tta = |set: &Arc<konv_datasets::ImageSet>| {
-        konv_train::eval::evaluate_tta(&model, set, data.normalize, 16, 10, None, true).unwrap()
+    let mirrored = Arc::new(mirrored);
+    let evaluate = |set: &Arc<konv_datasets::ImageSet>, tta| {
+        konv_train::eval::evaluate_tta(&model, set, data.normalize, 16, 10, None, tta).unwrap()
     };
-    assert_eq!(
-        tta(&data.test).confusion,
-        tta(&Arc::new(mirrored)).confusion
-    );
+    for tta in [
+        Tta::flip(),
+        Tta {
+            flip: true,
+            shift: 1,
+        },
+    ] {
+        let (plain, mirror) = (evaluate(&data.test, tta), evaluate(&mirrored, tta));
+        assert_eq!(plain.confusion, mirror.confusion, "{tta:?}");
+        assert!((plain.loss - mirror.loss).abs() < 1e-5, "{tta:?}");
+    }
+    // Shifting by the images' side leaves nothing to see: an error, not a blank view.
+    let err = konv_train::eval::evaluate_tta(
+        &model,
+        &data.test,
+        data.normalize,
+        16,
+        10,
+        None,
+        Tta {
+            flip: false,
+            shift: 28,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("28x28"), "{err}");
 
     // Starting from the saved weights: with a negligible learning rate, the first epoch
     // validates as the saved model does.

@@ -24,6 +24,11 @@ pub(crate) struct EvalArgs {
     /// Test-time augmentation: average the logits of each image and its mirror image.
     #[arg(long)]
     pub(crate) tta_flip: bool,
+    /// Test-time augmentation: also average the image moved this many pixels along each
+    /// diagonal, black moved in (5 views; 10 with --tta-flip, torchvision's TenCrop of the
+    /// padded image). Use at most the training's crop=P.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) tta_shift: usize,
     #[command(flatten)]
     pub(crate) data: DataArgs,
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use konv_datasets::{DatasetName, Locator};
 use konv_train::eval;
 use konv_train::run::RunDir;
@@ -154,13 +154,25 @@ pub(crate) fn eval_detect(
 pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
     let (run_dir, weights) = resolve_run(args.run.as_deref(), args.checkpoint.as_deref())?;
     let device = args.backend.open()?;
+    let tta = args.tta_flip || args.tta_shift > 0;
+    let dense = |task: &str| {
+        ensure!(
+            !tta,
+            "--tta-flip and --tta-shift average class scores; {} is a {task} run, evaluate it without them",
+            run_dir.path.display()
+        );
+        Ok(())
+    };
     if let Some(info) = konv_train::localize::read_info(&run_dir)? {
+        dense("localization")?;
         return eval_localize(&run_dir, &info, &args, &device);
     }
     if let Some(info) = konv_train::segment::read_info(&run_dir)? {
+        dense("segmentation")?;
         return eval_segment(&run_dir, &info, &args, &device);
     }
     if let Some(info) = konv_train::detect::read_info(&run_dir)? {
+        dense("detection")?;
         return eval_detect(&run_dir, &info, &args, &device);
     }
     let (info, model) = konv_train::train::load_run_model(&run_dir, weights.as_deref(), &device)?;
@@ -195,7 +207,10 @@ pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
         Some(std::sync::Arc::new(
             info.config.settings.augment.eval_steps(),
         )),
-        args.tta_flip,
+        eval::Tta {
+            flip: args.tta_flip,
+            shift: args.tta_shift,
+        },
     )?;
     println!(
         "{}: test accuracy {:.2}% (top-5 {:.2}%; {} images, loss {:.4}), data from {}",
