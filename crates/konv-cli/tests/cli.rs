@@ -108,7 +108,10 @@ fn train_eval_predict_on_the_embedded_subset() {
     let out = konv(&["eval", "--checkpoint", "run/checkpoint.bpk"], dir);
     assert!(out.status.success(), "{}", text(&out));
     // Ten-crop test-time augmentation; a shift as wide as the images is refused by name.
-    let out = konv(&["eval", "--run", "run", "--tta-flip", "--tta-shift", "1"], dir);
+    let out = konv(
+        &["eval", "--run", "run", "--tta-flip", "--tta-shift", "1"],
+        dir,
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_clear_error(
         &konv(&["eval", "--run", "run", "--tta-shift", "28"], dir),
