@@ -56,8 +56,17 @@ pub enum Augment {
         /// Largest shift in pixels.
         max: usize,
     },
-    /// Random erasing with probability `p`.
+    /// Random erasing with probability `p`: a rectangle of 2–33% of the image, aspect ratio
+    /// 0.3–3.3 (torchvision's `RandomErasing`), set to black (0).
     Erase {
+        /// Probability.
+        p: f32,
+    },
+    /// [`Augment::Erase`] with every erased pixel set to a random value in [0, 1] instead of
+    /// black: Zhong et al.'s RE-R, which their ablation found better than a constant fill
+    /// (torchvision's `RandomErasing(value="random")`, timm's `mode="pixel"`). The same
+    /// rectangle as `Erase` for the same random stream. Channels draw the same values.
+    EraseRandom {
         /// Probability.
         p: f32,
     },
@@ -359,6 +368,37 @@ impl Image {
     }
 }
 
+/// Random erasing of `image` with probability `p`: torchvision's `RandomErasing` rectangle
+/// (up to 10 tries for one that fits), filled with black or, with `random`, with a uniform
+/// random value per pixel.
+fn erase(image: &mut Image, p: f32, random: bool, rng: &mut StdRng) {
+    if rng.random::<f32>() >= p {
+        return;
+    }
+    let (h, w) = (image.height, image.width);
+    let area = (h * w) as f32;
+    for _ in 0..10 {
+        let target = area * rng.random_range(0.02f32..0.33);
+        let aspect = rng.random_range(0.3f32.ln()..3.3f32.ln()).exp();
+        let eh = (target * aspect).sqrt().round() as usize;
+        let ew = (target / aspect).sqrt().round() as usize;
+        if eh == 0 || ew == 0 || eh >= h || ew >= w {
+            continue;
+        }
+        let y0 = rng.random_range(0..=h - eh);
+        let x0 = rng.random_range(0..=w - ew);
+        for y in y0..y0 + eh {
+            let row = &mut image.pixels[y * w + x0..y * w + x0 + ew];
+            if random {
+                row.iter_mut().for_each(|v| *v = rng.random::<f32>());
+            } else {
+                row.fill(0.0);
+            }
+        }
+        return;
+    }
+}
+
 impl Augment {
     /// Whether the step works on whole batches (mixup, cutmix) rather than single images.
     pub fn is_batch_level(&self) -> bool {
@@ -500,28 +540,8 @@ impl Augment {
             | Augment::ResizedCrop { .. }
             | Augment::Mixup { .. }
             | Augment::Cutmix { .. } => {}
-            Augment::Erase { p } => {
-                if rng.random::<f32>() >= p {
-                    return;
-                }
-                let area = (h * w) as f32;
-                // torchvision's RandomErasing: up to 10 tries for a rectangle that fits.
-                for _ in 0..10 {
-                    let target = area * rng.random_range(0.02f32..0.33);
-                    let aspect = rng.random_range(0.3f32.ln()..3.3f32.ln()).exp();
-                    let eh = (target * aspect).sqrt().round() as usize;
-                    let ew = (target / aspect).sqrt().round() as usize;
-                    if eh == 0 || ew == 0 || eh >= h || ew >= w {
-                        continue;
-                    }
-                    let y0 = rng.random_range(0..=h - eh);
-                    let x0 = rng.random_range(0..=w - ew);
-                    for y in y0..y0 + eh {
-                        image.pixels[y * w + x0..y * w + x0 + ew].fill(0.0);
-                    }
-                    return;
-                }
-            }
+            Augment::Erase { p } => erase(image, p, false, rng),
+            Augment::EraseRandom { p } => erase(image, p, true, rng),
             Augment::Brightness { delta } => {
                 let shift = rng.random_range(-delta..=delta);
                 image
@@ -550,7 +570,7 @@ pub struct Pipeline(pub Vec<Augment>);
 const ALTERNATING_FLIP_STREAM: u64 = 0x616c_7466_6c69_7073;
 
 const VALID: &str = "valid steps: flip, flip=alternate, crop=PIXELS, translate=PIXELS, rotate=DEGREES, \
-zoom=FRACTION, shear=DEGREES, resize=HxW, resized-crop=MIN_SCALE, erase=PROBABILITY, brightness=DELTA, contrast=DELTA, \
+zoom=FRACTION, shear=DEGREES, resize=HxW, resized-crop=MIN_SCALE, erase=PROBABILITY, erase-random=PROBABILITY, brightness=DELTA, contrast=DELTA, \
 mixup=ALPHA, cutmix=ALPHA (e.g. --augment flip,crop=4,rotate=10,erase=0.25)";
 
 impl std::str::FromStr for Pipeline {
@@ -579,6 +599,7 @@ impl std::str::FromStr for Pipeline {
                 "crop" => Augment::Crop { pad: pixels()? },
                 "translate" => Augment::Translate { max: pixels()? },
                 "erase" => Augment::Erase { p: fraction(1.0)? },
+                "erase-random" => Augment::EraseRandom { p: fraction(1.0)? },
                 "brightness" => Augment::Brightness {
                     delta: fraction(1.0)?,
                 },
@@ -645,6 +666,7 @@ impl std::fmt::Display for Pipeline {
                 Augment::Crop { pad } => format!("crop={pad}"),
                 Augment::Translate { max } => format!("translate={max}"),
                 Augment::Erase { p } => format!("erase={p}"),
+                Augment::EraseRandom { p } => format!("erase-random={p}"),
                 Augment::Brightness { delta } => format!("brightness={delta}"),
                 Augment::Contrast { delta } => format!("contrast={delta}"),
                 Augment::Rotate { degrees } => format!("rotate={degrees}"),
@@ -1003,6 +1025,39 @@ mod tests {
         assert_eq!(never, img);
     }
 
+    /// `erase-random`: the rectangle `erase` would black out with the same stream, filled
+    /// with varied values in [0, 1]; the pixels around it untouched.
+    #[test]
+    fn erase_random_fills_the_same_rectangle_with_noise() {
+        let img = Image {
+            height: 28,
+            width: 28,
+            pixels: vec![2.0; 784],
+        };
+        for seed in 0..20 {
+            let (mut black, mut noise) = (img.clone(), img.clone());
+            Augment::Erase { p: 0.9 }.apply(&mut black, &mut StdRng::seed_from_u64(seed), 0);
+            Augment::EraseRandom { p: 0.9 }.apply(&mut noise, &mut StdRng::seed_from_u64(seed), 0);
+            let erased: Vec<usize> = (0..784).filter(|&i| black.pixels[i] == 0.0).collect();
+            let changed: Vec<usize> = (0..784).filter(|&i| noise.pixels[i] != 2.0).collect();
+            assert_eq!(changed, erased, "seed {seed}");
+            let values: Vec<f32> = erased.iter().map(|&i| noise.pixels[i]).collect();
+            assert!(values.iter().all(|v| (0.0..1.0).contains(v)), "{values:?}");
+            if values.len() > 2 {
+                assert!(values.iter().any(|&v| v != values[0]), "{values:?}");
+            }
+        }
+        let mut never = img.clone();
+        Augment::EraseRandom { p: 0.0 }.apply(&mut never, &mut StdRng::seed_from_u64(3), 0);
+        assert_eq!(never, img);
+        assert!(
+            find(Augment::EraseRandom { p: 1.0 }, &img, |o| o != &img)
+                .pixels
+                .iter()
+                .any(|&v| v < 1.0)
+        );
+    }
+
     #[test]
     fn brightness_and_contrast_stay_in_range() {
         let img = ramp(4, 4);
@@ -1293,6 +1348,9 @@ mod tests {
             ]
         );
         assert_eq!(p.to_string().parse::<Pipeline>().unwrap(), p);
+        let random: Pipeline = "erase-random=0.5".parse().unwrap();
+        assert_eq!(random.0, vec![Augment::EraseRandom { p: 0.5 }]);
+        assert_eq!(random.to_string(), "erase-random=0.5");
         let all: Pipeline = "rotate=10,zoom=0.1,shear=5,resize=32x30,mixup=0.2,cutmix=1"
             .parse()
             .unwrap();
@@ -1303,6 +1361,7 @@ mod tests {
             "spin=10",
             "crop=x",
             "erase=2",
+            "erase-random=-1",
             "flip=1",
             "resize=32",
             "mixup=0",

@@ -34,8 +34,9 @@ pub(crate) struct TrainArgs {
     pub(crate) lr_schedule: konv_train::schedule::LrSchedule,
     /// Augmentation of the training images, steps in order: flip, crop=PIXELS,
     /// translate=PIXELS, rotate=DEGREES, zoom=FRACTION, shear=DEGREES, resize=HxW (also
-    /// applied when evaluating), erase=PROBABILITY, brightness=DELTA, contrast=DELTA;
-    /// batch level: mixup=ALPHA, cutmix=ALPHA (e.g. flip,crop=4,rotate=10,erase=0.25).
+    /// applied when evaluating), erase=PROBABILITY (black), erase-random=PROBABILITY
+    /// (noise), brightness=DELTA, contrast=DELTA; batch level: mixup=ALPHA, cutmix=ALPHA
+    /// (e.g. flip,crop=4,rotate=10,erase=0.25).
     #[arg(long, default_value = "", value_parser = parse_augment)]
     pub(crate) augment: konv_train::augment::Pipeline,
     /// L2 weight decay (PyTorch SGD's weight_decay, e.g. 5e-4); 0 for none.
