@@ -531,7 +531,7 @@ fn keras_decay_schedule_from_the_command_line() {
             "--lr-schedule",
             "keras-decay:0.5",
             "--augment",
-            "flip,crop=2,erase=0.5",
+            "flip,crop=2,erase=0.5,erase-random=0.5",
             "--out",
             "run",
             "--quiet",
@@ -545,6 +545,7 @@ fn keras_decay_schedule_from_the_command_line() {
     let config = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
     assert!(config.contains("KerasDecay"), "{config}");
     assert!(config.contains("Erase"), "{config}");
+    assert!(config.contains("EraseRandom"), "{config}");
     let lrs: Vec<f64> = metrics
         .lines()
         .skip(1)
