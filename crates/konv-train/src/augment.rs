@@ -896,6 +896,15 @@ mod tests {
         }
     }
 
+    /// A 28×28 image of one value.
+    fn flat(value: f32) -> Image {
+        Image {
+            height: 28,
+            width: 28,
+            pixels: vec![value; 784],
+        }
+    }
+
     /// Runs `step` with seeds until `pred` holds for the result.
     fn find(step: Augment, image: &Image, pred: impl Fn(&Image) -> bool) -> Image {
         for seed in 0..200 {
@@ -1003,11 +1012,7 @@ mod tests {
 
     #[test]
     fn erase_zeroes_one_rectangle_of_the_right_size() {
-        let img = Image {
-            height: 28,
-            width: 28,
-            pixels: vec![1.0; 784],
-        };
+        let img = flat(1.0);
         let out = find(Augment::Erase { p: 1.0 }, &img, |o| o != &img);
         let zeros: Vec<(usize, usize)> = (0..784)
             .filter(|&i| out.pixels[i] == 0.0)
@@ -1029,11 +1034,7 @@ mod tests {
     /// with varied values in [0, 1]; the pixels around it untouched.
     #[test]
     fn erase_random_fills_the_same_rectangle_with_noise() {
-        let img = Image {
-            height: 28,
-            width: 28,
-            pixels: vec![2.0; 784],
-        };
+        let img = flat(2.0);
         for seed in 0..20 {
             let (mut black, mut noise) = (img.clone(), img.clone());
             Augment::Erase { p: 0.9 }.apply(&mut black, &mut StdRng::seed_from_u64(seed), 0);
