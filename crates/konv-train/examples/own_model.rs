@@ -40,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = SplitData::from_folder(&folder, folder.train.len() / 10, None, 1);
     let ([channels, _, _], classes) = (folder.input(), folder.class_names.len());
     let device = BackendName::Cpu.open()?;
+    // The weights below come from the device's generator: seed it for the same run every
+    // time (konv seeds its zoo models from `Settings::seed` the same way).
+    device.seed(42);
     let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Same);
     let fc = LinearConfig::new(32, classes).init(&device);
     let (conv1, conv2) = (conv(channels, 16).init(&device), conv(16, 32).init(&device));
