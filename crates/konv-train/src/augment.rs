@@ -63,7 +63,7 @@ pub enum Augment {
         p: f32,
     },
     /// [`Augment::Erase`] with every erased pixel set to a random value in [0, 1] instead of
-    /// black: Zhong et al.'s RE-R, which their ablation found better than a constant fill
+    /// black: random erasing as Zhong et al. define it, each erased pixel a random value
     /// (torchvision's `RandomErasing(value="random")`, timm's `mode="pixel"`). The same
     /// rectangle as `Erase` for the same random stream. Channels draw the same values.
     EraseRandom {
