@@ -532,6 +532,8 @@ fn keras_decay_schedule_from_the_command_line() {
             "keras-decay:0.5",
             "--augment",
             "flip,crop=2,erase=0.5,erase-random=0.5",
+            "--augment-off-epoch",
+            "2",
             "--out",
             "run",
             "--quiet",
@@ -546,6 +548,7 @@ fn keras_decay_schedule_from_the_command_line() {
     assert!(config.contains("KerasDecay"), "{config}");
     assert!(config.contains("Erase"), "{config}");
     assert!(config.contains("EraseRandom"), "{config}");
+    assert!(config.contains("\"augment_off_epoch\": 2"), "{config}");
     let lrs: Vec<f64> = metrics
         .lines()
         .skip(1)
@@ -776,6 +779,28 @@ fn transfer_and_resume_from_the_command_line() {
     assert!(konv(&["eval", "--run", "ema"], dir).status.success());
     assert_clear_error(&run(&["--ema", "1", "--out", "x4"]), "--ema");
     assert!(!dir.join("x4").exists());
+    // Augmentation switched off after the run's end, or with none to switch off.
+    let out = run(&[
+        "--augment",
+        "flip",
+        "--augment-off-epoch",
+        "3",
+        "--out",
+        "x5",
+    ]);
+    assert_clear_error(&out, "--augment-off-epoch: 3 is not an epoch of this run");
+    let out = run(&["--augment-off-epoch", "2", "--out", "x5"]);
+    assert_clear_error(&out, "--augment-off-epoch: has no augmentation to turn off");
+    let out = run(&[
+        "--augment",
+        "resize=32x32",
+        "--augment-off-epoch",
+        "2",
+        "--out",
+        "x5",
+    ]);
+    assert_clear_error(&out, "--augment-off-epoch: has no augmentation to turn off");
+    assert!(!dir.join("x5").exists());
     // A finished run does not resume; bad phases, classes and folders are clear errors.
     let out = konv(&["train", "--resume", "pre", "--embedded"], dir);
     assert_clear_error(&out, "already finished");

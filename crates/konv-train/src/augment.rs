@@ -565,6 +565,54 @@ impl Augment {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline(pub Vec<Augment>);
 
+/// A run's augmentation over its epochs: `pipeline` bound to each epoch
+/// ([`Pipeline::for_epoch`]) until `off_epoch`, and from that epoch on only its evaluation
+/// steps ([`Pipeline::eval_steps`], e.g. `resize`), so that the last epochs train on the
+/// images as the test sees them. timm's `--mixup-off-epoch` does this for mixup and cutmix;
+/// here it stops every random step, batch-level ones included.
+///
+/// ```
+/// use konv_train::augment::{AugmentSchedule, Pipeline};
+///
+/// let pipeline: Pipeline = "flip,crop=2,erase=0.5,resize=32x32".parse()?;
+/// let schedule = AugmentSchedule::new(pipeline.clone(), Some(9));
+/// assert_eq!(schedule.for_epoch(42, 8), pipeline.for_epoch(42, 8));
+/// assert_eq!(schedule.for_epoch(42, 9).to_string(), "resize=32x32");
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AugmentSchedule {
+    /// The steps, in order.
+    pub pipeline: Pipeline,
+    /// The first epoch (from 1) without the random steps; `None` keeps them to the end.
+    pub off_epoch: Option<usize>,
+}
+
+impl AugmentSchedule {
+    /// `pipeline` for every epoch before `off_epoch`.
+    pub fn new(pipeline: Pipeline, off_epoch: Option<usize>) -> Self {
+        Self {
+            pipeline,
+            off_epoch,
+        }
+    }
+
+    /// The pipeline of epoch `epoch` (from 1) of a run seeded `seed`.
+    pub fn for_epoch(&self, seed: u64, epoch: usize) -> Pipeline {
+        match self.off_epoch {
+            Some(off) if epoch >= off => self.pipeline.eval_steps(),
+            _ => self.pipeline.for_epoch(seed, epoch),
+        }
+    }
+}
+
+impl From<Pipeline> for AugmentSchedule {
+    /// `pipeline` in every epoch.
+    fn from(pipeline: Pipeline) -> Self {
+        Self::new(pipeline, None)
+    }
+}
+
 /// Mixed into the run's seed for the starts of [`Augment::AlternatingFlip`], so that they
 /// are unrelated to any epoch's stream.
 const ALTERNATING_FLIP_STREAM: u64 = 0x616c_7466_6c69_7073;

@@ -741,7 +741,7 @@ fn detect_from(
         epochs: PlannedEpochs::new(
             data.train.len(),
             data.train.size[0].min(data.train.size[1]),
-            &settings.augment,
+            settings.augment_schedule(),
             settings.batch_size,
             |indices, augment, device| batch(&data.train, indices, data.normalize, augment, device),
         ),

@@ -29,7 +29,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::augment::Pipeline;
+use crate::augment::{AugmentSchedule, Pipeline};
 use crate::ema::ModelEma;
 use crate::observer::Observer;
 use crate::optim::{OptimizerName, OptimizerSettings};
@@ -65,6 +65,10 @@ pub struct Settings {
     pub clip_grad_norm: Option<f64>,
     /// Augmentation of the training examples (none when empty).
     pub augment: Pipeline,
+    /// From this epoch on (counting from 1) the training examples are no longer augmented:
+    /// only `augment`'s evaluation steps (`resize`) run ([`AugmentSchedule`]). `None` keeps
+    /// augmenting to the end.
+    pub augment_off_epoch: Option<usize>,
     /// Seed of weights, dropout, the validation split, the shuffles and augmentation.
     pub seed: u64,
     /// Train on this many training examples only.
@@ -114,6 +118,7 @@ impl Default for Settings {
             no_decay_bias_norm: false,
             clip_grad_norm: None,
             augment: Pipeline::default(),
+            augment_off_epoch: None,
             seed: 42,
             limit: None,
             val_size: 5000,
@@ -180,6 +185,24 @@ impl Settings {
             p.validate(self.epochs)
                 .map_err(|e| TrainError::setting("progressive_resize", e))?;
         }
+        if let Some(off) = self.augment_off_epoch {
+            if off == 0 || off > self.epochs {
+                return bad(
+                    "augment_off_epoch",
+                    format!(
+                        "{off} is not an epoch of this run; give one from 1 to {} (the first epoch without augmentation)",
+                        self.epochs
+                    ),
+                );
+            }
+            if self.augment.eval_steps() == self.augment {
+                return bad(
+                    "augment_off_epoch",
+                    "has no augmentation to turn off; add random steps with augment (e.g. flip,crop=2)"
+                        .into(),
+                );
+            }
+        }
         if let Some(decay) = self.ema
             && !(decay > 0.0 && decay < 1.0)
         {
@@ -199,6 +222,11 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// The run's augmentation over its epochs: `augment` until `augment_off_epoch`.
+    pub fn augment_schedule(&self) -> AugmentSchedule {
+        AugmentSchedule::new(self.augment.clone(), self.augment_off_epoch)
     }
 
     /// The optimizer settings.
@@ -813,7 +841,7 @@ impl EpochPlan {
     /// Epoch `epoch` of a run with seed `seed` and augmentation `augment`, over `len`
     /// examples in batches of `batch_size`: `0..len` shuffled with `epoch_seed`.
     pub fn new(
-        augment: &Pipeline,
+        augment: &AugmentSchedule,
         len: usize,
         batch_size: usize,
         (seed, epoch, epoch_seed): (u64, usize, u64),
@@ -862,14 +890,13 @@ pub type MakeBatch<'a, B> =
 ///
 /// ```
 /// use burn::prelude::*;
-/// use konv_train::augment::Pipeline;
-/// use konv_train::engine::PlannedEpochs;
+/// use konv_train::engine::{PlannedEpochs, Settings};
 ///
 /// let device = Default::default();
 /// let values: Vec<f32> = (0..10).map(|i| i as f32).collect();
-/// let augment = Pipeline::default();
+/// let augment = Settings::default().augment_schedule();
 /// // Ten examples of side 1, in batches of 4: each batch holds its examples' values.
-/// let mut epochs = PlannedEpochs::new(values.len(), 1, &augment, 4, |indices, _, device| {
+/// let mut epochs = PlannedEpochs::new(values.len(), 1, augment, 4, |indices, _, device| {
 ///     let rows: Vec<f32> = indices.iter().map(|&i| values[i]).collect();
 ///     Tensor::<1>::from_data(TensorData::new(rows, [indices.len()]), device)
 /// });
@@ -884,7 +911,7 @@ pub type MakeBatch<'a, B> =
 pub struct PlannedEpochs<'a, B> {
     len: usize,
     side: usize,
-    augment: &'a Pipeline,
+    augment: AugmentSchedule,
     batch_size: usize,
     make: Box<MakeBatch<'a, B>>,
     plan: Option<EpochPlan>,
@@ -892,11 +919,11 @@ pub struct PlannedEpochs<'a, B> {
 
 impl<'a, B: 'a> PlannedEpochs<'a, B> {
     /// Epochs over `len` examples whose inputs have shorter side `side`, augmented by
-    /// `augment`, in batches of `batch_size` made by `make`.
+    /// `augment` ([`Settings::augment_schedule`]), in batches of `batch_size` made by `make`.
     pub fn new(
         len: usize,
         side: usize,
-        augment: &'a Pipeline,
+        augment: AugmentSchedule,
         batch_size: usize,
         make: impl Fn(&[usize], Option<(&Pipeline, u64)>, &Device) -> B + Send + Sync + 'a,
     ) -> Self {
@@ -929,7 +956,7 @@ impl<'a, B: 'a> PlannedEpochs<'a, B> {
     /// run's `seed` and the epoch's `epoch_seed`; its batches go to `device`.
     pub fn start(&mut self, seed: u64, epoch: usize, epoch_seed: u64, device: &Device) {
         self.plan = Some(EpochPlan::new(
-            self.augment,
+            &self.augment,
             self.len,
             self.batch_size,
             (seed, epoch, epoch_seed),

@@ -660,7 +660,7 @@ fn localize_from(
         epochs: PlannedEpochs::new(
             data.train.len(),
             data.train.size[0].min(data.train.size[1]),
-            &config.settings.augment,
+            config.settings.augment_schedule(),
             config.settings.batch_size,
             |indices, augment, device| batch(&data.train, indices, data.normalize, augment, device),
         ),

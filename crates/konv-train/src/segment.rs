@@ -551,7 +551,7 @@ fn segment_from(
         epochs: PlannedEpochs::new(
             data.train.len(),
             h.min(w),
-            &settings.augment,
+            settings.augment_schedule(),
             settings.batch_size,
             |indices, augment, device| batch(&data.train, indices, data.normalize, augment, device),
         ),

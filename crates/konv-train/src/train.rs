@@ -12,7 +12,7 @@ use konv_models::Classifier;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::augment::Pipeline;
+use crate::augment::{AugmentSchedule, Pipeline};
 use crate::backend::BackendName;
 use crate::data::{ImageBatch, Normalize, loader};
 use crate::engine::{Settings, Step, StepLoss, Task, Validation};
@@ -543,7 +543,7 @@ struct ClassifyTask<'a> {
     step: ClassifyStep,
     name: &'a str,
     data: &'a SplitData,
-    augment: &'a Pipeline,
+    augment: AugmentSchedule,
     batch_size: usize,
     num_classes: usize,
     preprocess: Option<Arc<Pipeline>>,
@@ -795,7 +795,7 @@ fn train_from<M: Classify>(
         },
         name: &config.model,
         data,
-        augment: &settings.augment,
+        augment: settings.augment_schedule(),
         batch_size: settings.batch_size,
         num_classes,
         preprocess: preprocess.clone(),

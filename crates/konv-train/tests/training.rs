@@ -233,6 +233,26 @@ fn same_seed_same_curve_and_checkpoints_reload() {
 }
 
 #[test]
+fn augmentation_stops_at_its_off_epoch() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let with = |augment: &str, off: Option<usize>| {
+        let mut config = tiny_config();
+        config.settings.augment = augment.parse().unwrap();
+        config.settings.augment_off_epoch = off;
+        curve(&train_tiny(&config, 16).history)
+    };
+    let augmented = with("flip,crop=2,erase=0.5", None);
+    let clean = with("", None);
+    assert_ne!(augmented[0], clean[0], "the augmentation changes epoch 1");
+    // Off from epoch 1: the whole run is the clean one.
+    assert_eq!(with("flip,crop=2,erase=0.5", Some(1)), clean);
+    // Off from epoch 2: epoch 1 is augmented as before, epoch 2 is not.
+    let off2 = with("flip,crop=2,erase=0.5", Some(2));
+    assert_eq!(off2[0], augmented[0]);
+    assert_ne!(off2[1], augmented[1]);
+}
+
+#[test]
 fn zero_init_residual_starts_a_fresh_resnet_and_refuses_what_it_cannot_do() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let zeroed = TrainConfig {

@@ -39,6 +39,11 @@ pub(crate) struct TrainArgs {
     /// (e.g. flip,crop=4,rotate=10,erase=0.25).
     #[arg(long, default_value = "", value_parser = parse_augment)]
     pub(crate) augment: konv_train::augment::Pipeline,
+    /// From this epoch on (counting from 1), train on the images without --augment's random
+    /// steps, as the test sees them (timm's --mixup-off-epoch, for every step; e.g. 43 of 46
+    /// epochs for three clean ones at the end). --augment's resize stays.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) augment_off_epoch: Option<u32>,
     /// L2 weight decay (PyTorch SGD's weight_decay, e.g. 5e-4); 0 for none.
     #[arg(long, default_value_t = 0.0, value_parser = parse_non_negative)]
     pub(crate) weight_decay: f64,

@@ -118,6 +118,7 @@ pub(crate) fn settings(args: &TrainArgs, val_size: usize) -> Settings {
         no_decay_bias_norm: args.no_decay_bias_norm,
         clip_grad_norm: args.clip_grad_norm,
         augment: args.augment.clone(),
+        augment_off_epoch: args.augment_off_epoch.map(|e| e as usize),
         seed: args.seed,
         limit: args.limit,
         val_size,
