@@ -253,6 +253,28 @@ fn augmentation_stops_at_its_off_epoch() {
 }
 
 #[test]
+fn the_dense_tasks_epochs_stop_augmenting_at_the_off_epoch() {
+    use konv_train::augment::AugmentSchedule;
+    use konv_train::engine::PlannedEpochs;
+    let device: Device = Default::default();
+    let schedule = AugmentSchedule::new("flip,resize=8x8".parse().unwrap(), Some(3));
+    // Each batch reports the pipeline it was handed.
+    let mut epochs = PlannedEpochs::new(4, 8, schedule, 4, |_, augment, _| {
+        augment.map(|(pipeline, _)| pipeline.to_string())
+    });
+    let mut seen = Vec::new();
+    for epoch in 1..=4 {
+        epochs.start(7, epoch, epoch as u64, &device);
+        for batch in epochs.batches() {
+            seen.push(batch.unwrap());
+        }
+    }
+    let flip = Some("flip,resize=8x8".to_string());
+    let resize = Some("resize=8x8".to_string());
+    assert_eq!(seen, [flip.clone(), flip, resize.clone(), resize]);
+}
+
+#[test]
 fn zero_init_residual_starts_a_fresh_resnet_and_refuses_what_it_cannot_do() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let zeroed = TrainConfig {
