@@ -40,7 +40,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value = "", value_parser = parse_augment)]
     pub(crate) augment: konv_train::augment::Pipeline,
     /// From this epoch on (counting from 1), train on the images without --augment's random
-    /// steps, as the test sees them (timm's --mixup-off-epoch, for every step; e.g. 43 of 46
+    /// steps, as the test sees them (timm's --mixup-off-epoch, for every step; e.g. 44 of 46
     /// epochs for three clean ones at the end). --augment's resize stays.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) augment_off_epoch: Option<u32>,
