@@ -475,6 +475,54 @@ fn a_model_too_big_for_the_images_is_a_clear_error() {
 }
 
 #[test]
+fn a_run_without_validation_keeps_its_last_epoch() {
+    let scratch = temp_dir("noval");
+    let dir = scratch.path();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            "fashion-cnn",
+            "--embedded",
+            "--epochs",
+            "2",
+            "--limit",
+            "32",
+            "--val-size",
+            "0",
+            "--batch-size",
+            "16",
+            "--out",
+            "run",
+        ];
+        args.extend_from_slice(extra);
+        konv(&args, dir)
+    };
+    // A monitor that watches validation is refused before anything is written.
+    let out = train(&["--monitor", "val-loss"]);
+    assert_clear_error(
+        &out,
+        "--monitor: val-loss watches validation, and the run holds no validation examples out",
+    );
+    assert!(!dir.join("run").exists(), "nothing is written");
+    let out = train(&["--early-stop", "3"]);
+    assert_clear_error(&out, "--early-stop: 3 watches validation");
+    assert!(!dir.join("run").exists(), "nothing is written");
+    // Without one the run keeps (and tests) its last epoch and shows no validation figures.
+    let out = train(&[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("32 train / 0 validation"), "{all}");
+    assert!(all.contains("epoch  2/2  train loss"), "{all}");
+    assert!(!all.contains("val loss"), "{all}");
+    assert!(all.contains("(last epoch 2,"), "{all}");
+    let csv = std::fs::read_to_string(dir.join("run/metrics.csv")).unwrap();
+    assert!(csv.lines().nth(2).unwrap().contains(",NaN,NaN,"), "{csv}");
+    let out = konv(&["eval", "--run", "run"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
 fn a_zoo_resnet_trains_on_grayscale_and_evaluates() {
     let scratch = temp_dir("resnet20");
     let dir = scratch.path();

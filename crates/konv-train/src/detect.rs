@@ -653,6 +653,10 @@ impl Task<SlidingDetector> for DetectTask<'_> {
     fn default_monitor(&self) -> Monitor {
         Monitor::Score
     }
+
+    fn has_validation(&self) -> bool {
+        !self.data.val.is_empty()
+    }
 }
 
 /// The end of a detection run.
@@ -664,6 +668,8 @@ pub struct DetectOutcome {
     pub history: Vec<EpochRecord>,
     /// Which epoch `model` is.
     pub best_epoch: usize,
+    /// What picked the best epoch (the last epoch in a run without validation items).
+    pub monitor: Monitor,
     /// On the test scenes.
     pub test: DetectEval,
 }
@@ -774,6 +780,7 @@ fn detect_from(
         model: fitted.best,
         history: fitted.history,
         best_epoch: fitted.best_epoch,
+        monitor: fitted.monitor,
         test,
     })
 }

@@ -224,6 +224,61 @@ impl Settings {
         Ok(())
     }
 
+    /// The monitor that picks the best epoch: [`Settings::monitor`], else `default` (the
+    /// task's); [`Monitor::Last`] when the run has no validation examples.
+    ///
+    /// # Errors
+    /// Without validation examples, what [`Settings::check_without_validation`] refuses.
+    pub fn monitor_for(
+        &self,
+        default: Monitor,
+        has_validation: bool,
+    ) -> Result<Monitor, TrainError> {
+        if has_validation {
+            return Ok(self.monitor.unwrap_or(default));
+        }
+        self.check_without_validation()?;
+        Ok(Monitor::Last)
+    }
+
+    /// Can these settings train without validation examples (a run that holds none out)?
+    ///
+    /// # Errors
+    /// The settings that watch validation: a validation monitor, `early_stop`, or a
+    /// `plateau` schedule (each error says what to change).
+    pub fn check_without_validation(&self) -> Result<(), TrainError> {
+        let bad = |name: &'static str, reason: String| Err(TrainError::setting(name, reason));
+        let none = "the run holds no validation examples out";
+        if let Some(monitor) = self.monitor
+            && monitor != Monitor::Last
+        {
+            return bad(
+                "monitor",
+                format!(
+                    "{monitor} watches validation, and {none}; hold some out (a validation size above 0) or monitor last"
+                ),
+            );
+        }
+        if let Some(patience) = self.early_stop {
+            return bad(
+                "early_stop",
+                format!(
+                    "{patience} watches validation, and {none}; hold some out (a validation size above 0) or train without early stopping"
+                ),
+            );
+        }
+        if matches!(self.lr_schedule, LrSchedule::Plateau { .. }) {
+            return bad(
+                "lr_schedule",
+                format!(
+                    "{} watches the validation loss, and {none}; hold some out (a validation size above 0) or choose another schedule",
+                    self.lr_schedule
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// The run's augmentation over its epochs: `augment` until `augment_off_epoch`.
     pub fn augment_schedule(&self) -> AugmentSchedule {
         AugmentSchedule::new(self.augment.clone(), self.augment_off_epoch)
@@ -277,6 +332,17 @@ impl Monitor {
     }
 }
 
+impl std::fmt::Display for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Monitor::ValAccuracy => "val-accuracy",
+            Monitor::ValLoss => "val-loss",
+            Monitor::Score => "score",
+            Monitor::Last => "last",
+        })
+    }
+}
+
 impl std::str::FromStr for Monitor {
     type Err = String;
 
@@ -319,6 +385,18 @@ pub struct Validation {
     pub score: f64,
     /// The task's validation columns of `metrics.csv`, by name.
     pub columns: Vec<(&'static str, f64)>,
+}
+
+impl Validation {
+    /// What an epoch of a task without validation examples records: NaN throughout.
+    pub fn none() -> Self {
+        Validation {
+            loss: f64::NAN,
+            accuracy: f64::NAN,
+            score: f64::NAN,
+            columns: Vec::new(),
+        }
+    }
 }
 
 /// What one optimization step of a task needs: its batches, their loss, and how to split
@@ -408,6 +486,13 @@ pub trait Task<M: Module>: Step<M> {
 
     /// What picks the best epoch when the settings do not say.
     fn default_monitor(&self) -> Monitor;
+
+    /// Does the task hold validation examples? Without them (a run that holds none out,
+    /// Keras' `validation_split=0`) [`fit`] does not validate: the run keeps its last epoch,
+    /// records the validation metrics as NaN, and refuses settings that watch them.
+    fn has_validation(&self) -> bool {
+        true
+    }
 }
 
 /// What [`fit`] returns.
@@ -421,6 +506,8 @@ pub struct Fitted<M> {
     pub best: M,
     /// Which epoch `best` is.
     pub best_epoch: usize,
+    /// What picked `best` ([`Settings::monitor_for`]).
+    pub monitor: Monitor,
     /// Every epoch.
     pub history: Vec<EpochRecord>,
     /// The epoch early stopping ended the run at, if it did.
@@ -486,7 +573,8 @@ where
         task.can_resize()
             .map_err(|e| TrainError::setting("progressive_resize", e))?;
     }
-    let monitor = settings.monitor.unwrap_or_else(|| task.default_monitor());
+    let has_validation = task.has_validation();
+    let monitor = settings.monitor_for(task.default_monitor(), has_validation)?;
     let train_device = training_device(device);
     let mut model = onto_training_device(model, device);
     let steps = len.div_ceil(settings.batch_size);
@@ -635,7 +723,11 @@ where
             .as_ref()
             .and_then(ModelEma::snapshot)
             .unwrap_or_else(|| valid.clone());
-        let val = task.validate(&judged)?;
+        let val = if has_validation {
+            task.validate(&judged)?
+        } else {
+            Validation::none()
+        };
         if !frozen {
             schedule.epoch_end(val.loss);
         }
@@ -711,6 +803,7 @@ where
         last,
         best,
         best_epoch,
+        monitor,
         history,
         stopped_early,
     })

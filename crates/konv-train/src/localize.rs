@@ -432,6 +432,8 @@ pub struct LocalizeOutcome {
     pub history: Vec<LocalizeEpoch>,
     /// Which epoch `model` is.
     pub best_epoch: usize,
+    /// What picked the best epoch (the last epoch in a run without validation items).
+    pub monitor: Monitor,
     /// On the test set.
     pub test: LocalizeEval,
 }
@@ -554,6 +556,10 @@ impl Task<Localizer> for LocalizeTask<'_> {
 
     fn default_monitor(&self) -> Monitor {
         Monitor::ValLoss
+    }
+
+    fn has_validation(&self) -> bool {
+        !self.data.val.is_empty()
     }
 }
 
@@ -696,6 +702,7 @@ fn localize_from(
             })
             .collect(),
         best_epoch: fitted.best_epoch,
+        monitor: fitted.monitor,
         test,
     })
 }

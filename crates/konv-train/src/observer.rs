@@ -114,14 +114,22 @@ impl Observer for ConsoleObserver {
             bar.finish_and_clear();
         }
         if self.mode != OutputMode::Quiet {
+            // (A run without validation examples shows none.)
+            let val = if m.validated() {
+                format!(
+                    "  val loss {:.4} acc {:6.2}%",
+                    m.val_loss,
+                    100.0 * m.val_accuracy
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "epoch {:>2}/{}  train loss {:.4} acc {:6.2}%  val loss {:.4} acc {:6.2}%{extra}  {:.0} img/s  {:.0}s{}",
+                "epoch {:>2}/{}  train loss {:.4} acc {:6.2}%{val}{extra}  {:.0} img/s  {:.0}s{}",
                 m.epoch,
                 self.epochs,
                 m.train_loss,
                 100.0 * m.train_accuracy,
-                m.val_loss,
-                100.0 * m.val_accuracy,
                 m.images_per_sec,
                 m.seconds,
                 if best { "  *best" } else { "" }

@@ -37,11 +37,13 @@ pub fn draw_curves(history: &[EpochMetrics]) -> Result<Vec<u8>, String> {
         let panels = root.split_evenly((1, 3));
         let last = history.last().map_or(1, |m| m.epoch).max(2) as f64;
         let epochs: Vec<f64> = history.iter().map(|m| m.epoch as f64).collect();
+        // Only finite points: a run without validation records NaN there.
         let series = |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
             epochs
                 .iter()
                 .zip(history)
                 .map(|(&e, m)| (e, f(m)))
+                .filter(|(_, v)| v.is_finite())
                 .collect()
         };
         type Curve = (&'static str, fn(&EpochMetrics) -> f64, RGBColor);
@@ -113,6 +115,9 @@ pub fn draw_curves(history: &[EpochMetrics]) -> Result<Vec<u8>, String> {
                 .map_err(|e| e.to_string())?;
             for (name, f, color) in curves {
                 let points = series(f);
+                if points.is_empty() {
+                    continue;
+                }
                 chart
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                     .map_err(|e| e.to_string())?
@@ -238,6 +243,18 @@ mod tests {
                 .count();
             assert!(red > 50, "{red} red pixels");
         }
+        // A run without validation: no validation curve (nor its legend), the rest drawn.
+        let unvalidated: Vec<EpochMetrics> = (1..=3)
+            .map(|e| EpochMetrics {
+                val_loss: f64::NAN,
+                val_accuracy: f64::NAN,
+                ..epoch(e, 0.6)
+            })
+            .collect();
+        let rgb = draw_curves(&unvalidated).unwrap();
+        let count = |keep: fn(&[u8]) -> bool| rgb.chunks(3).filter(|p| keep(p)).count();
+        assert_eq!(count(|p| p[0] > 200 && p[1] < 60 && p[2] < 60), 0);
+        assert!(count(|p| p[2] > 200 && p[0] < 60 && p[1] < 60) > 50);
         let dir = std::env::temp_dir().join(format!("konv-curves-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("curves.png");

@@ -16,9 +16,12 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Training accuracy (with dropout active; the task's notion: images, pixels, cells).
     pub train_accuracy: f64,
-    /// Validation loss.
+    /// Validation loss; NaN in a run without validation examples (`state.json` writes it
+    /// as `null`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
-    /// Validation accuracy.
+    /// Validation accuracy; NaN as `val_loss`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_accuracy: f64,
     /// Learning rate.
     pub lr: f64,
@@ -28,7 +31,17 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
+/// A number, or NaN for the `null` that `serde_json` writes NaN as.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 impl EpochMetrics {
+    /// Did the epoch validate? (Not in a run without validation examples.)
+    pub fn validated(&self) -> bool {
+        !(self.val_loss.is_nan() && self.val_accuracy.is_nan())
+    }
+
     /// Header of `metrics.csv`.
     pub const CSV_HEADER: &str =
         "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,images_per_sec,seconds";
@@ -180,6 +193,20 @@ mod tests {
             "a run without an average writes no ema fields"
         );
         assert_eq!(serde_json::from_str::<TrainState>(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn an_epoch_without_validation_round_trips_as_nan() {
+        let mut unvalidated = record(1, vec![]);
+        unvalidated.metrics.val_loss = f64::NAN;
+        unvalidated.metrics.val_accuracy = f64::NAN;
+        let json = serde_json::to_string(&unvalidated).unwrap();
+        assert!(json.contains("\"val_loss\":null"), "{json}");
+        let back: EpochRecord = serde_json::from_str(&json).unwrap();
+        assert!(back.metrics.val_loss.is_nan() && back.metrics.val_accuracy.is_nan());
+        assert!(!back.metrics.validated() && record(1, vec![]).metrics.validated());
+        assert_eq!(back.metrics.train_loss, 1.0);
+        assert!(unvalidated.metrics.csv_row().contains(",NaN,NaN,"));
     }
 
     #[test]

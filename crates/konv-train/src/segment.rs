@@ -371,6 +371,8 @@ pub struct SegmentOutcome {
     pub history: Vec<SegmentEpoch>,
     /// Which epoch `model` is.
     pub best_epoch: usize,
+    /// What picked the best epoch (the last epoch in a run without validation items).
+    pub monitor: Monitor,
     /// On the test scenes.
     pub test: SegmentEval,
 }
@@ -484,6 +486,10 @@ impl Task<Fcn> for SegmentTask<'_> {
     fn default_monitor(&self) -> Monitor {
         Monitor::Score
     }
+
+    fn has_validation(&self) -> bool {
+        !self.data.val.is_empty()
+    }
 }
 
 /// Trains an FCN on `data`, writing `config.json`, `metrics.csv`, `best.bpk` and each
@@ -591,6 +597,7 @@ fn segment_from(
             .collect(),
         model: fitted.best,
         best_epoch: fitted.best_epoch,
+        monitor: fitted.monitor,
         test,
     })
 }

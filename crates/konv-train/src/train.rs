@@ -148,7 +148,8 @@ impl TrainConfig {
         self.settings.optimizer(model)
     }
 
-    /// What picks the best epoch: the configured monitor, or validation accuracy.
+    /// What picks the best epoch: the configured monitor, or validation accuracy (a run
+    /// without validation images keeps its last epoch: [`TrainOutcome::monitor`]).
     pub fn monitor(&self) -> Monitor {
         self.settings.monitor.unwrap_or_default()
     }
@@ -275,6 +276,9 @@ pub struct TrainOutcome<M = Classifier> {
     pub history: Vec<EpochMetrics>,
     /// The epoch of `best` (the first with the best monitored score), 1-based.
     pub best_epoch: usize,
+    /// What picked `best`: the configured monitor, validation accuracy by default, the last
+    /// epoch when no validation images were held out.
+    pub monitor: Monitor,
     /// Test-set evaluation of the best model.
     pub test: EvalReport,
     /// The epoch early stopping ended the run at, if it did.
@@ -636,6 +640,10 @@ impl<M: Classify> Task<M> for ClassifyTask<'_> {
     fn default_monitor(&self) -> Monitor {
         Monitor::ValAccuracy
     }
+
+    fn has_validation(&self) -> bool {
+        !self.data.val.is_empty()
+    }
 }
 
 /// Trains the zoo model `config.model` on `data`, on `device` (autodiff is added here),
@@ -815,6 +823,7 @@ fn train_from<M: Classify>(
         model: fitted.last,
         best: fitted.best,
         best_epoch: fitted.best_epoch,
+        monitor: fitted.monitor,
         history: fitted.history.into_iter().map(|e| e.metrics).collect(),
         test,
         stopped_early: fitted.stopped_early,

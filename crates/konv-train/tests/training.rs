@@ -480,17 +480,19 @@ fn killed_run(
     run
 }
 
-/// Everything but the timings of an epoch's metrics.
-fn curve(h: &[konv_train::train::EpochMetrics]) -> Vec<(f64, f64, f64, f64, f64)> {
+/// Everything but the timings of an epoch's metrics, bit for bit (so that the NaN of a run
+/// without validation compares equal to itself).
+fn curve(h: &[konv_train::train::EpochMetrics]) -> Vec<[u64; 5]> {
     h.iter()
         .map(|m| {
-            (
+            [
                 m.train_loss,
                 m.train_accuracy,
                 m.val_loss,
                 m.val_accuracy,
                 m.lr,
-            )
+            ]
+            .map(f64::to_bits)
         })
         .collect()
 }
@@ -723,6 +725,69 @@ fn progressive_resizing_trains_small_first_and_resumes_exactly() {
 
 /// The best epoch is the one the monitor scores best: the lowest validation loss with
 /// `--monitor val-loss`, the highest accuracy with the default.
+/// A run that holds no validation images out (Keras' `validation_split=0`): it keeps and
+/// tests its last epoch, records the validation metrics as NaN (through `state.json`, so it
+/// resumes exactly), and refuses the settings that would watch validation.
+#[test]
+fn a_run_without_validation_keeps_its_last_epoch_and_resumes_exactly() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let config = TrainConfig {
+        settings: konv_train::engine::Settings {
+            val_size: 0,
+            ..tiny_config().settings
+        },
+        ..tiny_config()
+    };
+    let whole = resumes_exactly(&config, "noval");
+    assert_eq!(whole.best_epoch, config.settings.epochs);
+    assert_eq!(whole.monitor, konv_train::train::Monitor::Last);
+    assert!(
+        whole
+            .history
+            .iter()
+            .all(|m| !m.validated() && m.train_loss.is_finite())
+    );
+    assert_eq!(whole.test.total(), 32);
+    for (name, settings) in [
+        (
+            "monitor: val-accuracy watches validation",
+            konv_train::engine::Settings {
+                monitor: Some("val-accuracy".parse().unwrap()),
+                ..config.settings.clone()
+            },
+        ),
+        (
+            "early_stop: 2 watches validation",
+            konv_train::engine::Settings {
+                early_stop: Some(2),
+                ..config.settings.clone()
+            },
+        ),
+        (
+            "lr_schedule: plateau",
+            konv_train::engine::Settings {
+                lr_schedule: "plateau".parse().unwrap(),
+                ..config.settings.clone()
+            },
+        ),
+    ] {
+        let dataset = embedded_fashion_mnist();
+        let data = SplitData::new(&dataset, 0, Some(48), 3);
+        let device = BackendName::Cpu.open().unwrap();
+        let config = TrainConfig {
+            settings,
+            ..config.clone()
+        };
+        let err = train(&config, 10, &data, &device, None, &mut Silent)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(name) && err.contains("holds no validation examples out"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());

@@ -109,7 +109,9 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) limit: Option<usize>,
     /// Training images held out for validation (the lecture's 5,000 on the full set;
-    /// 500 on the embedded subset when not given).
+    /// 500 on the embedded subset when not given). 0 trains on all of them: the run keeps
+    /// its last epoch and refuses a validation --monitor, --early-stop and a plateau
+    /// schedule.
     #[arg(long)]
     pub(crate) val_size: Option<usize>,
     /// Start from these weights (also --weights): a run's best.bpk or checkpoint.bpk,

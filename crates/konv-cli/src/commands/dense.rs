@@ -45,6 +45,9 @@ pub(crate) fn train_localize(
         format!("loc-{}-{}-{secs}", config.model, config.dataset)
     })?;
     let data = LocalizeData::generate(dataset, &config)?;
+    if data.val.is_empty() {
+        config.settings.check_without_validation()?;
+    }
     let names: Vec<String> = dataset
         .class_names()
         .iter()
@@ -124,6 +127,9 @@ pub(crate) fn train_segment(
         )
     })?;
     let data = SegmentData::generate(dataset, &config)?;
+    if data.val.is_empty() {
+        config.settings.check_without_validation()?;
+    }
     let mut names = vec!["background".to_string()];
     names.extend(dataset.class_names().iter().map(|s| s.to_string()));
     let run_dir = RunDir::create(&out)?;
@@ -195,6 +201,9 @@ pub(crate) fn train_detect(
         format!("detect-{}-{}-{secs}", config.model, config.dataset)
     })?;
     let data = DetectData::generate(dataset, &config)?;
+    if data.val.is_empty() {
+        config.settings.check_without_validation()?;
+    }
     let names: Vec<String> = dataset
         .class_names()
         .iter()
@@ -327,6 +336,14 @@ pub(crate) fn resume_dense(
     Ok(())
 }
 
+/// How a closing line names the epoch whose weights were tested.
+pub(crate) fn which_epoch(monitor: konv_train::engine::Monitor) -> &'static str {
+    match monitor {
+        konv_train::engine::Monitor::Last => "last epoch",
+        _ => "best validation epoch",
+    }
+}
+
 /// The closing line of a localization run, as [`print_segment_outcome`].
 pub(crate) fn print_localize_outcome(
     outcome: &konv_train::localize::LocalizeOutcome,
@@ -335,10 +352,11 @@ pub(crate) fn print_localize_outcome(
     best: &Path,
 ) {
     println!(
-        "test accuracy {:.2}%, mean IoU {:.3} ({:.1}% of boxes with IoU ≥ 0.5; best validation epoch {}, {} test images), {:.0}{unit}; weights in {}",
+        "test accuracy {:.2}%, mean IoU {:.3} ({:.1}% of boxes with IoU ≥ 0.5; {} {}, {} test images), {:.0}{unit}; weights in {}",
         100.0 * outcome.test.accuracy,
         outcome.test.mean_iou,
         100.0 * outcome.test.iou50,
+        which_epoch(outcome.monitor),
         outcome.best_epoch,
         outcome.test.count,
         started.elapsed().as_secs_f64(),
@@ -355,9 +373,10 @@ pub(crate) fn print_segment_outcome(
     best: &Path,
 ) {
     println!(
-        "test mean IoU {:.3}, pixel accuracy {:.2}% (best validation epoch {}, {} test scenes), {:.0}{unit}; weights in {}",
+        "test mean IoU {:.3}, pixel accuracy {:.2}% ({} {}, {} test scenes), {:.0}{unit}; weights in {}",
         outcome.test.mean_iou,
         100.0 * outcome.test.pixel_accuracy,
+        which_epoch(outcome.monitor),
         outcome.best_epoch,
         outcome.test.count,
         started.elapsed().as_secs_f64(),
@@ -373,9 +392,10 @@ pub(crate) fn print_detect_outcome(
     best: &Path,
 ) {
     println!(
-        "test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} (best validation epoch {}, {} test scenes, {} objects), {:.0}{unit}; weights in {}",
+        "test mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3} ({} {}, {} test scenes, {} objects), {:.0}{unit}; weights in {}",
         outcome.test.map50,
         outcome.test.map50_95,
+        which_epoch(outcome.monitor),
         outcome.best_epoch,
         outcome.test.count,
         outcome.test.objects,

@@ -155,6 +155,9 @@ pub(crate) fn train_classifier(
     // An unknown model or impossible settings fail before anything is written.
     konv_models::registry::info(&config.model)?;
     config.validate()?;
+    if data.val.is_empty() {
+        config.settings.check_without_validation()?;
+    }
     if let Some(path) = &config.init_from {
         konv_train::run::weights_path(path)?;
     }
@@ -218,7 +221,7 @@ pub(crate) fn train_classifier(
         Some(&run_dir),
         &mut observer,
     )?;
-    report_outcome(&outcome, config.monitor(), started, &out);
+    report_outcome(&outcome, started, &out);
     Ok(())
 }
 
@@ -303,7 +306,6 @@ pub(crate) fn check_classes(classes: &[u8], available: usize) -> Result<()> {
 
 pub(crate) fn report_outcome(
     outcome: &konv_train::train::TrainOutcome,
-    monitor: konv_train::train::Monitor,
     started: std::time::Instant,
     out: &Path,
 ) {
@@ -313,10 +315,7 @@ pub(crate) fn report_outcome(
             epoch - outcome.best_epoch
         );
     }
-    let which = match monitor {
-        konv_train::train::Monitor::Last => "last epoch",
-        _ => "best validation epoch",
-    };
+    let which = which_epoch(outcome.monitor);
     println!(
         "test accuracy {:.2}% ({which} {}, {} test images), {:.0}s in all; weights in {}",
         100.0 * outcome.test.accuracy(),
@@ -396,6 +395,6 @@ pub(crate) fn resume_classifier(
         run_dir,
         &mut observer,
     )?;
-    report_outcome(&outcome, config.monitor(), started, dir);
+    report_outcome(&outcome, started, dir);
     Ok(())
 }
