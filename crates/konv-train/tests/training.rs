@@ -723,8 +723,6 @@ fn progressive_resizing_trains_small_first_and_resumes_exactly() {
     );
 }
 
-/// The best epoch is the one the monitor scores best: the lowest validation loss with
-/// `--monitor val-loss`, the highest accuracy with the default.
 /// A run that holds no validation images out (Keras' `validation_split=0`): it keeps and
 /// tests its last epoch, records the validation metrics as NaN (through `state.json`, so it
 /// resumes exactly), and refuses the settings that would watch validation.
@@ -788,6 +786,8 @@ fn a_run_without_validation_keeps_its_last_epoch_and_resumes_exactly() {
     }
 }
 
+/// The best epoch is the one the monitor scores best: the lowest validation loss with
+/// `--monitor val-loss`, the highest accuracy with the default.
 #[test]
 fn the_monitor_picks_the_best_epoch_by_its_own_metric() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
