@@ -520,6 +520,45 @@ fn a_run_without_validation_keeps_its_last_epoch() {
     assert!(csv.lines().nth(2).unwrap().contains(",NaN,NaN,"), "{csv}");
     let out = konv(&["eval", "--run", "run"], dir);
     assert!(out.status.success(), "{}", text(&out));
+    // The dense tasks too: a localizer keeps its last epoch, and refuses `--monitor score`.
+    let localize = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "localize",
+            "--model",
+            "resnet20",
+            "--embedded",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--limit",
+            "64",
+            "--val-size",
+            "0",
+            "--stem-stride",
+            "2",
+            "--canvas",
+            "40",
+            "--scale",
+            "1.0,1.4",
+        ];
+        args.extend_from_slice(extra);
+        konv(&args, dir)
+    };
+    assert_clear_error(
+        &localize(&["--monitor", "score", "--out", "loc-score"]),
+        "--monitor: score watches validation",
+    );
+    assert!(!dir.join("loc-score").exists(), "nothing is written");
+    let out = localize(&["--out", "loc"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("; last epoch 1,") && !all.contains("val loss"),
+        "{all}"
+    );
 }
 
 #[test]

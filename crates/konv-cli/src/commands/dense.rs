@@ -336,14 +336,6 @@ pub(crate) fn resume_dense(
     Ok(())
 }
 
-/// How a closing line names the epoch whose weights were tested.
-pub(crate) fn which_epoch(monitor: konv_train::engine::Monitor) -> &'static str {
-    match monitor {
-        konv_train::engine::Monitor::Last => "last epoch",
-        _ => "best validation epoch",
-    }
-}
-
 /// The closing line of a localization run, as [`print_segment_outcome`].
 pub(crate) fn print_localize_outcome(
     outcome: &konv_train::localize::LocalizeOutcome,

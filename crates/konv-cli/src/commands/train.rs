@@ -304,6 +304,16 @@ pub(crate) fn check_classes(classes: &[u8], available: usize) -> Result<()> {
     Ok(())
 }
 
+/// How a closing line names the epoch whose weights were tested.
+pub(crate) fn which_epoch(monitor: konv_train::engine::Monitor) -> &'static str {
+    match monitor {
+        konv_train::engine::Monitor::Last => "last epoch",
+        _ => "best validation epoch",
+    }
+}
+
+/// The closing lines of a classification run: early stopping, the test accuracy, where the
+/// weights are.
 pub(crate) fn report_outcome(
     outcome: &konv_train::train::TrainOutcome,
     started: std::time::Instant,
