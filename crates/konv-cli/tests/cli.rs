@@ -7,6 +7,12 @@ fn konv(args: &[&str], cwd: &Path) -> Output {
     konv_with_env(args, cwd, &[])
 }
 
+/// Runs `konv` with the arguments `base` then `extra` (a test's common flags, then one
+/// case's).
+fn konv_plus(base: &[&str], extra: &[&str], cwd: &Path) -> Output {
+    konv(&[base, extra].concat(), cwd)
+}
+
 /// Runs `konv` with extra environment variables (and without `KONV_DATA`).
 fn konv_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_konv"))
@@ -478,26 +484,23 @@ fn a_model_too_big_for_the_images_is_a_clear_error() {
 fn a_run_without_validation_keeps_its_last_epoch() {
     let scratch = temp_dir("noval");
     let dir = scratch.path();
-    let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--model",
-            "fashion-cnn",
-            "--embedded",
-            "--epochs",
-            "2",
-            "--limit",
-            "32",
-            "--val-size",
-            "0",
-            "--batch-size",
-            "16",
-            "--out",
-            "run",
-        ];
-        args.extend_from_slice(extra);
-        konv(&args, dir)
-    };
+    let classify = [
+        "train",
+        "--model",
+        "fashion-cnn",
+        "--embedded",
+        "--epochs",
+        "2",
+        "--limit",
+        "32",
+        "--val-size",
+        "0",
+        "--batch-size",
+        "16",
+        "--out",
+        "run",
+    ];
+    let train = |extra: &[&str]| konv_plus(&classify, extra, dir);
     // A monitor that watches validation is refused before anything is written.
     let out = train(&["--monitor", "val-loss"]);
     assert_clear_error(
@@ -521,32 +524,29 @@ fn a_run_without_validation_keeps_its_last_epoch() {
     let out = konv(&["eval", "--run", "run"], dir);
     assert!(out.status.success(), "{}", text(&out));
     // The dense tasks too: a localizer keeps its last epoch, and refuses `--monitor score`.
-    let localize = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--task",
-            "localize",
-            "--model",
-            "resnet20",
-            "--embedded",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--limit",
-            "64",
-            "--val-size",
-            "0",
-            "--stem-stride",
-            "2",
-            "--canvas",
-            "40",
-            "--scale",
-            "1.0,1.4",
-        ];
-        args.extend_from_slice(extra);
-        konv(&args, dir)
-    };
+    let localize_flags = [
+        "train",
+        "--task",
+        "localize",
+        "--model",
+        "resnet20",
+        "--embedded",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--limit",
+        "64",
+        "--val-size",
+        "0",
+        "--stem-stride",
+        "2",
+        "--canvas",
+        "40",
+        "--scale",
+        "1.0,1.4",
+    ];
+    let localize = |extra: &[&str]| konv_plus(&localize_flags, extra, dir);
     assert_clear_error(
         &localize(&["--monitor", "score", "--out", "loc-score"]),
         "--monitor: score watches validation",
