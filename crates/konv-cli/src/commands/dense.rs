@@ -45,9 +45,6 @@ pub(crate) fn train_localize(
         format!("loc-{}-{}-{secs}", config.model, config.dataset)
     })?;
     let data = LocalizeData::generate(dataset, &config)?;
-    if data.val.is_empty() {
-        config.settings.check_without_validation()?;
-    }
     let names: Vec<String> = dataset
         .class_names()
         .iter()
@@ -127,9 +124,6 @@ pub(crate) fn train_segment(
         )
     })?;
     let data = SegmentData::generate(dataset, &config)?;
-    if data.val.is_empty() {
-        config.settings.check_without_validation()?;
-    }
     let mut names = vec!["background".to_string()];
     names.extend(dataset.class_names().iter().map(|s| s.to_string()));
     let run_dir = RunDir::create(&out)?;
@@ -201,9 +195,6 @@ pub(crate) fn train_detect(
         format!("detect-{}-{}-{secs}", config.model, config.dataset)
     })?;
     let data = DetectData::generate(dataset, &config)?;
-    if data.val.is_empty() {
-        config.settings.check_without_validation()?;
-    }
     let names: Vec<String> = dataset
         .class_names()
         .iter()
