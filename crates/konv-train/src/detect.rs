@@ -116,10 +116,7 @@ impl DetectConfig {
             ));
         }
         self.settings.validate()?;
-        if self.settings.val_size == 0 {
-            // No validation scenes: refuse what would watch them before any are made.
-            self.settings.check_without_validation()?;
-        }
+        self.settings.check_val_size()?;
         if self.settings.progressive_resize.is_some() {
             return Err(TrainError::setting(
                 "progressive_resize",
@@ -861,24 +858,6 @@ pub fn detect_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn without_validation_scenes_the_config_refuses_what_watches_them() {
-        let mut config = DetectConfig::new("resnet20");
-        config.settings.val_size = 0;
-        config.validate().unwrap();
-        config.settings.monitor = Some(crate::engine::Monitor::Score);
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("no validation examples"), "{err}");
-        config.settings.monitor = Some(crate::engine::Monitor::Last);
-        config.settings.early_stop = Some(3);
-        config.validate().unwrap_err();
-        // With validation held out, the same monitor is fine.
-        config.settings.early_stop = None;
-        config.settings.monitor = Some(crate::engine::Monitor::Score);
-        config.settings.val_size = 10;
-        config.validate().unwrap();
-    }
 
     #[test]
     fn targets_and_decoding_agree() {

@@ -241,6 +241,20 @@ impl Settings {
         Ok(Monitor::Last)
     }
 
+    /// For a task that holds [`Settings::val_size`] examples out of its own data (the localize,
+    /// segment and detect tasks): with none held out, what
+    /// [`Settings::check_without_validation`] refuses, checked before any data is made.
+    ///
+    /// # Errors
+    /// As [`Settings::check_without_validation`], when `val_size` is 0.
+    pub fn check_val_size(&self) -> Result<(), TrainError> {
+        if self.val_size == 0 {
+            self.check_without_validation()
+        } else {
+            Ok(())
+        }
+    }
+
     /// Can these settings train without validation examples (a run that holds none out)?
     ///
     /// # Errors

@@ -135,10 +135,7 @@ impl LocalizeConfig {
             ));
         }
         self.settings.validate()?;
-        if self.settings.val_size == 0 {
-            // No validation scenes: refuse what would watch them before any are made.
-            self.settings.check_without_validation()?;
-        }
+        self.settings.check_val_size()?;
         if self.box_grid == 0 {
             return Err(TrainError::setting("box_grid", "must be at least 1".into()));
         }
@@ -816,24 +813,6 @@ pub fn draw_box(img: &mut RgbImage, bbox: [f32; 4], label: &str, color: Rgb<u8>)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn without_validation_scenes_the_config_refuses_what_watches_them() {
-        let mut config = LocalizeConfig::new("resnet20");
-        config.settings.val_size = 0;
-        config.validate().unwrap();
-        config.settings.monitor = Some(crate::engine::Monitor::Score);
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("no validation examples"), "{err}");
-        config.settings.monitor = Some(crate::engine::Monitor::Last);
-        config.settings.early_stop = Some(3);
-        config.validate().unwrap_err();
-        // With validation held out, the same monitor is fine.
-        config.settings.early_stop = None;
-        config.settings.monitor = Some(crate::engine::Monitor::Score);
-        config.settings.val_size = 10;
-        config.validate().unwrap();
-    }
 
     #[test]
     fn boxes_encode_and_decode() {

@@ -786,6 +786,67 @@ fn a_run_without_validation_keeps_its_last_epoch_and_resumes_exactly() {
     }
 }
 
+/// The dense tasks hold `val_size` scenes out of the ones they generate; with none, their
+/// configs refuse what would watch validation in `validate()`, before any scene is made.
+#[test]
+fn dense_configs_without_validation_refuse_what_watches_it() {
+    use konv_train::detect::DetectConfig;
+    use konv_train::engine::{Monitor, Settings};
+    use konv_train::localize::LocalizeConfig;
+    use konv_train::segment::SegmentConfig;
+    type Validate = Box<dyn Fn(&dyn Fn(&mut Settings)) -> Result<(), konv_train::TrainError>>;
+    let configs: [(&str, Validate); 3] = [
+        (
+            "localize",
+            Box::new(|edit| {
+                let mut c = LocalizeConfig::new("resnet20");
+                edit(&mut c.settings);
+                c.validate()
+            }),
+        ),
+        (
+            "segment",
+            Box::new(|edit| {
+                let mut c = SegmentConfig::new("fcn8s", "resnet20");
+                edit(&mut c.settings);
+                c.validate()
+            }),
+        ),
+        (
+            "detect",
+            Box::new(|edit| {
+                let mut c = DetectConfig::new("resnet20");
+                edit(&mut c.settings);
+                c.validate()
+            }),
+        ),
+    ];
+    for (task, validate) in &configs {
+        validate(&|s| s.val_size = 0).unwrap_or_else(|e| panic!("{task}: {e}"));
+        let err = validate(&|s| {
+            s.val_size = 0;
+            s.monitor = Some(Monitor::Score);
+        })
+        .expect_err(task)
+        .to_string();
+        assert!(err.contains("no validation examples"), "{task}: {err}");
+        let err = validate(&|s| {
+            s.val_size = 0;
+            s.early_stop = Some(3);
+        })
+        .expect_err(task)
+        .to_string();
+        assert!(err.contains("no validation examples"), "{task}: {err}");
+        // Held out, the same settings are fine.
+        validate(&|s| {
+            s.val_size = 10;
+            s.monitor = Some(Monitor::Score);
+            s.early_stop = Some(3);
+        })
+        .unwrap_or_else(|e| panic!("{task}: {e}"));
+    }
+}
+
 /// The best epoch is the one the monitor scores best: the lowest validation loss with
 /// `--monitor val-loss`, the highest accuracy with the default.
 #[test]
